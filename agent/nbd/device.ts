@@ -44,7 +44,18 @@ export interface BlockDevice {
   /** True when several connections to the same device see one consistent view. */
   readonly canMultiConn: boolean;
 
-  read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Read `length` bytes. When `into` (exactly `length` bytes, arbitrary
+   * contents) is given, the device may fill every byte of it and return it
+   * (or a view of it), sparing an allocation; it may also ignore it and
+   * return its own buffer. The caller owns the returned bytes.
+   */
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
+  /**
+   * `data` is lent for the duration of the call: the NBD layer reuses its
+   * memory once the promise settles, so a device that keeps the bytes
+   * longer (a cache, a write-back queue) must copy them.
+   */
   write(offset: number, data: Uint8Array, opts?: WriteOptions): Promise<void>;
   /** Resolves when every write acknowledged before the call is durable. */
   flush(): Promise<void>;

@@ -6,23 +6,31 @@ describe("MemoryBackend", () => {
   it("reads back what was written and reports holes elsewhere", async () => {
     const dev = new MemoryBackend({ size: 1 << 20 });
     const data = Buffer.alloc(8192, 0xab);
-    await dev.write(4096, data);
-    expect(Buffer.from(await dev.read(4096, 8192)).equals(data)).toBe(true);
+    await dev.write(65536 + 4096, data);
+    expect(Buffer.from(await dev.read(65536 + 4096, 8192)).equals(data)).toBe(true);
+    // Allocation is tracked per 64 KiB chunk.
     expect(await dev.blockStatus(0, 1 << 20)).toEqual([
-      { offset: 0, length: 4096, hole: true, zero: true },
-      { offset: 4096, length: 8192, hole: false, zero: false },
-      { offset: 12288, length: (1 << 20) - 12288, hole: true, zero: true },
+      { offset: 0, length: 65536, hole: true, zero: true },
+      { offset: 65536, length: 65536, hole: false, zero: false },
+      { offset: 131072, length: (1 << 20) - 131072, hole: true, zero: true },
     ]);
+    // A read into a dirty caller buffer still returns zeros for holes.
+    const into = Buffer.alloc(4096, 0xff);
+    const back = Buffer.from(await dev.read(0, 4096, into));
+    expect(back.every((b) => b === 0)).toBe(true);
   });
 
   it("frees whole chunks on trim and zeroes partial ones", async () => {
-    const dev = new MemoryBackend({ size: 65536 });
-    await dev.write(0, Buffer.alloc(8192, 1));
-    await dev.trim(0, 4096 + 512);
-    expect(dev.allocatedBytes).toBe(4096);
-    const back = Buffer.from(await dev.read(0, 8192));
-    expect(back.subarray(0, 4608).every((b) => b === 0)).toBe(true);
-    expect(back.subarray(4608).every((b) => b === 1)).toBe(true);
+    const dev = new MemoryBackend({ size: 4 * 65536 });
+    await dev.write(0, Buffer.alloc(2 * 65536, 1));
+    await dev.trim(0, 65536 + 512);
+    expect(dev.allocatedBytes).toBe(65536);
+    const back = Buffer.from(await dev.read(0, 2 * 65536));
+    expect(back.subarray(0, 65536 + 512).every((b) => b === 0)).toBe(true);
+    expect(back.subarray(65536 + 512).every((b) => b === 1)).toBe(true);
+    // Zeroing the rest of a chunk frees it.
+    await dev.writeZeroes(65536 + 512, 65536 - 512);
+    expect(dev.allocatedBytes).toBe(0);
   });
 
   it("rejects unaligned, out-of-range and read-only requests with errno", async () => {
