@@ -4,9 +4,10 @@
  * above it looks at a status code.
  *
  * - `Throttled`  503 ServerBusy, 500 OperationTimedOut: pause and retry.
- * - `Transient`  other 5xx, resets, timeouts: retry with backoff.
- * - `LeaseLost`  412 lease missing / mismatched / broken: fenced, fatal.
- * - `BlobGone`   404 BlobNotFound / ContainerNotFound: fatal.
+ * - `Transient`  other 5xx, 408, resets, timeouts: retry with backoff.
+ * - `LeaseLost`  412 lease missing / mismatched / broken, and the 409s of
+ *                lease operations that mean someone else holds the lease: fenced, fatal.
+ * - `BlobGone`   404 (BlobNotFound, ContainerNotFound, a HEAD without body): fatal.
  * - `Forbidden`  403 (SAS expired, wrong key, no permission): fatal.
  * - `Invalid`    other 4xx: a bug or bad input, not retried.
  */
@@ -26,11 +27,19 @@ export class StorageError extends Error {
   readonly azureCode: string | undefined;
   /** Milliseconds from a Retry-After header, when present. */
   readonly retryAfterMs: number | undefined;
+  /** x-ms-request-id of the failed request, for support cases and logs. */
+  readonly requestId: string | undefined;
 
   constructor(
     code: StorageErrorCode,
     message: string,
-    init: { status?: number; azureCode?: string; retryAfterMs?: number; cause?: unknown } = {},
+    init: {
+      status?: number;
+      azureCode?: string | undefined;
+      retryAfterMs?: number | undefined;
+      requestId?: string | undefined;
+      cause?: unknown;
+    } = {},
   ) {
     super(message, { cause: init.cause });
     this.name = "StorageError";
@@ -38,6 +47,7 @@ export class StorageError extends Error {
     this.status = init.status ?? 0;
     this.azureCode = init.azureCode;
     this.retryAfterMs = init.retryAfterMs;
+    this.requestId = init.requestId;
   }
 
   /** Throttled and Transient may succeed when retried; the rest never will. */

@@ -1,0 +1,257 @@
+/**
+ * Azurite for tests: the real Blob (and optionally Table) service as a child
+ * process on free loopback ports, with its data in a temp dir. `stop()` keeps
+ * the data so `start()` can bring the same account back on the same ports
+ * (outage tests); `dispose()` stops it and removes the data.
+ *
+ *   const azurite = await startAzurite();
+ *   afterAll(() => azurite.dispose());
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, rm } from "node:fs/promises";
+import { request } from "node:http";
+import { createRequire } from "node:module";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME } from "../../agent/pageblob/location.ts";
+
+export interface AzuriteOptions {
+  /** Also run the Table service (the control plane's registry). */
+  table?: boolean;
+  /** Keep data in memory only; `stop()` then loses it. */
+  inMemory?: boolean;
+  /** Readiness probes before giving up (one every 50 ms). */
+  probes?: number;
+}
+
+export interface Azurite {
+  readonly accountName: string;
+  readonly accountKey: string;
+  /** e.g. `http://127.0.0.1:41234/devstoreaccount1` */
+  readonly blobEndpoint: string;
+  /** Set when started with `table: true`. */
+  readonly tableEndpoint: string | undefined;
+  readonly connectionString: string;
+  /** Data directory (`--location`). */
+  readonly location: string;
+  readonly running: boolean;
+  /** Start again after `stop()`, same ports and data. */
+  start(): Promise<void>;
+  /** Stop the services; data stays. */
+  stop(): Promise<void>;
+  /** Stop and delete the data dir. */
+  dispose(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+const HOST = "127.0.0.1";
+
+/**
+ * Runs Azurite's main inside a node that exits when its stdin closes, i.e.
+ * when the test process is gone: a worker killed on timeout (where no exit
+ * handler runs) leaves neither an Azurite nor its temp data behind. argv
+ * stays [node, main.js, ...flags] for Azurite's own parser.
+ */
+const WATCHDOG = `
+process.stdin.on("end", () => {
+  const at = process.argv.indexOf("--location");
+  if (at > 0) require("node:fs").rmSync(process.argv[at + 1], { recursive: true, force: true });
+  process.exit(0);
+}).resume();
+// Watching stdin must not keep the process alive: Azurite exits on SIGTERM by letting its loop drain.
+process.stdin.unref();
+require(process.argv[1]);`;
+const azuriteDir = dirname(createRequire(import.meta.url).resolve("azurite/package.json"));
+
+/** Start Azurite and resolve once it answers HTTP. */
+export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> {
+  const location = await mkdtemp(join(tmpdir(), "pagedisk-azurite-"));
+  const blobPort = await freePort();
+  const tablePort = opts.table ? await freePort() : undefined;
+  const az = new AzuriteProcesses(location, blobPort, tablePort, opts);
+  try {
+    await az.start();
+  } catch (err) {
+    await az.dispose();
+    throw err;
+  }
+  return az;
+}
+
+class AzuriteProcesses implements Azurite {
+  readonly accountName = DEV_ACCOUNT_NAME;
+  readonly accountKey = DEV_ACCOUNT_KEY;
+  readonly blobEndpoint: string;
+  readonly tableEndpoint: string | undefined;
+  readonly connectionString: string;
+  readonly location: string;
+  readonly #blobPort: number;
+  readonly #tablePort: number | undefined;
+  readonly #opts: AzuriteOptions;
+  #children: ChildProcess[] = [];
+  readonly #killOnExit = () => {
+    for (const c of this.#children) c.kill("SIGKILL");
+  };
+
+  constructor(
+    location: string,
+    blobPort: number,
+    tablePort: number | undefined,
+    opts: AzuriteOptions,
+  ) {
+    this.location = location;
+    this.#blobPort = blobPort;
+    this.#tablePort = tablePort;
+    this.#opts = opts;
+    this.blobEndpoint = `http://${HOST}:${blobPort}/${DEV_ACCOUNT_NAME}`;
+    this.tableEndpoint = tablePort ? `http://${HOST}:${tablePort}/${DEV_ACCOUNT_NAME}` : undefined;
+    this.connectionString = [
+      "DefaultEndpointsProtocol=http",
+      `AccountName=${DEV_ACCOUNT_NAME}`,
+      `AccountKey=${DEV_ACCOUNT_KEY}`,
+      `BlobEndpoint=${this.blobEndpoint}`,
+      ...(this.tableEndpoint ? [`TableEndpoint=${this.tableEndpoint}`] : []),
+    ].join(";");
+  }
+
+  get running(): boolean {
+    return this.#children.length > 0;
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    // If the test process dies without cleanup, do not leave servers behind.
+    process.on("exit", this.#killOnExit);
+    const common = ["--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose"];
+    // Azurite refuses --location together with --inMemoryPersistence.
+    common.push(
+      ...(this.#opts.inMemory ? ["--inMemoryPersistence"] : ["--location", this.location]),
+    );
+    const services: Array<[service: "blob" | "table", port: number]> = [["blob", this.#blobPort]];
+    if (this.#tablePort) services.push(["table", this.#tablePort]);
+    try {
+      await Promise.all(
+        services.map(async ([service, port]) => {
+          const exited = this.#spawn(service, [
+            `--${service}Host`,
+            HOST,
+            `--${service}Port`,
+            String(port),
+            ...common,
+          ]);
+          // Ready when it answers HTTP; an early exit (port taken, bad flag) fails at once with its output.
+          const giveUp = new AbortController();
+          exited.catch(() => giveUp.abort());
+          await Promise.race([
+            waitUntilAnswering(port, this.#opts.probes ?? 200, giveUp.signal),
+            exited,
+          ]);
+        }),
+      );
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  async stop(): Promise<void> {
+    const children = this.#children;
+    this.#children = [];
+    await Promise.all(children.map(stopChild));
+    process.off("exit", this.#killOnExit);
+  }
+
+  async dispose(): Promise<void> {
+    await this.stop();
+    await rm(this.location, { recursive: true, force: true });
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+
+  /** Spawn one service; the returned promise only ever rejects, when the process exits. */
+  #spawn(service: "blob" | "table", args: string[]): Promise<never> {
+    const main = join(azuriteDir, "dist", "src", service, "main.js");
+    const child = spawn(process.execPath, ["-e", WATCHDOG, main, ...args], {
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    this.#children.push(child);
+    let output = "";
+    const keep = (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-4096);
+    };
+    child.stdout!.on("data", keep);
+    child.stderr!.on("data", keep);
+    const exited = new Promise<never>((_, reject) => {
+      child.once("error", reject);
+      child.once("exit", (code, signal) =>
+        reject(new Error(`azurite ${service} exited (${code ?? signal}):\n${output}`)),
+      );
+    });
+    // Exiting after a successful start is what stop() does; nobody awaits it then.
+    exited.catch(() => {});
+    return exited;
+  }
+}
+
+/** A port the OS just handed out for 127.0.0.1 (Azurite cannot take port 0 itself). */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  srv.listen(0, HOST);
+  await once(srv, "listening");
+  const addr = srv.address();
+  srv.close();
+  await once(srv, "close");
+  if (!addr || typeof addr === "string") throw new Error("no port from the OS");
+  return addr.port;
+}
+
+/** Poll until the service answers any HTTP status, at most `probes` times. */
+async function waitUntilAnswering(
+  port: number,
+  probes: number,
+  signal: AbortSignal,
+): Promise<void> {
+  let last: unknown;
+  for (let i = 0; i < probes && !signal.aborted; i++) {
+    try {
+      await probe(port);
+      return;
+    } catch (err) {
+      last = err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`azurite on port ${port} did not answer after ${probes} probes`, { cause: last });
+}
+
+function probe(port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: HOST, port, path: `/${DEV_ACCOUNT_NAME}?comp=list`, timeout: 2000 },
+      (res) => {
+        res.resume();
+        resolve();
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error("probe timed out")));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/** SIGTERM lets Azurite save its metadata; SIGKILL if it hangs. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, "exit");
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  try {
+    await exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
