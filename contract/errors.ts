@@ -1,0 +1,62 @@
+/**
+ * The error body of every failed API call and its stable codes. Clients
+ * branch on `code`, never on `message`; a code, once published, keeps its
+ * meaning and its HTTP status.
+ */
+import { z } from "zod";
+
+/** Every error code the API answers with, and the HTTP status it always comes with. */
+export const ERROR_STATUS = {
+  /** The body is not JSON (or is empty where JSON is required). */
+  InvalidJson: 400,
+  /** Path, query or body fails the schema; `details.issues` says where. */
+  InvalidRequest: 400,
+  /** No credentials, or credentials that do not match. */
+  Unauthorized: 401,
+  /** Valid credentials that may not do this. */
+  Forbidden: 403,
+  /** No such route. */
+  NotFound: 404,
+  VolumeNotFound: 404,
+  PoolNotFound: 404,
+  NodeNotFound: 404,
+  VolumeExists: 409,
+  /** The pool name, or its account and container, is already registered. */
+  PoolExists: 409,
+  /** The pool still holds replicas; `details.volumes` names them. */
+  PoolInUse: 409,
+  /** The pool takes no new replicas (being removed, repaired or replaced). */
+  PoolNotUsable: 409,
+  /** Fewer usable pools than the replicas asked for. */
+  InsufficientPools: 409,
+  /** The volume is attached (or attaching, detaching, fenced); `details.ownerNode` names the owner. */
+  VolumeAttached: 409,
+  /** The volume is being created, attached, detached, fenced or deleted. */
+  VolumeBusy: 409,
+  /** The node may not take this volume: cordoned, not READY, or outside the volume's requiredNodes. */
+  NodeNotEligible: 409,
+  /** The record changed under a concurrent request more often than retried; try again. */
+  Conflict: 409,
+  /** The request body exceeds the limit. */
+  PayloadTooLarge: 413,
+  /** A pool being registered could not be reached or refused the credentials. */
+  PoolUnreachable: 422,
+  /** Internal failure; the message says nothing more on purpose. */
+  Internal: 500,
+  /** A pool's storage failed during the operation; retrying is safe. */
+  StorageFailed: 502,
+} as const;
+
+export type ApiErrorCode = keyof typeof ERROR_STATUS;
+
+export const API_ERROR_CODES = Object.keys(ERROR_STATUS) as [ApiErrorCode, ...ApiErrorCode[]];
+
+/** `{ "error": { "code", "message", "details"? } }` */
+export const ErrorBody = z.object({
+  error: z.object({
+    code: z.enum(API_ERROR_CODES),
+    message: z.string(),
+    details: z.unknown().optional(),
+  }),
+});
+export type ErrorBody = z.infer<typeof ErrorBody>;

@@ -1,0 +1,158 @@
+/**
+ * Attach: make one node the only writer of a volume.
+ *
+ * 1. DETACHED -> ATTACHING with epoch + 1, the node and a fresh lease id,
+ *    by conditional write: among racing requests exactly one wins, the
+ *    others re-read and are told who the owner is. The lease id is recorded
+ *    before any lease exists, so a crash never leaves a lease nobody knows.
+ * 2. Lease every replica under that id, breaking (period 0) any other lease:
+ *    whoever wrote before is fenced by the storage service from here on.
+ * 3. ATTACHING -> ATTACHED.
+ *
+ * A storage failure in 2 rolls back to DETACHED (leases dropped). A crash
+ * between steps leaves ATTACHING, which the sweeper rolls back.
+ */
+import { randomUUID } from "node:crypto";
+import type { Attachment } from "../../contract/attachment.ts";
+import type { ControlPlane } from "../control-plane.ts";
+import { ApiError } from "../http/api-error.ts";
+import { note } from "../lifecycle/note.ts";
+import { nodes } from "../registry/nodes.ts";
+import { isRegistryError } from "../registry/registry-error.ts";
+import { retryOnConflict } from "../registry/retry.ts";
+import type { Read } from "../registry/rows.ts";
+import { ATTACHED_STATES, volumeStates } from "../registry/volume-states.ts";
+import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { dropLeases, takeLeases } from "./replica-leases.ts";
+
+export async function attachVolume(
+  cp: ControlPlane,
+  name: string,
+  node: string,
+): Promise<Attachment> {
+  await checkNode(cp, node);
+  const claim = await retryOnConflict(() => claimVolume(cp, name, node));
+  if (claim.value.status.state === "ATTACHED") return attachmentOf(claim.value);
+  const leaseId = claim.value.leaseId!;
+
+  try {
+    await takeLeases(cp, claim.value, leaseId);
+  } catch (err) {
+    await rollBack(cp, claim, leaseId);
+    throw err;
+  }
+
+  volumeStates.check("ATTACHING", "ATTACHED");
+  const attached: VolumeRecord = {
+    ...claim.value,
+    status: { ...claim.value.status, state: "ATTACHED" },
+    updatedAt: cp.now().toISOString(),
+  };
+  try {
+    await volumes(cp.registry).replace(attached, claim.etag);
+  } catch (err) {
+    if (!isRegistryError(err)) throw err;
+    // Only a forced delete or the sweeper's roll-back touch an ATTACHING record: they won.
+    throw new ApiError(
+      "Conflict",
+      `volume ${name} changed while being attached; it is not attached`,
+      {
+        volume: name,
+      },
+    );
+  }
+  await note(cp, {
+    type: "volume-attached",
+    volume: name,
+    node,
+    message: `volume ${name} attached to ${node} (epoch ${attached.status.epoch})`,
+    data: { epoch: attached.status.epoch },
+  });
+  return attachmentOf(attached);
+}
+
+/** The node must exist, be READY and not cordoned. */
+async function checkNode(cp: ControlPlane, node: string): Promise<void> {
+  const read = await nodes(cp.registry).get(node);
+  if (!read) throw new ApiError("NodeNotFound", `no node named ${node}`, { node });
+  const { state, cordoned } = read.value;
+  if (state !== "READY" || cordoned) {
+    throw new ApiError("NodeNotEligible", `node ${node} is ${cordoned ? "cordoned" : state}`, {
+      node,
+      state,
+      cordoned,
+    });
+  }
+}
+
+/**
+ * Step 1, decided on a fresh read. Returns the ATTACHING record to carry on
+ * with, or the ATTACHED one when `node` already owns the volume.
+ */
+async function claimVolume(
+  cp: ControlPlane,
+  name: string,
+  node: string,
+): Promise<Read<VolumeRecord>> {
+  const table = volumes(cp.registry);
+  const read = await table.get(name);
+  if (!read) throw new ApiError("VolumeNotFound", `no volume named ${name}`, { volume: name });
+  const v = read.value;
+  const { state, ownerNode } = v.status;
+  if (state === "ATTACHED" && ownerNode === node) return read;
+  if (ATTACHED_STATES.includes(state) && ownerNode !== node) {
+    throw new ApiError("VolumeAttached", `volume ${name} is ${state} on ${ownerNode}`, {
+      state,
+      ownerNode,
+    });
+  }
+  if (state !== "DETACHED") {
+    throw new ApiError("VolumeBusy", `volume ${name} is ${state}; retry later`, {
+      state,
+      ownerNode,
+    });
+  }
+  if (v.spec.requiredNodes.length > 0 && !v.spec.requiredNodes.includes(node)) {
+    throw new ApiError(
+      "NodeNotEligible",
+      `volume ${name} may only attach to ${v.spec.requiredNodes.join(", ")}`,
+      {
+        node,
+        requiredNodes: v.spec.requiredNodes,
+      },
+    );
+  }
+  volumeStates.check(state, "ATTACHING");
+  const next: VolumeRecord = {
+    ...v,
+    status: { ...v.status, state: "ATTACHING", ownerNode: node, epoch: v.status.epoch + 1 },
+    leaseId: randomUUID(),
+    updatedAt: cp.now().toISOString(),
+  };
+  return { value: next, etag: await table.replace(next, read.etag) };
+}
+
+/** Undo a failed step 2. If that fails too, ATTACHING stays for the sweeper. */
+async function rollBack(
+  cp: ControlPlane,
+  claim: Read<VolumeRecord>,
+  leaseId: string,
+): Promise<void> {
+  try {
+    await dropLeases(cp, claim.value, leaseId);
+    volumeStates.check("ATTACHING", "DETACHED");
+    const detached: VolumeRecord = {
+      ...claim.value,
+      status: { ...claim.value.status, state: "DETACHED", ownerNode: null },
+      leaseId: null,
+      updatedAt: cp.now().toISOString(),
+    };
+    await volumes(cp.registry).replace(detached, claim.etag);
+  } catch (err) {
+    cp.report(err);
+  }
+}
+
+function attachmentOf(v: VolumeRecord): Attachment {
+  return { volume: v.name, node: v.status.ownerNode!, epoch: v.status.epoch, leaseId: v.leaseId! };
+}

@@ -1,0 +1,65 @@
+/**
+ * Detach: leave a volume with no writer.
+ *
+ * 1. ATTACHED -> DETACHING with epoch + 1, by conditional write;
+ * 2. drop the lease on every replica (release ours, break any other), which
+ *    fences the former owner at its next write;
+ * 3. DETACHING -> DETACHED.
+ *
+ * A DETACHING record (storage failure or crash in 2) is resumed by the next
+ * detach; detaching a DETACHED volume is a no-op.
+ */
+import type { ControlPlane } from "../control-plane.ts";
+import { ApiError } from "../http/api-error.ts";
+import { note } from "../lifecycle/note.ts";
+import { retryOnConflict } from "../registry/retry.ts";
+import type { Read } from "../registry/rows.ts";
+import { volumeStates } from "../registry/volume-states.ts";
+import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { dropLeases } from "./replica-leases.ts";
+
+export async function detachVolume(cp: ControlPlane, name: string): Promise<VolumeRecord> {
+  const claim = await retryOnConflict(() => claimVolume(cp, name));
+  if (claim.value.status.state === "DETACHED") return claim.value;
+  const owner = claim.value.status.ownerNode;
+
+  await dropLeases(cp, claim.value, claim.value.leaseId);
+
+  volumeStates.check("DETACHING", "DETACHED");
+  const detached: VolumeRecord = {
+    ...claim.value,
+    status: { ...claim.value.status, state: "DETACHED", ownerNode: null },
+    leaseId: null,
+    updatedAt: cp.now().toISOString(),
+  };
+  await volumes(cp.registry).replace(detached, claim.etag);
+  await note(cp, {
+    type: "volume-detached",
+    volume: name,
+    ...(owner === null ? {} : { node: owner }),
+    message: `volume ${name} detached${owner === null ? "" : ` from ${owner}`}`,
+  });
+  return detached;
+}
+
+async function claimVolume(cp: ControlPlane, name: string): Promise<Read<VolumeRecord>> {
+  const table = volumes(cp.registry);
+  const read = await table.get(name);
+  if (!read) throw new ApiError("VolumeNotFound", `no volume named ${name}`, { volume: name });
+  const v = read.value;
+  const { state, ownerNode } = v.status;
+  if (state === "DETACHED" || state === "DETACHING") return read;
+  if (state !== "ATTACHED") {
+    throw new ApiError("VolumeBusy", `volume ${name} is ${state}; retry later`, {
+      state,
+      ownerNode,
+    });
+  }
+  volumeStates.check(state, "DETACHING");
+  const next: VolumeRecord = {
+    ...v,
+    status: { ...v.status, state: "DETACHING", epoch: v.status.epoch + 1 },
+    updatedAt: cp.now().toISOString(),
+  };
+  return { value: next, etag: await table.replace(next, read.etag) };
+}

@@ -1,0 +1,117 @@
+/**
+ * The OpenAPI 3.0 document, assembled from the operations' own schemas with
+ * zod's JSON Schema output. Requests are described as clients write them
+ * (defaults optional), responses as the server sends them.
+ */
+import { z } from "zod";
+import { type ApiErrorCode, ERROR_STATUS, ErrorBody } from "../../contract/errors.ts";
+import type { Operation, ParameterSchema } from "./operation.ts";
+
+type Json = Record<string, unknown>;
+
+export interface OpenApiInfo {
+  title: string;
+  version: string;
+}
+
+export function openApiDocument(
+  prefix: string,
+  operations: readonly Operation[],
+  info: OpenApiInfo,
+): Json {
+  const paths: Record<string, Record<string, Json>> = {};
+  for (const op of operations) {
+    const path = `${prefix}${op.path}`.replace(/:([A-Za-z0-9_]+)/g, "{$1}");
+    paths[path] ??= {};
+    paths[path][op.method] = describe(op);
+  }
+  return {
+    openapi: "3.0.3",
+    info,
+    paths,
+    components: {
+      schemas: { ErrorBody: schemaOf(ErrorBody, "output") },
+      securitySchemes: {
+        adminKey: { type: "http", scheme: "bearer", description: "admin API key (pdk_...)" },
+      },
+    },
+  };
+}
+
+function describe(op: Operation): Json {
+  const parameters = [...parametersOf(op.params, "path"), ...parametersOf(op.query, "query")];
+  const success: Json = { description: op.success.description };
+  if (op.success.schema)
+    success.content = { "application/json": { schema: schemaOf(op.success.schema, "output") } };
+  return {
+    operationId: op.operationId,
+    summary: op.summary,
+    ...(op.access === "admin" ? { security: [{ adminKey: [] }] } : {}),
+    ...(parameters.length > 0 ? { parameters } : {}),
+    ...(op.body
+      ? {
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: schemaOf(op.body, "input") } },
+          },
+        }
+      : {}),
+    responses: { [op.success.status]: success, ...errorResponses(op) },
+  };
+}
+
+function parametersOf(schema: ParameterSchema | undefined, where: "path" | "query"): Json[] {
+  if (!schema) return [];
+  return Object.entries(schema.shape).map(([name, field]) => ({
+    name,
+    in: where,
+    required: where === "path" || !z.safeParse(field, undefined).success,
+    schema: schemaOf(field, "input"),
+  }));
+}
+
+/** Group the operation's error codes (its own and the common ones) by status. */
+function errorResponses(op: Operation): Record<string, Json> {
+  const codes = new Set<ApiErrorCode>(op.errors ?? []);
+  if (op.params || op.query || op.body) codes.add("InvalidRequest");
+  if (op.body) {
+    codes.add("InvalidJson");
+    codes.add("PayloadTooLarge");
+  }
+  if (op.access === "admin") codes.add("Unauthorized");
+  codes.add("Internal");
+  const byStatus = new Map<number, ApiErrorCode[]>();
+  for (const code of codes)
+    byStatus.set(ERROR_STATUS[code], [...(byStatus.get(ERROR_STATUS[code]) ?? []), code]);
+  const body = { $ref: "#/components/schemas/ErrorBody" };
+  return Object.fromEntries(
+    [...byStatus].map(([status, list]) => [
+      status,
+      {
+        description: `error code ${list.join(" or ")}`,
+        content: { "application/json": { schema: body } },
+      },
+    ]),
+  );
+}
+
+function schemaOf(schema: z.core.$ZodType, io: "input" | "output"): Json {
+  const { $schema: _dialect, ...rest } = z.toJSONSchema(schema, {
+    target: "openapi-3.0",
+    io,
+    unrepresentable: "any",
+  });
+  // Responses may gain fields in later versions; a client generated from this document must not refuse them.
+  return io === "output" ? (openObjects(rest) as Json) : rest;
+}
+
+/** Drop `additionalProperties: false` everywhere in a JSON Schema. */
+function openObjects(node: unknown): unknown {
+  if (Array.isArray(node)) return node.map(openObjects);
+  if (typeof node !== "object" || node === null) return node;
+  return Object.fromEntries(
+    Object.entries(node)
+      .filter(([key, value]) => !(key === "additionalProperties" && value === false))
+      .map(([key, value]) => [key, openObjects(value)]),
+  );
+}

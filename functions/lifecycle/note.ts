@@ -1,0 +1,15 @@
+/**
+ * Recording what happened, after it happened. An event that cannot be
+ * written must not undo or fail the change it describes, so failures are
+ * reported instead of thrown.
+ */
+import type { ControlPlane } from "../control-plane.ts";
+import { type NewEvent, recordEvent } from "../registry/events.ts";
+
+export async function note(cp: ControlPlane, event: NewEvent): Promise<void> {
+  try {
+    await recordEvent(cp.registry, cp.now(), event);
+  } catch (err) {
+    cp.report(err);
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * `POST /pools`: check the connection string names an account, refuse a
+ * name or a container already registered, prove the pool answers (its
+ * container is created if missing), then insert the record.
+ */
+import type { PoolCreate } from "../../contract/pool.ts";
+import type { ControlPlane } from "../control-plane.ts";
+import { ApiError } from "../http/api-error.ts";
+import { type PoolRecord, pools } from "../registry/pools.ts";
+import { isRegistryError } from "../registry/registry-error.ts";
+import { accountOf } from "../storage/connection-string.ts";
+import { probePool } from "../storage/pool-container.ts";
+import { StorageFailure } from "../storage/storage-failure.ts";
+import { note } from "./note.ts";
+
+export async function registerPool(cp: ControlPlane, request: PoolCreate): Promise<PoolRecord> {
+  const { connectionString } = request.auth;
+  let endpoint: ReturnType<typeof accountOf>;
+  try {
+    endpoint = accountOf(connectionString);
+  } catch (err) {
+    const message = (err as Error).message;
+    throw new ApiError("InvalidRequest", `body.auth.connectionString: ${message}`, {
+      issues: [{ path: "body.auth.connectionString", message }],
+    });
+  }
+  const table = pools(cp.registry);
+  const registered = (await table.list()).map((p) => p.value);
+  if (registered.some((p) => p.name === request.name)) throw exists(request.name);
+  const twin = registered.find(
+    (p) => p.blobEndpoint === endpoint.blobEndpoint && p.container === request.container,
+  );
+  if (twin) {
+    // Two pool names over one container would let "distinct" replicas share a failure domain.
+    throw new ApiError(
+      "PoolExists",
+      `container ${request.container} of ${endpoint.blobEndpoint} is already pool ${twin.name}`,
+      {
+        pool: twin.name,
+      },
+    );
+  }
+
+  const location = { name: request.name, connectionString, container: request.container };
+  try {
+    await probePool(location);
+  } catch (err) {
+    if (!(err instanceof StorageFailure)) throw err;
+    throw new ApiError(
+      "PoolUnreachable",
+      `pool ${request.name} did not accept the control plane: ${err.message}`,
+      {
+        status: err.status ?? null,
+        azureCode: err.azureCode ?? null,
+      },
+    );
+  }
+
+  const now = cp.now().toISOString();
+  const record: PoolRecord = {
+    name: request.name,
+    account: endpoint.account,
+    blobEndpoint: endpoint.blobEndpoint,
+    container: request.container,
+    authKind: "connectionString",
+    connectionString,
+    health: "UNKNOWN",
+    usage: "IN_USE",
+    createdAt: now,
+    updatedAt: now,
+  };
+  try {
+    await table.insert(record);
+  } catch (err) {
+    throw isRegistryError(err, "Exists") ? exists(request.name) : err;
+  }
+  await note(cp, {
+    type: "pool-registered",
+    pool: request.name,
+    message: `pool ${request.name} registered: ${endpoint.blobEndpoint}/${request.container}`,
+  });
+  return record;
+}
+
+function exists(name: string): ApiError {
+  return new ApiError("PoolExists", `pool ${name} already exists`, { pool: name });
+}

@@ -1,0 +1,68 @@
+/**
+ * Volume records: spec, status and the lease the control plane holds for
+ * the owner. One row per volume; the lists (pools, nodes, replicas) are JSON
+ * strings because Table Storage has no arrays.
+ */
+import { z } from "zod";
+import { Timestamp, VolumeName } from "../../contract/names.ts";
+import { VolumeSpec, VolumeStatus } from "../../contract/volume.ts";
+import { fromInt64, int64, packJson, unpackJson } from "./fields.ts";
+import { type Codec, type RecordTable, recordTable } from "./records.ts";
+import type { Registry } from "./tables.ts";
+
+export const VolumeRecord = z.object({
+  name: VolumeName,
+  spec: VolumeSpec,
+  status: VolumeStatus,
+  /** Lease held on every replica for `status.ownerNode`; only the owner ever sees it. */
+  leaseId: z.string().nullable(),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+});
+export type VolumeRecord = z.infer<typeof VolumeRecord>;
+
+export const volumeCodec: Codec<VolumeRecord> = {
+  rowKey: "volume",
+  name: (v) => v.name,
+  encode: (v) => ({
+    sizeBytes: int64(v.spec.sizeBytes),
+    replicaCount: v.spec.replicas,
+    pools: packJson("pools", v.spec.pools),
+    requiredNodes: packJson("requiredNodes", v.spec.requiredNodes),
+    preferredNodes: packJson("preferredNodes", v.spec.preferredNodes),
+    failover: v.spec.failover,
+    state: v.status.state,
+    // Kept as its own property so that queries can filter on the owner.
+    ...(v.status.ownerNode === null ? {} : { ownerNode: v.status.ownerNode }),
+    epoch: int64(v.status.epoch),
+    replicas: packJson("replicas", v.status.replicas),
+    ...(v.leaseId === null ? {} : { leaseId: v.leaseId }),
+    createdAt: v.createdAt,
+    updatedAt: v.updatedAt,
+  }),
+  decode: (name, p) =>
+    VolumeRecord.parse({
+      name,
+      spec: {
+        sizeBytes: fromInt64(p.sizeBytes),
+        replicas: p.replicaCount,
+        pools: unpackJson(p.pools),
+        requiredNodes: unpackJson(p.requiredNodes),
+        preferredNodes: unpackJson(p.preferredNodes),
+        failover: p.failover,
+      },
+      status: {
+        state: p.state,
+        ownerNode: p.ownerNode ?? null,
+        epoch: fromInt64(p.epoch),
+        replicas: unpackJson(p.replicas),
+      },
+      leaseId: p.leaseId ?? null,
+      createdAt: p.createdAt,
+      updatedAt: p.updatedAt,
+    }),
+};
+
+export function volumes(registry: Registry): RecordTable<VolumeRecord> {
+  return recordTable(registry.volumes, volumeCodec);
+}

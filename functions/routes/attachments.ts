@@ -1,0 +1,55 @@
+/**
+ * Attach and detach: `/api/v1/volumes/{name}/attach|detach`.
+ */
+import { z } from "zod";
+import { Attachment, AttachRequest } from "../../contract/attachment.ts";
+import { VolumeName } from "../../contract/names.ts";
+import { Volume } from "../../contract/volume.ts";
+import { attachVolume } from "../arbiter/attach.ts";
+import { detachVolume } from "../arbiter/detach.ts";
+import type { ControlPlane } from "../control-plane.ts";
+import { type Operation, operation } from "../http/operation.ts";
+import { volumeView } from "./views.ts";
+
+const ByName = z.strictObject({ name: VolumeName });
+
+export function attachmentOperations(cp: ControlPlane): Operation[] {
+  return [
+    operation({
+      method: "post",
+      path: "/volumes/:name/attach",
+      operationId: "attachVolume",
+      summary:
+        "Make a node the volume's only writer: new epoch, every replica leased under a fresh lease id",
+      access: "admin",
+      params: ByName,
+      body: AttachRequest,
+      success: {
+        status: 200,
+        description: "the attachment, lease id included",
+        schema: Attachment,
+      },
+      errors: [
+        "VolumeNotFound",
+        "NodeNotFound",
+        "NodeNotEligible",
+        "VolumeAttached",
+        "VolumeBusy",
+        "Conflict",
+        "StorageFailed",
+      ],
+      handle: ({ params, body }) => attachVolume(cp, params.name, body.node),
+    }),
+    operation({
+      method: "post",
+      path: "/volumes/:name/detach",
+      operationId: "detachVolume",
+      summary: "Leave the volume with no writer: every replica's lease dropped",
+      access: "admin",
+      params: ByName,
+      success: { status: 200, description: "the volume, DETACHED", schema: Volume },
+      errors: ["VolumeNotFound", "VolumeBusy", "Conflict", "StorageFailed"],
+      handle: async ({ params }) => volumeView(await detachVolume(cp, params.name)),
+    }),
+  ];
+}

@@ -1,0 +1,34 @@
+/**
+ * Records as the API shows them. What a client must never see is dropped
+ * here, in one place: pool secrets (connection strings are masked) and
+ * volume lease ids (only the owner node gets its lease, through its own
+ * endpoint).
+ */
+import type { Pool } from "../../contract/pool.ts";
+import type { Volume } from "../../contract/volume.ts";
+import type { PoolRecord } from "../registry/pools.ts";
+import type { VolumeRecord } from "../registry/volumes.ts";
+import { maskConnectionString } from "../storage/connection-string.ts";
+
+export function poolView(p: PoolRecord): Pool {
+  return {
+    name: p.name,
+    account: p.account,
+    blobEndpoint: p.blobEndpoint,
+    container: p.container,
+    auth: { kind: p.authKind, connectionString: maskConnectionString(p.connectionString) },
+    health: p.health,
+    usage: p.usage,
+    createdAt: p.createdAt,
+  };
+}
+
+export function volumeView(v: VolumeRecord): Volume {
+  return {
+    name: v.name,
+    spec: v.spec,
+    status: v.status,
+    createdAt: v.createdAt,
+    updatedAt: v.updatedAt,
+  };
+}

@@ -1,0 +1,47 @@
+/**
+ * Pool connection strings: what they name, and how they may be shown.
+ */
+import { BlobServiceClient } from "@azure/storage-blob";
+
+/** Keys whose values are secrets (Azure keys are case-insensitive). */
+const SECRET_FIELDS = new Set(["accountkey", "sharedaccesssignature"]);
+
+export interface AccountEndpoint {
+  account: string;
+  /** Blob service endpoint without query or trailing slash. */
+  blobEndpoint: string;
+}
+
+/** Account and blob endpoint named by a connection string; throws `SyntaxError` if it names none. */
+export function accountOf(connectionString: string): AccountEndpoint {
+  let client: BlobServiceClient;
+  try {
+    client = BlobServiceClient.fromConnectionString(connectionString);
+  } catch (err) {
+    // The SDK's messages can quote the string back, secrets included.
+    throw new SyntaxError(
+      "not a usable storage connection string (needs a blob endpoint or account name, and a key or SAS)",
+      {
+        cause: err instanceof Error ? err.name : undefined,
+      },
+    );
+  }
+  const url = new URL(client.url);
+  return {
+    account: client.accountName,
+    blobEndpoint: `${url.origin}${url.pathname}`.replace(/\/+$/, ""),
+  };
+}
+
+/** The same connection string with every secret value replaced by `***`. */
+export function maskConnectionString(connectionString: string): string {
+  return connectionString
+    .split(";")
+    .filter((part) => part.trim() !== "")
+    .map((part) => {
+      const eq = part.indexOf("=");
+      const key = (eq < 0 ? part : part.slice(0, eq)).trim();
+      return SECRET_FIELDS.has(key.toLowerCase()) || eq < 0 ? `${key}=***` : part.trim();
+    })
+    .join(";");
+}

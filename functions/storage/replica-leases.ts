@@ -1,0 +1,76 @@
+/**
+ * Leases on replica blobs: how the control plane fences writers. Every
+ * agent write carries the lease id, so whoever holds a blob's lease is its
+ * only possible writer. Both calls are safe to repeat.
+ */
+import type { BlobLeaseClient } from "@azure/storage-blob";
+import { restStatus } from "../rest-error.ts";
+import { type PoolLocation, poolContainer } from "./pool-container.ts";
+import { replicaBlobName } from "./replica-blobs.ts";
+import { onPool } from "./storage-failure.ts";
+
+/** A foreign lease is broken and the acquire retried at most this often before giving up. */
+const TAKE_ATTEMPTS = 3;
+
+/**
+ * Hold the replica's blob under `leaseId`, forever (until released or
+ * broken). Any other lease is broken with period 0 first, which fences its
+ * holder at once. Holding it already under `leaseId` is success.
+ */
+export async function takeReplicaLease(
+  pool: PoolLocation,
+  volume: string,
+  replicaId: string,
+  leaseId: string,
+): Promise<void> {
+  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  await onPool(pool.name, "take lease", async () => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        // Acquiring with the id already held renews it, which makes a retry after a crash harmless.
+        await blob.getBlobLeaseClient(leaseId).acquireLease(-1);
+        return;
+      } catch (err) {
+        // 409 LeaseAlreadyPresent: someone else's lease. Only the control plane takes leases, and a
+        // stale step of its own must lose to the current epoch, so break it and take it.
+        if (restStatus(err) !== 409 || attempt >= TAKE_ATTEMPTS) throw err;
+        await breakLease(blob.getBlobLeaseClient());
+      }
+    }
+  });
+}
+
+/**
+ * Leave the replica's blob with no lease: release ours (`leaseId`), or break
+ * whatever other lease is there, since after this no one may write. A blob
+ * with no lease, or no blob, is success.
+ */
+export async function dropReplicaLease(
+  pool: PoolLocation,
+  volume: string,
+  replicaId: string,
+  leaseId: string | null,
+): Promise<void> {
+  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  await onPool(pool.name, "drop lease", async () => {
+    if (leaseId === null) return breakLease(blob.getBlobLeaseClient());
+    try {
+      await blob.getBlobLeaseClient(leaseId).releaseLease();
+    } catch (err) {
+      const status = restStatus(err);
+      if (status === 404) return;
+      // 409: no lease (fine), or another id's lease (break it).
+      if (status !== 409) throw err;
+      await breakLease(blob.getBlobLeaseClient());
+    }
+  });
+}
+
+/** Break with period 0; a blob without a lease is already what we want. */
+async function breakLease(lease: BlobLeaseClient): Promise<void> {
+  try {
+    await lease.breakLease(0);
+  } catch (err) {
+    if (restStatus(err) !== 409) throw err;
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * A control plane over a real Azurite (Table + Blob), driven in process
+ * through `app.request`. Also the outside view of the storage account that
+ * tests use to assert what did (or did not) change.
+ */
+import { TableClient, TableServiceClient } from "@azure/data-tables";
+import { BlobServiceClient } from "@azure/storage-blob";
+import type { Hono } from "hono";
+import { createApp } from "../../functions/app.ts";
+import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
+import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
+import { type Azurite, startAzurite } from "../harness/azurite.ts";
+
+export interface ControlPlaneFixture {
+  azurite: Azurite;
+  registry: Registry;
+  app: Hono;
+  adminKey: string;
+  /** Unexpected errors the app reported (each test may assert it stayed empty). */
+  reported: unknown[];
+  /** Request as an admin; `body` is JSON-encoded unless it is already a string. */
+  call(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<Response>;
+  /** A pool connection string for this Azurite. */
+  connectionString: string;
+  /** Everything in the account: every table's rows and every container's blobs, with ETags. */
+  snapshot(): Promise<StorageSnapshot>;
+  blobs: BlobServiceClient;
+  dispose(): Promise<void>;
+}
+
+export interface StorageSnapshot {
+  tables: Record<string, string[]>;
+  containers: Record<string, string[]>;
+}
+
+/** 2025-01-01T00:00:00Z; the clock advances one second per reading, so events are strictly ordered. */
+export const EPOCH_MS = Date.UTC(2025, 0, 1);
+
+export async function startControlPlane(): Promise<ControlPlaneFixture> {
+  const azurite = await startAzurite({ table: true, inMemory: true });
+  const registry = await openRegistry(azurite.connectionString);
+  let tick = 0;
+  const reported: unknown[] = [];
+  const app = createApp({
+    registry,
+    now: () => new Date(EPOCH_MS + 1000 * tick++),
+    report: (err) => reported.push(err),
+  });
+  const { key } = await issueAdminKey(registry, new Date(EPOCH_MS));
+  const tables = TableServiceClient.fromConnectionString(azurite.connectionString, {
+    allowInsecureConnection: true,
+  });
+  const blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  return {
+    azurite,
+    registry,
+    app,
+    adminKey: key,
+    reported,
+    connectionString: azurite.connectionString,
+    blobs,
+    call: async (method, path, body, headers = {}) =>
+      app.request(path, {
+        method,
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
+        ...(body === undefined
+          ? {}
+          : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+      }),
+    async snapshot() {
+      const snap: StorageSnapshot = { tables: {}, containers: {} };
+      for await (const t of tables.listTables()) {
+        const rows: string[] = [];
+        const client = TableClient.fromConnectionString(azurite.connectionString, t.name!, {
+          allowInsecureConnection: true,
+        });
+        for await (const e of client.listEntities())
+          rows.push(`${e.partitionKey}/${e.rowKey} ${e.etag}`);
+        snap.tables[t.name!] = rows;
+      }
+      for await (const c of blobs.listContainers()) {
+        const list: string[] = [];
+        const container = blobs.getContainerClient(c.name);
+        for await (const b of container.listBlobsFlat()) {
+          list.push(
+            `${b.name} ${b.properties.etag} ${b.properties.contentLength} ${b.properties.leaseState}`,
+          );
+        }
+        snap.containers[c.name] = list;
+      }
+      return snap;
+    },
+    dispose: () => azurite.dispose(),
+  };
+}
+
+/** The error body of a response, after checking its status. */
+export async function errorOf(
+  res: Response,
+  status: number,
+): Promise<{ code: string; message: string; details?: unknown }> {
+  const text = await res.text();
+  if (res.status !== status) throw new Error(`expected ${status}, got ${res.status}: ${text}`);
+  const body = JSON.parse(text) as { error: { code: string; message: string; details?: unknown } };
+  if (typeof body.error?.code !== "string" || typeof body.error.message !== "string") {
+    throw new Error(`not an error body: ${text}`);
+  }
+  return body.error;
+}
+
+/** The JSON body of a response, after checking its status. */
+export async function jsonOf<T = Record<string, unknown>>(
+  res: Response,
+  status: number,
+): Promise<T> {
+  const text = await res.text();
+  if (res.status !== status) throw new Error(`expected ${status}, got ${res.status}: ${text}`);
+  return JSON.parse(text) as T;
+}
