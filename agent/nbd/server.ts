@@ -1,0 +1,323 @@
+/**
+ * The NBD server: named exports of BlockDevices served over unix sockets
+ * and/or TCP, fixed newstyle only.
+ *
+ * ```ts
+ * const server = new NbdServer({ exports: { vol1: device }, logger });
+ * const addr = await server.listen({ unix: "/run/pagedisk/vol1.sock" });
+ * // ... on volume failure:
+ * await server.removeExport("vol1");
+ * // ... on SIGTERM:
+ * await server.close();
+ * ```
+ *
+ * The server never closes devices; whoever created a device closes it,
+ * after `removeExport()` or `close()` has let its requests finish.
+ */
+import { lstat, unlink } from "node:fs/promises";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { BufferPool } from "./buffer-pool.ts";
+import { ExportCatalog, type ExportOptions, type NbdExport } from "./catalog.ts";
+import { Connection, type ConnectionContext } from "./connection.ts";
+import type { BlockDevice, BlockSizes } from "./device.ts";
+import { type Logger, silentLogger } from "./logger.ts";
+import type { TransmissionCounters } from "./transmission.ts";
+
+/** An export given at construction: a bare device, or a device with options. */
+export type ExportSpec = BlockDevice | ({ device: BlockDevice } & ExportOptions);
+
+/** Construction options of an NbdServer; all optional. */
+export interface NbdServerOptions {
+  /** Exports by name; more can be added with `addExport()`. */
+  exports?: Record<string, ExportSpec>;
+  /**
+   * Export that the empty name ("") selects. Without it, "" selects an export
+   * actually named "", or the only export when there is exactly one.
+   */
+  defaultExport?: string;
+  /** Description for exports that do not carry their own. */
+  description?: string;
+  /** Block sizes advertised for exports that do not carry their own. */
+  blockSizes?: BlockSizes;
+  logger?: Logger;
+  /**
+   * Per connection: bytes of write payloads and read data in flight plus
+   * bytes queued on the socket before the server stops reading from it.
+   * Default 96 MiB, three maximum-size requests.
+   */
+  maxInflightBytes?: number;
+  /** Drop clients still negotiating after this long (default 10 s, as qemu-nbd); 0: never. */
+  handshakeTimeoutMs?: number;
+}
+
+/** How long a graceful stop may take before the remaining connections are cut. */
+export interface StopOptions {
+  /**
+   * After this long, connections still open (a device that never answers, a
+   * client that does not read its replies) are destroyed. Default 30 s.
+   */
+  graceMs?: number;
+}
+
+/** Where to listen: a unix socket path, or TCP. */
+export type ListenAddress = { unix: string } | { host?: string; port: number };
+/** Where the server actually listens (the TCP port is resolved when 0 was asked). */
+export type BoundAddress = { unix: string } | { host: string; port: number };
+
+/** Counters for status and metrics; a snapshot. */
+export interface NbdServerStats extends TransmissionCounters {
+  /** Connections open now (handshake or transmission). */
+  connections: number;
+  /** Connections accepted since start. */
+  accepted: number;
+  /** Most connections open at once since start. */
+  peakConnections: number;
+  /** Connections in transmission, per export name. */
+  byExport: Record<string, number>;
+}
+
+const DEFAULT_MAX_INFLIGHT = 96 * 1024 * 1024;
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+const DEFAULT_GRACE_MS = 30_000;
+
+/** Serves named BlockDevices over NBD (fixed newstyle). */
+export class NbdServer {
+  readonly #catalog: ExportCatalog;
+  readonly #log: Logger;
+  readonly #description: string;
+  readonly #maxInflightBytes: number;
+  readonly #handshakeTimeoutMs: number;
+  readonly #listeners: Server[] = [];
+  readonly #connections = new Set<Connection>();
+  /** Connections in transmission, by the export they serve. */
+  readonly #bound = new Map<NbdExport, Set<Connection>>();
+  readonly #counters: TransmissionCounters = {
+    requests: 0,
+    errors: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+  };
+  readonly #pool = new BufferPool();
+  #accepted = 0;
+  #peak = 0;
+  #closing: Promise<void> | undefined;
+
+  constructor(opts: NbdServerOptions = {}) {
+    this.#catalog = new ExportCatalog(opts.blockSizes, opts.defaultExport);
+    this.#log = opts.logger ?? silentLogger;
+    this.#description = opts.description ?? "";
+    this.#maxInflightBytes = opts.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT;
+    this.#handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    for (const [name, spec] of Object.entries(opts.exports ?? {})) {
+      if (isBlockDevice(spec)) {
+        this.addExport(name, spec);
+      } else {
+        const { device, ...exportOpts } = spec;
+        this.addExport(name, device, exportOpts);
+      }
+    }
+  }
+
+  /** Offer a device under `name` to new connections. */
+  addExport(name: string, device: BlockDevice, opts: ExportOptions = {}): void {
+    if (this.#closing) throw new Error("server is closed");
+    this.#catalog.add(name, device, {
+      ...opts,
+      description: opts.description ?? this.#description,
+    });
+  }
+
+  /** Names of the exports currently offered. */
+  exportNames(): string[] {
+    return this.#catalog.list().map((e) => e.name);
+  }
+
+  /**
+   * Withdraw an export gracefully: new clients can no longer select it,
+   * requests in flight on its connections complete and are answered (with
+   * whatever the device returns, e.g. EIO for a failed volume), later
+   * requests get ESHUTDOWN, then its clients are disconnected. Resolves when
+   * they are all gone; other exports are untouched.
+   */
+  async removeExport(name: string, opts: StopOptions = {}): Promise<void> {
+    const exp = this.#catalog.delete(name);
+    if (!exp) return;
+    const conns = [...(this.#bound.get(exp) ?? [])];
+    this.#log.info({ export: name, connections: conns.length }, "nbd export removed");
+    await this.#drain(conns, opts.graceMs ?? DEFAULT_GRACE_MS);
+  }
+
+  /** Start accepting connections; may be called several times for several addresses. */
+  async listen(address: ListenAddress): Promise<BoundAddress> {
+    if (this.#closing) throw new Error("server is closed");
+    const listener = createServer({ noDelay: true, keepAlive: true }, (socket) =>
+      this.#accept(socket),
+    );
+    listener.on("error", (err) => this.#log.error({ err }, "nbd listener error"));
+    if ("unix" in address) await listenUnix(listener, address.unix);
+    else await listenOnce(listener, { host: address.host ?? "127.0.0.1", port: address.port });
+    if (this.#closing) {
+      // close() ran while we were binding: do not leave this listener behind.
+      listener.close();
+      throw new Error("server is closed");
+    }
+    this.#listeners.push(listener);
+    if ("unix" in address) {
+      this.#log.info({ unix: address.unix }, "nbd server listening");
+      return { unix: address.unix };
+    }
+    const bound = listener.address();
+    if (bound === null || typeof bound === "string") throw new Error("unexpected TCP address");
+    this.#log.info({ host: bound.address, port: bound.port }, "nbd server listening");
+    return { host: bound.address, port: bound.port };
+  }
+
+  /**
+   * Stop accepting, let requests in flight finish and be answered (later
+   * ones get ESHUTDOWN), then end every connection. Idempotent: a second
+   * call returns the first call's promise.
+   */
+  close(opts: StopOptions = {}): Promise<void> {
+    this.#closing ??= this.#shutdown(opts.graceMs ?? DEFAULT_GRACE_MS);
+    return this.#closing;
+  }
+
+  /** A snapshot of the counters. */
+  get stats(): NbdServerStats {
+    const byExport: Record<string, number> = {};
+    for (const [exp, conns] of this.#bound) byExport[exp.name] = conns.size;
+    return {
+      ...this.#counters,
+      connections: this.#connections.size,
+      accepted: this.#accepted,
+      peakConnections: this.#peak,
+      byExport,
+    };
+  }
+
+  async #shutdown(graceMs: number): Promise<void> {
+    const stopped = Promise.all(
+      this.#listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))),
+    );
+    await Promise.all([stopped, this.#drain([...this.#connections], graceMs)]);
+    this.#log.info({}, "nbd server closed");
+  }
+
+  /** Drain connections; cut those still open after `graceMs`. */
+  async #drain(conns: Connection[], graceMs: number): Promise<void> {
+    for (const conn of conns) conn.drain();
+    const all = Promise.all(conns.map((c) => c.closed));
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<"expired">((resolve) => {
+      timer = setTimeout(() => resolve("expired"), graceMs);
+    });
+    const outcome = await Promise.race([all, expired]);
+    clearTimeout(timer);
+    if (outcome !== "expired") return;
+    const left = conns.filter((c) => !c.socket.destroyed);
+    this.#log.warn(
+      { connections: left.length, graceMs },
+      "nbd connections cut after the grace period",
+    );
+    for (const conn of left) conn.destroy();
+    await all;
+  }
+
+  #accept(socket: Socket): void {
+    if (this.#closing) {
+      socket.destroy();
+      return;
+    }
+    const id = ++this.#accepted;
+    const log = childLogger(this.#log, { conn: id });
+    const conn = new Connection(id, socket, this.#context(), log);
+    this.#connections.add(conn);
+    this.#peak = Math.max(this.#peak, this.#connections.size);
+    log.debug({ remote: socket.remoteAddress ?? "unix" }, "nbd client connected");
+    void conn.closed.then(() => {
+      this.#connections.delete(conn);
+      const exp = conn.export;
+      const set = exp && this.#bound.get(exp);
+      if (set) {
+        set.delete(conn);
+        if (set.size === 0) this.#bound.delete(exp);
+      }
+      log.debug({}, "nbd client disconnected");
+    });
+    void conn.start();
+  }
+
+  /** What every connection shares with the server; built per connection, it is cheap. */
+  #context(): ConnectionContext {
+    return {
+      catalog: this.#catalog,
+      shuttingDown: () => this.#closing !== undefined,
+      counters: this.#counters,
+      maxInflightBytes: this.#maxInflightBytes,
+      handshakeTimeoutMs: this.#handshakeTimeoutMs,
+      pool: this.#pool,
+      bind: (conn, exp) => {
+        // The export may have been removed between the GO reply and now.
+        if (this.#closing || conn.socket.destroyed || this.#catalog.resolve(exp.name) !== exp) {
+          return false;
+        }
+        let set = this.#bound.get(exp);
+        if (!set) {
+          set = new Set();
+          this.#bound.set(exp, set);
+        }
+        set.add(conn);
+        return true;
+      },
+    };
+  }
+}
+
+/** A bare device rather than `{ device, ...options }` (a device may well have a `device` field). */
+function isBlockDevice(spec: ExportSpec): spec is BlockDevice {
+  return typeof (spec as Partial<BlockDevice>).read === "function";
+}
+
+/** pino-style child when available, so per-connection fields stay on every line. */
+function childLogger(log: Logger, bindings: object): Logger {
+  const withChild = log as Logger & { child?: (b: object) => Logger };
+  return typeof withChild.child === "function" ? withChild.child(bindings) : log;
+}
+
+function listenOnce(listener: Server, opts: { path: string } | { host: string; port: number }) {
+  return new Promise<void>((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    listener.once("error", onError);
+    listener.listen(opts, () => {
+      listener.off("error", onError);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Listen on a unix socket path, replacing a stale socket file left by a
+ * previous process (one nobody answers on), never a live one.
+ */
+async function listenUnix(listener: Server, path: string): Promise<void> {
+  try {
+    await listenOnce(listener, { path });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
+    const info = await lstat(path);
+    if (!info.isSocket() || (await isAnswering(path))) throw err;
+    await unlink(path);
+    await listenOnce(listener, { path });
+  }
+}
+
+function isAnswering(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect({ path });
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", () => resolve(false));
+  });
+}

@@ -1,0 +1,417 @@
+/**
+ * The transmission phase of one connection: parse requests from the received
+ * bytes, validate them, run them on the device, and write replies.
+ *
+ * Concurrency: every valid request starts as soon as it is parsed; replies
+ * are written as each completes, so they go out of order. Each reply is
+ * written in one synchronous run of `socket.write` calls, so its parts are
+ * contiguous on the wire; replies completing in the same tick are batched
+ * with cork/uncork into one writev. FLUSH simply calls `device.flush()`,
+ * which by contract covers every write already acknowledged.
+ *
+ * Memory: bytes held for in-flight requests (write payloads, read replies)
+ * plus bytes queued on the socket are capped per connection; above the cap
+ * the socket is paused, which pushes back on the client through TCP.
+ */
+import type { Socket } from "node:net";
+import { BufferPool } from "./buffer-pool.ts";
+import type { ByteQueue } from "./byte-queue.ts";
+import { type BlockDevice, BlockError, type Extent, NBD_ERRNO, toNbdError } from "./device.ts";
+import type { Logger } from "./logger.ts";
+import type { Session } from "./negotiation.ts";
+import { CMD, CMD_FLAG, CMD_NAME, REQUEST_HEADER_SIZE } from "./protocol.ts";
+import {
+  blockStatusChunk,
+  errorChunk,
+  offsetDataHeader,
+  type StatusDescriptor,
+  simpleReply,
+} from "./replies.ts";
+import { decodeRequest, type Rejection, type Request, validateRequest } from "./requests.ts";
+
+/** Counters shared by all connections of a server. */
+export interface TransmissionCounters {
+  requests: number;
+  errors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+/** What one connection's transmission phase is given by its server. */
+export interface TransmissionOptions {
+  logger: Logger;
+  counters: TransmissionCounters;
+  /** Cap on payload bytes in flight plus bytes queued on the socket. */
+  maxInflightBytes: number;
+  /** Where large write payloads are assembled; shared by the server's connections. */
+  pool: BufferPool;
+  /** Called once the connection has been ended (DISC, drain, or after a failure). */
+  onFinished?: () => void;
+}
+
+/** Bookkeeping cost of a request without payload, so floods of tiny requests are bounded too. */
+const REQUEST_OVERHEAD = 256;
+/** Most descriptors sent in one block status reply (the spec allows fewer than asked). */
+const MAX_DESCRIPTORS = 65536;
+const SHUTDOWN: Rejection = { errno: "ESHUTDOWN", message: "export is shutting down" };
+
+/** Request handling for one connection once the handshake is over. */
+export class Transmission {
+  readonly #socket: Socket;
+  readonly #session: Session;
+  readonly #device: BlockDevice;
+  readonly #structured: boolean;
+  readonly #opts: TransmissionOptions;
+  readonly #queue: ByteQueue;
+  /** A write whose header is parsed and whose payload is still arriving. */
+  #pendingWrite: Request | undefined;
+  /** Pooled buffer the pending write's payload is copied into, and bytes copied so far. */
+  #assembly: Buffer | undefined;
+  #assembled = 0;
+  #inflight = 0;
+  #inflightBytes = 0;
+  #paused = false;
+  #pumping = false;
+  #pumpAgain = false;
+  /** No new request runs; each gets ESHUTDOWN. */
+  #draining = false;
+  /** DISC or drain: end the connection once nothing is in flight. */
+  #ending = false;
+  /** DISC was received: the client may send nothing more, so input is discarded. */
+  #disconnecting = false;
+  /** No more input is parsed; the socket is being ended. */
+  #finished = false;
+  #corked = false;
+  readonly #uncork = () => {
+    this.#corked = false;
+    this.#socket.uncork();
+  };
+  readonly #onDrain = () => this.#maybeResume();
+
+  constructor(socket: Socket, queue: ByteQueue, session: Session, opts: TransmissionOptions) {
+    this.#socket = socket;
+    this.#queue = queue;
+    this.#session = session;
+    this.#device = session.export.device;
+    this.#structured = session.structuredReplies;
+    this.#opts = opts;
+    socket.on("drain", this.#onDrain);
+  }
+
+  /** Requests started and not yet replied to. */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /**
+   * Parse and start every complete request in the queue. Throws
+   * ProtocolViolation when the stream is not NBD; the caller drops the
+   * connection.
+   */
+  pump(): void {
+    if (this.#pumping) {
+      // Re-entered from a request that completed synchronously: finish the outer loop first.
+      this.#pumpAgain = true;
+      return;
+    }
+    this.#pumping = true;
+    try {
+      do {
+        this.#pumpAgain = false;
+        this.#parse();
+      } while (this.#pumpAgain);
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  /**
+   * Stop serving (server shutdown or export removal): requests in flight
+   * finish and are answered, later ones get ESHUTDOWN, then the connection
+   * ends.
+   */
+  drain(): void {
+    this.#draining = true;
+    this.#endWhenIdle();
+  }
+
+  #parse(): void {
+    const queue = this.#queue;
+    while (!this.#paused && !this.#finished) {
+      if (this.#disconnecting) {
+        queue.clear();
+        return;
+      }
+      if (queue.skipping > 0) return; // still discarding a refused write's payload
+      let req = this.#pendingWrite;
+      if (req === undefined) {
+        if (queue.length < REQUEST_HEADER_SIZE) return;
+        req = decodeRequest(queue.take(REQUEST_HEADER_SIZE));
+        this.#opts.counters.requests++;
+        if (req.type === CMD.DISC) {
+          this.#disconnecting = true;
+          this.#endWhenIdle();
+          continue;
+        }
+        const rejection = this.#draining ? SHUTDOWN : validateRequest(req, this.#session);
+        if (rejection) {
+          // A refused write's payload is still on the wire: drop it as it arrives.
+          if (req.type === CMD.WRITE) queue.skip(req.length);
+          this.#reject(req, rejection);
+          if (this.#overBudget()) this.#pause();
+          continue;
+        }
+        if (req.type === CMD.WRITE) this.#pendingWrite = req;
+      }
+      if (req.type === CMD.WRITE && !this.#assemblePayload(req)) return;
+      this.#start(req);
+      if (this.#overBudget()) this.#pause();
+    }
+  }
+
+  /**
+   * Collect a write's payload from the queue; false while bytes are missing.
+   * Small payloads are taken as they lie (often a view of one received
+   * chunk); large ones are copied into a pooled buffer as chunks arrive.
+   */
+  #assemblePayload(req: Request): boolean {
+    const queue = this.#queue;
+    if (req.length < BufferPool.MIN_SIZE) {
+      if (queue.length < req.length) return false;
+      req.payload = queue.take(req.length);
+    } else {
+      this.#assembly ??= this.#opts.pool.acquire(req.length);
+      this.#assembled += queue.takeInto(
+        this.#assembly,
+        this.#assembled,
+        req.length - this.#assembled,
+      );
+      if (this.#assembled < req.length) return false;
+      req.pooled = this.#assembly;
+      req.payload = this.#assembly.subarray(0, req.length);
+      this.#assembly = undefined;
+      this.#assembled = 0;
+    }
+    this.#pendingWrite = undefined;
+    return true;
+  }
+
+  #start(req: Request): void {
+    const cost =
+      REQUEST_OVERHEAD + (req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0);
+    this.#inflight++;
+    this.#inflightBytes += cost;
+    void this.#execute(req, cost);
+  }
+
+  /** Run one validated request and reply; never rejects. */
+  async #execute(req: Request, cost: number): Promise<void> {
+    const device = this.#device;
+    const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+    try {
+      switch (req.type) {
+        case CMD.READ:
+          await this.#read(req);
+          break;
+        case CMD.WRITE: {
+          const payload = req.payload!;
+          req.payload = undefined;
+          try {
+            await device.write(req.offset, payload, fua ? { fua } : undefined);
+          } finally {
+            // The device is done with the bytes once write() settles (BlockDevice contract).
+            if (req.pooled) this.#opts.pool.release(req.pooled);
+          }
+          this.#replyOk(req);
+          this.#opts.counters.bytesWritten += req.length;
+          break;
+        }
+        case CMD.FLUSH:
+          await device.flush();
+          this.#replyOk(req);
+          break;
+        case CMD.TRIM:
+          await device.trim(req.offset, req.length, fua ? { fua } : undefined);
+          this.#replyOk(req);
+          break;
+        case CMD.WRITE_ZEROES:
+          await device.writeZeroes(req.offset, req.length, {
+            fua,
+            noHole: (req.flags & CMD_FLAG.NO_HOLE) !== 0,
+            fastZero: (req.flags & CMD_FLAG.FAST_ZERO) !== 0,
+          });
+          this.#replyOk(req);
+          break;
+        case CMD.CACHE:
+          await device.cache(req.offset, req.length);
+          this.#replyOk(req);
+          break;
+        case CMD.BLOCK_STATUS: {
+          const extents = await device.blockStatus(req.offset, req.length);
+          const descriptors = toDescriptors(extents, req);
+          if (descriptors.length === 0) throw new Error("device returned no extents");
+          this.#send(blockStatusChunk(req, this.#session.metaContextId, descriptors));
+          break;
+        }
+      }
+    } catch (err) {
+      this.#replyFailure(req, err);
+    } finally {
+      this.#completed(cost);
+    }
+  }
+
+  /** READ: large reads are offered a pooled buffer, reclaimed once the socket has sent it. */
+  async #read(req: Request): Promise<void> {
+    const pool = this.#opts.pool;
+    const lent = req.length >= BufferPool.MIN_SIZE ? pool.acquire(req.length) : undefined;
+    let data: Uint8Array;
+    try {
+      data = await this.#device.read(req.offset, req.length, lent?.subarray(0, req.length));
+      if (data.length !== req.length) {
+        throw new Error(`device returned ${data.length} bytes for a ${req.length}-byte read`);
+      }
+    } catch (err) {
+      if (lent) pool.release(lent);
+      throw err;
+    }
+    if (lent && data.buffer !== lent.buffer) {
+      pool.release(lent); // the device answered with its own buffer
+      this.#replyData(req, data);
+    } else {
+      this.#replyData(req, data, lent);
+    }
+    this.#opts.counters.bytesRead += req.length;
+  }
+
+  #completed(cost: number): void {
+    this.#inflight--;
+    this.#inflightBytes -= cost;
+    if (this.#ending && this.#inflight === 0) this.#finish();
+    else this.#maybeResume();
+  }
+
+  #overBudget(): boolean {
+    return this.#inflightBytes + this.#socket.writableLength > this.#opts.maxInflightBytes;
+  }
+
+  #pause(): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.#socket.pause();
+    this.#opts.logger.debug(
+      { inflight: this.#inflight, inflightBytes: this.#inflightBytes },
+      "nbd connection paused: in-flight bytes over the cap",
+    );
+  }
+
+  #maybeResume(): void {
+    if (!this.#paused || this.#finished || this.#overBudget()) return;
+    this.#paused = false;
+    this.#socket.resume();
+    this.pump();
+  }
+
+  #endWhenIdle(): void {
+    this.#ending = true;
+    if (this.#inflight === 0) this.#finish();
+  }
+
+  /** End the connection after queued replies are flushed. */
+  #finish(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#pendingWrite = undefined;
+    this.#assembly = undefined;
+    this.#queue.clear();
+    const socket = this.#socket;
+    socket.off("drain", this.#onDrain);
+    if (this.#corked) this.#uncork();
+    // Keep reading (and discarding) until the end is flushed, so unread input
+    // does not turn the close into a reset that could lose our last replies.
+    if (this.#paused) socket.resume();
+    if (!socket.destroyed) socket.end(() => socket.destroy());
+    this.#opts.onFinished?.();
+  }
+
+  // --- replies -------------------------------------------------------------
+
+  /**
+   * Queue bytes on the socket, batching everything written in this tick.
+   * `lent` is a pooled buffer under `buf`, reclaimed once the socket is done with it.
+   */
+  #send(buf: Uint8Array, lent?: Buffer): void {
+    const socket = this.#socket;
+    if (socket.destroyed || socket.writableEnded) return;
+    if (!this.#corked) {
+      this.#corked = true;
+      socket.cork();
+      process.nextTick(this.#uncork);
+    }
+    if (lent) socket.write(buf, () => this.#opts.pool.release(lent));
+    else socket.write(buf);
+  }
+
+  #replyOk(req: Request): void {
+    // A simple reply is allowed for any payload-less success, structured or not.
+    this.#send(simpleReply(req, 0));
+  }
+
+  #replyData(req: Request, data: Uint8Array, lent?: Buffer): void {
+    // Header and data are written back to back in this same tick: one frame.
+    if (this.#structured) this.#send(offsetDataHeader(req, req.offset, data.length, true));
+    else this.#send(simpleReply(req, 0));
+    this.#send(data, lent);
+  }
+
+  #replyError(req: Request, error: number, message: string): void {
+    this.#opts.counters.errors++;
+    if (this.#structured) this.#send(errorChunk(req, error, message));
+    else this.#send(simpleReply(req, error));
+  }
+
+  #reject(req: Request, rejection: Rejection): void {
+    this.#opts.logger.debug(
+      { command: CMD_NAME[req.type] ?? req.type, offset: req.offset, length: req.length },
+      `nbd request refused (${rejection.errno}): ${rejection.message}`,
+    );
+    this.#replyError(req, NBD_ERRNO[rejection.errno], rejection.message);
+  }
+
+  #replyFailure(req: Request, err: unknown): void {
+    const error = toNbdError(err);
+    const message = err instanceof Error ? err.message : String(err);
+    const fields = {
+      command: CMD_NAME[req.type] ?? req.type,
+      offset: req.offset,
+      length: req.length,
+      err,
+    };
+    // A BlockError is the device's considered answer (its layers log the cause);
+    // anything else reaches the wire as EIO and deserves a look.
+    if (err instanceof BlockError) this.#opts.logger.debug(fields, "nbd request failed");
+    else this.#opts.logger.warn(fields, "nbd request failed with an unexpected error");
+    this.#replyError(req, error, message);
+  }
+}
+
+/** Turn device extents into wire descriptors within the request's rules. */
+export function toDescriptors(
+  extents: readonly Extent[],
+  req: Pick<Request, "length" | "flags">,
+): StatusDescriptor[] {
+  const out: StatusDescriptor[] = [];
+  const reqOne = (req.flags & CMD_FLAG.REQ_ONE) !== 0;
+  let covered = 0;
+  for (const e of extents) {
+    if (e.length <= 0) continue;
+    // Never describe more than asked: the spec requires it with REQ_ONE, and
+    // the device contract promises it anyway.
+    const length = Math.min(e.length, req.length - covered);
+    if (length <= 0) break;
+    out.push({ length, hole: e.hole, zero: e.zero });
+    covered += length;
+    if (reqOne || out.length >= MAX_DESCRIPTORS) break;
+  }
+  return out;
+}
