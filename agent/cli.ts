@@ -1,9 +1,77 @@
 /**
  * Entry of the `pagedisk` binary: agent commands and management commands.
  */
-import { Command } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { createLogger } from "./log.ts";
+import { parseDuration, parseSize, UsageError } from "./serve/args.ts";
+import { EXIT, serve } from "./serve/serve.ts";
+
+function asSize(text: string): number {
+  try {
+    return parseSize(text);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function asDuration(text: string): number {
+  try {
+    return parseDuration(text);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
 
 const program = new Command();
-program.name("pagedisk").description("Azure page blobs as Linux block devices").version("0.1.0");
+program
+  .name("pagedisk")
+  .description("Azure page blobs as Linux block devices")
+  .version("0.1.0")
+  .showHelpAfterError();
+
+program
+  .command("serve")
+  .description("export one page blob (or memory:SIZE) over NBD, with no control plane")
+  .argument("<target>", "page blob URL (with a SAS, or with --connection-string) or memory:SIZE")
+  .requiredOption("--listen <address>", "unix:PATH or tcp:HOST:PORT")
+  .option("--create", "create the page blob first (needs --size)")
+  .option("--size <size>", "size for --create, e.g. 8GiB", asSize)
+  .option("--lease <mode>", "auto (take and release an infinite lease), none, or a lease id")
+  .option("--read-only", "export read-only")
+  .option("--export-name <name>", "NBD export name (default: the blob name)")
+  .addOption(
+    new Option("--connection-string <cs>", "storage connection string").env(
+      "PAGEDISK_STORAGE_CONNECTION_STRING",
+    ),
+  )
+  .option("--throttle-pause <duration>", "pause of new I/O after a throttle response", asDuration)
+  .option("--deadline <duration>", "how long a request retries before the volume fails", asDuration)
+  .action(async (target: string, o: Record<string, unknown>) => {
+    const log = createLogger({ name: "pagedisk-serve" });
+    try {
+      const code = await serve(target, {
+        listen: o.listen as string,
+        create: o.create === true,
+        ...(o.size !== undefined ? { size: o.size as number } : {}),
+        ...(o.lease !== undefined ? { lease: o.lease as string } : {}),
+        readOnly: o.readOnly === true,
+        ...(o.exportName !== undefined ? { exportName: o.exportName as string } : {}),
+        ...(o.connectionString !== undefined ? { connectionString: o.connectionString as string } : {}),
+        ...(o.throttlePause !== undefined ? { throttlePauseMs: o.throttlePause as number } : {}),
+        ...(o.deadline !== undefined ? { deadlineMs: o.deadline as number } : {}),
+        print: (line) => process.stdout.write(`${line}\n`),
+        log,
+      });
+      process.exit(code);
+    } catch (err) {
+      if (err instanceof UsageError) {
+        log.error({ err: err.message }, "cannot serve");
+        process.stderr.write(`pagedisk serve: ${err.message}\n`);
+      } else {
+        log.error({ err }, "cannot serve");
+      }
+      process.exit(EXIT.startup);
+    }
+  });
 
 await program.parseAsync(process.argv);

@@ -1,0 +1,110 @@
+/**
+ * A real ext4 on a pagedisk export: `pagedisk serve` (the bundled binary) ->
+ * nbdfuse (libnbd-bin) exposes the export as a file -> a loop device turns it
+ * into a kernel block device -> mkfs.ext4, mount, write, sync, unmount,
+ * e2fsck -fn, remount and verify. This machine has no nbd kernel module, which
+ * is exactly the fallback the agent uses too.
+ */
+import { execFile } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ServeProcess, startServe } from "../harness/serve.ts";
+
+const exec = promisify(execFile);
+const PATHS = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+function which(bin: string, pkg: string): string {
+  for (const dir of PATHS) if (existsSync(join(dir, bin))) return join(dir, bin);
+  throw new Error(`${bin} is not installed: apt-get install ${pkg}`);
+}
+
+/** Bounded poll for a condition another process makes true (no fixed sleeps). */
+async function waitFor(cond: () => boolean, what: string, tries = 400): Promise<void> {
+  for (let i = 0; i < tries; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("ext4 through nbdfuse and a loop device", () => {
+  let serve: ServeProcess | undefined;
+  let fuseDir = "";
+  let loop = "";
+  let fsDir = "";
+  const files = new Map<string, string>();
+
+  /** nbdfuse exposes the export as a file; losetup makes it a block device. */
+  async function attach(): Promise<void> {
+    const pidfile = join(serve!.dir, "nbdfuse.pid");
+    await rm(pidfile, { force: true });
+    execFile(which("nbdfuse", "libnbd-bin"), ["-P", pidfile, join(fuseDir, "disk"), serve!.uri]);
+    await waitFor(() => existsSync(pidfile), "nbdfuse to mount");
+    const { stdout } = await exec(which("losetup", "mount"), [
+      "--find",
+      "--show",
+      join(fuseDir, "disk"),
+    ]);
+    loop = stdout.trim();
+  }
+
+  async function detach(): Promise<void> {
+    await exec("umount", [fsDir]).catch(() => {});
+    if (loop) await exec(which("losetup", "mount"), ["-d", loop]).catch(() => {});
+    loop = "";
+    await exec(which("fusermount3", "fuse3"), ["-u", fuseDir]).catch(() => {});
+  }
+
+  beforeAll(async () => {
+    serve = await startServe("memory:256MiB", ["--export-name", "ext4"]);
+    fuseDir = join(serve.dir, "fuse");
+    fsDir = join(serve.dir, "fs");
+    await mkdir(fuseDir);
+    await mkdir(fsDir);
+    await attach();
+  });
+
+  afterAll(async () => {
+    if (fuseDir) await detach();
+    if (serve) expect(await serve.stop()).toBe(0);
+  });
+
+  it("makes, fills, checks and remounts a filesystem", async () => {
+    expect(loop).toMatch(/^\/dev\/loop\d+$/);
+    await exec(which("mkfs.ext4", "e2fsprogs"), ["-q", "-F", loop]);
+    await exec("mount", [loop, fsDir]);
+    await mkdir(join(fsDir, "d"));
+    for (let i = 0; i < 200; i++) {
+      const data = randomBytes(1024 + ((i * 7919) % 65536));
+      const name = join("d", `f${i}`);
+      await writeFile(join(fsDir, name), data);
+      files.set(name, createHash("sha256").update(data).digest("hex"));
+    }
+    const big = randomBytes(32 * 1024 * 1024);
+    await writeFile(join(fsDir, "big"), big);
+    files.set("big", createHash("sha256").update(big).digest("hex"));
+    await exec("sync", []);
+    await exec("umount", [fsDir]);
+
+    // e2fsck -n is a read-only check; exit status 0 (no throw) means clean.
+    const first = await exec(which("e2fsck", "e2fsprogs"), ["-fn", loop]);
+    expect(first.stdout).toMatch(/\d+\/\d+ files/);
+
+    // Tear the whole client side down and build it anew, so that what is
+    // checked and read back can only come from the server.
+    await detach();
+    await attach();
+    const fsck = await exec(which("e2fsck", "e2fsprogs"), ["-fn", loop]);
+    expect(fsck.stdout).toMatch(/\d+\/\d+ files/);
+    await exec("mount", [loop, fsDir]);
+    for (const [name, sum] of files) {
+      const back = await readFile(join(fsDir, name));
+      expect(createHash("sha256").update(back).digest("hex"), name).toBe(sum);
+    }
+    await exec("umount", [fsDir]);
+  });
+});
