@@ -1,0 +1,186 @@
+/**
+ * `npm run bench`: measures pagedisk against its comparison peers in one run
+ * and prints a table. Nothing here asserts; targets are shown beside ratios.
+ *
+ * (a) `pagedisk serve memory:` vs (b) `nbdkit memory`, same fio nbd jobs.
+ * (c) `pagedisk serve` on Azurite vs the raw ceiling: Put Page / Get Blob
+ *     straight to the same Azurite with our undici client at the same
+ *     concurrency.
+ *
+ * Env: PAGEDISK_BENCH_SECONDS (default 5) per timed job.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { openPageBlob } from "../agent/pageblob/connect.ts";
+import type { PageBlob } from "../agent/pageblob/page-blob.ts";
+import { startAzurite } from "../test/harness/azurite.ts";
+import { type ServeProcess, startServe } from "../test/harness/serve.ts";
+import { type FioJob, type FioResult, runFio } from "./fio.ts";
+
+const SECONDS = Number(process.env.PAGEDISK_BENCH_SECONDS ?? 5);
+const MiB = 1024 * 1024;
+
+interface Row {
+  section: string;
+  workload: string;
+  ours: string;
+  peer: string;
+  ratio: number;
+  target: number;
+}
+const rows: Row[] = [];
+
+const fmtIops = (r: FioResult) => `${Math.round(r.iops).toLocaleString("en-US")} IOPS`;
+const fmtBw = (bytesPerSec: number) => `${(bytesPerSec / MiB).toFixed(1)} MiB/s`;
+
+function memoryJobs(size: string): Array<FioJob & { target: number; metric: "iops" | "bw" }> {
+  return [
+    { name: "randread-4k-qd32", rw: "randread", bs: "4k", iodepth: 32, size, runtime: SECONDS, target: 0.7, metric: "iops" },
+    { name: "randwrite-4k-qd32", rw: "randwrite", bs: "4k", iodepth: 32, size, runtime: SECONDS, target: 0.7, metric: "iops" },
+    { name: "read-1m-qd8", rw: "read", bs: "1M", iodepth: 8, size, runtime: SECONDS, target: 1.0, metric: "bw" },
+    { name: "write-1m-qd8", rw: "write", bs: "1M", iodepth: 8, size, runtime: SECONDS, target: 1.0, metric: "bw" },
+  ];
+}
+
+async function startNbdkit(dir: string): Promise<{ proc: ChildProcess; uri: string }> {
+  const socket = join(dir, "nbdkit.sock");
+  const pidfile = join(dir, "nbdkit.pid");
+  const proc = spawn("nbdkit", ["-f", "-U", socket, "-P", pidfile, "memory", "1G"], { stdio: "inherit" });
+  await new Promise<void>((res, rej) => {
+    proc.once("error", (e) => rej(new Error(`nbdkit: ${e.message} (apt-get install nbdkit)`)));
+    const poll = async (n: number): Promise<void> => {
+      const { existsSync } = await import("node:fs");
+      if (existsSync(pidfile)) return res();
+      if (n === 0) return rej(new Error("nbdkit did not start"));
+      setTimeout(() => void poll(n - 1), 50);
+    };
+    void poll(200);
+  });
+  return { proc, uri: `nbd+unix:///?socket=${socket}` };
+}
+
+/** Fill the device so reads hit data, not holes (both sides alike). */
+async function prefill(uri: string, size: string): Promise<void> {
+  await runFio(uri, { name: "prefill", rw: "write", bs: "1M", iodepth: 8, size });
+}
+
+async function memorySection(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "pagedisk-bench-"));
+  const ours = await startServe("memory:1GiB");
+  const peer = await startNbdkit(dir);
+  try {
+    await prefill(ours.uri, "1G");
+    await prefill(peer.uri, "1G");
+    for (const job of memoryJobs("1G")) {
+      const a = await runFio(ours.uri, job);
+      const b = await runFio(peer.uri, job);
+      const ratio = job.metric === "iops" ? a.iops / b.iops : a.bw / b.bw;
+      const fmt = (r: FioResult) => (job.metric === "iops" ? fmtIops(r) : fmtBw(r.bw));
+      rows.push({ section: "memory: pagedisk / nbdkit", workload: job.name, ours: fmt(a), peer: fmt(b), ratio, target: job.target });
+    }
+  } finally {
+    await ours.stop();
+    peer.proc.kill("SIGTERM");
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Run `workers` loops of `op(i)` for `seconds`; returns completed ops. */
+async function closedLoop(workers: number, seconds: number, op: (n: number) => Promise<void>): Promise<number> {
+  const end = performance.now() + seconds * 1000;
+  let next = 0;
+  let done = 0;
+  await Promise.all(
+    Array.from({ length: workers }, async () => {
+      while (performance.now() < end) {
+        await op(next++);
+        done++;
+      }
+    }),
+  );
+  return done;
+}
+
+async function rawRate(blob: PageBlob, kind: "write" | "read", bs: number, depth: number, size: number): Promise<number> {
+  const data = randomBytes(bs);
+  const slots = Math.floor(size / bs);
+  const t0 = performance.now();
+  const ops = await closedLoop(depth, SECONDS, (n) => {
+    const offset = (n % slots) * bs;
+    return kind === "write" ? blob.putPages(offset, data) : blob.read(offset, bs).then(() => {});
+  });
+  return ops / ((performance.now() - t0) / 1000);
+}
+
+async function azuriteSection(): Promise<void> {
+  const azurite = await startAzurite({ inMemory: true });
+  const size = 256 * MiB;
+  let serve: ServeProcess | undefined;
+  try {
+    const container = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient("bench");
+    await container.create();
+    const env = { PAGEDISK_STORAGE_CONNECTION_STRING: azurite.connectionString };
+    serve = await startServe(`${azurite.blobEndpoint}/bench/vol.vhd`, ["--create", "--size", "256MiB", "--lease", "none"], env);
+    const rawBlob = openPageBlob(`${azurite.blobEndpoint}/bench/raw.vhd`, { connectionString: azurite.connectionString });
+    await rawBlob.create(size);
+    await prefill(serve.uri, "256M");
+    await closedLoop(8, 60, async (n) => {
+      if (n * 4 * MiB >= size) throw new StopLoop();
+      await rawBlob.putPages(n * 4 * MiB, randomBytes(4 * MiB));
+    }).catch((e) => {
+      if (!(e instanceof StopLoop)) throw e;
+    });
+
+    const seqW = await runFio(serve.uri, { name: "az-write-1m-qd8", rw: "write", bs: "1M", iodepth: 8, size: "256M", runtime: SECONDS });
+    const rawW = (await rawRate(rawBlob, "write", MiB, 8, size)) * MiB;
+    rows.push({ section: "Azurite: pagedisk / raw REST", workload: "write-1m-qd8", ours: fmtBw(seqW.bw), peer: fmtBw(rawW), ratio: seqW.bw / rawW, target: 0.9 });
+
+    const seqR = await runFio(serve.uri, { name: "az-read-1m-qd8", rw: "read", bs: "1M", iodepth: 8, size: "256M", runtime: SECONDS });
+    const rawR = (await rawRate(rawBlob, "read", MiB, 8, size)) * MiB;
+    rows.push({ section: "Azurite: pagedisk / raw REST", workload: "read-1m-qd8", ours: fmtBw(seqR.bw), peer: fmtBw(rawR), ratio: seqR.bw / rawR, target: 0.9 });
+
+    const small = await runFio(serve.uri, { name: "az-write-4k-qd32", rw: "write", bs: "4k", iodepth: 32, size: "256M", runtime: SECONDS });
+    const rawSmall = await rawRate(rawBlob, "write", 4096, 32, size);
+    rows.push({
+      section: "Azurite: pagedisk / raw REST",
+      workload: "seq write-4k-qd32 (merging)",
+      ours: fmtIops(small),
+      peer: `${Math.round(rawSmall).toLocaleString("en-US")} IOPS`,
+      ratio: small.iops / rawSmall,
+      target: 10,
+    });
+    await rawBlob.close();
+  } finally {
+    await serve?.stop();
+    await azurite.dispose();
+  }
+}
+
+class StopLoop extends Error {}
+
+function printTable(): void {
+  const header = ["section", "workload", "pagedisk", "peer", "ratio", "target", ""];
+  const lines = rows.map((r) => [
+    r.section,
+    r.workload,
+    r.ours,
+    r.peer,
+    r.ratio.toFixed(2),
+    `>= ${r.target}`,
+    r.ratio >= r.target ? "met" : "MISSED",
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")} |`;
+  console.log(fmt(header));
+  console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`);
+  for (const l of lines) console.log(fmt(l));
+}
+
+console.error(`pagedisk bench: ${SECONDS} s per timed job, fio nbd engine`);
+await memorySection();
+await azuriteSection();
+printTable();
