@@ -75,7 +75,7 @@ describe("nbdinfo", () => {
   });
 
   it("maps data and holes with --map, holes again after a TRIM", async () => {
-    const device = srv.devices.get("disk")!;
+    const device = srv.volumes.get("disk")!;
     await device.write(0, Buffer.alloc(4 * MiB, 0x5a));
     await runTool("qemu-io", ["-f", "raw", srv.uri("disk"), "-c", "discard 1M 1M"]);
     const { stdout } = await runTool("nbdinfo", ["--map", "--json", srv.uri("disk")]);

@@ -41,7 +41,7 @@ describe("qemu-img and qemu-io", () => {
     await runTool("qemu-img", ["convert", "-f", "raw", "-O", "raw", srv.uri("img"), back]);
     expect((await readFile(back)).equals(image)).toBe(true);
 
-    const device = srv.devices.get("img")!;
+    const device = srv.volumes.get("img")!;
     await device.write(17 * MiB, Buffer.alloc(512, 0xff));
     const differ = await runTool(
       "qemu-img",
