@@ -5,7 +5,10 @@
  */
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { BlobServiceClient, type ContainerClient } from "@azure/storage-blob";
+import { randomBytes } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { BlobSASPermissions, BlobServiceClient, type ContainerClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
@@ -79,6 +82,24 @@ describe("pagedisk serve on Azurite", () => {
     const ranges = await blob.getPageRanges();
     // The SDK reports a range as its offset and (end - offset), end inclusive.
     expect(ranges.pageRange).toEqual([{ offset: MiB, count: 2 * MiB - 1 }]);
+  });
+
+  it("serves a SAS URL with no connection string; qemu-img converts in and compares equal", async () => {
+    const name = `sas${++n}.vhd`;
+    const blob = container.getPageBlobClient(name);
+    await blob.create(8 * MiB);
+    const sasUrl = await blob.generateSasUrl({
+      permissions: BlobSASPermissions.parse("racw"),
+      expiresOn: new Date(Date.now() + 3600_000),
+    });
+    const serve = await startServe(sasUrl, [], { PAGEDISK_STORAGE_CONNECTION_STRING: "" });
+    const image = randomBytes(8 * MiB);
+    const src = join(serve.dir, "src.raw");
+    await writeFile(src, image);
+    await exec("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", src, serve.uri]);
+    await exec("qemu-img", ["compare", "-f", "raw", "-F", "raw", src, serve.uri]);
+    expect(await serve.stop()).toBe(0);
+    expect((await blob.downloadToBuffer()).equals(image)).toBe(true);
   });
 
   it("refuses a blob someone else has leased, and changes nothing", async () => {
