@@ -20,7 +20,12 @@ export const ERROR_STATUS = {
   VolumeNotFound: 404,
   PoolNotFound: 404,
   NodeNotFound: 404,
+  TokenNotFound: 404,
   VolumeExists: 409,
+  /** The node name is registered; remove the node before it joins again. */
+  NodeExists: 409,
+  /** The node still owns volumes; `details.volumes` names them. */
+  NodeInUse: 409,
   /** The pool name, or its account and container, is already registered. */
   PoolExists: 409,
   /** The pool still holds replicas; `details.volumes` names them. */

@@ -20,6 +20,17 @@ export const CONTROL_PLANE_EVENTS = [
   "volume-deleted",
   "volume-attached",
   "volume-detached",
+  "volume-fenced",
+  "volume-failed-over",
+  "node-joined",
+  "node-ready",
+  "node-suspect",
+  "node-lost",
+  "node-cordoned",
+  "node-uncordoned",
+  "node-removed",
+  "token-created",
+  "token-revoked",
 ] as const;
 
 export const Event = z.object({

@@ -4,18 +4,20 @@
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import type { ControlPlane } from "./control-plane.ts";
-import { adminAuth, type VerifyAdminKey } from "./http/admin-auth.ts";
+import { type ControlPlaneOptions, controlPlane } from "./control-plane.ts";
 import { ApiError } from "./http/api-error.ts";
-import { errorResponder, notFound, type ReportError } from "./http/errors.ts";
+import { type Authenticator, guard, type VerifyAdminKey } from "./http/auth.ts";
+import { errorResponder, notFound } from "./http/errors.ts";
 import { openApiDocument } from "./http/openapi.ts";
 import { mount, type Operation } from "./http/operation.ts";
 import { verifyAdminKey } from "./registry/admin-keys.ts";
-import type { Registry } from "./registry/tables.ts";
 import { attachmentOperations } from "./routes/attachments.ts";
 import { eventOperations } from "./routes/events.ts";
+import { nodeAgentOperations } from "./routes/node-agent.ts";
+import { nodeOperations } from "./routes/nodes.ts";
 import { openApiOperation } from "./routes/openapi.ts";
 import { poolOperations } from "./routes/pools.ts";
+import { tokenOperations } from "./routes/tokens.ts";
 import { volumeOperations } from "./routes/volumes.ts";
 
 /** Every route of this version lives below this prefix. */
@@ -23,25 +25,20 @@ export const API_PREFIX = "/api/v1";
 /** Largest request body accepted; API documents are small, so anything bigger is a mistake or abuse. */
 export const DEFAULT_BODY_LIMIT_BYTES = 64 * 1024;
 
-export interface AppOptions {
-  registry: Registry;
-  /** Clock; defaults to the system's. */
-  now?: () => Date;
-  /** Where unexpected errors go; defaults to stderr. */
-  report?: ReportError;
+export interface AppOptions extends ControlPlaneOptions {
   bodyLimitBytes?: number;
   /** Admin key check; defaults to the hashes in the registry's credentials table. */
   verifyAdminKey?: VerifyAdminKey;
 }
 
 export function createApp(options: AppOptions): Hono {
-  const cp: ControlPlane = {
-    registry: options.registry,
-    now: options.now ?? (() => new Date()),
-    report: options.report ?? ((err) => console.error("pagedisk control plane:", err)),
-  };
+  const cp = controlPlane(options);
   const maxSize = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
-  const verify = options.verifyAdminKey ?? ((key) => verifyAdminKey(cp.registry, key));
+  const auth: Authenticator = {
+    registry: cp.registry,
+    now: cp.now,
+    verifyAdminKey: options.verifyAdminKey ?? ((key) => verifyAdminKey(cp.registry, key)),
+  };
 
   const app = new Hono();
   app.onError(errorResponder(cp.report));
@@ -62,12 +59,15 @@ export function createApp(options: AppOptions): Hono {
     ...volumeOperations(cp),
     ...attachmentOperations(cp),
     ...eventOperations(cp),
+    ...tokenOperations(cp),
+    ...nodeAgentOperations(cp),
+    ...nodeOperations(cp),
   ];
   operations.push(
     openApiOperation(() =>
       openApiDocument(API_PREFIX, operations, { title: "pagedisk control plane", version: "1" }),
     ),
   );
-  mount(app, API_PREFIX, operations, adminAuth(verify));
+  mount(app, API_PREFIX, operations, (access) => guard(access, auth));
   return app;
 }

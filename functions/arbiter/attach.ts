@@ -33,12 +33,32 @@ export async function attachVolume(
   await checkNode(cp, node);
   const claim = await retryOnConflict(() => claimVolume(cp, name, node));
   if (claim.value.status.state === "ATTACHED") return attachmentOf(claim.value);
-  const leaseId = claim.value.leaseId!;
+  const attached = await completeAttach(cp, claim);
+  await note(cp, {
+    type: "volume-attached",
+    volume: name,
+    node,
+    message: `volume ${name} attached to ${node} (epoch ${attached.status.epoch})`,
+    data: { epoch: attached.status.epoch },
+  });
+  return attachmentOf(attached);
+}
 
+/**
+ * Steps 2 and 3 for a volume claimed as ATTACHING (by attach or by the
+ * sweeper's failover): lease every replica, then record ATTACHED. A
+ * storage failure rolls back to DETACHED and is thrown.
+ */
+export async function completeAttach(
+  cp: ControlPlane,
+  claim: Read<VolumeRecord>,
+): Promise<VolumeRecord> {
+  const name = claim.value.name;
+  const leaseId = claim.value.leaseId!;
   try {
     await takeLeases(cp, claim.value, leaseId);
   } catch (err) {
-    await rollBack(cp, claim, leaseId);
+    await rollBackAttach(cp, claim, leaseId);
     throw err;
   }
 
@@ -61,14 +81,7 @@ export async function attachVolume(
       },
     );
   }
-  await note(cp, {
-    type: "volume-attached",
-    volume: name,
-    node,
-    message: `volume ${name} attached to ${node} (epoch ${attached.status.epoch})`,
-    data: { epoch: attached.status.epoch },
-  });
-  return attachmentOf(attached);
+  return attached;
 }
 
 /** The node must exist, be READY and not cordoned. */
@@ -132,8 +145,8 @@ async function claimVolume(
   return { value: next, etag: await table.replace(next, read.etag) };
 }
 
-/** Undo a failed step 2. If that fails too, ATTACHING stays for the sweeper. */
-async function rollBack(
+/** Undo a failed step 2 (or an ATTACHING left by a crash). If that fails too, ATTACHING stays for the sweeper. */
+export async function rollBackAttach(
   cp: ControlPlane,
   claim: Read<VolumeRecord>,
   leaseId: string,

@@ -9,6 +9,12 @@ import type { Operation, ParameterSchema } from "./operation.ts";
 
 type Json = Record<string, unknown>;
 
+const SECURITY_SCHEME = {
+  admin: "adminKey",
+  node: "nodeCredential",
+  join: "joinToken",
+} as const;
+
 export interface OpenApiInfo {
   title: string;
   version: string;
@@ -33,6 +39,12 @@ export function openApiDocument(
       schemas: { ErrorBody: schemaOf(ErrorBody, "output") },
       securitySchemes: {
         adminKey: { type: "http", scheme: "bearer", description: "admin API key (pdk_...)" },
+        nodeCredential: {
+          type: "http",
+          scheme: "bearer",
+          description: "the node's own credential (pdn_<node>_...), from joining",
+        },
+        joinToken: { type: "http", scheme: "bearer", description: "join token (pdj_...)" },
       },
     },
   };
@@ -46,7 +58,7 @@ function describe(op: Operation): Json {
   return {
     operationId: op.operationId,
     summary: op.summary,
-    ...(op.access === "admin" ? { security: [{ adminKey: [] }] } : {}),
+    ...(op.access === "public" ? {} : { security: [{ [SECURITY_SCHEME[op.access]]: [] }] }),
     ...(parameters.length > 0 ? { parameters } : {}),
     ...(op.body
       ? {
@@ -78,7 +90,10 @@ function errorResponses(op: Operation): Record<string, Json> {
     codes.add("InvalidJson");
     codes.add("PayloadTooLarge");
   }
-  if (op.access === "admin") codes.add("Unauthorized");
+  if (op.access !== "public") {
+    codes.add("Unauthorized");
+    codes.add("Forbidden");
+  }
   codes.add("Internal");
   const byStatus = new Map<number, ApiErrorCode[]>();
   for (const code of codes)

@@ -17,8 +17,11 @@ export type ParameterSchema = z.ZodObject<z.ZodRawShape, z.core.$ZodObjectConfig
 
 export type Method = "get" | "post" | "patch" | "delete";
 
-/** Who may call: an admin key holder, or anyone. */
-export type Access = "admin" | "public";
+/**
+ * Who may call: an admin key holder, the node named by the path's `:name`
+ * (with its own credential), an agent holding a join token, or anyone.
+ */
+export type Access = "admin" | "node" | "join" | "public";
 
 export interface Input<P extends ParameterSchema, Q extends ParameterSchema, B extends z.ZodType> {
   params: z.output<P>;
@@ -69,7 +72,7 @@ export function mount(
   app: Hono,
   prefix: string,
   operations: readonly Operation[],
-  admin: MiddlewareHandler,
+  guard: (access: Exclude<Access, "public">) => MiddlewareHandler,
 ): void {
   for (const op of operations) {
     const method = op.method.toUpperCase();
@@ -83,7 +86,7 @@ export function mount(
       if (op.success.status === 204) return c.body(null, 204);
       return c.json(result, op.success.status);
     };
-    if (op.access === "admin") app.on(method, path, admin, handler);
-    else app.on(method, path, handler);
+    if (op.access === "public") app.on(method, path, handler);
+    else app.on(method, path, guard(op.access), handler);
   }
 }

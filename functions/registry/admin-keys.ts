@@ -1,15 +1,15 @@
 /**
  * Admin API keys. A key is `pdk_<id>_<secret>`: the id (not secret) picks
- * the credentials row, which stores only the SHA-256 of the whole key. A
- * plain hash is enough because keys are 256-bit random, not passwords; the
- * comparison is constant-time all the same.
+ * the credentials row, which stores only the SHA-256 of the whole key
+ * (see secrets.ts).
  */
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { insertRow, readRow } from "./rows.ts";
+import { matchesHash, newSecret, SECRET_PATTERN, sha256Hex } from "./secrets.ts";
 import type { Registry } from "./tables.ts";
 
 const PARTITION = "admin-key";
-const KEY_FORMAT = /^pdk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$/;
+const KEY_FORMAT = new RegExp(`^pdk_([0-9a-f]{16})_${SECRET_PATTERN}$`);
 
 /** A freshly issued key: shown once, never stored. */
 export interface IssuedAdminKey {
@@ -20,11 +20,11 @@ export interface IssuedAdminKey {
 /** Create an admin key and store its hash. */
 export async function issueAdminKey(registry: Registry, at: Date): Promise<IssuedAdminKey> {
   const id = randomBytes(8).toString("hex");
-  const key = `pdk_${id}_${randomBytes(32).toString("base64url")}`;
+  const key = `pdk_${id}_${newSecret()}`;
   await insertRow(registry.credentials, {
     partitionKey: PARTITION,
     rowKey: id,
-    sha256: sha256(key).toString("hex"),
+    sha256: sha256Hex(key),
     createdAt: at.toISOString(),
   });
   return { id, key };
@@ -35,13 +35,14 @@ export async function verifyAdminKey(registry: Registry, presented: string): Pro
   const m = KEY_FORMAT.exec(presented);
   if (!m) return false;
   const row = await readRow(registry.credentials, PARTITION, m[1]!);
-  const stored = row?.value.sha256;
-  if (typeof stored !== "string") return false;
-  const expected = Buffer.from(stored, "hex");
-  const actual = sha256(presented);
-  return expected.length === actual.length && timingSafeEqual(expected, actual);
+  return matchesHash(row?.value.sha256, presented);
 }
 
-function sha256(text: string): Buffer {
-  return createHash("sha256").update(text).digest();
+/**
+ * Whether `presented` equals a key configured outside the registry (an app
+ * setting in Azure). Hashing both sides first makes the comparison
+ * constant-time whatever their lengths.
+ */
+export function matchesAdminKeySetting(setting: string, presented: string): boolean {
+  return matchesHash(sha256Hex(setting), presented);
 }

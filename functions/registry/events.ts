@@ -13,7 +13,7 @@ import { randomBytes } from "node:crypto";
 import { odata } from "@azure/data-tables";
 import { Event, type EventPage } from "../../contract/event.ts";
 import { packJson, unpackJson } from "./fields.ts";
-import { insertRow } from "./rows.ts";
+import { insertRow, type Row } from "./rows.ts";
 import type { Registry } from "./tables.ts";
 
 const DAY_MS = 86_400_000;
@@ -37,20 +37,48 @@ export interface EventFilter {
 
 /** Append one event at `at`; returns it as listed. */
 export async function recordEvent(registry: Registry, at: Date, event: NewEvent): Promise<Event> {
+  const { row, listed } = rowOf(at, event);
+  await insertRow(registry.events, row);
+  return listed;
+}
+
+/**
+ * Append several events at `at` in one Table transaction: they share the
+ * day's partition, so the batch is one request however many there are (up
+ * to the service's 100).
+ */
+export async function recordEvents(
+  registry: Registry,
+  at: Date,
+  events: readonly NewEvent[],
+): Promise<Event[]> {
+  if (events.length === 0) return [];
+  if (events.length === 1) return [await recordEvent(registry, at, events[0]!)];
+  const rows = events.map((event) => rowOf(at, event));
+  await registry.events.submitTransaction(rows.map(({ row }) => ["create", row] as const));
+  return rows.map(({ listed }) => listed);
+}
+
+function rowOf(at: Date, event: NewEvent): { row: Row; listed: Event } {
   const ms = at.getTime();
   const partitionKey = String(LAST_DAY - Math.floor(ms / DAY_MS)).padStart(5, "0");
   const rowKey = `${String(LAST_MS - ms).padStart(13, "0")}-${randomBytes(4).toString("hex")}`;
   const { data, ...fields } = event;
   // Absent subjects stay absent (not empty strings), so `volume eq 'x'` never matches them.
   const present = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
-  await insertRow(registry.events, {
+  const row: Row = {
     partitionKey,
     rowKey,
     ...present,
     ...(data === undefined ? {} : { data: packJson("data", data) }),
     at: at.toISOString(),
+  };
+  const listed = Event.parse({
+    ...event,
+    id: idOf({ partitionKey, rowKey }),
+    at: at.toISOString(),
   });
-  return Event.parse({ ...event, id: idOf({ partitionKey, rowKey }), at: at.toISOString() });
+  return { row, listed };
 }
 
 /**

@@ -19,7 +19,8 @@ export interface Codec<T> {
 
 export interface RecordTable<T> {
   get(name: string): Promise<Read<T> | undefined>;
-  list(): Promise<Array<Read<T>>>;
+  /** Every record, or those matching an OData `filter` (build it with `odata`). */
+  list(filter?: string): Promise<Array<Read<T>>>;
   /** `RegistryError("Exists")` when the name is taken. Returns the ETag. */
   insert(record: T): Promise<string>;
   /** `RegistryError("Conflict")` unless the row still has `etag`. Returns the new ETag. */
@@ -43,8 +44,9 @@ export function recordTable<T>(table: TableClient, codec: Codec<T>): RecordTable
       const row = await readRow(table, name, codec.rowKey);
       return row && fromRow(row);
     },
-    async list() {
-      const rows = await listRows(table, odata`RowKey eq ${codec.rowKey}`);
+    async list(filter) {
+      const kind = odata`RowKey eq ${codec.rowKey}`;
+      const rows = await listRows(table, filter ? `${kind} and (${filter})` : kind);
       return rows.map(fromRow);
     },
     insert: (record) => insertRow(table, toRow(record)),

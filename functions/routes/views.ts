@@ -2,10 +2,12 @@
  * Records as the API shows them. What a client must never see is dropped
  * here, in one place: pool secrets (connection strings are masked) and
  * volume lease ids (only the owner node gets its lease, through its own
- * endpoint).
+ * endpoint) and node credential hashes.
  */
+import type { Node } from "../../contract/node.ts";
 import type { Pool } from "../../contract/pool.ts";
 import type { Volume } from "../../contract/volume.ts";
+import type { NodeRecord } from "../registry/nodes.ts";
 import type { PoolRecord } from "../registry/pools.ts";
 import type { VolumeRecord } from "../registry/volumes.ts";
 import { maskConnectionString } from "../storage/connection-string.ts";
@@ -30,5 +32,18 @@ export function volumeView(v: VolumeRecord): Volume {
     status: v.status,
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
+  };
+}
+
+export function nodeView(n: NodeRecord): Node {
+  return {
+    name: n.name,
+    state: n.state,
+    cordoned: n.cordoned,
+    agentVersion: n.agentVersion,
+    facts: n.facts,
+    volumes: n.volumes,
+    joinedAt: n.joinedAt,
+    lastHeartbeatAt: n.lastHeartbeatAt,
   };
 }

@@ -45,3 +45,25 @@ export function maskConnectionString(connectionString: string): string {
     })
     .join(";");
 }
+
+/** Azurite's well-known development account (public, documented by Microsoft). */
+const DEVELOPMENT_ACCOUNT = {
+  account: "devstoreaccount1",
+  accountKey:
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+};
+
+/** The account name and key a connection string carries; undefined for SAS-only strings. */
+export function accountKeyOf(
+  connectionString: string,
+): { account: string; accountKey: string } | undefined {
+  const fields = new Map<string, string>();
+  for (const part of connectionString.split(";")) {
+    const eq = part.indexOf("=");
+    if (eq > 0) fields.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
+  }
+  if (fields.get("usedevelopmentstorage")?.toLowerCase() === "true") return DEVELOPMENT_ACCOUNT;
+  const account = fields.get("accountname");
+  const accountKey = fields.get("accountkey");
+  return account && accountKey ? { account, accountKey } : undefined;
+}

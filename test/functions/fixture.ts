@@ -41,14 +41,21 @@ export interface StorageSnapshot {
 /** 2025-01-01T00:00:00Z; the clock advances one second per reading, so events are strictly ordered. */
 export const EPOCH_MS = Date.UTC(2025, 0, 1);
 
-export async function startControlPlane(): Promise<ControlPlaneFixture> {
+export interface FixtureOptions {
+  /** The app's clock; by default one that starts at `EPOCH_MS` and advances a second per reading. */
+  now?: () => Date;
+}
+
+export async function startControlPlane(
+  options: FixtureOptions = {},
+): Promise<ControlPlaneFixture> {
   const azurite = await startAzurite({ table: true, inMemory: true });
   const registry = await openRegistry(azurite.connectionString);
   let tick = 0;
   const reported: unknown[] = [];
   const app = createApp({
     registry,
-    now: () => new Date(EPOCH_MS + 1000 * tick++),
+    now: options.now ?? (() => new Date(EPOCH_MS + 1000 * tick++)),
     report: (err) => reported.push(err),
   });
   const { key } = await issueAdminKey(registry, new Date(EPOCH_MS));

@@ -33,6 +33,9 @@ beforeAll(async () => {
       state,
       cordoned,
       agentVersion: null,
+      facts: {},
+      volumes: [],
+      credentialSha256: "0".repeat(64),
       joinedAt: "2025-01-01T00:00:00.000Z",
       lastHeartbeatAt: null,
     });

@@ -289,7 +289,18 @@ describe("openapi.json", () => {
     );
     expect(operations.sort()).toEqual(
       [
+        "DELETE /api/v1/nodes/{name} removeNode",
         "DELETE /api/v1/pools/{name} removePool",
+        "DELETE /api/v1/tokens/{id} revokeToken",
+        "GET /api/v1/nodes listNodes",
+        "GET /api/v1/nodes/{name} getNode",
+        "GET /api/v1/nodes/{name}/desired getDesiredState",
+        "GET /api/v1/tokens listTokens",
+        "POST /api/v1/nodes/join joinNode",
+        "POST /api/v1/nodes/{name}/cordon cordonNode",
+        "POST /api/v1/nodes/{name}/heartbeat heartbeat",
+        "POST /api/v1/nodes/{name}/uncordon uncordonNode",
+        "POST /api/v1/tokens createToken",
         "DELETE /api/v1/volumes/{name} deleteVolume",
         "GET /api/v1/events listEvents",
         "GET /api/v1/openapi.json getOpenApi",
@@ -304,15 +315,19 @@ describe("openapi.json", () => {
         "POST /api/v1/volumes/{name}/detach detachVolume",
       ].sort(),
     );
-    // Every documented admin operation is routed: anonymous calls get 401, not 404.
+    // Every documented guarded operation is routed: anonymous calls get 401, not 404.
     for (const [path, methods] of Object.entries(doc.paths)) {
       for (const [method, op] of Object.entries(methods)) {
         if (!op.security) continue;
-        const res = await cp.app.request(path.replace("{name}", "v1"), {
-          method: method.toUpperCase(),
-        });
+        const res = await cp.app.request(
+          path.replace("{name}", "v1").replace("{id}", "0".repeat(16)),
+          {
+            method: method.toUpperCase(),
+          },
+        );
         expect(res.status, `${method} ${path}`).toBe(401);
         expect(op.responses["401"]).toBeDefined();
+        expect(op.responses["403"]).toBeDefined();
       }
     }
   });
@@ -347,6 +362,7 @@ describe("openapi.json", () => {
       "201",
       "400",
       "401",
+      "403",
       "404",
       "409",
       "413",

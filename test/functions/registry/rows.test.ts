@@ -204,6 +204,9 @@ describe("records", () => {
       state: "READY" as const,
       cordoned: false,
       agentVersion: null,
+      facts: { os: "linux", cpus: 2 },
+      volumes: [{ volume: "v1", epoch: 3, state: "SERVING" as const, offlineReplicas: [] }],
+      credentialSha256: "0".repeat(64),
       joinedAt: "2025-01-01T00:00:00.000Z",
       lastHeartbeatAt: null,
     };

@@ -1,0 +1,38 @@
+/**
+ * What a node should serve: every volume it owns and holds the lease for
+ * (ATTACHED), with the lease id and SAS URLs scoped to each replica blob.
+ * Volumes still ATTACHING are left out until their leases are in place;
+ * a node never learns anything of volumes it does not own.
+ */
+import { odata } from "@azure/data-tables";
+import type { DesiredAttachment, DesiredState } from "../../contract/node.ts";
+import type { ControlPlane } from "../control-plane.ts";
+import type { NodeRecord } from "../registry/nodes.ts";
+import { pools } from "../registry/pools.ts";
+import { volumes } from "../registry/volumes.ts";
+import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
+
+export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<DesiredState> {
+  const [owned, allPools] = await Promise.all([
+    volumes(cp.registry).list(odata`ownerNode eq ${node.name} and state eq ${"ATTACHED"}`),
+    pools(cp.registry).list(),
+  ]);
+  const poolByName = new Map(allPools.map((p) => [p.value.name, p.value]));
+  const now = cp.now();
+  const expiresAt = replicaSasExpiry(now);
+  const attachments = owned.map(
+    ({ value: v }): DesiredAttachment => ({
+      volume: v.name,
+      sizeBytes: v.spec.sizeBytes,
+      epoch: v.status.epoch,
+      leaseId: v.leaseId!,
+      replicas: v.status.replicas.map((r) => {
+        const pool = poolByName.get(r.pool);
+        const url = pool && signedReplicaUrl(pool, v.name, r.id, r.uri, now, expiresAt);
+        return { id: r.id, pool: r.pool, state: r.state, url: url ?? null };
+      }),
+      sasExpiresAt: expiresAt.toISOString(),
+    }),
+  );
+  return { node: node.name, state: node.state, cordoned: node.cordoned, attachments };
+}

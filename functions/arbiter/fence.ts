@@ -1,0 +1,103 @@
+/**
+ * Fencing the volume of a lost node, and failing it over.
+ *
+ * 1. ATTACHED -> FENCING with epoch + 1 (conditional: one sweeper wins);
+ *    the lost node stays recorded as owner until the volume moves on.
+ * 2. Drop the lease on every replica: the lost node's next write, which
+ *    carries the old lease id, fails at the storage service.
+ * 3. With `failover: automatic` and an eligible node: FENCING -> ATTACHING
+ *    (epoch + 1, that node, a fresh lease id), then the rest of attach.
+ *    With `manual`: FENCING -> DETACHED. Automatic with no eligible node
+ *    stays FENCING, leases dropped, and the next sweep tries again.
+ *
+ * Every step repeats safely, so a FENCING volume left by a crash is
+ * resumed from step 2 by the next sweep.
+ */
+import { randomUUID } from "node:crypto";
+import type { ControlPlane } from "../control-plane.ts";
+import { note } from "../lifecycle/note.ts";
+import type { NodeRecord } from "../registry/nodes.ts";
+import type { Read } from "../registry/rows.ts";
+import { volumeStates } from "../registry/volume-states.ts";
+import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { completeAttach } from "./attach.ts";
+import { chooseFailoverNode } from "./failover-placement.ts";
+import { dropLeases } from "./replica-leases.ts";
+
+/** What became of one volume, and where it went if it moved. */
+export type FenceOutcome =
+  | { kind: "failed-over"; node: string }
+  | { kind: "detached" }
+  | { kind: "waiting" };
+
+/** Step 1; returns the FENCING record to carry on with. */
+export async function markFencing(
+  cp: ControlPlane,
+  read: Read<VolumeRecord>,
+): Promise<Read<VolumeRecord>> {
+  const v = read.value;
+  if (v.status.state === "FENCING") return read;
+  volumeStates.check(v.status.state, "FENCING");
+  const next: VolumeRecord = {
+    ...v,
+    status: { ...v.status, state: "FENCING", epoch: v.status.epoch + 1 },
+    updatedAt: cp.now().toISOString(),
+  };
+  const etag = await volumes(cp.registry).replace(next, read.etag);
+  await note(cp, {
+    type: "volume-fenced",
+    volume: v.name,
+    ...(v.status.ownerNode === null ? {} : { node: v.status.ownerNode }),
+    message: `volume ${v.name} fenced: its owner ${v.status.ownerNode} is lost`,
+    data: { epoch: next.status.epoch },
+  });
+  return { value: next, etag };
+}
+
+/** Steps 2 and 3 for a FENCING volume. `candidates` are the nodes it may move to. */
+export async function finishFencing(
+  cp: ControlPlane,
+  fencing: Read<VolumeRecord>,
+  candidates: readonly NodeRecord[],
+  load: ReadonlyMap<string, number>,
+): Promise<FenceOutcome> {
+  const v = fencing.value;
+  await dropLeases(cp, v, v.leaseId);
+  const table = volumes(cp.registry);
+  const target =
+    v.spec.failover === "automatic" ? chooseFailoverNode(v, candidates, load) : undefined;
+  if (v.spec.failover === "automatic" && !target) return { kind: "waiting" };
+  if (!target) {
+    volumeStates.check("FENCING", "DETACHED");
+    const detached: VolumeRecord = {
+      ...v,
+      status: { ...v.status, state: "DETACHED", ownerNode: null },
+      leaseId: null,
+      updatedAt: cp.now().toISOString(),
+    };
+    await table.replace(detached, fencing.etag);
+    await note(cp, {
+      type: "volume-detached",
+      volume: v.name,
+      message: `volume ${v.name} detached after fencing (failover is manual)`,
+    });
+    return { kind: "detached" };
+  }
+  volumeStates.check("FENCING", "ATTACHING");
+  const claimed: VolumeRecord = {
+    ...v,
+    status: { ...v.status, state: "ATTACHING", ownerNode: target.name, epoch: v.status.epoch + 1 },
+    leaseId: randomUUID(),
+    updatedAt: cp.now().toISOString(),
+  };
+  const etag = await table.replace(claimed, fencing.etag);
+  const attached = await completeAttach(cp, { value: claimed, etag });
+  await note(cp, {
+    type: "volume-failed-over",
+    volume: v.name,
+    node: target.name,
+    message: `volume ${v.name} failed over from ${v.status.ownerNode} to ${target.name} (epoch ${attached.status.epoch})`,
+    data: { from: v.status.ownerNode, epoch: attached.status.epoch },
+  });
+  return { kind: "failed-over", node: target.name };
+}

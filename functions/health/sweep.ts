@@ -1,0 +1,184 @@
+/**
+ * The sweeper: one pass over node health and the volumes that depend on
+ * it, run by the timer trigger in Azure and on an interval locally.
+ *
+ * 1. Each node silent for `suspectAfter` becomes SUSPECT, for `lostAfter`
+ *    LOST (through SUSPECT, as the node state machine says), by
+ *    conditional writes: a heartbeat landing meanwhile wins, and the node
+ *    is judged again next pass.
+ * 2. Each ATTACHED volume whose owner is LOST (or no longer registered) is
+ *    fenced and, with automatic failover, attached elsewhere (arbiter/fence.ts);
+ *    FENCING volumes left by an earlier pass are carried on.
+ * 3. Attach and detach steps left half-done by a crash (ATTACHING or
+ *    DETACHING for longer than any step takes) are rolled back or finished.
+ *
+ * Reads are two queries (nodes, volumes) per pass; writes happen only
+ * where something changes, so a pass over a healthy cluster writes nothing
+ * and a second pass right after any pass finds nothing to do.
+ */
+import type { NodeState } from "../../contract/node.ts";
+import { rollBackAttach } from "../arbiter/attach.ts";
+import { detachVolume } from "../arbiter/detach.ts";
+import { type FenceOutcome, finishFencing, markFencing } from "../arbiter/fence.ts";
+import type { ControlPlane } from "../control-plane.ts";
+import { note } from "../lifecycle/note.ts";
+import { nodeStates } from "../registry/node-states.ts";
+import { type NodeRecord, nodes } from "../registry/nodes.ts";
+import { isRegistryError } from "../registry/registry-error.ts";
+import type { Read } from "../registry/rows.ts";
+import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+
+/** How long a node may stay silent before it is SUSPECT, then LOST. */
+export interface SweepPolicy {
+  suspectAfterMs: number;
+  lostAfterMs: number;
+  /** An attach or detach step unfinished for this long was interrupted; default one minute. */
+  stuckAfterMs?: number;
+}
+
+/** Agents heartbeat every few seconds: three missed beats make a node suspect, nine lost. */
+export const DEFAULT_SWEEP_POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000 };
+const DEFAULT_STUCK_AFTER_MS = 60_000;
+
+/** What one pass did, by node and volume name. */
+export interface SweepReport {
+  suspect: string[];
+  lost: string[];
+  fenced: string[];
+  failedOver: string[];
+  /** Fenced volumes with manual failover, now DETACHED. */
+  detached: string[];
+  /** Fenced volumes with automatic failover and no eligible node yet. */
+  waiting: string[];
+  /** Interrupted attaches rolled back and detaches finished. */
+  recovered: string[];
+}
+
+/** One sweep. Idempotent: a second pass right after finds nothing to do. */
+export async function sweep(
+  cp: ControlPlane,
+  policy: SweepPolicy = DEFAULT_SWEEP_POLICY,
+): Promise<SweepReport> {
+  const report: SweepReport = {
+    suspect: [],
+    lost: [],
+    fenced: [],
+    failedOver: [],
+    detached: [],
+    waiting: [],
+    recovered: [],
+  };
+  const now = cp.now().getTime();
+  const byName = new Map<string, NodeRecord>();
+  for (const read of await nodes(cp.registry).list()) {
+    byName.set(
+      read.value.name,
+      await guarded(cp, read.value, () => judgeNode(cp, read, now, policy, report)),
+    );
+  }
+
+  const all = await volumes(cp.registry).list();
+  const load = new Map<string, number>();
+  for (const { value: v } of all) {
+    const owner = v.status.ownerNode;
+    if (owner !== null) load.set(owner, (load.get(owner) ?? 0) + 1);
+  }
+  const candidates = [...byName.values()];
+  const stuckAfter = policy.stuckAfterMs ?? DEFAULT_STUCK_AFTER_MS;
+
+  for (const read of all) {
+    const v = read.value;
+    const owner = v.status.ownerNode === null ? undefined : byName.get(v.status.ownerNode);
+    const ownerGone = v.status.ownerNode !== null && (!owner || owner.state === "LOST");
+    const stuck = now - Date.parse(v.updatedAt) >= stuckAfter;
+    await guarded(cp, undefined, async () => {
+      if (v.status.state === "ATTACHED" && ownerGone) {
+        const fencing = await markFencing(cp, read);
+        report.fenced.push(v.name);
+        tally(
+          report,
+          v.name,
+          await finishFencing(cp, fencing, candidates, load),
+          fencing.value,
+          load,
+        );
+      } else if (v.status.state === "FENCING") {
+        tally(report, v.name, await finishFencing(cp, read, candidates, load), v, load);
+      } else if (v.status.state === "ATTACHING" && stuck) {
+        await rollBackAttach(cp, read, v.leaseId!);
+        report.recovered.push(v.name);
+      } else if (v.status.state === "DETACHING" && stuck) {
+        await detachVolume(cp, v.name);
+        report.recovered.push(v.name);
+      }
+    });
+  }
+  return report;
+}
+
+/** Move a silent node toward LOST; returns the node as it now is. */
+async function judgeNode(
+  cp: ControlPlane,
+  read: Read<NodeRecord>,
+  now: number,
+  policy: SweepPolicy,
+  report: SweepReport,
+): Promise<NodeRecord> {
+  let { value: node, etag } = read;
+  const silentMs = now - Date.parse(node.lastHeartbeatAt ?? node.joinedAt);
+  const target: NodeState =
+    silentMs >= policy.lostAfterMs
+      ? "LOST"
+      : silentMs >= policy.suspectAfterMs && node.state === "READY"
+        ? "SUSPECT"
+        : node.state;
+  const steps: NodeState[] =
+    target === node.state
+      ? []
+      : node.state === "READY" && target === "LOST"
+        ? ["SUSPECT", "LOST"]
+        : [target];
+  for (const state of steps) {
+    nodeStates.check(node.state, state);
+    const next: NodeRecord = { ...node, state };
+    etag = await nodes(cp.registry).replace(next, etag);
+    node = next;
+    (state === "LOST" ? report.lost : report.suspect).push(node.name);
+    await note(cp, {
+      type: state === "LOST" ? "node-lost" : "node-suspect",
+      node: node.name,
+      message: `node ${node.name} is ${state}: no heartbeat for ${Math.round(silentMs / 1000)} s`,
+      data: { silentMs },
+    });
+  }
+  return node;
+}
+
+function tally(
+  report: SweepReport,
+  volume: string,
+  outcome: FenceOutcome,
+  before: VolumeRecord,
+  load: Map<string, number>,
+): void {
+  if (outcome.kind === "waiting") return void report.waiting.push(volume);
+  (outcome.kind === "failed-over" ? report.failedOver : report.detached).push(volume);
+  // The next volume placed in this pass must see this one moved.
+  const from = before.status.ownerNode;
+  if (from !== null) load.set(from, (load.get(from) ?? 1) - 1);
+  if (outcome.kind === "failed-over") load.set(outcome.node, (load.get(outcome.node) ?? 0) + 1);
+}
+
+/**
+ * Run one step of the pass. A conflict means a heartbeat or a request got
+ * there first: leave it to the next pass. Anything else is reported and
+ * the pass goes on with the other nodes and volumes.
+ */
+async function guarded<T>(cp: ControlPlane, fallback: T, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    if (!isRegistryError(err, "Conflict")) cp.report(err);
+    return fallback;
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Azure Functions entry (Node.js v4 programming model): one HTTP trigger
+ * that hands every request below `/api` to the Hono app, and the sweeper's
+ * timer. Nothing else; this is the only file that imports `@azure/functions`.
+ *
+ * The runtime is built on the first invocation, not at import, so that a
+ * missing setting fails that invocation with its name instead of the whole
+ * worker; a failed build is retried by the next invocation.
+ */
+import {
+  app,
+  type HttpRequest,
+  type HttpResponseInit,
+  type InvocationContext,
+  type Timer,
+} from "@azure/functions";
+import { sweep } from "./health/sweep.ts";
+import { forwardTo } from "./http/functions-adapter.ts";
+import { openRuntime, type Runtime } from "./runtime.ts";
+import { settingsFrom } from "./settings.ts";
+
+/** Every few seconds, so that a silent node is noticed within a heartbeat or two of `suspectAfter`. */
+export const SWEEP_SCHEDULE = "*/10 * * * * *";
+
+let runtime: Promise<Runtime> | undefined;
+
+function ready(): Promise<Runtime> {
+  runtime ??= openRuntime(settingsFrom(process.env)).catch((err: unknown) => {
+    runtime = undefined;
+    throw err;
+  });
+  return runtime;
+}
+
+const forward = forwardTo(async (request) => (await ready()).app.fetch(request));
+
+/** The HTTP trigger: `/api/{*path}`, every method, authenticated by the app itself. */
+export function httpTrigger(
+  request: HttpRequest,
+  _context: InvocationContext,
+): Promise<HttpResponseInit> {
+  return forward(request);
+}
+
+/** The timer trigger: one sweep. */
+export async function sweepTrigger(_timer: Timer, context: InvocationContext): Promise<void> {
+  const { cp, settings } = await ready();
+  const report = await sweep(cp, settings.sweep);
+  if (Object.values(report).some((names) => names.length > 0)) context.log(report);
+}
+
+// Bodies stream through to the app, whose body limit then bounds what is read.
+app.setup({ enableHttpStream: true });
+
+app.http("api", {
+  route: "{*path}",
+  methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+  authLevel: "anonymous",
+  handler: httpTrigger,
+});
+
+app.timer("sweep", { schedule: SWEEP_SCHEDULE, runOnStartup: false, handler: sweepTrigger });
