@@ -1,10 +1,11 @@
 /**
- * `npm start`: the local stack. Azurite (data under .pagedisk/azurite) and
- * one page blob volume served over NBD by the bundled `pagedisk serve`.
- * Restarting keeps the data. Ctrl-C stops everything cleanly.
+ * `npm start`: the local stack. Azurite (blobs and tables, data under
+ * .pagedisk/azurite), the control plane on http://127.0.0.1:7071 with the
+ * Azurite account registered as pool `local`, and one page blob volume
+ * served over NBD by the bundled `pagedisk serve`. Restarting keeps all
+ * state. Ctrl-C stops everything cleanly.
  *
- * The control plane and the agent daemon (issues 3 and 4) will join this
- * stack; until then it is the block path alone.
+ * The agent daemon (issue 4) will replace the standalone `serve`.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
@@ -13,30 +14,33 @@ import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { BlobServiceClient } from "@azure/storage-blob";
+import { startLocalControlPlane } from "../functions/local.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const STATE = join(ROOT, ".pagedisk");
 const BLOB_PORT = Number(process.env.PAGEDISK_AZURITE_PORT ?? 10000);
+const TABLE_PORT = BLOB_PORT + 2;
 const ACCOUNT = "devstoreaccount1";
 const KEY =
   "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const BLOB_ENDPOINT = `http://127.0.0.1:${BLOB_PORT}/${ACCOUNT}`;
-const CONNECTION_STRING = `DefaultEndpointsProtocol=http;AccountName=${ACCOUNT};AccountKey=${KEY};BlobEndpoint=${BLOB_ENDPOINT};`;
+const TABLE_ENDPOINT = `http://127.0.0.1:${TABLE_PORT}/${ACCOUNT}`;
+const CONNECTION_STRING = `DefaultEndpointsProtocol=http;AccountName=${ACCOUNT};AccountKey=${KEY};BlobEndpoint=${BLOB_ENDPOINT};TableEndpoint=${TABLE_ENDPOINT};`;
 const SOCKET = join(STATE, "demo.sock");
 
 const children: ChildProcess[] = [];
 
-function azurite(): ChildProcess {
+function azurite(service: "blob" | "table", port: number): ChildProcess {
   const pkg = dirname(createRequire(import.meta.url).resolve("azurite/package.json"));
   const log = createWriteStream(join(STATE, "azurite.log"), { flags: "a" });
   const child = spawn(
     process.execPath,
     [
-      join(pkg, "dist/src/blob/main.js"),
-      "--blobHost",
+      join(pkg, `dist/src/${service}/main.js`),
+      `--${service}Host`,
       "127.0.0.1",
-      "--blobPort",
-      String(BLOB_PORT),
+      `--${service}Port`,
+      String(port),
       "--location",
       join(STATE, "azurite"),
       "--disableTelemetry",
@@ -71,8 +75,10 @@ async function untilAnswering(url: string, probes = 200): Promise<void> {
 }
 
 let stopping = false;
+let closeControlPlane: (() => Promise<void>) | undefined;
 async function stop(code: number): Promise<never> {
   stopping = true;
+  await closeControlPlane?.().catch(() => {});
   for (const child of children.reverse()) {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once("exit", r));
@@ -84,8 +90,26 @@ async function stop(code: number): Promise<never> {
 }
 
 await mkdir(STATE, { recursive: true });
-children.push(azurite());
+children.push(azurite("blob", BLOB_PORT), azurite("table", TABLE_PORT));
 await untilAnswering(`${BLOB_ENDPOINT}?comp=list`);
+await untilAnswering(`${TABLE_ENDPOINT}/Tables`);
+
+// The control plane, with the same Azurite account as registry and as pool `local`.
+const controlPlane = await startLocalControlPlane({
+  connectionString: CONNECTION_STRING,
+  stateDir: STATE,
+  log: (line) => console.log(line),
+});
+closeControlPlane = () => controlPlane.close();
+const registered = await fetch(`${controlPlane.apiUrl}/pools`, {
+  method: "POST",
+  headers: { authorization: `Bearer ${controlPlane.adminKey}`, "content-type": "application/json" },
+  body: JSON.stringify({ name: "local", auth: { kind: "connectionString", connectionString: CONNECTION_STRING } }),
+});
+if (registered.status !== 201 && registered.status !== 409) {
+  console.error(`registering pool local failed: ${registered.status} ${await registered.text()}`);
+  await stop(1);
+}
 const volumes = BlobServiceClient.fromConnectionString(CONNECTION_STRING).getContainerClient("volumes");
 await volumes.createIfNotExists();
 // The local stack is the demo volume's only writer: a lease left by a stack
@@ -133,14 +157,18 @@ createInterface({ input: serve.stdout! }).once("line", (line) => {
   console.log(line);
   console.log(`
 pagedisk local stack is up (Ctrl-C stops it; data stays in .pagedisk/).
-  Azurite blob endpoint  ${BLOB_ENDPOINT}
-  volume                 volumes/demo.vhd, 1 GiB, served over NBD
+  control plane          ${controlPlane.apiUrl}  (admin key in .pagedisk/local.json)
+  API document           ${controlPlane.apiUrl}/openapi.json
+  pool                   local (the Azurite account, container pagedisk)
+  Azurite                ${BLOB_ENDPOINT}, ${TABLE_ENDPOINT}
+  volume                 volumes/demo.vhd, 1 GiB, served over NBD by pagedisk serve
   logs                   .pagedisk/serve.log, .pagedisk/azurite.log
 
 Try it:
   nbdinfo '${uri}'
   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '${uri}'
   nbdinfo --map '${uri}'
+  curl -s -H "authorization: Bearer $(node -p 'require("./.pagedisk/local.json").adminKey')" ${controlPlane.apiUrl}/pools
 `);
 });
 
