@@ -11,6 +11,7 @@ import { ByteQueue } from "./byte-queue.ts";
 import type { NbdExport } from "./catalog.ts";
 import type { Logger } from "./logger.ts";
 import { type HandshakeIo, type NegotiationContext, negotiate } from "./negotiation.ts";
+import { type ReceiveSink, type Receiver, SLAB_READ } from "./receiver.ts";
 import { Transmission, type TransmissionCounters } from "./transmission.ts";
 import { ConnectionClosed, ProtocolViolation } from "./violation.ts";
 
@@ -33,7 +34,7 @@ type Waiter =
   | { kind: "skip"; resolve: () => void; reject: (e: Error) => void };
 
 /** One accepted socket, from greeting to close. */
-export class Connection {
+export class Connection implements ReceiveSink {
   readonly id: number;
   readonly socket: Socket;
   /** Resolves when the socket has closed, whatever the reason. */
@@ -46,13 +47,14 @@ export class Connection {
   #transmission: Transmission | undefined;
   #export: NbdExport | undefined;
 
-  constructor(id: number, socket: Socket, ctx: ConnectionContext, log: Logger) {
+  /** `receiver` delivers the socket's bytes (see receiver.ts); the connection becomes its sink. */
+  constructor(id: number, socket: Socket, receiver: Receiver, ctx: ConnectionContext, log: Logger) {
     this.id = id;
     this.socket = socket;
     this.#ctx = ctx;
     this.#log = log;
     this.closed = new Promise((resolve) => socket.once("close", () => resolve()));
-    socket.on("data", (chunk: Buffer) => this.#onData(chunk));
+    receiver.sink = this;
     socket.on("error", (err) => this.#log.debug({ err }, "nbd socket error"));
     socket.once("close", () => this.#onClose());
   }
@@ -132,6 +134,26 @@ export class Connection {
   drain(): void {
     if (this.#phase === "handshake") this.#end();
     else if (this.#phase === "transmission") this.#transmission!.drain();
+  }
+
+  /** ReceiveSink: in transmission, a payload being assembled may take the next read in place. */
+  nextRead(): Uint8Array | number {
+    return this.#phase === "transmission" ? this.#transmission!.nextRead() : SLAB_READ;
+  }
+
+  /** ReceiveSink: bytes read in place, into a view `nextRead()` returned. */
+  landed(view: Uint8Array, n: number): void {
+    if (this.#phase !== "transmission") return;
+    try {
+      this.#transmission!.landed(view, n);
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  /** ReceiveSink: bytes to queue. */
+  data(chunk: Buffer): void {
+    this.#onData(chunk);
   }
 
   #onData(chunk: Buffer): void {

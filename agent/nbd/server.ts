@@ -21,6 +21,7 @@ import { ExportCatalog, type ExportOptions, type NbdExport } from "./catalog.ts"
 import { Connection, type ConnectionContext } from "./connection.ts";
 import type { BlockDevice, BlockSizes } from "./device.ts";
 import { type Logger, silentLogger } from "./logger.ts";
+import { Receiver, receive } from "./receiver.ts";
 import type { TransmissionCounters } from "./transmission.ts";
 
 /** An export given at construction: a bare device, or a device with options. */
@@ -74,6 +75,8 @@ export interface NbdServerStats extends TransmissionCounters {
   peakConnections: number;
   /** Connections in transmission, per export name. */
   byExport: Record<string, number>;
+  /** Connections accepted whose payloads are read in place (see receiver.ts); the rest use 'data' events. */
+  inPlaceConnections: number;
 }
 
 const DEFAULT_MAX_INFLIGHT = 96 * 1024 * 1024;
@@ -96,9 +99,11 @@ export class NbdServer {
     errors: 0,
     bytesRead: 0,
     bytesWritten: 0,
+    bytesReceivedInPlace: 0,
   };
   readonly #pool = new BufferPool();
   #accepted = 0;
+  #inPlace = 0;
   #peak = 0;
   #closing: Promise<void> | undefined;
 
@@ -150,8 +155,11 @@ export class NbdServer {
   /** Start accepting connections; may be called several times for several addresses. */
   async listen(address: ListenAddress): Promise<BoundAddress> {
     if (this.#closing) throw new Error("server is closed");
-    const listener = createServer({ noDelay: true, keepAlive: true }, (socket) =>
-      this.#accept(socket),
+    // Paused on connect: an accepted socket is rebuilt to read into our own
+    // buffers (receiver.ts) before it reads a byte.
+    const listener = createServer(
+      { noDelay: true, keepAlive: true, pauseOnConnect: true },
+      (socket) => this.#accept(socket),
     );
     listener.on("error", (err) => this.#log.error({ err }, "nbd listener error"));
     if ("unix" in address) await listenUnix(listener, address.unix);
@@ -192,6 +200,7 @@ export class NbdServer {
       accepted: this.#accepted,
       peakConnections: this.#peak,
       byExport,
+      inPlaceConnections: this.#inPlace,
     };
   }
 
@@ -223,14 +232,17 @@ export class NbdServer {
     await all;
   }
 
-  #accept(socket: Socket): void {
+  #accept(accepted: Socket): void {
     if (this.#closing) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    const receiver = new Receiver();
+    const { socket, mode } = receive(accepted, receiver);
+    if (mode === "in-place") this.#inPlace++;
     const id = ++this.#accepted;
     const log = childLogger(this.#log, { conn: id });
-    const conn = new Connection(id, socket, this.#context(), log);
+    const conn = new Connection(id, socket, receiver, this.#context(), log);
     this.#connections.add(conn);
     this.#peak = Math.max(this.#peak, this.#connections.size);
     log.debug({ remote: socket.remoteAddress ?? "unix" }, "nbd client connected");

@@ -19,6 +19,7 @@ import type { ByteQueue } from "./byte-queue.ts";
 import { type BlockDevice, BlockError, type Extent, NBD_ERRNO, toNbdError } from "./device.ts";
 import type { Logger } from "./logger.ts";
 import type { Session } from "./negotiation.ts";
+import { SLAB_READ } from "./receiver.ts";
 import { CMD, CMD_FLAG, CMD_NAME, REQUEST_HEADER_SIZE } from "./protocol.ts";
 import {
   blockStatusChunk,
@@ -35,6 +36,8 @@ export interface TransmissionCounters {
   errors: number;
   bytesRead: number;
   bytesWritten: number;
+  /** Write payload bytes the socket read straight into their assembly buffer. */
+  bytesReceivedInPlace: number;
 }
 
 /** What one connection's transmission phase is given by its server. */
@@ -65,9 +68,20 @@ export class Transmission {
   readonly #queue: ByteQueue;
   /** A write whose header is parsed and whose payload is still arriving. */
   #pendingWrite: Request | undefined;
-  /** Pooled buffer the pending write's payload is copied into, and bytes copied so far. */
+  /**
+   * Pooled buffer the pending write's payload is assembled in (copied from
+   * the queue, or read into in place), and bytes assembled so far.
+   */
   #assembly: Buffer | undefined;
   #assembled = 0;
+  /** The view of `#assembly` handed out for the socket to read into, until bytes land in it. */
+  #target: Uint8Array | undefined;
+  /**
+   * A large payload was just assembled: the next read takes one header only,
+   * so that when it is another large write its payload is read in place
+   * rather than copied out of a slab read.
+   */
+  #headerNext = false;
   #inflight = 0;
   #inflightBytes = 0;
   #paused = false;
@@ -126,6 +140,37 @@ export class Transmission {
   }
 
   /**
+   * Where the socket should read next: the rest of the payload being
+   * assembled when nothing else is buffered (it lands in place, no copy),
+   * otherwise how many bytes a slab read should take.
+   */
+  nextRead(): Uint8Array | number {
+    const assembly = this.#assembly;
+    const req = this.#pendingWrite;
+    if (
+      assembly !== undefined &&
+      req !== undefined &&
+      this.#queue.length === 0 &&
+      !this.#finished
+    ) {
+      this.#target = assembly.subarray(this.#assembled, req.length);
+      return this.#target;
+    }
+    this.#target = undefined;
+    return this.#headerNext ? REQUEST_HEADER_SIZE : SLAB_READ;
+  }
+
+  /** `n` payload bytes were read into the view `nextRead()` returned. */
+  landed(view: Uint8Array, n: number): void {
+    if (this.#finished) return; // the connection is ending; the payload is moot
+    if (view !== this.#target) throw new Error("bytes landed outside the payload being assembled");
+    this.#target = undefined;
+    this.#assembled += n;
+    this.#opts.counters.bytesReceivedInPlace += n;
+    this.pump();
+  }
+
+  /**
    * Stop serving (server shutdown or export removal): requests in flight
    * finish and are answered, later ones get ESHUTDOWN, then the connection
    * ends.
@@ -147,6 +192,7 @@ export class Transmission {
       if (req === undefined) {
         if (queue.length < REQUEST_HEADER_SIZE) return;
         req = decodeRequest(queue.take(REQUEST_HEADER_SIZE));
+        this.#headerNext = false;
         this.#opts.counters.requests++;
         if (req.type === CMD.DISC) {
           this.#disconnecting = true;
@@ -191,6 +237,7 @@ export class Transmission {
       req.payload = this.#assembly.subarray(0, req.length);
       this.#assembly = undefined;
       this.#assembled = 0;
+      this.#headerNext = true;
     }
     this.#pendingWrite = undefined;
     return true;
@@ -322,7 +369,9 @@ export class Transmission {
     if (this.#finished) return;
     this.#finished = true;
     this.#pendingWrite = undefined;
+    // Not given back to the pool: the socket may still be reading into it.
     this.#assembly = undefined;
+    this.#target = undefined;
     this.#queue.clear();
     const socket = this.#socket;
     socket.off("drain", this.#onDrain);
