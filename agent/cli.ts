@@ -3,6 +3,7 @@
  */
 import { Command, InvalidArgumentError, Option } from "commander";
 import { createLogger } from "./log.ts";
+import { addManagementCommands } from "./manage/index.ts";
 import { parseDuration, parseSize, UsageError } from "./serve/args.ts";
 import { EXIT, serve } from "./serve/serve.ts";
 
@@ -73,5 +74,7 @@ program
       process.exit(EXIT.startup);
     }
   });
+
+addManagementCommands(program);
 
 await program.parseAsync(process.argv);

@@ -106,11 +106,17 @@ export function nbdUri(addr: ListenAddress, exportName: string): string {
   return `nbd://${host}:${addr.port}/${name}`;
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
 
-/** "3s", "500ms", "2m", "1h" or a bare number of seconds -> milliseconds. */
+/** "3s", "500ms", "2m", "1h", "7d" or a bare number of seconds -> milliseconds. */
 export function parseDuration(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
   if (!m) throw new UsageError(`invalid duration "${text}" (examples: 3s, 500ms, 2m)`);
   const ms = Number(m[1]) * DURATION_UNITS[m[2] ?? "s"]!;
   if (!Number.isFinite(ms)) throw new UsageError(`invalid duration "${text}"`);

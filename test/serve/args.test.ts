@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   nbdUri,
+  parseDuration,
   parseLease,
   parseListen,
   parseSize,
@@ -57,5 +58,21 @@ describe("nbdUri", () => {
   it("formats unix and tcp URIs that libnbd accepts", () => {
     expect(nbdUri({ unix: "/tmp/x y.sock" }, "vol1")).toBe("nbd+unix:///vol1?socket=/tmp/x%20y.sock");
     expect(nbdUri({ host: "::1", port: 10809 }, "")).toBe("nbd://[::1]:10809/");
+  });
+});
+
+describe("parseDuration", () => {
+  it.each([
+    ["3s", 3000],
+    ["500ms", 500],
+    ["2m", 120_000],
+    ["1h", 3_600_000],
+    ["7d", 604_800_000],
+    ["10", 10_000],
+  ])("%s = %d ms", (text, ms) => {
+    expect(parseDuration(text)).toBe(ms);
+  });
+  it.each(["", "3 weeks", "-1s", "1y"])("rejects %j", (text) => {
+    expect(() => parseDuration(text)).toThrow(UsageError);
   });
 });

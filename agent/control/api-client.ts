@@ -1,0 +1,172 @@
+/**
+ * Admin client of the control plane API on Node's global `fetch`, typed with
+ * `contract/`. Only types are imported from there, so zod stays out of the
+ * agent bundle; the server validates every request.
+ *
+ *   const api = new ApiClient(await resolveApiConfig());
+ *   const { items } = await api.listVolumes();
+ *
+ * Every failure is an `ApiClientError` with the API's stable `code`.
+ */
+import type { z } from "zod";
+import type { Attachment } from "../../contract/attachment.ts";
+import type { ApiErrorCode } from "../../contract/errors.ts";
+import type { EventPage, EventQuery } from "../../contract/event.ts";
+import type { Node, NodeList } from "../../contract/node.ts";
+import type { Pool, PoolCreate, PoolList } from "../../contract/pool.ts";
+import type { IssuedToken, JoinTokenList, TokenCreate } from "../../contract/token.ts";
+import type { Volume, VolumeCreate, VolumeList, VolumePatch } from "../../contract/volume.ts";
+import type { ApiConfig } from "./api-config.ts";
+
+/** Codes of failures that never reached the API or got no API answer. */
+export type ClientOnlyCode = "Unreachable" | "BadResponse";
+
+/**
+ * A request that failed: an API error (`status` 4xx/5xx, `code` from the
+ * contract), no answer (`Unreachable`, status 0) or an answer that is not
+ * the API's (`BadResponse`, e.g. a proxy's HTML page).
+ */
+export class ApiClientError extends Error {
+  readonly status: number;
+  readonly code: ApiErrorCode | ClientOnlyCode;
+  readonly details: unknown;
+  constructor(
+    status: number,
+    code: ApiErrorCode | ClientOnlyCode,
+    message: string,
+    details?: unknown,
+  ) {
+    super(message);
+    this.name = "ApiClientError";
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+/** Request bodies as callers write them: fields with defaults may be left out. */
+export type PoolCreateBody = z.input<typeof PoolCreate>;
+export type VolumeCreateBody = z.input<typeof VolumeCreate>;
+export type VolumePatchBody = z.input<typeof VolumePatch>;
+export type TokenCreateBody = z.input<typeof TokenCreate>;
+export type EventFilter = Partial<Omit<EventQuery, "continuation">> & { continuation?: string };
+
+/** Long enough for a volume create on a slow account; short enough not to hang a script. */
+const DEFAULT_TIMEOUT_MS = 60_000;
+
+export interface ApiClientOptions extends ApiConfig {
+  timeoutMs?: number;
+}
+
+export class ApiClient {
+  readonly apiUrl: string;
+  readonly #apiKey: string;
+  readonly #timeoutMs: number;
+
+  constructor(opts: ApiClientOptions) {
+    this.apiUrl = opts.apiUrl.replace(/\/+$/, "");
+    this.#apiKey = opts.apiKey;
+    this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  listPools = () => this.#call<PoolList>("GET", "/pools");
+  getPool = (name: string) => this.#call<Pool>("GET", `/pools/${seg(name)}`);
+  createPool = (body: PoolCreateBody) => this.#call<Pool>("POST", "/pools", body);
+  removePool = (name: string) => this.#call<undefined>("DELETE", `/pools/${seg(name)}`);
+
+  listVolumes = () => this.#call<VolumeList>("GET", "/volumes");
+  getVolume = (name: string) => this.#call<Volume>("GET", `/volumes/${seg(name)}`);
+  createVolume = (body: VolumeCreateBody) => this.#call<Volume>("POST", "/volumes", body);
+  updateVolume = (name: string, patch: VolumePatchBody) =>
+    this.#call<Volume>("PATCH", `/volumes/${seg(name)}`, patch);
+  deleteVolume = (name: string, force = false) =>
+    this.#call<undefined>("DELETE", `/volumes/${seg(name)}${force ? "?force=true" : ""}`);
+  attachVolume = (name: string, node: string) =>
+    this.#call<Attachment>("POST", `/volumes/${seg(name)}/attach`, { node });
+  detachVolume = (name: string) => this.#call<Volume>("POST", `/volumes/${seg(name)}/detach`);
+
+  listNodes = () => this.#call<NodeList>("GET", "/nodes");
+  getNode = (name: string) => this.#call<Node>("GET", `/nodes/${seg(name)}`);
+  cordonNode = (name: string) => this.#call<Node>("POST", `/nodes/${seg(name)}/cordon`);
+  uncordonNode = (name: string) => this.#call<Node>("POST", `/nodes/${seg(name)}/uncordon`);
+  removeNode = (name: string) => this.#call<undefined>("DELETE", `/nodes/${seg(name)}`);
+
+  createToken = (body: TokenCreateBody = {}) => this.#call<IssuedToken>("POST", "/tokens", body);
+  listTokens = () => this.#call<JoinTokenList>("GET", "/tokens");
+  revokeToken = (id: string) => this.#call<undefined>("DELETE", `/tokens/${seg(id)}`);
+
+  listEvents = (filter: EventFilter = {}) => {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(filter)) {
+      if (value !== undefined) query.set(key, String(value));
+    }
+    const qs = query.size > 0 ? `?${query}` : "";
+    return this.#call<EventPage>("GET", `/events${qs}`);
+  };
+
+  /** One request; the body of a 2xx answer as the API sent it (undefined for 204). */
+  async #call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const url = `${this.apiUrl}${path}`;
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.#apiKey}`,
+          accept: "application/json",
+          ...(body === undefined ? {} : { "content-type": "application/json" }),
+        },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+    } catch (err) {
+      throw new ApiClientError(0, "Unreachable", `cannot reach ${url}: ${reason(err)}`);
+    }
+    const text = await res.text();
+    if (res.ok) {
+      if (text === "") return undefined as T;
+      try {
+        return JSON.parse(text) as T;
+      } catch {
+        throw new ApiClientError(res.status, "BadResponse", `${method} ${url}: answer is not JSON`);
+      }
+    }
+    throw errorOf(res, text, `${method} ${url}`);
+  }
+}
+
+/** Names in paths are DNS labels already; encoding keeps a typo from changing the route. */
+function seg(name: string): string {
+  return encodeURIComponent(name);
+}
+
+function errorOf(res: Response, text: string, what: string): ApiClientError {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // Not the API speaking (a proxy, a gateway, a wrong URL).
+  }
+  const error = (parsed as { error?: { code?: unknown; message?: unknown; details?: unknown } })
+    ?.error;
+  if (error && typeof error.code === "string" && typeof error.message === "string") {
+    // A code from a newer server than this client is passed on as is.
+    return new ApiClientError(res.status, error.code as ApiErrorCode, error.message, error.details);
+  }
+  return new ApiClientError(
+    res.status,
+    "BadResponse",
+    `${what}: HTTP ${res.status} ${res.statusText} without an API error body (is the URL the API's /api/v1?)`,
+  );
+}
+
+/** fetch says "fetch failed"; the cause (ECONNREFUSED, a timeout) is what helps. */
+function reason(err: unknown): string {
+  if (err instanceof Error) {
+    if (err.name === "TimeoutError") return "timed out";
+    const cause = (err as { cause?: unknown }).cause;
+    if (cause instanceof Error) return cause.message;
+    return err.message;
+  }
+  return String(err);
+}
