@@ -75,10 +75,11 @@ async function untilAnswering(url: string, probes = 200): Promise<void> {
 }
 
 let stopping = false;
-let closeControlPlane: (() => Promise<void>) | undefined;
+/** Filled in once the control plane runs, so stop() can close it. */
+const running: { controlPlane?: { close(): Promise<void> } } = {};
 async function stop(code: number): Promise<never> {
   stopping = true;
-  await closeControlPlane?.().catch(() => {});
+  await running.controlPlane?.close().catch(() => {});
   for (const child of children.reverse()) {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once("exit", r));
@@ -100,7 +101,7 @@ const controlPlane = await startLocalControlPlane({
   stateDir: STATE,
   log: (line) => console.log(line),
 });
-closeControlPlane = () => controlPlane.close();
+running.controlPlane = controlPlane;
 const registered = await fetch(`${controlPlane.apiUrl}/pools`, {
   method: "POST",
   headers: { authorization: `Bearer ${controlPlane.adminKey}`, "content-type": "application/json" },
