@@ -3,21 +3,10 @@
 // missing Debian packages when running as root (as CI does); otherwise prints
 // the apt-get line and fails, so no test can pass without its tool.
 import { execFileSync, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 
-/** binary -> Debian package that ships it */
-export const TOOLS = {
-  nbdinfo: "libnbd-bin",
-  nbdcopy: "libnbd-bin",
-  nbdfuse: "libnbd-bin",
-  "qemu-img": "qemu-utils",
-  "qemu-io": "qemu-utils",
-  fio: "fio",
-  nbdkit: "nbdkit",
-  "mkfs.ext4": "e2fsprogs",
-  e2fsck: "e2fsprogs",
-  losetup: "mount",
-  fusermount3: "fuse3",
-};
+/** binary -> Debian package that ships it (shared with test/harness/tools.ts) */
+const TOOLS = JSON.parse(readFileSync(new URL("./test-tools.json", import.meta.url), "utf8"));
 
 function have(bin) {
   return spawnSync("sh", ["-c", `command -v ${bin} || test -x /usr/sbin/${bin} || test -x /sbin/${bin}`], { stdio: "ignore" }).status === 0;

@@ -6,19 +6,12 @@
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { delimiter, join } from "node:path";
+import packages from "../../infra/test-tools.json" with { type: "json" };
 
-/** Each tool and the Debian package that ships it. */
-export const TOOL_PACKAGES = {
-  nbdinfo: "libnbd-bin",
-  nbdcopy: "libnbd-bin",
-  nbdfuse: "libnbd-bin",
-  "qemu-img": "qemu-utils",
-  "qemu-io": "qemu-utils",
-  fio: "fio",
-  nbdkit: "nbdkit",
-} as const;
+/** Each tool and the Debian package that ships it; `npm test` installs them first. */
+export const TOOL_PACKAGES: Readonly<Record<string, string>> = packages;
 
-export type Tool = keyof typeof TOOL_PACKAGES;
+export type Tool = keyof typeof packages;
 
 /** Absolute path of `tool`, or an error naming the package that provides it. */
 export function toolPath(tool: Tool): string {

@@ -13,15 +13,9 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ServeProcess, startServe } from "../harness/serve.ts";
+import { toolPath } from "../harness/tools.ts";
 
 const exec = promisify(execFile);
-const PATHS = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
-
-function which(bin: string, pkg: string): string {
-  for (const dir of PATHS) if (existsSync(join(dir, bin))) return join(dir, bin);
-  throw new Error(`${bin} is not installed: apt-get install ${pkg}`);
-}
-
 /** Bounded poll for a condition another process makes true (no fixed sleeps). */
 async function waitFor(cond: () => boolean, what: string, tries = 400): Promise<void> {
   for (let i = 0; i < tries; i++) {
@@ -42,9 +36,9 @@ describe("ext4 through nbdfuse and a loop device", () => {
   async function attach(): Promise<void> {
     const pidfile = join(serve!.dir, "nbdfuse.pid");
     await rm(pidfile, { force: true });
-    execFile(which("nbdfuse", "libnbd-bin"), ["-P", pidfile, join(fuseDir, "disk"), serve!.uri]);
+    execFile(toolPath("nbdfuse"), ["-P", pidfile, join(fuseDir, "disk"), serve!.uri]);
     await waitFor(() => existsSync(pidfile), "nbdfuse to mount");
-    const { stdout } = await exec(which("losetup", "mount"), [
+    const { stdout } = await exec(toolPath("losetup"), [
       "--find",
       "--show",
       join(fuseDir, "disk"),
@@ -54,9 +48,9 @@ describe("ext4 through nbdfuse and a loop device", () => {
 
   async function detach(): Promise<void> {
     await exec("umount", [fsDir]).catch(() => {});
-    if (loop) await exec(which("losetup", "mount"), ["-d", loop]).catch(() => {});
+    if (loop) await exec(toolPath("losetup"), ["-d", loop]).catch(() => {});
     loop = "";
-    await exec(which("fusermount3", "fuse3"), ["-u", fuseDir]).catch(() => {});
+    await exec(toolPath("fusermount3"), ["-u", fuseDir]).catch(() => {});
   }
 
   beforeAll(async () => {
@@ -75,7 +69,7 @@ describe("ext4 through nbdfuse and a loop device", () => {
 
   it("makes, fills, checks and remounts a filesystem", async () => {
     expect(loop).toMatch(/^\/dev\/loop\d+$/);
-    await exec(which("mkfs.ext4", "e2fsprogs"), ["-q", "-F", loop]);
+    await exec(toolPath("mkfs.ext4"), ["-q", "-F", loop]);
     await exec("mount", [loop, fsDir]);
     await mkdir(join(fsDir, "d"));
     for (let i = 0; i < 200; i++) {
@@ -91,14 +85,14 @@ describe("ext4 through nbdfuse and a loop device", () => {
     await exec("umount", [fsDir]);
 
     // e2fsck -n is a read-only check; exit status 0 (no throw) means clean.
-    const first = await exec(which("e2fsck", "e2fsprogs"), ["-fn", loop]);
+    const first = await exec(toolPath("e2fsck"), ["-fn", loop]);
     expect(first.stdout).toMatch(/\d+\/\d+ files/);
 
     // Tear the whole client side down and build it anew, so that what is
     // checked and read back can only come from the server.
     await detach();
     await attach();
-    const fsck = await exec(which("e2fsck", "e2fsprogs"), ["-fn", loop]);
+    const fsck = await exec(toolPath("e2fsck"), ["-fn", loop]);
     expect(fsck.stdout).toMatch(/\d+\/\d+ files/);
     await exec("mount", [loop, fsDir]);
     for (const [name, sum] of files) {
