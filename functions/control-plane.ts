@@ -11,6 +11,20 @@ export interface ControlPlane {
   /** The clock; tests pass a fixed or stepping one. */
   readonly now: () => Date;
   readonly report: ReportError;
+  /** Tests only: crash injection between the steps of attach, detach and fencing. */
+  readonly faults?: Faults;
+}
+
+/**
+ * A seam for crash-injection tests, absent in production. `beforeStep` is
+ * called just before each durable step (a registry write, a lease call on
+ * one replica, an event) of attach, detach and fencing, with the step's
+ * name; throwing there stands for the process dying between the previous
+ * step and this one. A hook that keeps throwing once it has thrown makes
+ * every later step, roll-backs included, fail as a dead process would.
+ */
+export interface Faults {
+  readonly beforeStep: (step: string) => void;
 }
 
 export interface ControlPlaneOptions {
@@ -19,6 +33,8 @@ export interface ControlPlaneOptions {
   now?: () => Date;
   /** Where unexpected errors go; defaults to stderr. */
   report?: ReportError;
+  /** Crash injection, for tests only. */
+  faults?: Faults;
 }
 
 /** A control plane with the system clock and stderr unless told otherwise. */
@@ -27,5 +43,6 @@ export function controlPlane(options: ControlPlaneOptions): ControlPlane {
     registry: options.registry,
     now: options.now ?? (() => new Date()),
     report: options.report ?? ((err) => console.error("pagedisk control plane:", err)),
+    ...(options.faults ? { faults: options.faults } : {}),
   };
 }

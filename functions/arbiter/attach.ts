@@ -69,6 +69,7 @@ export async function completeAttach(
     updatedAt: cp.now().toISOString(),
   };
   try {
+    cp.faults?.beforeStep("mark-attached");
     await volumes(cp.registry).replace(attached, claim.etag);
   } catch (err) {
     if (!isRegistryError(err)) throw err;
@@ -142,6 +143,7 @@ async function claimVolume(
     leaseId: randomUUID(),
     updatedAt: cp.now().toISOString(),
   };
+  cp.faults?.beforeStep("claim");
   return { value: next, etag: await table.replace(next, read.etag) };
 }
 
@@ -160,6 +162,7 @@ export async function rollBackAttach(
       leaseId: null,
       updatedAt: cp.now().toISOString(),
     };
+    cp.faults?.beforeStep("roll-back");
     await volumes(cp.registry).replace(detached, claim.etag);
   } catch (err) {
     cp.report(err);

@@ -32,6 +32,7 @@ export async function detachVolume(cp: ControlPlane, name: string): Promise<Volu
     leaseId: null,
     updatedAt: cp.now().toISOString(),
   };
+  cp.faults?.beforeStep("mark-detached");
   await volumes(cp.registry).replace(detached, claim.etag);
   await note(cp, {
     type: "volume-detached",
@@ -61,5 +62,6 @@ async function claimVolume(cp: ControlPlane, name: string): Promise<Read<VolumeR
     status: { ...v.status, state: "DETACHING", epoch: v.status.epoch + 1 },
     updatedAt: cp.now().toISOString(),
   };
+  cp.faults?.beforeStep("claim");
   return { value: next, etag: await table.replace(next, read.etag) };
 }

@@ -43,6 +43,7 @@ export async function markFencing(
     status: { ...v.status, state: "FENCING", epoch: v.status.epoch + 1 },
     updatedAt: cp.now().toISOString(),
   };
+  cp.faults?.beforeStep("mark-fencing");
   const etag = await volumes(cp.registry).replace(next, read.etag);
   await note(cp, {
     type: "volume-fenced",
@@ -75,6 +76,7 @@ export async function finishFencing(
       leaseId: null,
       updatedAt: cp.now().toISOString(),
     };
+    cp.faults?.beforeStep("mark-detached");
     await table.replace(detached, fencing.etag);
     await note(cp, {
       type: "volume-detached",
@@ -90,6 +92,7 @@ export async function finishFencing(
     leaseId: randomUUID(),
     updatedAt: cp.now().toISOString(),
   };
+  cp.faults?.beforeStep("claim");
   const etag = await table.replace(claimed, fencing.etag);
   const attached = await completeAttach(cp, { value: claimed, etag });
   await note(cp, {

@@ -11,13 +11,15 @@ import { dropReplicaLease, takeReplicaLease } from "../storage/replica-leases.ts
 async function onEveryReplica(
   cp: ControlPlane,
   volume: VolumeRecord,
+  label: string,
   step: (pool: PoolRecord, replicaId: string) => Promise<void>,
 ): Promise<void> {
   const outcomes = await Promise.allSettled(
-    volume.status.replicas.map(async (replica) => {
+    volume.status.replicas.map(async (replica, i) => {
       const pool = await pools(cp.registry).get(replica.pool);
       // A pool cannot be removed while it holds replicas; a missing one is a broken invariant.
       if (!pool) throw new Error(`volume ${volume.name}: pool ${replica.pool} is not registered`);
+      cp.faults?.beforeStep(`${label} ${i}`);
       await step(pool.value, replica.id);
     }),
   );
@@ -27,7 +29,9 @@ async function onEveryReplica(
 
 /** Lease every replica under `leaseId`, breaking any other lease. */
 export function takeLeases(cp: ControlPlane, volume: VolumeRecord, leaseId: string): Promise<void> {
-  return onEveryReplica(cp, volume, (pool, id) => takeReplicaLease(pool, volume.name, id, leaseId));
+  return onEveryReplica(cp, volume, "take-lease", (pool, id) =>
+    takeReplicaLease(pool, volume.name, id, leaseId),
+  );
 }
 
 /** Leave every replica without a lease: ours (`leaseId`) released, any other broken. */
@@ -36,5 +40,7 @@ export function dropLeases(
   volume: VolumeRecord,
   leaseId: string | null,
 ): Promise<void> {
-  return onEveryReplica(cp, volume, (pool, id) => dropReplicaLease(pool, volume.name, id, leaseId));
+  return onEveryReplica(cp, volume, "drop-lease", (pool, id) =>
+    dropReplicaLease(pool, volume.name, id, leaseId),
+  );
 }

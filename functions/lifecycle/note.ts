@@ -7,6 +7,7 @@ import type { ControlPlane } from "../control-plane.ts";
 import { type NewEvent, recordEvent } from "../registry/events.ts";
 
 export async function note(cp: ControlPlane, event: NewEvent): Promise<void> {
+  cp.faults?.beforeStep(`note ${event.type}`);
   try {
     await recordEvent(cp.registry, cp.now(), event);
   } catch (err) {

@@ -1,0 +1,391 @@
+/**
+ * A crash injected before every durable step of attach, detach and the
+ * sweeper's fence + failover leaves a state that the next sweep repairs:
+ * no volume stuck in ATTACHING/DETACHING/FENCING, no lease the registry
+ * does not know about, and a further sweep changes nothing.
+ *
+ * The crash goes through the control plane's `faults` seam: the hook throws
+ * a SimulatedCrash just before the named step and at every step after it,
+ * so nothing further happens (roll-backs included), as with a dead process.
+ * Each scenario first runs once without a crash to prove the step list
+ * below is the whole sequence, so a new step cannot go untested.
+ */
+import type { PageBlobClient } from "@azure/storage-blob";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { JoinResponse } from "../../../contract/node.ts";
+import type { IssuedToken } from "../../../contract/token.ts";
+import type { Volume } from "../../../contract/volume.ts";
+import { attachVolume } from "../../../functions/arbiter/attach.ts";
+import { detachVolume } from "../../../functions/arbiter/detach.ts";
+import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
+import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
+import { restStatus } from "../../../functions/rest-error.ts";
+import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
+
+const POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000, stuckAfterMs: 60_000 };
+/** Nodes that stay alive (heartbeat before every sweep). */
+const ALIVE = ["n-a", "n-b"];
+
+class SimulatedCrash extends Error {}
+
+let fx: ControlPlaneFixture;
+let nowMs = Date.UTC(2025, 0, 1);
+let token: IssuedToken;
+const credentials = new Map<string, string>();
+
+interface Crash {
+  cp: ControlPlane;
+  /** Steps reached, in order, including the one that crashed. */
+  seen: string[];
+  readonly crashed: boolean;
+  reported: unknown[];
+}
+
+/** A control plane whose process dies just before `step` (never, for ""). */
+function crashBefore(step: string): Crash {
+  const seen: string[] = [];
+  const reported: unknown[] = [];
+  let crashed = false;
+  const cp = controlPlane({
+    registry: fx.registry,
+    now: () => new Date(nowMs),
+    report: (e) => reported.push(e),
+    faults: {
+      beforeStep: (name) => {
+        seen.push(name);
+        if (crashed || name === step) {
+          crashed = true;
+          throw new SimulatedCrash(`crashed before ${name}`);
+        }
+      },
+    },
+  });
+  return {
+    cp,
+    seen,
+    reported,
+    get crashed() {
+      return crashed;
+    },
+  };
+}
+
+const healthyReported: unknown[] = [];
+const pass = (): Promise<SweepReport> =>
+  sweep(
+    controlPlane({
+      registry: fx.registry,
+      now: () => new Date(nowMs),
+      report: (e) => healthyReported.push(e),
+    }),
+    POLICY,
+  );
+
+const NOTHING: SweepReport = {
+  suspect: [],
+  lost: [],
+  fenced: [],
+  failedOver: [],
+  detached: [],
+  waiting: [],
+  recovered: [],
+};
+
+async function join(name: string): Promise<void> {
+  const res = await fx.app.request("/api/v1/nodes/join", {
+    method: "POST",
+    headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  credentials.set(name, (await jsonOf<JoinResponse>(res, 201)).credential);
+}
+
+async function heartbeat(...names: string[]): Promise<void> {
+  for (const name of names) {
+    const res = await fx.app.request(`/api/v1/nodes/${name}/heartbeat`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${credentials.get(name)}`,
+        "content-type": "application/json",
+      },
+      body: "{}",
+    });
+    expect(res.status).toBe(200);
+  }
+}
+
+async function createVolume(name: string, spec: Record<string, unknown> = {}): Promise<void> {
+  await jsonOf<Volume>(
+    await fx.call("POST", "/api/v1/volumes", {
+      name,
+      sizeBytes: 64 * 1024,
+      replicas: 2,
+      ...spec,
+    }),
+    201,
+  );
+}
+
+async function attachByApi(name: string, node: string): Promise<void> {
+  await jsonOf(await fx.call("POST", `/api/v1/volumes/${name}/attach`, { node }), 200);
+}
+
+async function record(name: string): Promise<VolumeRecord> {
+  return (await volumes(fx.registry).get(name))!.value;
+}
+
+function replicaBlobs(v: VolumeRecord): PageBlobClient[] {
+  return v.status.replicas.map((r) =>
+    fx.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`),
+  );
+}
+
+/** HTTP status of one 512-byte Put Page, with `leaseId` or without any. */
+async function writeStatus(blob: PageBlobClient, leaseId?: string): Promise<number> {
+  try {
+    const res = await blob.uploadPages(Buffer.alloc(512, 7), 0, 512, {
+      ...(leaseId ? { conditions: { leaseId } } : {}),
+    });
+    return res._response.status;
+  } catch (err) {
+    return restStatus(err) ?? 0;
+  }
+}
+
+/** Stable, `owner` or DETACHED, and every replica's lease exactly as the record says. */
+async function expectSettled(name: string, owner: string | null): Promise<void> {
+  const v = await record(name);
+  expect(v.status.replicas).toHaveLength(2);
+  if (owner === null) {
+    expect(v.status).toMatchObject({ state: "DETACHED", ownerNode: null });
+    expect(v.leaseId).toBeNull();
+    for (const blob of replicaBlobs(v)) {
+      expect(["available", "broken"]).toContain((await blob.getProperties()).leaseState);
+      // No lease anywhere: nobody is fenced out, a lease-less write goes through.
+      expect(await writeStatus(blob)).toBe(201);
+    }
+  } else {
+    expect(v.status).toMatchObject({ state: "ATTACHED", ownerNode: owner });
+    expect(v.leaseId).toEqual(expect.any(String));
+    for (const blob of replicaBlobs(v)) {
+      const props = await blob.getProperties();
+      expect(props).toMatchObject({ leaseState: "leased", leaseDuration: "infinite" });
+      expect(await writeStatus(blob, v.leaseId!)).toBe(201);
+      expect(await writeStatus(blob)).toBe(412);
+    }
+  }
+}
+
+/** The repair: past the stuck timeout, one pass settles everything, and the next does nothing. */
+async function repairAndCheck(name: string, owner: string | null): Promise<void> {
+  nowMs += POLICY.stuckAfterMs! + 1_000;
+  await heartbeat(...ALIVE);
+  await pass();
+  const before = await fx.snapshot();
+  expect(await pass()).toEqual(NOTHING);
+  expect(await fx.snapshot()).toEqual(before);
+  await expectSettled(name, owner);
+  expect(healthyReported).toEqual([]);
+}
+
+/** After a crash: the operation failed with the crash, and nothing but the crash was reported. */
+function expectCrashed(crash: Crash, step: string): void {
+  expect(crash.crashed).toBe(true);
+  expect(crash.seen).toContain(step);
+  for (const err of crash.reported) expect(err).toBeInstanceOf(SimulatedCrash);
+}
+
+/** Replicas are leased in parallel: compare step lists with each replica run in index order. */
+const ordered = (steps: string[]): string[] => {
+  const out = [...steps];
+  for (let i = 0; i + 1 < out.length; i++) {
+    const [a, b] = [out[i]!, out[i + 1]!];
+    if (a.replace(/ \d+$/, "") === b.replace(/ \d+$/, "") && a > b) [out[i], out[i + 1]] = [b, a];
+  }
+  return out;
+};
+
+beforeAll(async () => {
+  fx = await startControlPlane({ now: () => new Date(nowMs) });
+  for (const name of ["pa", "pb"]) {
+    const res = await fx.call("POST", "/api/v1/pools", {
+      name,
+      container: `${name}-disks`,
+      auth: { kind: "connectionString", connectionString: fx.connectionString },
+    });
+    expect(res.status).toBe(201);
+  }
+  token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
+  for (const name of ALIVE) await join(name);
+});
+afterAll(() => fx?.dispose());
+
+let serial = 0;
+const fresh = (prefix: string) => `${prefix}-${serial++}`;
+
+describe("attach", () => {
+  const STEPS = ["claim", "take-lease 0", "take-lease 1", "mark-attached", "note volume-attached"];
+
+  it("goes through exactly these steps", async () => {
+    const name = fresh("a");
+    await createVolume(name);
+    const run = crashBefore("");
+    await attachVolume(run.cp, name, "n-a");
+    expect(ordered(run.seen)).toEqual(STEPS);
+    await expectSettled(name, "n-a");
+  });
+
+  it.each([
+    ["claim", "DETACHED", null],
+    ["take-lease 0", "DETACHED", null],
+    ["take-lease 1", "DETACHED", null],
+    ["mark-attached", "DETACHED", null],
+    ["note volume-attached", "ATTACHED to n-a", "n-a"],
+  ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
+    const name = fresh("a");
+    await createVolume(name);
+    await heartbeat(...ALIVE);
+    const crash = crashBefore(step);
+    await expect(attachVolume(crash.cp, name, "n-a")).rejects.toBeInstanceOf(SimulatedCrash);
+    expectCrashed(crash, step);
+    await repairAndCheck(name, owner);
+  });
+});
+
+describe("detach", () => {
+  const STEPS = ["claim", "drop-lease 0", "drop-lease 1", "mark-detached", "note volume-detached"];
+
+  async function attached(): Promise<string> {
+    const name = fresh("d");
+    await createVolume(name);
+    await heartbeat(...ALIVE);
+    await attachByApi(name, "n-a");
+    return name;
+  }
+
+  it("goes through exactly these steps", async () => {
+    const name = await attached();
+    const run = crashBefore("");
+    await detachVolume(run.cp, name);
+    expect(ordered(run.seen)).toEqual(STEPS);
+    await expectSettled(name, null);
+  });
+
+  it.each([
+    ["claim", "ATTACHED to n-a", "n-a"],
+    ["drop-lease 0", "DETACHED", null],
+    ["drop-lease 1", "DETACHED", null],
+    ["mark-detached", "DETACHED", null],
+    ["note volume-detached", "DETACHED", null],
+  ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
+    const name = await attached();
+    const crash = crashBefore(step);
+    await expect(detachVolume(crash.cp, name)).rejects.toBeInstanceOf(SimulatedCrash);
+    expectCrashed(crash, step);
+    await repairAndCheck(name, owner);
+  });
+});
+
+/**
+ * A volume attached to a node of its own that then goes silent: the sweep
+ * that finds the node LOST fences the volume and fails it over (to n-b, its
+ * preferred node) or, with manual failover, detaches it. That sweep also
+ * marks the node SUSPECT then LOST, so the crash may hit those steps too.
+ */
+async function orphanedVolume(spec: Record<string, unknown>): Promise<string> {
+  const name = fresh("f");
+  const src = `src-${name}`;
+  await join(src);
+  await heartbeat(...ALIVE);
+  await createVolume(name, spec);
+  await attachByApi(name, src);
+  nowMs += POLICY.lostAfterMs + 5_000;
+  await heartbeat(...ALIVE);
+  return name;
+}
+
+describe("fence and automatic failover", () => {
+  const SPEC = { preferredNodes: ["n-b"] };
+  const STEPS = [
+    // The node's own moves (SUSPECT, LOST) are single writes; only their events are steps.
+    "note node-suspect",
+    "note node-lost",
+    "mark-fencing",
+    "note volume-fenced",
+    "drop-lease 0",
+    "drop-lease 1",
+    "claim",
+    "take-lease 0",
+    "take-lease 1",
+    "mark-attached",
+    "note volume-failed-over",
+  ];
+
+  it("goes through exactly these steps", async () => {
+    const name = await orphanedVolume(SPEC);
+    const run = crashBefore("");
+    const report = await sweep(run.cp, POLICY);
+    expect(report.failedOver).toEqual([name]);
+    expect(ordered(run.seen)).toEqual(STEPS);
+    expect(run.reported).toEqual([]);
+    await expectSettled(name, "n-b");
+  });
+
+  it.each([
+    ["note node-suspect", "ATTACHED to n-b", "n-b"],
+    ["note node-lost", "ATTACHED to n-b", "n-b"],
+    ["mark-fencing", "ATTACHED to n-b", "n-b"],
+    ["note volume-fenced", "ATTACHED to n-b", "n-b"],
+    ["drop-lease 0", "ATTACHED to n-b", "n-b"],
+    ["drop-lease 1", "ATTACHED to n-b", "n-b"],
+    ["claim", "ATTACHED to n-b", "n-b"],
+    // An interrupted failover attach is rolled back like any other attach.
+    ["take-lease 0", "DETACHED", null],
+    ["take-lease 1", "DETACHED", null],
+    ["mark-attached", "DETACHED", null],
+    ["note volume-failed-over", "ATTACHED to n-b", "n-b"],
+  ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
+    const name = await orphanedVolume(SPEC);
+    const crash = crashBefore(step);
+    const report = await sweep(crash.cp, POLICY);
+    expectCrashed(crash, step);
+    expect(crash.reported.length).toBeGreaterThan(0);
+    expect(report.failedOver).toEqual([]);
+    await repairAndCheck(name, owner);
+  });
+});
+
+describe("fence with manual failover", () => {
+  const SPEC = { failover: "manual" };
+  const STEPS = [
+    // The node's own moves (SUSPECT, LOST) are single writes; only their events are steps.
+    "note node-suspect",
+    "note node-lost",
+    "mark-fencing",
+    "note volume-fenced",
+    "drop-lease 0",
+    "drop-lease 1",
+    "mark-detached",
+    "note volume-detached",
+  ];
+
+  it("goes through exactly these steps", async () => {
+    const name = await orphanedVolume(SPEC);
+    const run = crashBefore("");
+    const report = await sweep(run.cp, POLICY);
+    expect(report.detached).toEqual([name]);
+    expect(ordered(run.seen)).toEqual(STEPS);
+    await expectSettled(name, null);
+  });
+
+  it.each(STEPS)("crash before %s: the next sweep leaves it DETACHED", async (step) => {
+    const name = await orphanedVolume(SPEC);
+    const crash = crashBefore(step);
+    const report = await sweep(crash.cp, POLICY);
+    expectCrashed(crash, step);
+    expect(crash.reported.length).toBeGreaterThan(0);
+    expect(report.detached).toEqual([]);
+    await repairAndCheck(name, null);
+  });
+});
