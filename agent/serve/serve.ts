@@ -58,6 +58,20 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
   const target = parseTarget(targetText);
   const listen = parseListen(opts.listen);
   const lease = resolveLeaseMode(target, opts);
+  // Listen for signals before taking anything: a SIGTERM during startup then
+  // ends in the same clean stop (lease released) instead of Node's default kill.
+  const stopped = new Promise<NodeJS.Signals>((res) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.removeListener("SIGTERM", onSignal);
+      process.removeListener("SIGINT", onSignal);
+      // A second signal while draining means "now".
+      process.once("SIGTERM", () => process.exit(EXIT.startup));
+      process.once("SIGINT", () => process.exit(EXIT.startup));
+      res(signal);
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
   const opened = await open(target, lease, opts);
   const { log } = opts;
 
@@ -102,19 +116,6 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
   opts.print(
     `pagedisk: serving ${opened.describe} (${volume.size} bytes${volume.readOnly ? ", read-only" : ""}) at ${uri}`,
   );
-
-  const stopped = new Promise<NodeJS.Signals>((res) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      process.removeListener("SIGTERM", onSignal);
-      process.removeListener("SIGINT", onSignal);
-      // A second signal while draining means "now".
-      process.once("SIGTERM", () => process.exit(EXIT.startup));
-      process.once("SIGINT", () => process.exit(EXIT.startup));
-      res(signal);
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
 
   const outcome = await Promise.race([stopped, failedOnce]);
   if (typeof outcome === "number") {
