@@ -132,6 +132,15 @@ export const VolumeStatus = z.object({
   /** Raised by every change of writer; a stale epoch can never win a conditional write. */
   epoch: z.int().min(0),
   replicas: z.array(Replica).max(MAX_REPLICAS),
+  /**
+   * Set when the sweeper fenced the volume off a lost node: it still owes
+   * the volume an automatic failover. While the volume is DETACHED with this
+   * mark and `failover: automatic`, each sweep attaches it to an eligible
+   * node. Cleared when an attach completes, when an operator attaches or
+   * detaches it, and when fencing ends in DETACHED under manual failover.
+   * Absent means false (rows written before the field existed).
+   */
+  failoverPending: z.boolean().optional(),
 });
 export type VolumeStatus = z.infer<typeof VolumeStatus>;
 

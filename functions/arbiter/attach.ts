@@ -11,6 +11,11 @@
  *
  * A storage failure in 2 rolls back to DETACHED (leases dropped). A crash
  * between steps leaves ATTACHING, which the sweeper rolls back.
+ *
+ * An operator's attach clears the failover mark (`status.failoverPending`):
+ * the operator has taken the volume over from the sweeper. An attach the
+ * sweeper makes keeps the mark until ATTACHED, so a roll-back leaves the
+ * volume still owed its failover.
  */
 import { randomUUID } from "node:crypto";
 import type { Attachment } from "../../contract/attachment.ts";
@@ -22,7 +27,7 @@ import { isRegistryError } from "../registry/registry-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { ATTACHED_STATES, volumeStates } from "../registry/volume-states.ts";
-import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { dropLeases, takeLeases } from "./replica-leases.ts";
 
 export async function attachVolume(
@@ -65,7 +70,7 @@ export async function completeAttach(
   volumeStates.check("ATTACHING", "ATTACHED");
   const attached: VolumeRecord = {
     ...claim.value,
-    status: { ...claim.value.status, state: "ATTACHED" },
+    status: withFailoverPending({ ...claim.value.status, state: "ATTACHED" }, false),
     updatedAt: cp.now().toISOString(),
   };
   try {
@@ -139,7 +144,10 @@ async function claimVolume(
   volumeStates.check(state, "ATTACHING");
   const next: VolumeRecord = {
     ...v,
-    status: { ...v.status, state: "ATTACHING", ownerNode: node, epoch: v.status.epoch + 1 },
+    status: withFailoverPending(
+      { ...v.status, state: "ATTACHING", ownerNode: node, epoch: v.status.epoch + 1 },
+      false,
+    ),
     leaseId: randomUUID(),
     updatedAt: cp.now().toISOString(),
   };
@@ -147,12 +155,16 @@ async function claimVolume(
   return { value: next, etag: await table.replace(next, read.etag) };
 }
 
-/** Undo a failed step 2 (or an ATTACHING left by a crash). If that fails too, ATTACHING stays for the sweeper. */
+/**
+ * Undo a failed step 2 (or an ATTACHING left by a crash); the failover mark
+ * is kept. Returns the DETACHED record, or undefined when that failed too
+ * and ATTACHING stays for the sweeper.
+ */
 export async function rollBackAttach(
   cp: ControlPlane,
   claim: Read<VolumeRecord>,
   leaseId: string,
-): Promise<void> {
+): Promise<Read<VolumeRecord> | undefined> {
   try {
     await dropLeases(cp, claim.value, leaseId);
     volumeStates.check("ATTACHING", "DETACHED");
@@ -163,9 +175,10 @@ export async function rollBackAttach(
       updatedAt: cp.now().toISOString(),
     };
     cp.faults?.beforeStep("roll-back");
-    await volumes(cp.registry).replace(detached, claim.etag);
+    return { value: detached, etag: await volumes(cp.registry).replace(detached, claim.etag) };
   } catch (err) {
     cp.report(err);
+    return undefined;
   }
 }
 

@@ -7,7 +7,9 @@
  * 3. DETACHING -> DETACHED.
  *
  * A DETACHING record (storage failure or crash in 2) is resumed by the next
- * detach; detaching a DETACHED volume is a no-op.
+ * detach; detaching a DETACHED volume is a no-op, except that it clears the
+ * failover mark (`status.failoverPending`): an operator who detaches a
+ * volume wants it left detached, so the sweeper stops placing it.
  */
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
@@ -15,7 +17,7 @@ import { note } from "../lifecycle/note.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
-import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { dropLeases } from "./replica-leases.ts";
 
 export async function detachVolume(cp: ControlPlane, name: string): Promise<VolumeRecord> {
@@ -28,7 +30,10 @@ export async function detachVolume(cp: ControlPlane, name: string): Promise<Volu
   volumeStates.check("DETACHING", "DETACHED");
   const detached: VolumeRecord = {
     ...claim.value,
-    status: { ...claim.value.status, state: "DETACHED", ownerNode: null },
+    status: withFailoverPending(
+      { ...claim.value.status, state: "DETACHED", ownerNode: null },
+      false,
+    ),
     leaseId: null,
     updatedAt: cp.now().toISOString(),
   };
@@ -49,6 +54,14 @@ async function claimVolume(cp: ControlPlane, name: string): Promise<Read<VolumeR
   if (!read) throw new ApiError("VolumeNotFound", `no volume named ${name}`, { volume: name });
   const v = read.value;
   const { state, ownerNode } = v.status;
+  if (state === "DETACHED" && v.status.failoverPending === true) {
+    const cleared: VolumeRecord = {
+      ...v,
+      status: withFailoverPending(v.status, false),
+      updatedAt: cp.now().toISOString(),
+    };
+    return { value: cleared, etag: await table.replace(cleared, read.etag) };
+  }
   if (state === "DETACHED" || state === "DETACHING") return read;
   if (state !== "ATTACHED") {
     throw new ApiError("VolumeBusy", `volume ${name} is ${state}; retry later`, {

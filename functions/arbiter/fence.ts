@@ -12,6 +12,13 @@
  *
  * Every step repeats safely, so a FENCING volume left by a crash is
  * resumed from step 2 by the next sweep.
+ *
+ * Step 1 also marks the volume as owed a failover (`status.failoverPending`),
+ * and the mark stays through step 3 until the attach completes. Should the
+ * failover attach be interrupted (a crash or a storage failure before
+ * ATTACHED), the roll-back leaves the volume DETACHED and still marked, and
+ * the next sweep places it again (`resumeFailover`). The manual path, an
+ * operator's attach or detach, and a completed attach clear the mark.
  */
 import { randomUUID } from "node:crypto";
 import type { ControlPlane } from "../control-plane.ts";
@@ -19,7 +26,7 @@ import { note } from "../lifecycle/note.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
-import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { completeAttach } from "./attach.ts";
 import { chooseFailoverNode } from "./failover-placement.ts";
 import { dropLeases } from "./replica-leases.ts";
@@ -40,7 +47,10 @@ export async function markFencing(
   volumeStates.check(v.status.state, "FENCING");
   const next: VolumeRecord = {
     ...v,
-    status: { ...v.status, state: "FENCING", epoch: v.status.epoch + 1 },
+    status: withFailoverPending(
+      { ...v.status, state: "FENCING", epoch: v.status.epoch + 1 },
+      true,
+    ),
     updatedAt: cp.now().toISOString(),
   };
   cp.faults?.beforeStep("mark-fencing");
@@ -72,7 +82,7 @@ export async function finishFencing(
     volumeStates.check("FENCING", "DETACHED");
     const detached: VolumeRecord = {
       ...v,
-      status: { ...v.status, state: "DETACHED", ownerNode: null },
+      status: withFailoverPending({ ...v.status, state: "DETACHED", ownerNode: null }, false),
       leaseId: null,
       updatedAt: cp.now().toISOString(),
     };
@@ -85,22 +95,56 @@ export async function finishFencing(
     });
     return { kind: "detached" };
   }
-  volumeStates.check("FENCING", "ATTACHING");
+  return failOver(cp, fencing, target);
+}
+
+/**
+ * A DETACHED volume still owed a failover (an earlier failover attach was
+ * rolled back): attach it to an eligible node, as step 3 would have. With
+ * none eligible it stays DETACHED and marked, for the next sweep.
+ */
+export async function resumeFailover(
+  cp: ControlPlane,
+  detached: Read<VolumeRecord>,
+  candidates: readonly NodeRecord[],
+  load: ReadonlyMap<string, number>,
+): Promise<FenceOutcome> {
+  const v = detached.value;
+  if (v.status.state !== "DETACHED" || v.status.failoverPending !== true) {
+    throw new Error(`volume ${v.name} is not owed a failover`);
+  }
+  const target = chooseFailoverNode(v, candidates, load);
+  if (!target) return { kind: "waiting" };
+  return failOver(cp, detached, target);
+}
+
+/** FENCING or DETACHED -> ATTACHING on `target`, keeping the mark, then the rest of attach. */
+async function failOver(
+  cp: ControlPlane,
+  read: Read<VolumeRecord>,
+  target: NodeRecord,
+): Promise<FenceOutcome> {
+  const v = read.value;
+  volumeStates.check(v.status.state, "ATTACHING");
   const claimed: VolumeRecord = {
     ...v,
-    status: { ...v.status, state: "ATTACHING", ownerNode: target.name, epoch: v.status.epoch + 1 },
+    status: withFailoverPending(
+      { ...v.status, state: "ATTACHING", ownerNode: target.name, epoch: v.status.epoch + 1 },
+      true,
+    ),
     leaseId: randomUUID(),
     updatedAt: cp.now().toISOString(),
   };
   cp.faults?.beforeStep("claim");
-  const etag = await table.replace(claimed, fencing.etag);
+  const etag = await volumes(cp.registry).replace(claimed, read.etag);
   const attached = await completeAttach(cp, { value: claimed, etag });
+  const from = v.status.ownerNode;
   await note(cp, {
     type: "volume-failed-over",
     volume: v.name,
     node: target.name,
-    message: `volume ${v.name} failed over from ${v.status.ownerNode} to ${target.name} (epoch ${attached.status.epoch})`,
-    data: { from: v.status.ownerNode, epoch: attached.status.epoch },
+    message: `volume ${v.name} failed over${from === null ? "" : ` from ${from}`} to ${target.name} (epoch ${attached.status.epoch})`,
+    data: { from, epoch: attached.status.epoch },
   });
   return { kind: "failed-over", node: target.name };
 }

@@ -11,6 +11,11 @@
  *    FENCING volumes left by an earlier pass are carried on.
  * 3. Attach and detach steps left half-done by a crash (ATTACHING or
  *    DETACHING for longer than any step takes) are rolled back or finished.
+ * 4. A DETACHED volume still owed a failover (`status.failoverPending`, set
+ *    by fencing and kept until an attach completes) with `failover:
+ *    automatic` is placed like a fenced one, including right after step 3
+ *    rolled back its interrupted failover attach; with no eligible node it
+ *    stays DETACHED and marked, and is reported as waiting.
  *
  * Reads are two queries (nodes, volumes) per pass; writes happen only
  * where something changes, so a pass over a healthy cluster writes nothing
@@ -19,7 +24,12 @@
 import type { NodeState } from "../../contract/node.ts";
 import { rollBackAttach } from "../arbiter/attach.ts";
 import { detachVolume } from "../arbiter/detach.ts";
-import { type FenceOutcome, finishFencing, markFencing } from "../arbiter/fence.ts";
+import {
+  type FenceOutcome,
+  finishFencing,
+  markFencing,
+  resumeFailover,
+} from "../arbiter/fence.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { nodeStates } from "../registry/node-states.ts";
@@ -48,7 +58,7 @@ export interface SweepReport {
   failedOver: string[];
   /** Fenced volumes with manual failover, now DETACHED. */
   detached: string[];
-  /** Fenced volumes with automatic failover and no eligible node yet. */
+  /** Fenced volumes (FENCING, or DETACHED and still owed a failover) with no eligible node yet. */
   waiting: string[];
   /** Interrupted attaches rolled back and detaches finished. */
   recovered: string[];
@@ -105,8 +115,17 @@ export async function sweep(
       } else if (v.status.state === "FENCING") {
         tally(report, v.name, await finishFencing(cp, read, candidates, load), v, load);
       } else if (v.status.state === "ATTACHING" && stuck) {
-        await rollBackAttach(cp, read, v.leaseId!);
+        const rolledBack = await rollBackAttach(cp, read, v.leaseId!);
+        if (!rolledBack) return;
         report.recovered.push(v.name);
+        const owner = v.status.ownerNode;
+        if (owner !== null) load.set(owner, (load.get(owner) ?? 1) - 1);
+        if (owedFailover(rolledBack.value)) {
+          const outcome = await resumeFailover(cp, rolledBack, candidates, load);
+          tally(report, v.name, outcome, rolledBack.value, load);
+        }
+      } else if (owedFailover(v)) {
+        tally(report, v.name, await resumeFailover(cp, read, candidates, load), v, load);
       } else if (v.status.state === "DETACHING" && stuck) {
         await detachVolume(cp, v.name);
         report.recovered.push(v.name);
@@ -114,6 +133,15 @@ export async function sweep(
     });
   }
   return report;
+}
+
+/** DETACHED, marked by fencing and not yet placed, and the sweeper may still place it. */
+function owedFailover(v: VolumeRecord): boolean {
+  return (
+    v.status.state === "DETACHED" &&
+    v.status.failoverPending === true &&
+    v.spec.failover === "automatic"
+  );
 }
 
 /** Move a silent node toward LOST; returns the node as it now is. */

@@ -36,6 +36,7 @@ export const volumeCodec: Codec<VolumeRecord> = {
     ...(v.status.ownerNode === null ? {} : { ownerNode: v.status.ownerNode }),
     epoch: int64(v.status.epoch),
     replicas: packJson("replicas", v.status.replicas),
+    ...(v.status.failoverPending === true ? { failoverPending: true } : {}),
     ...(v.leaseId === null ? {} : { leaseId: v.leaseId }),
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
@@ -56,12 +57,26 @@ export const volumeCodec: Codec<VolumeRecord> = {
         ownerNode: p.ownerNode ?? null,
         epoch: fromInt64(p.epoch),
         replicas: unpackJson(p.replicas),
+        ...(p.failoverPending === undefined ? {} : { failoverPending: p.failoverPending }),
       },
       leaseId: p.leaseId ?? null,
       createdAt: p.createdAt,
       updatedAt: p.updatedAt,
     }),
 };
+
+/**
+ * `status` with the failover mark set or cleared. A cleared mark is left
+ * out altogether, so an unmarked volume looks as it did before the field
+ * existed (in the row and in the API).
+ */
+export function withFailoverPending(
+  status: VolumeRecord["status"],
+  pending: boolean,
+): VolumeRecord["status"] {
+  const { failoverPending: _previous, ...rest } = status;
+  return pending ? { ...rest, failoverPending: true } : rest;
+}
 
 export function volumes(registry: Registry): RecordTable<VolumeRecord> {
   return recordTable(registry.volumes, volumeCodec);

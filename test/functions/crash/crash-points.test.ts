@@ -340,10 +340,11 @@ describe("fence and automatic failover", () => {
     ["drop-lease 0", "ATTACHED to n-b", "n-b"],
     ["drop-lease 1", "ATTACHED to n-b", "n-b"],
     ["claim", "ATTACHED to n-b", "n-b"],
-    // An interrupted failover attach is rolled back like any other attach.
-    ["take-lease 0", "DETACHED", null],
-    ["take-lease 1", "DETACHED", null],
-    ["mark-attached", "DETACHED", null],
+    // An interrupted failover attach is rolled back like any other attach, but the
+    // volume is still owed its failover: the same pass places it again.
+    ["take-lease 0", "ATTACHED to n-b", "n-b"],
+    ["take-lease 1", "ATTACHED to n-b", "n-b"],
+    ["mark-attached", "ATTACHED to n-b", "n-b"],
     ["note volume-failed-over", "ATTACHED to n-b", "n-b"],
   ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
     const name = await orphanedVolume(SPEC);
@@ -353,6 +354,7 @@ describe("fence and automatic failover", () => {
     expect(crash.reported.length).toBeGreaterThan(0);
     expect(report.failedOver).toEqual([]);
     await repairAndCheck(name, owner);
+    expect((await record(name)).status.failoverPending).toBeUndefined();
   });
 });
 
@@ -387,5 +389,86 @@ describe("fence with manual failover", () => {
     expect(crash.reported.length).toBeGreaterThan(0);
     expect(report.detached).toEqual([]);
     await repairAndCheck(name, null);
+  });
+});
+
+/**
+ * The failover mark outlives a roll-back even when no node can take the
+ * volume yet: the failover attach to `spare` (its only live eligible node)
+ * is interrupted, and `spare` goes silent before the repair.
+ */
+describe("failover owed after an interrupted failover attach", () => {
+  async function rolledBackWithNowhereToGo(): Promise<{ name: string; spare: string }> {
+    const name = fresh("w");
+    const src = `src-${name}`;
+    const spare = `spare-${name}`;
+    await join(src);
+    await join(spare);
+    await heartbeat(...ALIVE, spare);
+    await createVolume(name, { requiredNodes: [src, spare] });
+    await attachByApi(name, src);
+    nowMs += POLICY.lostAfterMs + 5_000;
+    await heartbeat(...ALIVE, spare);
+    const crash = crashBefore("take-lease 0");
+    await sweep(crash.cp, POLICY);
+    expectCrashed(crash, "take-lease 0");
+    expect((await record(name)).status).toMatchObject({
+      state: "ATTACHING",
+      ownerNode: spare,
+      failoverPending: true,
+    });
+
+    // Past the stuck timeout, and `spare` silent since: it is LOST too.
+    nowMs += POLICY.stuckAfterMs! + 1_000;
+    await heartbeat(...ALIVE);
+    const report = await pass();
+    expect(report.lost).toContain(spare);
+    expect(report.recovered).toContain(name);
+    expect(report.waiting).toContain(name);
+    expect(report.failedOver).not.toContain(name);
+    const v = await record(name);
+    expect(v.status).toMatchObject({ state: "DETACHED", ownerNode: null, failoverPending: true });
+    expect(v.leaseId).toBeNull();
+    // Operators see the mark.
+    const view = await jsonOf<Volume>(await fx.call("GET", `/api/v1/volumes/${name}`), 200);
+    expect(view.status.failoverPending).toBe(true);
+
+    // Still nowhere to go: the next pass reports it waiting and writes nothing.
+    const before = await fx.snapshot();
+    expect((await pass()).waiting).toContain(name);
+    expect(await fx.snapshot()).toEqual(before);
+    return { name, spare };
+  }
+
+  it("stays DETACHED and marked, then attaches once an eligible node is READY", async () => {
+    const { name, spare } = await rolledBackWithNowhereToGo();
+    await heartbeat(spare);
+    const report = await pass();
+    expect(report.failedOver).toContain(name);
+    expect(report.waiting).not.toContain(name);
+    await expectSettled(name, spare);
+    expect((await record(name)).status.failoverPending).toBeUndefined();
+    expect((await pass()).failedOver).toEqual([]);
+    await expectSettled(name, spare);
+    expect(healthyReported).toEqual([]);
+    // Leave nothing for later passes to fence.
+    await jsonOf(await fx.call("POST", `/api/v1/volumes/${name}/detach`, {}), 200);
+  });
+
+  it("is cleared by an operator's detach: the sweep then leaves the volume alone", async () => {
+    const { name, spare } = await rolledBackWithNowhereToGo();
+    const view = await jsonOf<Volume>(
+      await fx.call("POST", `/api/v1/volumes/${name}/detach`, {}),
+      200,
+    );
+    expect(view.status).toMatchObject({ state: "DETACHED", ownerNode: null });
+    expect(view.status.failoverPending).toBeUndefined();
+    await heartbeat(spare);
+    const report = await pass();
+    expect(report.failedOver).not.toContain(name);
+    expect(report.waiting).not.toContain(name);
+    await expectSettled(name, null);
+    expect((await record(name)).status.failoverPending).toBeUndefined();
+    expect(healthyReported).toEqual([]);
   });
 });
