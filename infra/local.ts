@@ -10,73 +10,22 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { createRequire } from "node:module";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { BlobServiceClient } from "@azure/storage-blob";
 import { startLocalControlPlane } from "../functions/local.ts";
+import { type Azurite, startAzurite } from "../test/harness/azurite.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const STATE = join(ROOT, ".pagedisk");
 const BLOB_PORT = Number(process.env.PAGEDISK_AZURITE_PORT ?? 10000);
-const TABLE_PORT = BLOB_PORT + 2;
-const ACCOUNT = "devstoreaccount1";
-const KEY =
-  "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-const BLOB_ENDPOINT = `http://127.0.0.1:${BLOB_PORT}/${ACCOUNT}`;
-const TABLE_ENDPOINT = `http://127.0.0.1:${TABLE_PORT}/${ACCOUNT}`;
-const CONNECTION_STRING = `DefaultEndpointsProtocol=http;AccountName=${ACCOUNT};AccountKey=${KEY};BlobEndpoint=${BLOB_ENDPOINT};TableEndpoint=${TABLE_ENDPOINT};`;
 const SOCKET = join(STATE, "demo.sock");
 
 const children: ChildProcess[] = [];
 
-function azurite(service: "blob" | "table", port: number): ChildProcess {
-  const pkg = dirname(createRequire(import.meta.url).resolve("azurite/package.json"));
-  const log = createWriteStream(join(STATE, "azurite.log"), { flags: "a" });
-  const child = spawn(
-    process.execPath,
-    [
-      join(pkg, `dist/src/${service}/main.js`),
-      `--${service}Host`,
-      "127.0.0.1",
-      `--${service}Port`,
-      String(port),
-      "--location",
-      join(STATE, "azurite"),
-      "--disableTelemetry",
-      "--skipApiVersionCheck",
-      "--loose",
-    ],
-    // Own process group: a terminal's Ctrl-C reaches only this script, which
-    // then stops the children in order, each exactly once.
-    { stdio: ["ignore", "pipe", "pipe"], detached: true },
-  );
-  child.stdout!.pipe(log);
-  child.stderr!.pipe(log);
-  child.on("exit", (code) => {
-    if (!stopping) {
-      console.error(`azurite exited (${code}); see .pagedisk/azurite.log`);
-      void stop(1);
-    }
-  });
-  return child;
-}
-
-async function untilAnswering(url: string, probes = 200): Promise<void> {
-  for (let i = 0; i < probes; i++) {
-    try {
-      await fetch(url);
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`Azurite did not answer at ${url}; is port ${BLOB_PORT} taken? (PAGEDISK_AZURITE_PORT)`);
-}
-
 let stopping = false;
 /** Filled in once the control plane runs, so stop() can close it. */
-const running: { controlPlane?: { close(): Promise<void> } } = {};
+const running: { controlPlane?: { close(): Promise<void> }; azurite?: Azurite } = {};
 async function stop(code: number): Promise<never> {
   stopping = true;
   await running.controlPlane?.close().catch(() => {});
@@ -87,13 +36,24 @@ async function stop(code: number): Promise<never> {
       await exited;
     }
   }
+  await running.azurite?.stop();
   process.exit(code);
 }
 
 await mkdir(STATE, { recursive: true });
-children.push(azurite("blob", BLOB_PORT), azurite("table", TABLE_PORT));
-await untilAnswering(`${BLOB_ENDPOINT}?comp=list`);
-await untilAnswering(`${TABLE_ENDPOINT}/Tables`);
+// Azurite keeps its data in .pagedisk/azurite across restarts.
+const azurite = await startAzurite({
+  table: true,
+  location: join(STATE, "azurite"),
+  blobPort: BLOB_PORT,
+  tablePort: BLOB_PORT + 2,
+}).catch((err: Error) => {
+  console.error(`Azurite did not start (is port ${BLOB_PORT} taken? PAGEDISK_AZURITE_PORT): ${err.message}`);
+  process.exit(1);
+});
+running.azurite = azurite;
+const BLOB_ENDPOINT = azurite.blobEndpoint;
+const CONNECTION_STRING = azurite.connectionString;
 
 // The control plane, with the same Azurite account as registry and as pool `local`.
 const controlPlane = await startLocalControlPlane({
@@ -161,9 +121,9 @@ pagedisk local stack is up (Ctrl-C stops it; data stays in .pagedisk/).
   control plane          ${controlPlane.apiUrl}  (admin key in .pagedisk/local.json)
   API document           ${controlPlane.apiUrl}/openapi.json
   pool                   local (the Azurite account, container pagedisk)
-  Azurite                ${BLOB_ENDPOINT}, ${TABLE_ENDPOINT}
+  Azurite                ${BLOB_ENDPOINT}, ${azurite.tableEndpoint}
   volume                 volumes/demo.vhd, 1 GiB, served over NBD by pagedisk serve
-  logs                   .pagedisk/serve.log, .pagedisk/azurite.log
+  log                    .pagedisk/serve.log
 
 Try it:
   nbdinfo '${uri}'

@@ -6,11 +6,12 @@
  *
  *   const azurite = await startAzurite();
  *   afterAll(() => azurite.dispose());
+ *
+ * `npm start` uses it too, with a kept data dir and fixed ports.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
-import { request } from "node:http";
 import { createRequire } from "node:module";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -22,8 +23,14 @@ export interface AzuriteOptions {
   table?: boolean;
   /** Keep data in memory only; `stop()` then loses it. */
   inMemory?: boolean;
-  /** Readiness probes before giving up (one every 50 ms). */
-  probes?: number;
+  /**
+   * Keep the data in this directory instead of a temp dir: it survives
+   * `dispose()` and the death of the calling process (the local stack).
+   */
+  location?: string;
+  /** Fixed ports instead of free ones the OS hands out. */
+  blobPort?: number;
+  tablePort?: number;
 }
 
 export interface Azurite {
@@ -57,7 +64,7 @@ const HOST = "127.0.0.1";
 const WATCHDOG = `
 process.stdin.on("end", () => {
   const at = process.argv.indexOf("--location");
-  if (at > 0) require("node:fs").rmSync(process.argv[at + 1], { recursive: true, force: true });
+  if (at > 0 && !process.env.PAGEDISK_AZURITE_KEEP) require("node:fs").rmSync(process.argv[at + 1], { recursive: true, force: true });
   process.exit(0);
 }).resume();
 // Watching stdin must not keep the process alive: Azurite exits on SIGTERM by letting its loop drain.
@@ -65,11 +72,11 @@ process.stdin.unref();
 require(process.argv[1]);`;
 const azuriteDir = dirname(createRequire(import.meta.url).resolve("azurite/package.json"));
 
-/** Start Azurite and resolve once it answers HTTP. */
+/** Start Azurite and resolve once every service says it is listening. */
 export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> {
-  const location = await mkdtemp(join(tmpdir(), "pagedisk-azurite-"));
-  const blobPort = await freePort();
-  const tablePort = opts.table ? await freePort() : undefined;
+  const location = opts.location ?? (await mkdtemp(join(tmpdir(), "pagedisk-azurite-")));
+  const blobPort = opts.blobPort ?? (await freePort());
+  const tablePort = opts.table ? (opts.tablePort ?? (await freePort())) : undefined;
   const az = new AzuriteProcesses(location, blobPort, tablePort, opts);
   try {
     await az.start();
@@ -134,20 +141,15 @@ class AzuriteProcesses implements Azurite {
     try {
       await Promise.all(
         services.map(async ([service, port]) => {
-          const exited = this.#spawn(service, [
+          // Ready when it says so; an early exit (port taken, bad flag) fails at once with its output.
+          const { listening, exited } = this.#spawn(service, [
             `--${service}Host`,
             HOST,
             `--${service}Port`,
             String(port),
             ...common,
           ]);
-          // Ready when it answers HTTP; an early exit (port taken, bad flag) fails at once with its output.
-          const giveUp = new AbortController();
-          exited.catch(() => giveUp.abort());
-          await Promise.race([
-            waitUntilAnswering(port, this.#opts.probes ?? 200, giveUp.signal),
-            exited,
-          ]);
+          await Promise.race([listening, exited]);
         }),
       );
     } catch (err) {
@@ -165,23 +167,37 @@ class AzuriteProcesses implements Azurite {
 
   async dispose(): Promise<void> {
     await this.stop();
-    await rm(this.location, { recursive: true, force: true });
+    if (!this.#opts.location) await rm(this.location, { recursive: true, force: true });
   }
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
 
-  /** Spawn one service; the returned promise only ever rejects, when the process exits. */
-  #spawn(service: "blob" | "table", args: string[]): Promise<never> {
+  /**
+   * Spawn one service. `listening` resolves when Azurite prints that it
+   * listens (even with --silent it prints that line); `exited` only ever
+   * rejects, when the process exits.
+   */
+  #spawn(
+    service: "blob" | "table",
+    args: string[],
+  ): { listening: Promise<void>; exited: Promise<never> } {
     const main = join(azuriteDir, "dist", "src", service, "main.js");
     const child = spawn(process.execPath, ["-e", WATCHDOG, main, ...args], {
       stdio: ["pipe", "pipe", "pipe"],
+      env: { ...process.env, ...(this.#opts.location ? { PAGEDISK_AZURITE_KEEP: "1" } : {}) },
     });
     this.#children.push(child);
     let output = "";
+    let ready: () => void = () => {};
+    const listening = new Promise<void>((res) => {
+      ready = res;
+    });
     const keep = (chunk: Buffer) => {
       output = (output + chunk.toString()).slice(-4096);
+      // Blob says "successfully listens on", Table "successfully started on".
+      if (/successfully (listens|started) on/.test(output)) ready();
     };
     child.stdout!.on("data", keep);
     child.stderr!.on("data", keep);
@@ -193,7 +209,7 @@ class AzuriteProcesses implements Azurite {
     });
     // Exiting after a successful start is what stop() does; nobody awaits it then.
     exited.catch(() => {});
-    return exited;
+    return { listening, exited };
   }
 }
 
@@ -207,40 +223,6 @@ export async function freePort(): Promise<number> {
   await once(srv, "close");
   if (!addr || typeof addr === "string") throw new Error("no port from the OS");
   return addr.port;
-}
-
-/** Poll until the service answers any HTTP status, at most `probes` times. */
-async function waitUntilAnswering(
-  port: number,
-  probes: number,
-  signal: AbortSignal,
-): Promise<void> {
-  let last: unknown;
-  for (let i = 0; i < probes && !signal.aborted; i++) {
-    try {
-      await probe(port);
-      return;
-    } catch (err) {
-      last = err;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`azurite on port ${port} did not answer after ${probes} probes`, { cause: last });
-}
-
-function probe(port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { host: HOST, port, path: `/${DEV_ACCOUNT_NAME}?comp=list`, timeout: 2000 },
-      (res) => {
-        res.resume();
-        resolve();
-      },
-    );
-    req.on("timeout", () => req.destroy(new Error("probe timed out")));
-    req.on("error", reject);
-    req.end();
-  });
 }
 
 /** SIGTERM lets Azurite save its metadata; SIGKILL if it hangs. */
