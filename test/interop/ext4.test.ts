@@ -5,24 +5,40 @@
  * e2fsck -fn, remount and verify. This machine has no nbd kernel module, which
  * is exactly the fallback the agent uses too.
  */
-import { execFile } from "node:child_process";
+import { type ChildProcess, execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { once } from "node:events";
+import { mkdir, readFile, rm, watch, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ServeProcess, startServe } from "../harness/serve.ts";
 import { toolPath } from "../harness/tools.ts";
 
 const exec = promisify(execFile);
-/** Bounded poll for a condition another process makes true (no fixed sleeps). */
-async function waitFor(cond: () => boolean, what: string, tries = 400): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 25));
+/**
+ * Resolves when `file` exists, woken by directory events rather than a
+ * polling sleep; rejects if `proc` exits first (nbdfuse failing to mount).
+ */
+async function appears(file: string, proc: ChildProcess): Promise<void> {
+  const stop = new AbortController();
+  const watcher = watch(dirname(file), { signal: stop.signal });
+  const exited = once(proc, "exit").then(([code]) => {
+    throw new Error(`nbdfuse exited (${code}) before it was ready`);
+  });
+  const created = (async () => {
+    // Checked after the watcher exists, so a file created in between is not missed.
+    if (existsSync(file)) return;
+    for await (const _ of watcher) if (existsSync(file)) return;
+  })();
+  try {
+    await Promise.race([created, exited]);
+  } finally {
+    stop.abort();
+    created.catch(() => {});
+    exited.catch(() => {});
   }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 describe("ext4 through nbdfuse and a loop device", () => {
@@ -36,8 +52,13 @@ describe("ext4 through nbdfuse and a loop device", () => {
   async function attach(): Promise<void> {
     const pidfile = join(serve!.dir, "nbdfuse.pid");
     await rm(pidfile, { force: true });
-    execFile(toolPath("nbdfuse"), ["-P", pidfile, join(fuseDir, "disk"), serve!.uri]);
-    await waitFor(() => existsSync(pidfile), "nbdfuse to mount");
+    const nbdfuse = execFile(toolPath("nbdfuse"), [
+      "-P",
+      pidfile,
+      join(fuseDir, "disk"),
+      serve!.uri,
+    ]);
+    await appears(pidfile, nbdfuse);
     const { stdout } = await exec(toolPath("losetup"), [
       "--find",
       "--show",
