@@ -155,80 +155,31 @@ export class FailureGuard implements BlockDevice {
   }
 
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.read(offset, length, into).then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.read(offset, length, into));
   }
 
   write(offset: number, data: Uint8Array, opts?: WriteOptions): Promise<void> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.write(offset, data, opts).then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.write(offset, data, opts));
   }
 
   flush(): Promise<void> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.flush().then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.flush());
   }
 
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.trim(offset, length, opts).then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.trim(offset, length, opts));
   }
 
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.writeZeroes(offset, length, opts).then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.writeZeroes(offset, length, opts));
   }
 
   blockStatus(offset: number, length: number): Promise<Extent[]> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.blockStatus(offset, length).then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.blockStatus(offset, length));
   }
 
   cache(offset: number, length: number): Promise<void> {
-    const refused = this.#gate();
-    if (refused) return refused;
-    this.#pending++;
-    try {
-      return this.#next.cache(offset, length).then(this.#onValue, this.#onError);
-    } catch (err) {
-      return this.#onError(err);
-    }
+    return this.#gate() ?? this.#track(() => this.#next.cache(offset, length));
   }
 
   /**
@@ -264,6 +215,19 @@ export class FailureGuard implements BlockDevice {
       return Promise.reject(new BlockError("ESHUTDOWN", "device is closed"));
     }
     return undefined;
+  }
+
+  /**
+   * Count a request in progress and turn its outcome into the guard's answer
+   * (EIO once failed). A synchronous throw from below is answered the same way.
+   */
+  #track<T>(call: () => Promise<T>): Promise<T> {
+    this.#pending++;
+    try {
+      return call().then(this.#onValue, this.#onError);
+    } catch (err) {
+      return this.#onError(err);
+    }
   }
 
   #settled(): void {
