@@ -12,7 +12,6 @@
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { JoinResponse } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { attachVolume } from "../../../functions/arbiter/attach.ts";
@@ -21,6 +20,7 @@ import { type ControlPlane, controlPlane } from "../../../functions/control-plan
 import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 const POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000, stuckAfterMs: 60_000 };
@@ -32,7 +32,10 @@ class SimulatedCrash extends Error {}
 let fx: ControlPlaneFixture;
 let nowMs = Date.UTC(2025, 0, 1);
 let token: IssuedToken;
-const credentials = new Map<string, string>();
+const { join, heartbeat } = agentNodes(
+  () => fx,
+  () => token.token,
+);
 
 interface Crash {
   cp: ControlPlane;
@@ -81,39 +84,6 @@ const pass = (): Promise<SweepReport> =>
     }),
     POLICY,
   );
-
-const NOTHING: SweepReport = {
-  suspect: [],
-  lost: [],
-  fenced: [],
-  failedOver: [],
-  detached: [],
-  waiting: [],
-  recovered: [],
-};
-
-async function join(name: string): Promise<void> {
-  const res = await fx.app.request("/api/v1/nodes/join", {
-    method: "POST",
-    headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
-  credentials.set(name, (await jsonOf<JoinResponse>(res, 201)).credential);
-}
-
-async function heartbeat(...names: string[]): Promise<void> {
-  for (const name of names) {
-    const res = await fx.app.request(`/api/v1/nodes/${name}/heartbeat`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${credentials.get(name)}`,
-        "content-type": "application/json",
-      },
-      body: "{}",
-    });
-    expect(res.status).toBe(200);
-  }
-}
 
 async function createVolume(name: string, spec: Record<string, unknown> = {}): Promise<void> {
   await jsonOf<Volume>(
@@ -183,7 +153,7 @@ async function repairAndCheck(name: string, owner: string | null): Promise<void>
   await heartbeat(...ALIVE);
   await pass();
   const before = await fx.snapshot();
-  expect(await pass()).toEqual(NOTHING);
+  expect(await pass()).toEqual(NOTHING_SWEPT);
   expect(await fx.snapshot()).toEqual(before);
   await expectSettled(name, owner);
   expect(healthyReported).toEqual([]);

@@ -7,7 +7,7 @@
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Attachment } from "../../../contract/attachment.ts";
-import type { JoinResponse, Node } from "../../../contract/node.ts";
+import type { Node } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
@@ -15,13 +15,17 @@ import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/he
 import { listEvents } from "../../../functions/registry/events.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 const POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000, stuckAfterMs: 60_000 };
 let fx: ControlPlaneFixture;
 let nowMs = Date.now();
 let token: IssuedToken;
-const credentials = new Map<string, string>();
+const { join, heartbeat } = agentNodes(
+  () => fx,
+  () => token.token,
+);
 const reported: unknown[] = [];
 
 const pass = (): Promise<SweepReport> =>
@@ -33,39 +37,6 @@ const pass = (): Promise<SweepReport> =>
     }),
     POLICY,
   );
-
-const NOTHING: SweepReport = {
-  suspect: [],
-  lost: [],
-  fenced: [],
-  failedOver: [],
-  detached: [],
-  waiting: [],
-  recovered: [],
-};
-
-async function join(name: string): Promise<void> {
-  const res = await fx.app.request("/api/v1/nodes/join", {
-    method: "POST",
-    headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
-  credentials.set(name, (await jsonOf<JoinResponse>(res, 201)).credential);
-}
-
-async function heartbeat(...names: string[]): Promise<void> {
-  for (const name of names) {
-    const res = await fx.app.request(`/api/v1/nodes/${name}/heartbeat`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${credentials.get(name)}`,
-        "content-type": "application/json",
-      },
-      body: "{}",
-    });
-    expect(res.status).toBe(200);
-  }
-}
 
 async function node(name: string): Promise<Node> {
   return jsonOf<Node>(await fx.call("GET", `/api/v1/nodes/${name}`), 200);
@@ -178,7 +149,7 @@ describe("fencing and failover", () => {
 
   it("marks src LOST and fences all three of its volumes in one pass", async () => {
     expect(report).toEqual({
-      ...NOTHING,
+      ...NOTHING_SWEPT,
       suspect: ["src"],
       lost: ["src"],
       fenced: ["v-auto", "v-manual", "v-pinned"],
@@ -229,7 +200,7 @@ describe("fencing and failover", () => {
   });
 
   it("finds nothing to do on the next pass", async () => {
-    expect(await pass()).toEqual(NOTHING);
+    expect(await pass()).toEqual(NOTHING_SWEPT);
     expect(reported).toEqual([]);
   });
 });
@@ -263,6 +234,6 @@ describe("interrupted steps", () => {
     expect((await pass()).recovered).toEqual(["v-crash"]);
     expect((await volume("v-crash")).status).toMatchObject({ state: "DETACHED", ownerNode: null });
     expect((await blob.getProperties()).leaseState).not.toBe("leased");
-    expect(await pass()).toEqual(NOTHING);
+    expect(await pass()).toEqual(NOTHING_SWEPT);
   });
 });
