@@ -6,14 +6,14 @@
  * With --null, Put Page also goes to a do-nothing HTTP server in another
  * process, which shows the client's own ceiling.
  *
- *   npx node test/pageblob/measure.ts [seconds] [--in-memory] [--null]
+ *   npx node bench/pageblob-client.ts [seconds] [--in-memory] [--null]
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { BlobServiceClient } from "@azure/storage-blob";
-import { openPageBlob } from "../../agent/pageblob/connect.ts";
-import type { PageBlob } from "../../agent/pageblob/page-blob.ts";
-import { startAzurite } from "../harness/azurite.ts";
+import { openPageBlob } from "../agent/pageblob/connect.ts";
+import type { PageBlob } from "../agent/pageblob/page-blob.ts";
+import { startAzurite } from "../test/harness/azurite.ts";
 
 const seconds = Number(process.argv.find((a) => /^\d+$/.test(a)) ?? 5);
 const inMemory = process.argv.includes("--in-memory");
