@@ -1,0 +1,84 @@
+/**
+ * Bindings on disk: one JSON file per volume in `<stateDir>/bindings/`,
+ * mode 0600, written before a bind returns, so that an agent killed with
+ * SIGKILL leaves enough behind for the next run to find and re-adopt (or
+ * tear down) what it bound. Writes go to a temp file renamed into place:
+ * a crash mid-write leaves the old record or the new one, never half.
+ */
+import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Binding } from "./binding.ts";
+
+export class BindingRecords {
+  readonly dir: string;
+
+  constructor(stateDir: string) {
+    this.dir = join(stateDir, "bindings");
+  }
+
+  /** Record (or replace) the binding of `binding.volume`. */
+  async write(binding: Binding): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const path = this.#path(binding.volume);
+    const tmp = `${path}.tmp`;
+    const file = await open(tmp, "w", 0o600);
+    try {
+      await file.writeFile(`${JSON.stringify(binding, null, 2)}\n`);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(tmp, path);
+  }
+
+  /** The record of one volume, or null. A record that does not parse is treated as absent. */
+  async read(volume: string): Promise<Binding | null> {
+    let text: string;
+    try {
+      text = await readFile(this.#path(volume), "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+      throw err;
+    }
+    return parseRecord(text, volume);
+  }
+
+  /** Every record, in volume order. */
+  async list(): Promise<Binding[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw err;
+    }
+    const out: Binding[] = [];
+    for (const name of names.filter((n) => n.endsWith(".json")).sort()) {
+      const record = await this.read(name.slice(0, -".json".length));
+      if (record) out.push(record);
+    }
+    return out;
+  }
+
+  async remove(volume: string): Promise<void> {
+    await rm(this.#path(volume), { force: true });
+  }
+
+  #path(volume: string): string {
+    return join(this.dir, `${volume}.json`);
+  }
+}
+
+function parseRecord(text: string, volume: string): Binding | null {
+  try {
+    const value = JSON.parse(text) as Partial<Binding>;
+    const ok =
+      value.volume === volume &&
+      (value.kind === "nbd" || value.kind === "fuse-loop") &&
+      typeof value.device === "string" &&
+      typeof value.identifier === "string";
+    return ok ? (value as Binding) : null;
+  } catch {
+    return null;
+  }
+}
