@@ -163,8 +163,8 @@ export async function controlPlaneSection(): Promise<TextRow[]> {
     const t0 = Date.now();
     const { suspectAfterMs } = DEFAULT_SWEEP_POLICY;
     const overdue = Math.round(SWEEP_NODES / 10);
-    // The overdue tenth last beat 10 s before the rest: silent for less than
-    // `suspectAfter` at t0 + 1 s (steady), for more at t0 + suspectAfter - 5 s.
+    // The overdue tenth last beat `suspectAfter` - 2 s before t0: silent for less
+    // than `suspectAfter` at t0 + 1 s (steady), for more (but not `lostAfter`) at t0 + 3 s.
     const seed = (i: number) =>
       nodes(registry).insert({
         name: `sw-${String(i).padStart(4, "0")}`,
@@ -175,7 +175,7 @@ export async function controlPlaneSection(): Promise<TextRow[]> {
         volumes: [],
         credentialSha256: "0".repeat(64),
         joinedAt: new Date(t0 - 3_600_000).toISOString(),
-        lastHeartbeatAt: new Date(i < overdue ? t0 - 10_000 : t0).toISOString(),
+        lastHeartbeatAt: new Date(i < overdue ? t0 - (suspectAfterMs - 2_000) : t0).toISOString(),
       });
     let next = 0;
     await Promise.all(
@@ -194,7 +194,7 @@ export async function controlPlaneSection(): Promise<TextRow[]> {
     const steady = await pass(t0 + 1_000);
     if (steady.report.suspect.length + steady.report.lost.length !== 0) throw new Error("steady sweep changed nodes");
     rows.push(reported(`sweep ${SWEEP_NODES} nodes, steady`, `${steady.tx} tx, ${ms(steady.ms)}`));
-    const late = await pass(t0 + suspectAfterMs - 5_000);
+    const late = await pass(t0 + 3_000);
     if (late.report.suspect.length !== overdue) throw new Error(`expected ${overdue} suspect, got ${late.report.suspect.length}`);
     rows.push(reported(`sweep ${SWEEP_NODES} nodes, ${overdue} overdue`, `${late.tx} tx, ${ms(late.ms)}`));
     if (errors.length > 0) throw new Error(`control plane reported:\n${errors.join("\n")}`);

@@ -13,6 +13,11 @@ export const NodeState = z.enum(NODE_STATES);
 export type NodeState = z.infer<typeof NodeState>;
 
 const MAX_FACTS = 32;
+/**
+ * Facts as JSON, at most: with escaping, 32 facts of 256 characters could
+ * outgrow the node row's property (32 Ki characters).
+ */
+const MAX_FACTS_JSON_CHARS = 8 * 1024;
 /** Volumes one node reports on; far above what one VM's nbd devices serve. */
 export const MAX_REPORTED_VOLUMES = 64;
 /** Events per heartbeat; they are written in one Table transaction, which holds 100. */
@@ -29,6 +34,9 @@ export const NodeFacts = z
   )
   .refine((facts) => Object.keys(facts).length <= MAX_FACTS, {
     error: `at most ${MAX_FACTS} facts`,
+  })
+  .refine((facts) => JSON.stringify(facts).length <= MAX_FACTS_JSON_CHARS, {
+    error: `facts take at most ${MAX_FACTS_JSON_CHARS} characters as JSON`,
   });
 export type NodeFacts = z.infer<typeof NodeFacts>;
 
@@ -36,6 +44,31 @@ export const AgentVersion = z.string().min(1).max(64);
 
 /** How a volume is doing on the node that serves it. */
 export const SERVING_STATES = ["SERVING", "DEGRADED", "FAILED", "STOPPED"] as const;
+
+const Amount = z.number().min(0);
+/** Percentiles of request latency, in milliseconds. */
+export const LatencyPercentiles = z.strictObject({ p50: Amount, p99: Amount });
+export type LatencyPercentiles = z.infer<typeof LatencyPercentiles>;
+
+/**
+ * How a volume's I/O is going on the node that serves it. Counters are
+ * cumulative since the volume was opened on this node, so a lost heartbeat
+ * loses no counts; latencies cover the requests since the previous heartbeat.
+ */
+export const VolumeStats = z.strictObject({
+  readOps: Amount,
+  writeOps: Amount,
+  bytesRead: Amount,
+  bytesWritten: Amount,
+  errors: Amount,
+  /** Times the volume paused I/O because the storage service throttled it. */
+  throttlePauses: Amount,
+  /** Requests in flight when the heartbeat was taken. */
+  queueDepth: Amount,
+  readLatencyMs: LatencyPercentiles,
+  writeLatencyMs: LatencyPercentiles,
+});
+export type VolumeStats = z.infer<typeof VolumeStats>;
 
 /** One volume in a heartbeat. */
 export const VolumeReport = z.strictObject({
@@ -48,6 +81,9 @@ export const VolumeReport = z.strictObject({
     .array(z.string().regex(/^[0-9a-f]{12}$/))
     .max(3)
     .default([]),
+  stats: VolumeStats.optional(),
+  /** The kernel block device the volume is bound to, e.g. `/dev/nbd3` or `/dev/loop7`. */
+  device: z.string().max(256).optional(),
 });
 export type VolumeReport = z.infer<typeof VolumeReport>;
 
@@ -70,6 +106,11 @@ export const Node = z.object({
   facts: NodeFacts,
   /** The volumes as of the last heartbeat. */
   volumes: z.array(VolumeReport),
+  /**
+   * Bumped whenever the set of volumes the node must serve, or the lease
+   * and epoch of one of them, changes; `GET .../desired?after=` waits on it.
+   */
+  desiredGeneration: z.int().min(0),
   joinedAt: Timestamp,
   lastHeartbeatAt: Timestamp.nullable(),
 });
@@ -100,6 +141,8 @@ export const Heartbeat = z
     agentVersion: AgentVersion.optional(),
     volumes: z.array(VolumeReport).max(MAX_REPORTED_VOLUMES).default([]),
     events: z.array(ReportedEvent).max(MAX_REPORTED_EVENTS).default([]),
+    /** Replaces the facts recorded at join (or by an earlier heartbeat) when given. */
+    facts: NodeFacts.optional(),
   })
   .superRefine((h, ctx) => {
     const names = h.volumes.map((v) => v.volume);
@@ -130,9 +173,38 @@ export const DesiredAttachment = z.object({
 });
 export type DesiredAttachment = z.infer<typeof DesiredAttachment>;
 
+/** A query parameter holding a whole number: digits only, so `?after=` or `?after=0x1` are refused. */
+function wholeNumber(max: number) {
+  return z
+    .string()
+    .regex(/^[0-9]{1,16}$/, { error: "expected a whole number" })
+    .transform(Number)
+    .pipe(z.int().max(max));
+}
+
+/** Longest a desired-state request may be held waiting for a change. */
+export const MAX_DESIRED_WAIT_SECONDS = 25;
+
+/**
+ * `GET /api/v1/nodes/{name}/desired?after=G&waitSeconds=S`: with the node's
+ * generation still `G`, hold the answer up to `S` seconds for a change.
+ */
+export const DesiredStateQuery = z.strictObject({
+  /** The `generation` of the desired state the agent last applied. */
+  after: wholeNumber(Number.MAX_SAFE_INTEGER)
+    .optional()
+    .describe("the generation the agent has; without it the answer comes at once"),
+  waitSeconds: wholeNumber(MAX_DESIRED_WAIT_SECONDS)
+    .default(0)
+    .describe(`0 to ${MAX_DESIRED_WAIT_SECONDS} (default 0): how long to hold for a change`),
+});
+export type DesiredStateQuery = z.infer<typeof DesiredStateQuery>;
+
 /** `GET /api/v1/nodes/{name}/desired`: everything the node should serve now. */
 export const DesiredState = z.object({
   node: NodeName,
+  /** The node's `desiredGeneration` when this was read; pass it back as `after`. */
+  generation: z.int().min(0),
   state: NodeState,
   cordoned: z.boolean(),
   attachments: z.array(DesiredAttachment),

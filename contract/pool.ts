@@ -21,16 +21,55 @@ export const POOL_USAGE = [
 export const PoolUsage = z.enum(POOL_USAGE);
 export type PoolUsage = z.infer<typeof PoolUsage>;
 
+/** Host names that are this machine: the only places plain HTTP is allowed (Azurite). */
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]"]);
+
 /**
- * How the control plane reaches the pool's account. Only connection strings
- * exist so far; managed identity (Azure) will be another `kind` of this union.
+ * Why `text` is not a usable storage service endpoint (`https://acct.blob.core.windows.net`,
+ * or Azurite's `http://127.0.0.1:10000/devstoreaccount1`), or undefined if it is one.
+ * Plain HTTP only on loopback; no query (a SAS there would be a secret), no
+ * user info, no fragment.
+ */
+export function accountUrlProblem(text: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return "not a URL";
+  }
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && LOOPBACK.has(url.hostname)))
+    return "must be https (plain http only on 127.0.0.1, localhost or [::1])";
+  if (url.username || url.password) return "must not carry a user name or password";
+  if (url.search || url.hash) return "must not carry a query or fragment (no SAS here)";
+  return undefined;
+}
+
+/** A storage service endpoint URL; see `accountUrlProblem`. */
+export const AccountUrl = z
+  .string()
+  .max(2048)
+  .superRefine((text, ctx) => {
+    const problem = accountUrlProblem(text);
+    if (problem) ctx.addIssue({ code: "custom", message: `account URL ${problem}` });
+  });
+
+/**
+ * How the control plane reaches the pool's account: a connection string
+ * (account key or SAS), or the control plane's own managed identity
+ * (Entra ID) on the account's blob endpoint, where no key exists at all.
  */
 export const PoolAuthCreate = z.discriminatedUnion("kind", [
   z.strictObject({
     kind: z.literal("connectionString"),
     connectionString: z.string().min(1).max(4096),
   }),
+  z.strictObject({
+    kind: z.literal("managedIdentity"),
+    /** Blob service endpoint of the account, e.g. `https://acct.blob.core.windows.net`. */
+    accountUrl: AccountUrl,
+  }),
 ]);
+export type PoolAuthCreate = z.infer<typeof PoolAuthCreate>;
 
 /** `POST /api/v1/pools` */
 export const PoolCreate = z.strictObject({
@@ -40,17 +79,27 @@ export const PoolCreate = z.strictObject({
 });
 export type PoolCreate = z.infer<typeof PoolCreate>;
 
+/** A pool's credentials as the API shows them: secrets masked, the identity's endpoint as is. */
+export const PoolAuth = z.discriminatedUnion("kind", [
+  z.object({
+    kind: z.literal("connectionString"),
+    /** `AccountKey` and `SharedAccessSignature` values replaced by `***`. */
+    connectionString: z.string(),
+  }),
+  z.object({
+    kind: z.literal("managedIdentity"),
+    accountUrl: z.string(),
+  }),
+]);
+export type PoolAuth = z.infer<typeof PoolAuth>;
+
 /** A pool as the API shows it: the connection string has its secrets masked. */
 export const Pool = z.object({
   name: PoolName,
   account: z.string(),
   blobEndpoint: z.string(),
   container: ContainerName,
-  auth: z.object({
-    kind: z.literal("connectionString"),
-    /** `AccountKey` and `SharedAccessSignature` values replaced by `***`. */
-    connectionString: z.string(),
-  }),
+  auth: PoolAuth,
   health: PoolHealth,
   usage: PoolUsage,
   createdAt: Timestamp,

@@ -13,6 +13,11 @@ import { mount, type Operation } from "./http/operation.ts";
 import { verifyAdminKey } from "./registry/admin-keys.ts";
 import { attachmentOperations } from "./routes/attachments.ts";
 import { eventOperations } from "./routes/events.ts";
+import {
+  type AgentFiles,
+  agentDownloadPaths,
+  mountAgentDownloads,
+} from "./routes/agent-download.ts";
 import { nodeAgentOperations } from "./routes/node-agent.ts";
 import { nodeOperations } from "./routes/nodes.ts";
 import { openApiOperation } from "./routes/openapi.ts";
@@ -24,16 +29,33 @@ import { volumeOperations } from "./routes/volumes.ts";
 export const API_PREFIX = "/api/v1";
 /** Largest request body accepted; API documents are small, so anything bigger is a mistake or abuse. */
 export const DEFAULT_BODY_LIMIT_BYTES = 64 * 1024;
+/**
+ * Largest heartbeat: 64 volume reports with stats and device names reach
+ * 140 KB of JSON at the contract's bounds, and events come on top.
+ */
+export const HEARTBEAT_BODY_LIMIT_BYTES = 256 * 1024;
+const HEARTBEAT_PATH = new RegExp(`^${API_PREFIX}/nodes/[^/]+/heartbeat$`);
 
 export interface AppOptions extends ControlPlaneOptions {
   bodyLimitBytes?: number;
   /** Admin key check; defaults to the hashes in the registry's credentials table. */
   verifyAdminKey?: VerifyAdminKey;
+  /** What `/api/agent/*` serves; defaults to the repository's bundle and install script. */
+  agentFiles?: AgentFiles;
 }
 
 export function createApp(options: AppOptions): Hono {
   const cp = controlPlane(options);
   const maxSize = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
+  const limitTo = (limit: number) =>
+    bodyLimit({
+      maxSize: limit,
+      onError: () => {
+        throw new ApiError("PayloadTooLarge", `request body exceeds ${limit} bytes`, { limit });
+      },
+    });
+  const limitBody = limitTo(maxSize);
+  const limitHeartbeat = limitTo(Math.max(maxSize, HEARTBEAT_BODY_LIMIT_BYTES));
   const auth: Authenticator = {
     registry: cp.registry,
     now: cp.now,
@@ -43,17 +65,9 @@ export function createApp(options: AppOptions): Hono {
   const app = new Hono();
   app.onError(errorResponder(cp.report));
   app.notFound(notFound);
-  app.use(
-    `${API_PREFIX}/*`,
-    bodyLimit({
-      maxSize,
-      onError: () => {
-        throw new ApiError("PayloadTooLarge", `request body exceeds ${maxSize} bytes`, {
-          limit: maxSize,
-        });
-      },
-    }),
-  );
+  app.use(`${API_PREFIX}/*`, function limitRequestBody(c, next) {
+    return (HEARTBEAT_PATH.test(c.req.path) ? limitHeartbeat : limitBody)(c, next);
+  });
   const operations: Operation[] = [
     ...poolOperations(cp),
     ...volumeOperations(cp),
@@ -65,9 +79,15 @@ export function createApp(options: AppOptions): Hono {
   ];
   operations.push(
     openApiOperation(() =>
-      openApiDocument(API_PREFIX, operations, { title: "pagedisk control plane", version: "1" }),
+      openApiDocument(
+        API_PREFIX,
+        operations,
+        { title: "pagedisk control plane", version: "1" },
+        agentDownloadPaths(),
+      ),
     ),
   );
   mount(app, API_PREFIX, operations, (access) => guard(access, auth));
+  mountAgentDownloads(app, options.agentFiles);
   return app;
 }

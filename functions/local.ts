@@ -26,8 +26,8 @@ import { type Settings, settingsFrom } from "./settings.ts";
 /** Where the Functions host listens locally too, so URLs look the same. */
 export const LOCAL_PORT = 7071;
 const LOCAL_HOST = "127.0.0.1";
-/** Sweep this often locally; the timer trigger's schedule plays this part in Azure. */
-export const LOCAL_SWEEP_INTERVAL_MS = 5_000;
+/** Sweep this often locally, as the timer trigger's schedule does in Azure (index.ts). */
+export const LOCAL_SWEEP_INTERVAL_MS = 2_000;
 const DEFAULT_STATE_DIR = resolve(import.meta.dirname, "..", ".pagedisk");
 
 export interface LocalOptions {

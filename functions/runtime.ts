@@ -3,12 +3,14 @@
  * from their settings: the registry, the control plane the timers use, and
  * the HTTP app.
  */
+import type { TokenCredential } from "@azure/identity";
 import type { Hono } from "hono";
 import { createApp } from "./app.ts";
 import { type ControlPlane, type ControlPlaneOptions, controlPlane } from "./control-plane.ts";
 import { matchesAdminKeySetting, verifyAdminKey } from "./registry/admin-keys.ts";
 import { openRegistry } from "./registry/tables.ts";
 import type { Settings } from "./settings.ts";
+import { poolIdentity, usePoolIdentity } from "./storage/pool-identity.ts";
 
 export interface Runtime {
   cp: ControlPlane;
@@ -16,18 +18,32 @@ export interface Runtime {
   settings: Settings;
 }
 
+export interface RuntimeOptions extends Omit<ControlPlaneOptions, "registry"> {
+  /**
+   * The control plane's Entra ID identity: for the registry when settings
+   * name its Table endpoint, and for managed-identity pools. Default:
+   * `DefaultAzureCredential` (the Function App's managed identity in Azure).
+   */
+  credential?: TokenCredential;
+}
+
 /** Open the registry (creating missing tables) and build the app over it. */
 export async function openRuntime(
   settings: Settings,
-  options: Omit<ControlPlaneOptions, "registry"> = {},
+  options: RuntimeOptions = {},
 ): Promise<Runtime> {
-  const registry = await openRegistry(settings.registryConnectionString, {
-    prefix: settings.tablePrefix,
-  });
-  const cp = controlPlane({ registry, ...options });
+  const { credential, ...cpOptions } = options;
+  if (credential) usePoolIdentity(credential);
+  const account =
+    "tableUrl" in settings.registry
+      ? { tableUrl: settings.registry.tableUrl, credential: poolIdentity().credential }
+      : settings.registry.connectionString;
+  const registry = await openRegistry(account, { prefix: settings.tablePrefix });
+  const cp = controlPlane({ registry, ...cpOptions });
   const { adminKey } = settings;
   const app = createApp({
     ...cp,
+    agentFiles: settings.agentFiles,
     verifyAdminKey: async (presented) =>
       (adminKey !== undefined && matchesAdminKeySetting(adminKey, presented)) ||
       verifyAdminKey(registry, presented),

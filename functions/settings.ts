@@ -3,34 +3,39 @@
  * settings in Azure, the shell locally). Anything missing or malformed
  * fails at start, with the setting's name, rather than at first use.
  */
+import { accountUrlProblem } from "../contract/pool.ts";
+import { resolve } from "node:path";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
+import { type AgentFiles, DEFAULT_AGENT_FILES } from "./routes/agent-download.ts";
 
 export interface Settings {
-  /** Connection string of the registry's storage account (Table service). */
-  registryConnectionString: string;
+  /** The registry's storage account (Table service). */
+  registry: RegistryAccountSetting;
   /** Prefix of every registry table name. */
   tablePrefix: string;
   /** An admin key accepted besides those in the registry; unset locally. */
   adminKey: string | undefined;
   sweep: SweepPolicy;
+  /** What `/api/agent/*` serves. */
+  agentFiles: AgentFiles;
 }
 
 /**
  * Settings from `env`:
  *
- * - `PAGEDISK_REGISTRY_CONNECTION_STRING`, else `AzureWebJobsStorage` (the Function App's own account)
+ * - the registry's account, one of (see `registryAccountFrom`):
+ *   `PAGEDISK_REGISTRY_ACCOUNT_URL` (Table endpoint, under the managed identity),
+ *   `PAGEDISK_REGISTRY_CONNECTION_STRING`, else the Function App's own
+ *   `AzureWebJobsStorage` or `AzureWebJobsStorage__tableServiceUri` / `__accountName`
  * - `PAGEDISK_TABLE_PREFIX` (default none)
  * - `PAGEDISK_ADMIN_KEY` (optional)
- * - `PAGEDISK_SUSPECT_AFTER_SECONDS`, `PAGEDISK_LOST_AFTER_SECONDS`
+ * - `PAGEDISK_SUSPECT_AFTER_SECONDS`, `PAGEDISK_LOST_AFTER_SECONDS` (default 6 and 10)
+ * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
+ *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
+ *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
  */
 export function settingsFrom(env: Record<string, string | undefined>): Settings {
-  const registryConnectionString =
-    env.PAGEDISK_REGISTRY_CONNECTION_STRING || env.AzureWebJobsStorage;
-  if (!registryConnectionString) {
-    throw new Error(
-      "PAGEDISK_REGISTRY_CONNECTION_STRING (or AzureWebJobsStorage) must name the registry's storage account",
-    );
-  }
+  const registry = registryAccountFrom(env);
   const suspectAfterMs = seconds(
     env,
     "PAGEDISK_SUSPECT_AFTER_SECONDS",
@@ -43,10 +48,15 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     );
   }
   return {
-    registryConnectionString,
+    registry,
     tablePrefix: env.PAGEDISK_TABLE_PREFIX ?? "",
     adminKey: env.PAGEDISK_ADMIN_KEY || undefined,
     sweep: { suspectAfterMs, lostAfterMs },
+    agentFiles: {
+      // Resolved now, so a relative path means the same whatever the working directory becomes.
+      bundle: resolve(env.PAGEDISK_AGENT_BUNDLE || DEFAULT_AGENT_FILES.bundle),
+      installScript: resolve(env.PAGEDISK_INSTALL_SCRIPT || DEFAULT_AGENT_FILES.installScript),
+    },
   };
 }
 
@@ -61,4 +71,53 @@ function seconds(
   if (!Number.isInteger(n) || n < 1)
     throw new Error(`${name} must be a whole number of seconds, got ${text}`);
   return n * 1000;
+}
+
+/**
+ * Where the registry lives: a connection string (account key), or a Table
+ * endpoint reached with the control plane's token credential (in Azure its
+ * managed identity; no key exists then).
+ */
+export type RegistryAccountSetting = { connectionString: string } | { tableUrl: string };
+
+/** Storage account names: 3-24 lowercase letters and digits. */
+const ACCOUNT_NAME = /^[a-z0-9]{3,24}$/;
+
+function registryAccountFrom(env: Record<string, string | undefined>): RegistryAccountSetting {
+  const connectionString = env.PAGEDISK_REGISTRY_CONNECTION_STRING;
+  const accountUrl = env.PAGEDISK_REGISTRY_ACCOUNT_URL;
+  if (connectionString && accountUrl) {
+    throw new Error(
+      "set PAGEDISK_REGISTRY_ACCOUNT_URL (managed identity) or PAGEDISK_REGISTRY_CONNECTION_STRING (account key), not both",
+    );
+  }
+  if (accountUrl) return { tableUrl: tableUrl("PAGEDISK_REGISTRY_ACCOUNT_URL", accountUrl) };
+  if (connectionString) return { connectionString };
+  // The Function App's own account, in the key-based or the identity-based form of the host.
+  if (env.AzureWebJobsStorage) return { connectionString: env.AzureWebJobsStorage };
+  const serviceUri = env.AzureWebJobsStorage__tableServiceUri;
+  if (serviceUri)
+    return { tableUrl: tableUrl("AzureWebJobsStorage__tableServiceUri", serviceUri) };
+  const accountName = env.AzureWebJobsStorage__accountName;
+  if (accountName) {
+    if (!ACCOUNT_NAME.test(accountName))
+      throw new Error(
+        `AzureWebJobsStorage__accountName must be a storage account name (3-24 lowercase letters and digits), got ${accountName}`,
+      );
+    return { tableUrl: `https://${accountName}.table.core.windows.net` };
+  }
+  throw new Error(
+    "no registry storage account: set PAGEDISK_REGISTRY_ACCOUNT_URL to its Table endpoint " +
+      "(https://<account>.table.core.windows.net, reached with the managed identity, which needs " +
+      "the Storage Table Data Contributor role) or PAGEDISK_REGISTRY_CONNECTION_STRING to a " +
+      "connection string with its key (AzureWebJobsStorage, or AzureWebJobsStorage__accountName, " +
+      "also work in a Function App)",
+  );
+}
+
+function tableUrl(name: string, text: string): string {
+  const problem = accountUrlProblem(text);
+  if (problem)
+    throw new Error(`${name} must be the registry account's Table endpoint URL: ${problem}`);
+  return text.replace(/\/+$/, "");
 }

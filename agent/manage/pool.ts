@@ -1,9 +1,12 @@
 /**
  * `pagedisk pool add|list|show|remove`: storage accounts (and containers)
- * that hold replicas.
+ * that hold replicas. `add` (alias `register`) takes a connection string, or
+ * `--account-url URL --managed-identity` for an account the control plane
+ * reaches with its own identity (no key anywhere).
  */
 import { type Command, Option } from "commander";
-import type { Pool } from "../../contract/pool.ts";
+import type { Pool, PoolAuthCreate } from "../../contract/pool.ts";
+import { UsageError } from "../serve/args.ts";
 import { apiCommand, group } from "./command.ts";
 import { formatTime, print, printFields, printJson, printTable } from "./output.ts";
 
@@ -14,22 +17,31 @@ export function poolCommand(): Command {
   apiCommand(
     pool
       .command("add")
+      .alias("register")
       .description(
         "register a storage account container as a pool (the container is created if missing)",
       )
       .argument("<name>", "pool name (a DNS label)")
       .addOption(
         // From the environment too, so the account key need not sit in shell history.
-        new Option("--connection-string <cs>", "storage account connection string")
-          .env("PAGEDISK_STORAGE_CONNECTION_STRING")
-          .makeOptionMandatory(),
+        new Option("--connection-string <cs>", "storage account connection string").env(
+          "PAGEDISK_STORAGE_CONNECTION_STRING",
+        ),
+      )
+      .option(
+        "--account-url <url>",
+        "blob endpoint of the account (https://<account>.blob.core.windows.net), with --managed-identity",
+      )
+      .option(
+        "--managed-identity",
+        "the control plane reaches the account with its managed identity (needs --account-url)",
       )
       .option("--container <container>", "blob container for the replicas (default: pagedisk)"),
     async ({ api, json }, [name], opts) => {
       const created = await api.createPool({
         name: name!,
         ...(opts.container !== undefined ? { container: opts.container as string } : {}),
-        auth: { kind: "connectionString", connectionString: opts.connectionString as string },
+        auth: authOf(opts),
       });
       if (json) printJson(created);
       else
@@ -80,13 +92,37 @@ export function poolCommand(): Command {
   return pool;
 }
 
+/** The pool's auth from the flags: a connection string, or an account URL under the managed identity. */
+function authOf(opts: Record<string, unknown>): PoolAuthCreate {
+  const accountUrl = opts.accountUrl as string | undefined;
+  if (opts.managedIdentity === true) {
+    // A connection string from the environment is ignored here: the flags say which account.
+    if (accountUrl === undefined)
+      throw new UsageError("--managed-identity needs --account-url URL");
+    return { kind: "managedIdentity", accountUrl };
+  }
+  if (accountUrl !== undefined)
+    throw new UsageError(
+      "--account-url goes with --managed-identity (a key-based pool takes --connection-string)",
+    );
+  const connectionString = opts.connectionString as string | undefined;
+  if (connectionString === undefined)
+    throw new UsageError(
+      "give --connection-string (or $PAGEDISK_STORAGE_CONNECTION_STRING), or --account-url URL --managed-identity",
+    );
+  return { kind: "connectionString", connectionString };
+}
+
 function showPool(p: Pool): void {
   printFields([
     ["name", p.name],
     ["account", p.account],
     ["blob endpoint", p.blobEndpoint],
     ["container", p.container],
-    ["auth", `${p.auth.kind} ${p.auth.connectionString}`],
+    [
+      "auth",
+      `${p.auth.kind} ${p.auth.kind === "connectionString" ? p.auth.connectionString : p.auth.accountUrl}`,
+    ],
     ["health", p.health],
     ["usage", p.usage],
     ["created", formatTime(p.createdAt)],

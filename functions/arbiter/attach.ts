@@ -8,6 +8,8 @@
  * 2. Lease every replica under that id, breaking (period 0) any other lease:
  *    whoever wrote before is fenced by the storage service from here on.
  * 3. ATTACHING -> ATTACHED.
+ * 4. Bump the node's desired-state generation, so that its agent learns of
+ *    the volume at once (arbiter/desired-generation.ts).
  *
  * A storage failure in 2 rolls back to DETACHED (leases dropped). A crash
  * between steps leaves ATTACHING, which the sweeper rolls back.
@@ -28,6 +30,7 @@ import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { ATTACHED_STATES, volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
+import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { dropLeases, takeLeases } from "./replica-leases.ts";
 
 export async function attachVolume(
@@ -50,9 +53,9 @@ export async function attachVolume(
 }
 
 /**
- * Steps 2 and 3 for a volume claimed as ATTACHING (by attach or by the
- * sweeper's failover): lease every replica, then record ATTACHED. A
- * storage failure rolls back to DETACHED and is thrown.
+ * Steps 2 to 4 for a volume claimed as ATTACHING (by attach or by the
+ * sweeper's failover): lease every replica, record ATTACHED, bump the
+ * owner's generation. A storage failure rolls back to DETACHED and is thrown.
  */
 export async function completeAttach(
   cp: ControlPlane,
@@ -87,6 +90,7 @@ export async function completeAttach(
       },
     );
   }
+  await bumpDesiredGeneration(cp, attached.status.ownerNode!, "attached");
   return attached;
 }
 

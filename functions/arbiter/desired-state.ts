@@ -7,7 +7,7 @@
 import { odata } from "@azure/data-tables";
 import type { DesiredAttachment, DesiredState } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
-import type { NodeRecord } from "../registry/nodes.ts";
+import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import { pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
@@ -20,19 +20,34 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
   const poolByName = new Map(allPools.map((p) => [p.value.name, p.value]));
   const now = cp.now();
   const expiresAt = replicaSasExpiry(now);
-  const attachments = owned.map(
-    ({ value: v }): DesiredAttachment => ({
+  const attachments = await Promise.all(
+    owned.map(async ({ value: v }): Promise<DesiredAttachment> => ({
       volume: v.name,
       sizeBytes: v.spec.sizeBytes,
       epoch: v.status.epoch,
       leaseId: v.leaseId!,
-      replicas: v.status.replicas.map((r) => {
-        const pool = poolByName.get(r.pool);
-        const url = pool && signedReplicaUrl(pool, v.name, r.id, r.uri, now, expiresAt);
-        return { id: r.id, pool: r.pool, state: r.state, url: url ?? null };
-      }),
+      replicas: await Promise.all(
+        v.status.replicas.map(async (r) => {
+          const pool = poolByName.get(r.pool);
+          // A pool that cannot sign now (its account refused a delegation key) leaves that
+          // replica without a URL for this round; the node's other replicas still get theirs.
+          const url =
+            pool &&
+            (await signedReplicaUrl(pool, v.name, r.id, r.uri, now, expiresAt).catch((err) => {
+              cp.report(err);
+              return undefined;
+            }));
+          return { id: r.id, pool: r.pool, state: r.state, url: url ?? null };
+        }),
+      ),
       sasExpiresAt: expiresAt.toISOString(),
-    }),
+    })),
   );
-  return { node: node.name, state: node.state, cordoned: node.cordoned, attachments };
+  return {
+    node: node.name,
+    generation: generationOf(node),
+    state: node.state,
+    cordoned: node.cordoned,
+    attachments,
+  };
 }

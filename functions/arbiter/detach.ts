@@ -6,6 +6,10 @@
  *    fences the former owner at its next write;
  * 3. DETACHING -> DETACHED.
  *
+ * Right after 1 the former owner's desired-state generation is bumped: the
+ * volume left its desired state with that write, and the agent should stop
+ * serving it before its writes start failing at the storage service.
+ *
  * A DETACHING record (storage failure or crash in 2) is resumed by the next
  * detach; detaching a DETACHED volume is a no-op, except that it clears the
  * failover mark (`status.failoverPending`): an operator who detaches a
@@ -18,12 +22,15 @@ import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
+import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { dropLeases } from "./replica-leases.ts";
 
 export async function detachVolume(cp: ControlPlane, name: string): Promise<VolumeRecord> {
   const claim = await retryOnConflict(() => claimVolume(cp, name));
   if (claim.value.status.state === "DETACHED") return claim.value;
   const owner = claim.value.status.ownerNode;
+  // Also when resuming a DETACHING left by a crash, which may have come before the bump.
+  if (owner !== null) await bumpDesiredGeneration(cp, owner, "detached");
 
   await dropLeases(cp, claim.value, claim.value.leaseId);
 

@@ -2,7 +2,9 @@
  * Fencing the volume of a lost node, and failing it over.
  *
  * 1. ATTACHED -> FENCING with epoch + 1 (conditional: one sweeper wins);
- *    the lost node stays recorded as owner until the volume moves on.
+ *    the lost node stays recorded as owner until the volume moves on, and
+ *    its desired-state generation is bumped (should it still be alive, it
+ *    learns to stop serving the volume).
  * 2. Drop the lease on every replica: the lost node's next write, which
  *    carries the old lease id, fails at the storage service.
  * 3. With `failover: automatic` and an eligible node: FENCING -> ATTACHING
@@ -28,6 +30,7 @@ import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { completeAttach } from "./attach.ts";
+import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { chooseFailoverNode } from "./failover-placement.ts";
 import { dropLeases } from "./replica-leases.ts";
 
@@ -55,6 +58,7 @@ export async function markFencing(
   };
   cp.faults?.beforeStep("mark-fencing");
   const etag = await volumes(cp.registry).replace(next, read.etag);
+  if (v.status.ownerNode !== null) await bumpDesiredGeneration(cp, v.status.ownerNode, "fenced");
   await note(cp, {
     type: "volume-fenced",
     volume: v.name,

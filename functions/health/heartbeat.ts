@@ -7,8 +7,11 @@
  * 2. one conditional write replaces it with the new time and reports;
  * 3. reported events, if any, go in one batch (one more transaction).
  *
- * A conflict (the sweeper marking the node at the same moment) re-reads
- * and writes again; the heartbeat wins, since it proves the node is alive.
+ * A conflict (the sweeper marking the node, or the arbiter bumping its
+ * desired-state generation, at the same moment) re-reads and writes again;
+ * the heartbeat wins, since it proves the node is alive. Everything the
+ * heartbeat does not report, the generation above all, is copied from the
+ * row it replaces, so no bump is ever lost.
  */
 import type { Heartbeat } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
@@ -40,6 +43,7 @@ export async function recordHeartbeat(
       ...node,
       state: "READY",
       agentVersion: beat.agentVersion ?? node.agentVersion,
+      facts: beat.facts ?? node.facts,
       volumes: beat.volumes,
       lastHeartbeatAt: at.toISOString(),
     };

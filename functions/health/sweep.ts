@@ -46,8 +46,13 @@ export interface SweepPolicy {
   stuckAfterMs?: number;
 }
 
-/** Agents heartbeat every few seconds: three missed beats make a node suspect, nine lost. */
-export const DEFAULT_SWEEP_POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000 };
+/**
+ * Agents heartbeat every 2 s: three missed beats make a node suspect, five
+ * lost. With a sweep every 2 s (SWEEP_SCHEDULE, LOCAL_SWEEP_INTERVAL_MS) a
+ * dead node's volumes fail over within 12 s of its last heartbeat, plus the
+ * time the failover itself takes: inside the 15 s promised.
+ */
+export const DEFAULT_SWEEP_POLICY: SweepPolicy = { suspectAfterMs: 6_000, lostAfterMs: 10_000 };
 const DEFAULT_STUCK_AFTER_MS = 60_000;
 
 /** What one pass did, by node and volume name. */

@@ -20,12 +20,17 @@ export interface OpenApiInfo {
   version: string;
 }
 
+/**
+ * The document for `operations` below `prefix`, plus `otherPaths`: path
+ * items written by hand for routes that are not JSON operations (downloads).
+ */
 export function openApiDocument(
   prefix: string,
   operations: readonly Operation[],
   info: OpenApiInfo,
+  otherPaths: Record<string, Record<string, Json>> = {},
 ): Json {
-  const paths: Record<string, Record<string, Json>> = {};
+  const paths: Record<string, Record<string, Json>> = { ...otherPaths };
   for (const op of operations) {
     const path = `${prefix}${op.path}`.replace(/:([A-Za-z0-9_]+)/g, "{$1}");
     paths[path] ??= {};

@@ -3,6 +3,7 @@
  * lease (or while it is being created) unless forced. Forcing fences the
  * writer: its lease is broken and its blobs are gone.
  */
+import { bumpDesiredGeneration } from "../arbiter/desired-generation.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
@@ -35,6 +36,9 @@ export async function deleteVolume(cp: ControlPlane, name: string, force: boolea
     }
     return markDeleting(cp, read);
   });
+  // A forced delete takes the volume from its writer: tell that node now, not at its next full fetch.
+  const owner = deleting.value.status.ownerNode;
+  if (owner) await bumpDesiredGeneration(cp, owner, "detached");
   await destroyVolume(cp, deleting);
   await note(cp, {
     type: "volume-deleted",

@@ -1,29 +1,21 @@
 /**
- * `POST /pools`: check the connection string names an account, refuse a
- * name or a container already registered, prove the pool answers (its
- * container is created if missing), then insert the record.
+ * `POST /pools`: check the connection string (or account URL) names an
+ * account, refuse a name or a container already registered, prove the pool
+ * answers to its credentials (its container is created if missing), then
+ * insert the record.
  */
-import type { PoolCreate } from "../../contract/pool.ts";
+import type { PoolAuthCreate, PoolCreate } from "../../contract/pool.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
-import { accountOf } from "../storage/connection-string.ts";
-import { probePool } from "../storage/pool-container.ts";
+import { type AccountEndpoint, accountOf, accountOfUrl } from "../storage/connection-string.ts";
+import { type PoolCredentials, probePool } from "../storage/pool-container.ts";
 import { StorageFailure } from "../storage/storage-failure.ts";
 import { note } from "./note.ts";
 
 export async function registerPool(cp: ControlPlane, request: PoolCreate): Promise<PoolRecord> {
-  const { connectionString } = request.auth;
-  let endpoint: ReturnType<typeof accountOf>;
-  try {
-    endpoint = accountOf(connectionString);
-  } catch (err) {
-    const message = (err as Error).message;
-    throw new ApiError("InvalidRequest", `body.auth.connectionString: ${message}`, {
-      issues: [{ path: "body.auth.connectionString", message }],
-    });
-  }
+  const { endpoint, credentials } = accountOfAuth(request.auth);
   const table = pools(cp.registry);
   const registered = (await table.list()).map((p) => p.value);
   if (registered.some((p) => p.name === request.name)) throw exists(request.name);
@@ -41,7 +33,7 @@ export async function registerPool(cp: ControlPlane, request: PoolCreate): Promi
     );
   }
 
-  const location = { name: request.name, connectionString, container: request.container };
+  const location = { name: request.name, container: request.container, ...credentials };
   try {
     await probePool(location);
   } catch (err) {
@@ -62,8 +54,7 @@ export async function registerPool(cp: ControlPlane, request: PoolCreate): Promi
     account: endpoint.account,
     blobEndpoint: endpoint.blobEndpoint,
     container: request.container,
-    authKind: "connectionString",
-    connectionString,
+    ...credentials,
     health: "UNKNOWN",
     usage: "IN_USE",
     createdAt: now,
@@ -84,4 +75,32 @@ export async function registerPool(cp: ControlPlane, request: PoolCreate): Promi
 
 function exists(name: string): ApiError {
   return new ApiError("PoolExists", `pool ${name} already exists`, { pool: name });
+}
+
+/** The account the request names, and the credentials to keep; `InvalidRequest` if it names none. */
+function accountOfAuth(auth: PoolAuthCreate): {
+  endpoint: AccountEndpoint;
+  credentials: PoolCredentials;
+} {
+  const field = auth.kind === "connectionString" ? "connectionString" : "accountUrl";
+  try {
+    if (auth.kind === "connectionString") {
+      const { connectionString } = auth;
+      return {
+        endpoint: accountOf(connectionString),
+        credentials: { authKind: "connectionString", connectionString },
+      };
+    }
+    const endpoint = accountOfUrl(auth.accountUrl);
+    // Kept as the endpoint it names, so that two spellings of one account are seen as one.
+    return {
+      endpoint,
+      credentials: { authKind: "managedIdentity", accountUrl: endpoint.blobEndpoint },
+    };
+  } catch (err) {
+    const message = (err as Error).message;
+    throw new ApiError("InvalidRequest", `body.auth.${field}: ${message}`, {
+      issues: [{ path: `body.auth.${field}`, message }],
+    });
+  }
 }

@@ -1,6 +1,8 @@
 /**
- * Pool records. The connection string is a secret: it is kept here for the
- * control plane's own use and never rendered by the API (see routes/views.ts).
+ * Pool records. A connection string is a secret: it is kept here for the
+ * control plane's own use and never rendered by the API (see
+ * storage/pool-auth.ts). A managed-identity pool holds no secret at all,
+ * only its account URL: the control plane's identity is the credential.
  */
 import { z } from "zod";
 import { ContainerName, PoolName, Timestamp } from "../../contract/names.ts";
@@ -8,19 +10,31 @@ import { PoolHealth, PoolUsage } from "../../contract/pool.ts";
 import { type Codec, type RecordTable, recordTable } from "./records.ts";
 import type { Registry } from "./tables.ts";
 
-export const PoolRecord = z.object({
+const PoolFields = {
   name: PoolName,
   account: z.string().min(1),
   /** Blob service endpoint without a trailing slash. */
   blobEndpoint: z.string().min(1),
   container: ContainerName,
-  authKind: z.literal("connectionString"),
-  connectionString: z.string().min(1),
   health: PoolHealth,
   usage: PoolUsage,
   createdAt: Timestamp,
   updatedAt: Timestamp,
-});
+};
+
+export const PoolRecord = z.discriminatedUnion("authKind", [
+  z.object({
+    ...PoolFields,
+    authKind: z.literal("connectionString"),
+    connectionString: z.string().min(1),
+  }),
+  z.object({
+    ...PoolFields,
+    authKind: z.literal("managedIdentity"),
+    /** Blob service endpoint as registered, reached with the control plane's token credential. */
+    accountUrl: z.string().min(1),
+  }),
+]);
 export type PoolRecord = z.infer<typeof PoolRecord>;
 
 export const poolCodec: Codec<PoolRecord> = {

@@ -13,6 +13,7 @@
  * events are bucketed by day so that key order is newest first.
  */
 import { TableClient } from "@azure/data-tables";
+import type { TokenCredential } from "@azure/identity";
 
 export interface Registry {
   readonly pools: TableClient;
@@ -36,19 +37,34 @@ export interface RegistryOptions {
   prefix?: string;
 }
 
-/** Open the registry over a connection string, creating missing tables. */
+/**
+ * The registry's account reached with a token credential (Entra ID, e.g.
+ * the Function App's managed identity) instead of a connection string.
+ */
+export interface RegistryIdentity {
+  /** Table service endpoint, e.g. `https://acct.table.core.windows.net`. */
+  tableUrl: string;
+  credential: TokenCredential;
+}
+
+/**
+ * Open the registry over a connection string or under an identity,
+ * creating missing tables.
+ */
 export async function openRegistry(
-  connectionString: string,
+  account: string | RegistryIdentity,
   opts: RegistryOptions = {},
 ): Promise<Registry> {
   const prefix = opts.prefix ?? "";
   if (!/^[A-Za-z]?[A-Za-z0-9]*$/.test(prefix))
     throw new RangeError(`table prefix must be alphanumeric starting with a letter: ${prefix}`);
-  const allowInsecureConnection = PLAIN_HTTP.test(connectionString);
-  const open = (name: string) =>
-    TableClient.fromConnectionString(connectionString, `${prefix}${name}`, {
-      allowInsecureConnection,
+  const open = (name: string) => {
+    if (typeof account !== "string")
+      return new TableClient(account.tableUrl, `${prefix}${name}`, account.credential);
+    return TableClient.fromConnectionString(account, `${prefix}${name}`, {
+      allowInsecureConnection: PLAIN_HTTP.test(account),
     });
+  };
   const registry: Registry = {
     pools: open("pools"),
     volumes: open("volumes"),

@@ -6,8 +6,16 @@
 import type { Context } from "hono";
 import { z } from "zod";
 import { NodeName } from "../../contract/names.ts";
-import { DesiredState, Heartbeat, JoinRequest, JoinResponse, Node } from "../../contract/node.ts";
+import {
+  DesiredState,
+  DesiredStateQuery,
+  Heartbeat,
+  JoinRequest,
+  JoinResponse,
+  Node,
+} from "../../contract/node.ts";
 import { desiredState } from "../arbiter/desired-state.ts";
+import { awaitDesiredChange } from "../arbiter/desired-wait.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { recordHeartbeat } from "../health/heartbeat.ts";
 import { callerOf } from "../http/auth.ts";
@@ -59,11 +67,20 @@ export function nodeAgentOperations(cp: ControlPlane): Operation[] {
       method: "get",
       path: "/nodes/:name/desired",
       operationId: "getDesiredState",
-      summary: "The volumes this node should serve, with lease ids and SAS URLs",
+      summary:
+        "The volumes this node should serve, with lease ids and SAS URLs; with `after`, held up to `waitSeconds` until it changes",
       access: "node",
       params: ByName,
+      query: DesiredStateQuery,
       success: { status: 200, description: "the desired state", schema: DesiredState },
-      handle: async ({ c }) => desiredState(cp, self(c).value),
+      handle: async ({ query, c }) => {
+        const node = await awaitDesiredChange(cp, self(c), {
+          after: query.after,
+          waitMs: query.waitSeconds * 1000,
+          signal: c.req.raw.signal,
+        });
+        return desiredState(cp, node);
+      },
     }),
   ];
 }

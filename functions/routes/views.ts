@@ -7,10 +7,10 @@
 import type { Node } from "../../contract/node.ts";
 import type { Pool } from "../../contract/pool.ts";
 import type { Volume } from "../../contract/volume.ts";
-import type { NodeRecord } from "../registry/nodes.ts";
+import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { PoolRecord } from "../registry/pools.ts";
 import type { VolumeRecord } from "../registry/volumes.ts";
-import { maskConnectionString } from "../storage/connection-string.ts";
+import { poolAuthView } from "../storage/pool-auth.ts";
 
 export function poolView(p: PoolRecord): Pool {
   return {
@@ -18,7 +18,7 @@ export function poolView(p: PoolRecord): Pool {
     account: p.account,
     blobEndpoint: p.blobEndpoint,
     container: p.container,
-    auth: { kind: p.authKind, connectionString: maskConnectionString(p.connectionString) },
+    auth: poolAuthView(p),
     health: p.health,
     usage: p.usage,
     createdAt: p.createdAt,
@@ -45,5 +45,6 @@ export function nodeView(n: NodeRecord): Node {
     volumes: n.volumes,
     joinedAt: n.joinedAt,
     lastHeartbeatAt: n.lastHeartbeatAt,
+    desiredGeneration: generationOf(n),
   };
 }

@@ -1,5 +1,6 @@
 /**
- * Pool connection strings: what they name, and how they may be shown.
+ * Pool connection strings and account URLs: what they name, and how
+ * connection strings may be shown.
  */
 import { BlobServiceClient } from "@azure/storage-blob";
 
@@ -27,6 +28,18 @@ export function accountOf(connectionString: string): AccountEndpoint {
     );
   }
   const url = new URL(client.url);
+  return {
+    account: client.accountName,
+    blobEndpoint: `${url.origin}${url.pathname}`.replace(/\/+$/, ""),
+  };
+}
+
+/** Account and blob endpoint named by a blob service URL; throws `SyntaxError` if it names none. */
+export function accountOfUrl(accountUrl: string): AccountEndpoint {
+  const client = new BlobServiceClient(accountUrl);
+  const url = new URL(client.url);
+  if (!client.accountName)
+    throw new SyntaxError("names no storage account (https://<account>.blob.core.windows.net)");
   return {
     account: client.accountName,
     blobEndpoint: `${url.origin}${url.pathname}`.replace(/\/+$/, ""),

@@ -1,9 +1,11 @@
 /**
- * The container of a pool, as seen by the control plane (account key or
- * SAS from the pool's connection string). Agents never get these
- * credentials: they get a SAS scoped to one volume's blobs.
+ * The blob service and container of a pool, as seen by the control plane:
+ * with the account key or SAS of the pool's connection string, or with the
+ * control plane's managed identity (pool-identity.ts). Agents never get
+ * these credentials: they get a SAS scoped to one volume's blobs.
  */
 import { BlobServiceClient, type ContainerClient } from "@azure/storage-blob";
+import { poolIdentity } from "./pool-identity.ts";
 import { onPool } from "./storage-failure.ts";
 
 /** Control-plane calls are few and interactive: retry briefly instead of the SDK's minutes-long defaults. */
@@ -14,17 +16,25 @@ const RETRY = {
   tryTimeoutInMs: 30_000,
 };
 
-/** What locates a pool's container. */
-export interface PoolLocation {
-  name: string;
-  connectionString: string;
-  container: string;
+/** How the control plane authenticates to a pool's account. */
+export type PoolCredentials =
+  | { authKind: "connectionString"; connectionString: string }
+  | { authKind: "managedIdentity"; accountUrl: string };
+
+/** What locates a pool's container (a `PoolRecord` is one). */
+export type PoolLocation = { name: string; container: string } & PoolCredentials;
+
+/** The pool account's blob service, under the pool's credentials. */
+export function poolService(pool: PoolCredentials): BlobServiceClient {
+  if (pool.authKind === "connectionString")
+    return BlobServiceClient.fromConnectionString(pool.connectionString, { retryOptions: RETRY });
+  return new BlobServiceClient(pool.accountUrl, poolIdentity().credential, {
+    retryOptions: RETRY,
+  });
 }
 
 export function poolContainer(pool: PoolLocation): ContainerClient {
-  return BlobServiceClient.fromConnectionString(pool.connectionString, {
-    retryOptions: RETRY,
-  }).getContainerClient(pool.container);
+  return poolService(pool).getContainerClient(pool.container);
 }
 
 /** Prove the pool is usable: create its container if missing. `StorageFailure` when it is not. */

@@ -1,21 +1,34 @@
 /**
- * What a writer gets to reach a replica: the blob's URL with a service SAS
- * for that one blob, read and write but not delete, valid for at most an
- * hour. It is signed here with the pool's account key, which never leaves
- * the control plane. Agents refresh it through their desired state.
+ * What a writer gets to reach a replica: the blob's URL with a SAS for that
+ * one blob, read and write but not delete, valid for at most an hour.
+ * Signed here, with the pool's account key (a service SAS) or, for a
+ * managed-identity pool, with a user delegation key the account gave the
+ * control plane's identity (a user delegation SAS); neither key ever
+ * leaves the control plane. Agents refresh the SAS through their desired
+ * state.
  */
 import {
+  type BlobSASSignatureValues,
   BlobSASPermissions,
   generateBlobSASQueryParameters,
   SASProtocol,
+  type SASQueryParameters,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
 import { accountKeyOf } from "./connection-string.ts";
-import type { PoolLocation } from "./pool-container.ts";
+import { type PoolLocation, poolService } from "./pool-container.ts";
+import { poolIdentity } from "./pool-identity.ts";
 import { replicaBlobName } from "./replica-blobs.ts";
+import { onPool } from "./storage-failure.ts";
 
 /** A SAS lives this long; the agent asks for a new one well before it ends. */
 export const REPLICA_SAS_LIFETIME_MS = 60 * 60 * 1000;
+/**
+ * SAS version of user delegation SAS tokens, pinned rather than the SDK's
+ * newest: the string to sign changes with the version, and this is the
+ * newest one Azurite (3.35) verifies too, so the tests prove what Azure gets.
+ */
+const DELEGATION_SAS_VERSION = "2025-07-05";
 /** Signed as valid from a little before now, so that a storage clock behind ours does not refuse it. */
 const CLOCK_SKEW_MS = 5 * 60 * 1000;
 
@@ -28,30 +41,58 @@ export function replicaSasExpiry(now: Date): Date {
  * The replica blob's URL (`uri`, without query) with a SAS valid until
  * `expiresAt`, or undefined when the pool's credentials cannot sign (a
  * SAS connection string: handing that SAS on would give away the account).
+ * A managed-identity pool may need a delegation key from its account
+ * first: `StorageFailure` if that fails.
  */
-export function signedReplicaUrl(
+export async function signedReplicaUrl(
   pool: PoolLocation,
   volume: string,
   replicaId: string,
   uri: string,
   now: Date,
   expiresAt: Date,
-): string | undefined {
-  const key = accountKeyOf(pool.connectionString);
-  if (!key) return undefined;
+): Promise<string | undefined> {
   const url = new URL(uri);
-  const sas = generateBlobSASQueryParameters(
-    {
-      containerName: pool.container,
-      blobName: replicaBlobName(volume, replicaId),
-      permissions: BlobSASPermissions.parse("rw"),
-      startsOn: new Date(now.getTime() - CLOCK_SKEW_MS),
-      expiresOn: expiresAt,
-      // Plain HTTP only where the pool itself is plain HTTP (Azurite).
-      protocol: url.protocol === "http:" ? SASProtocol.HttpsAndHttp : SASProtocol.Https,
-    },
-    new StorageSharedKeyCredential(key.account, key.accountKey),
-  );
+  const values: BlobSASSignatureValues = {
+    containerName: pool.container,
+    blobName: replicaBlobName(volume, replicaId),
+    permissions: BlobSASPermissions.parse("rw"),
+    startsOn: new Date(now.getTime() - CLOCK_SKEW_MS),
+    expiresOn: expiresAt,
+    // Plain HTTP only where the pool itself is plain HTTP (Azurite).
+    protocol: url.protocol === "http:" ? SASProtocol.HttpsAndHttp : SASProtocol.Https,
+  };
+  const sas = await sign(pool, values, now);
+  if (!sas) return undefined;
   url.search = sas.toString();
   return url.toString();
+}
+
+async function sign(
+  pool: PoolLocation,
+  values: BlobSASSignatureValues,
+  now: Date,
+): Promise<SASQueryParameters | undefined> {
+  if (pool.authKind === "connectionString") {
+    const key = accountKeyOf(pool.connectionString);
+    if (!key) return undefined;
+    return generateBlobSASQueryParameters(
+      values,
+      new StorageSharedKeyCredential(key.account, key.accountKey),
+    );
+  }
+  const service = poolService(pool);
+  const key = await poolIdentity().delegationKeys.get(pool.accountUrl, now, (startsOn, expiresOn) =>
+    onPool(pool.name, "get user delegation key", () =>
+      service.getUserDelegationKey(startsOn, expiresOn),
+    ),
+  );
+  // The service refuses a user delegation SAS that outlives its key; the cache renews well before.
+  if (values.expiresOn! > key.signedExpiresOn)
+    throw new RangeError(`SAS for ${values.blobName} would outlive its delegation key`);
+  return generateBlobSASQueryParameters(
+    { ...values, version: DELEGATION_SAS_VERSION },
+    key,
+    service.accountName,
+  );
 }

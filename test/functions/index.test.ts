@@ -121,6 +121,16 @@ describe("HTTP trigger", () => {
     expect((await invoke("GET", "/api/v1/pools/too-big")).status).toBe(404);
   });
 
+  it("serves the agent downloads below /api/agent, outside /api/v1, with no credential", async () => {
+    const bundle = await invoke("GET", "/api/agent/pagedisk.mjs", { headers: {} });
+    expect(bundle.status).toBe(200);
+    expect(headersOf(bundle).get("content-type")).toBe("text/javascript; charset=utf-8");
+    expect(await textOf(bundle)).toMatch(/^#!\/usr\/bin\/env node\n/);
+    const head = await invoke("HEAD", "/api/agent/pagedisk.mjs", { headers: {} });
+    expect(head.status).toBe(200);
+    expect(headersOf(head).get("etag")).toBe(headersOf(bundle).get("etag"));
+  });
+
   it("answers 204 with no body", async () => {
     const res = await invoke("DELETE", "/api/v1/pools/fn-pool");
     expect(res.status).toBe(204);
@@ -129,6 +139,10 @@ describe("HTTP trigger", () => {
 });
 
 describe("timer trigger", () => {
+  it("fires every 2 s, as often as agents heartbeat", () => {
+    expect(entry.SWEEP_SCHEDULE).toBe("*/2 * * * * *");
+  });
+
   it("sweeps: a node silent for an hour becomes LOST, and the pass is logged", async () => {
     const registry = await openRegistry(azurite.connectionString, { prefix: "fn" });
     const anHourAgo = new Date(Date.now() - 3600_000).toISOString();

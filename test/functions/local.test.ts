@@ -55,6 +55,13 @@ describe("startLocalControlPlane", () => {
       expect(pools.status).toBe(200);
       const anonymous = await fetch(`${local.apiUrl}/pools`);
       expect(anonymous.status).toBe(401);
+
+      // The agent downloads sit beside the API, below /api.
+      const origin = new URL(local.apiUrl).origin;
+      const bundle = await fetch(`${origin}/api/agent/pagedisk.mjs`);
+      expect(bundle.status).toBe(200);
+      expect(bundle.headers.get("content-type")).toBe("text/javascript; charset=utf-8");
+      await bundle.arrayBuffer();
     } finally {
       await local.close();
     }

@@ -31,6 +31,18 @@ export interface AzuriteOptions {
   /** Fixed ports instead of free ones the OS hands out. */
   blobPort?: number;
   tablePort?: number;
+  /**
+   * Serve HTTPS with this certificate and key (PEM file paths); endpoints
+   * and the connection string then say https. The caller makes its
+   * process trust the certificate.
+   */
+  tls?: { cert: string; key: string };
+  /**
+   * Also accept Entra ID bearer tokens (`--oauth basic`, needs `tls`):
+   * Azurite checks their audience, issuer and lifetime, not their
+   * signature, and hands out user delegation keys.
+   */
+  oauth?: "basic";
 }
 
 export interface Azurite {
@@ -112,10 +124,13 @@ class AzuriteProcesses implements Azurite {
     this.#blobPort = blobPort;
     this.#tablePort = tablePort;
     this.#opts = opts;
-    this.blobEndpoint = `http://${HOST}:${blobPort}/${DEV_ACCOUNT_NAME}`;
-    this.tableEndpoint = tablePort ? `http://${HOST}:${tablePort}/${DEV_ACCOUNT_NAME}` : undefined;
+    const scheme = opts.tls ? "https" : "http";
+    this.blobEndpoint = `${scheme}://${HOST}:${blobPort}/${DEV_ACCOUNT_NAME}`;
+    this.tableEndpoint = tablePort
+      ? `${scheme}://${HOST}:${tablePort}/${DEV_ACCOUNT_NAME}`
+      : undefined;
     this.connectionString = [
-      "DefaultEndpointsProtocol=http",
+      `DefaultEndpointsProtocol=${scheme}`,
       `AccountName=${DEV_ACCOUNT_NAME}`,
       `AccountKey=${DEV_ACCOUNT_KEY}`,
       `BlobEndpoint=${this.blobEndpoint}`,
@@ -132,6 +147,8 @@ class AzuriteProcesses implements Azurite {
     // If the test process dies without cleanup, do not leave servers behind.
     process.on("exit", this.#killOnExit);
     const common = ["--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose"];
+    if (this.#opts.tls) common.push("--cert", this.#opts.tls.cert, "--key", this.#opts.tls.key);
+    if (this.#opts.oauth) common.push("--oauth", this.#opts.oauth);
     // Azurite refuses --location together with --inMemoryPersistence.
     common.push(
       ...(this.#opts.inMemory ? ["--inMemoryPersistence"] : ["--location", this.location]),

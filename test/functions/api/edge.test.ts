@@ -295,6 +295,8 @@ describe("openapi.json", () => {
         "GET /api/v1/nodes listNodes",
         "GET /api/v1/nodes/{name} getNode",
         "GET /api/v1/nodes/{name}/desired getDesiredState",
+        "GET /api/agent/install.sh getAgentInstallScript",
+        "GET /api/agent/pagedisk.mjs getAgentBundle",
         "GET /api/v1/tokens listTokens",
         "POST /api/v1/nodes/join joinNode",
         "POST /api/v1/nodes/{name}/cordon cordonNode",

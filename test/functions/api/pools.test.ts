@@ -35,7 +35,10 @@ describe("pools", () => {
       health: "UNKNOWN",
       usage: "IN_USE",
     });
-    expect(pool.auth.connectionString).toContain("AccountKey=***");
+    expect(pool.auth.kind).toBe("connectionString");
+    expect(pool.auth.kind === "connectionString" && pool.auth.connectionString).toContain(
+      "AccountKey=***",
+    );
     expect(text).not.toContain(cp.azurite.accountKey);
     expect(await cp.blobs.getContainerClient("east-disks").exists()).toBe(true);
   });

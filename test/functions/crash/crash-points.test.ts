@@ -1,6 +1,7 @@
 /**
  * A crash injected before every durable step of attach, detach and the
- * sweeper's fence + failover leaves a state that the next sweep repairs:
+ * sweeper's fence + failover (the nodes' desired-state generation bumps
+ * included) leaves a state that the next sweep repairs:
  * no volume stuck in ATTACHING/DETACHING/FENCING, no lease the registry
  * does not know about, and a further sweep changes nothing.
  *
@@ -18,6 +19,7 @@ import { attachVolume } from "../../../functions/arbiter/attach.ts";
 import { detachVolume } from "../../../functions/arbiter/detach.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
 import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
@@ -103,6 +105,11 @@ async function attachByApi(name: string, node: string): Promise<void> {
 
 async function record(name: string): Promise<VolumeRecord> {
   return (await volumes(fx.registry).get(name))!.value;
+}
+
+/** The node's desired-state generation as stored. */
+async function generation(node: string): Promise<number> {
+  return generationOf((await nodes(fx.registry).get(node))!.value);
 }
 
 function replicaBlobs(v: VolumeRecord): PageBlobClient[] {
@@ -195,15 +202,24 @@ let serial = 0;
 const fresh = (prefix: string) => `${prefix}-${serial++}`;
 
 describe("attach", () => {
-  const STEPS = ["claim", "take-lease 0", "take-lease 1", "mark-attached", "note volume-attached"];
+  const STEPS = [
+    "claim",
+    "take-lease 0",
+    "take-lease 1",
+    "mark-attached",
+    "bump-generation attached",
+    "note volume-attached",
+  ];
 
   it("goes through exactly these steps", async () => {
     const name = fresh("a");
     await createVolume(name);
+    const before = await generation("n-a");
     const run = crashBefore("");
     await attachVolume(run.cp, name, "n-a");
     expect(ordered(run.seen)).toEqual(STEPS);
     await expectSettled(name, "n-a");
+    expect(await generation("n-a")).toBe(before + 1);
   });
 
   it.each([
@@ -211,6 +227,8 @@ describe("attach", () => {
     ["take-lease 0", "DETACHED", null],
     ["take-lease 1", "DETACHED", null],
     ["mark-attached", "DETACHED", null],
+    // The agent learns of this one at its next full fetch of the desired state.
+    ["bump-generation attached", "ATTACHED to n-a", "n-a"],
     ["note volume-attached", "ATTACHED to n-a", "n-a"],
   ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
     const name = fresh("a");
@@ -224,7 +242,14 @@ describe("attach", () => {
 });
 
 describe("detach", () => {
-  const STEPS = ["claim", "drop-lease 0", "drop-lease 1", "mark-detached", "note volume-detached"];
+  const STEPS = [
+    "claim",
+    "bump-generation detached",
+    "drop-lease 0",
+    "drop-lease 1",
+    "mark-detached",
+    "note volume-detached",
+  ];
 
   async function attached(): Promise<string> {
     const name = fresh("d");
@@ -236,14 +261,18 @@ describe("detach", () => {
 
   it("goes through exactly these steps", async () => {
     const name = await attached();
+    const before = await generation("n-a");
     const run = crashBefore("");
     await detachVolume(run.cp, name);
     expect(ordered(run.seen)).toEqual(STEPS);
     await expectSettled(name, null);
+    expect(await generation("n-a")).toBe(before + 1);
   });
 
   it.each([
     ["claim", "ATTACHED to n-a", "n-a"],
+    // The sweep finishing the detach bumps the generation the crash left unbumped.
+    ["bump-generation detached", "DETACHED", null],
     ["drop-lease 0", "DETACHED", null],
     ["drop-lease 1", "DETACHED", null],
     ["mark-detached", "DETACHED", null],
@@ -282,6 +311,7 @@ describe("fence and automatic failover", () => {
     "note node-suspect",
     "note node-lost",
     "mark-fencing",
+    "bump-generation fenced",
     "note volume-fenced",
     "drop-lease 0",
     "drop-lease 1",
@@ -289,23 +319,29 @@ describe("fence and automatic failover", () => {
     "take-lease 0",
     "take-lease 1",
     "mark-attached",
+    "bump-generation attached",
     "note volume-failed-over",
   ];
 
   it("goes through exactly these steps", async () => {
     const name = await orphanedVolume(SPEC);
+    const src = (await record(name)).status.ownerNode!;
+    const [fromBefore, toBefore] = [await generation(src), await generation("n-b")];
     const run = crashBefore("");
     const report = await sweep(run.cp, POLICY);
     expect(report.failedOver).toEqual([name]);
     expect(ordered(run.seen)).toEqual(STEPS);
     expect(run.reported).toEqual([]);
     await expectSettled(name, "n-b");
+    expect(await generation(src)).toBe(fromBefore + 1);
+    expect(await generation("n-b")).toBe(toBefore + 1);
   });
 
   it.each([
     ["note node-suspect", "ATTACHED to n-b", "n-b"],
     ["note node-lost", "ATTACHED to n-b", "n-b"],
     ["mark-fencing", "ATTACHED to n-b", "n-b"],
+    ["bump-generation fenced", "ATTACHED to n-b", "n-b"],
     ["note volume-fenced", "ATTACHED to n-b", "n-b"],
     ["drop-lease 0", "ATTACHED to n-b", "n-b"],
     ["drop-lease 1", "ATTACHED to n-b", "n-b"],
@@ -315,6 +351,7 @@ describe("fence and automatic failover", () => {
     ["take-lease 0", "ATTACHED to n-b", "n-b"],
     ["take-lease 1", "ATTACHED to n-b", "n-b"],
     ["mark-attached", "ATTACHED to n-b", "n-b"],
+    ["bump-generation attached", "ATTACHED to n-b", "n-b"],
     ["note volume-failed-over", "ATTACHED to n-b", "n-b"],
   ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
     const name = await orphanedVolume(SPEC);
@@ -335,6 +372,7 @@ describe("fence with manual failover", () => {
     "note node-suspect",
     "note node-lost",
     "mark-fencing",
+    "bump-generation fenced",
     "note volume-fenced",
     "drop-lease 0",
     "drop-lease 1",

@@ -1,0 +1,54 @@
+/**
+ * In-process wake-ups for held desired-state requests: a bump of a node's
+ * generation made by this process wakes, at once, the requests of that node
+ * waiting in this process. Bumps made by other Functions instances are not
+ * seen here; the waiting request finds those by re-reading the node row.
+ *
+ * One set of waiters per registry object. The app and the timers of one
+ * host share their registry (runtime.ts), so a failover by this host's
+ * sweeper wakes the agents' held requests; apps built over other registry
+ * objects (tests build several in one process) never wake each other's.
+ */
+import type { Registry } from "../registry/tables.ts";
+
+export interface DesiredChanges {
+  /** Wake every request of `node` waiting in this process. */
+  notify(node: string): void;
+  /** Call `wake` at every later `notify(node)` until the returned function is called. */
+  subscribe(node: string, wake: () => void): () => void;
+  /** Requests of `node` waiting now; for tests and metrics. */
+  waiting(node: string): number;
+}
+
+const byRegistry = new WeakMap<Registry, DesiredChanges>();
+
+/** The waiters of `registry`, made on first use. */
+export function desiredChanges(registry: Registry): DesiredChanges {
+  let changes = byRegistry.get(registry);
+  if (!changes) {
+    changes = newDesiredChanges();
+    byRegistry.set(registry, changes);
+  }
+  return changes;
+}
+
+function newDesiredChanges(): DesiredChanges {
+  const waiters = new Map<string, Set<() => void>>();
+  return {
+    notify(node) {
+      for (const wake of [...(waiters.get(node) ?? [])]) wake();
+    },
+    subscribe(node, wake) {
+      let set = waiters.get(node);
+      if (!set) waiters.set(node, (set = new Set()));
+      // A wrapper per subscription, so the same function subscribed twice is two waiters.
+      const entry = () => wake();
+      set.add(entry);
+      return () => {
+        set.delete(entry);
+        if (set.size === 0 && waiters.get(node) === set) waiters.delete(node);
+      };
+    },
+    waiting: (node) => waiters.get(node)?.size ?? 0,
+  };
+}

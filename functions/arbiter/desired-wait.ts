@@ -1,0 +1,80 @@
+/**
+ * Long polling of the desired state: an agent that has applied generation
+ * `after` asks to be answered only once its node's generation differs, or
+ * after `waitMs`, whichever comes first. A bump made by this process wakes
+ * the request at once (desired-changes.ts); one made by another Functions
+ * instance is found by re-reading the node row every `recheckMs`.
+ *
+ * Bumps follow the volume writes they announce, so the desired state read
+ * after the wait is at least as new as the generation it is answered with:
+ * an agent may see a change before its bump, never a bump before its change.
+ */
+import type { ControlPlane } from "../control-plane.ts";
+import { generationOf, type NodeRecord, nodes } from "../registry/nodes.ts";
+import type { Read } from "../registry/rows.ts";
+import { desiredChanges } from "./desired-changes.ts";
+
+/** How often a held request re-reads its node: the longest a bump made elsewhere goes unseen. */
+export const DESIRED_RECHECK_MS = 5_000;
+
+export interface DesiredWait {
+  /** The generation the agent has; undefined answers at once. */
+  after: number | undefined;
+  /** Longest hold; 0 answers at once. */
+  waitMs: number;
+  /** Aborted when the client goes away: the wait ends and lets go of its timers and listeners. */
+  signal: AbortSignal;
+  recheckMs?: number;
+}
+
+/** The node as it is when the wait ends: changed, timed out, or the client gone. */
+export async function awaitDesiredChange(
+  cp: ControlPlane,
+  read: Read<NodeRecord>,
+  wait: DesiredWait,
+): Promise<NodeRecord> {
+  const { after, waitMs, signal } = wait;
+  let node = read.value;
+  if (after === undefined || waitMs === 0 || generationOf(node) !== after || signal.aborted)
+    return node;
+
+  const table = nodes(cp.registry);
+  let woken = false;
+  let expired = false;
+  let wake: (() => void) | undefined;
+  let recheck: ReturnType<typeof setTimeout> | undefined;
+  const unsubscribe = desiredChanges(cp.registry).subscribe(node.name, () => {
+    woken = true;
+    wake?.();
+  });
+  const onAbort = () => wake?.();
+  signal.addEventListener("abort", onAbort);
+  const deadline = setTimeout(() => {
+    expired = true;
+    wake?.();
+  }, waitMs);
+  try {
+    // Subscribed first, then read: a bump is either in this read or wakes the wait.
+    let fresh = await table.get(node.name);
+    while (fresh && generationOf(fresh.value) === after && !expired && !signal.aborted) {
+      node = fresh.value;
+      await new Promise<void>((resolve) => {
+        if (woken || expired || signal.aborted) return resolve();
+        wake = resolve;
+        recheck = setTimeout(resolve, wait.recheckMs ?? DESIRED_RECHECK_MS);
+      });
+      clearTimeout(recheck);
+      wake = undefined;
+      woken = false;
+      if (signal.aborted) return node;
+      fresh = await table.get(node.name);
+    }
+    // A node removed meanwhile is answered as last seen; its credential no longer works anyway.
+    return fresh?.value ?? node;
+  } finally {
+    clearTimeout(deadline);
+    clearTimeout(recheck);
+    signal.removeEventListener("abort", onAbort);
+    unsubscribe();
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * A control plane with no account key anywhere, over Azurite with HTTPS and
+ * `--oauth basic`: the registry opened with a token credential
+ * (PAGEDISK_REGISTRY_ACCOUNT_URL), a pool registered by account URL and
+ * reached with the same credential, and agents handed user delegation SAS
+ * URLs that allow exactly read and write of their one blob.
+ */
+import { randomBytes } from "node:crypto";
+import { TableClient } from "@azure/data-tables";
+import {
+  AnonymousCredential,
+  BlobServiceClient,
+  type ContainerClient,
+  PageBlobClient,
+} from "@azure/storage-blob";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { DesiredState, JoinResponse } from "../../../contract/node.ts";
+import type { Pool } from "../../../contract/pool.ts";
+import type { IssuedToken } from "../../../contract/token.ts";
+import type { Volume } from "../../../contract/volume.ts";
+import { openPageBlob } from "../../../agent/pageblob/connect.ts";
+import { isStorageError } from "../../../agent/pageblob/errors.ts";
+import { openRegistry } from "../../../functions/registry/tables.ts";
+import { restCode, restStatus } from "../../../functions/rest-error.ts";
+import { openRuntime, type Runtime } from "../../../functions/runtime.ts";
+import { settingsFrom } from "../../../functions/settings.ts";
+import { type Azurite, startAzurite } from "../../harness/azurite.ts";
+import { errorOf, jsonOf } from "../fixture.ts";
+import { makeTestCertificate, type TestCertificate, trustInThisProcess } from "./https.ts";
+import { expiredIdentity, type TestIdentity, testIdentity } from "./token.ts";
+
+const ADMIN_KEY = randomBytes(24).toString("base64url");
+
+let cert: TestCertificate;
+let azurite: Azurite;
+let identity: TestIdentity;
+let runtime: Runtime;
+const reported: unknown[] = [];
+/** The account as its owner sees it (shared key), to check what the control plane did. */
+let outside: ContainerClient;
+
+beforeAll(async () => {
+  cert = await makeTestCertificate();
+  trustInThisProcess(cert.pem);
+  azurite = await startAzurite({
+    table: true,
+    inMemory: true,
+    tls: { cert: cert.cert, key: cert.key },
+    oauth: "basic",
+  });
+  identity = testIdentity();
+  const settings = settingsFrom({
+    PAGEDISK_REGISTRY_ACCOUNT_URL: azurite.tableEndpoint,
+    PAGEDISK_ADMIN_KEY: ADMIN_KEY,
+  });
+  runtime = await openRuntime(settings, {
+    credential: identity,
+    report: (err) => reported.push(err),
+  });
+  outside = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(
+    "mi-disks",
+  );
+});
+afterAll(async () => {
+  await azurite?.dispose();
+  await cert?.dispose();
+});
+
+function call(method: string, path: string, body?: unknown, bearer = ADMIN_KEY) {
+  return runtime.app.request(path, {
+    method,
+    headers: { authorization: `Bearer ${bearer}`, "content-type": "application/json" },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+}
+
+const registerMi = (name: string, container: string, accountUrl: string) =>
+  call("POST", "/api/v1/pools", { name, container, auth: { kind: "managedIdentity", accountUrl } });
+
+describe("managed identity", () => {
+  it("opens the registry with the token credential: tables made, rows written and read", async () => {
+    expect(identity.requestedScopes.length).toBeGreaterThan(0);
+    expect(identity.requestedScopes.flat()).toContain("https://storage.azure.com/.default");
+    const row = { partitionKey: "probe", rowKey: "1", note: "written under a token" };
+    await runtime.cp.registry.events.createEntity(row);
+    expect(await runtime.cp.registry.events.getEntity("probe", "1")).toMatchObject(row);
+    await runtime.cp.registry.events.deleteEntity("probe", "1");
+  });
+
+  it("the registry's account refuses a token Azurite cannot accept", async () => {
+    const err = await openRegistry(
+      { tableUrl: azurite.tableEndpoint!, credential: expiredIdentity() },
+      { prefix: "expired" },
+    ).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(restStatus(err)).toBe(403);
+    // Nothing was made under the refused token.
+    const tables = new TableClient(azurite.tableEndpoint!, "expiredpools", identity);
+    const missing = await tables.listEntities().next().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(restStatus(missing)).toBe(404);
+  });
+
+  it("registers a pool by account URL: container made with the token, view shows the URL", async () => {
+    const res = await registerMi("mi", "mi-disks", `${azurite.blobEndpoint}/`);
+    const pool = await jsonOf<Pool>(res, 201);
+    expect(pool).toMatchObject({
+      name: "mi",
+      account: "devstoreaccount1",
+      blobEndpoint: azurite.blobEndpoint,
+      container: "mi-disks",
+      auth: { kind: "managedIdentity", accountUrl: azurite.blobEndpoint },
+    });
+    expect(await outside.exists()).toBe(true);
+    const shown = await jsonOf<Pool>(await call("GET", "/api/v1/pools/mi"), 200);
+    expect(shown.auth).toEqual({ kind: "managedIdentity", accountUrl: azurite.blobEndpoint });
+  });
+
+  it("refuses account URLs that are not https or carry a query, and registers nothing", async () => {
+    const before = await jsonOf<{ items: Pool[] }>(await call("GET", "/api/v1/pools"), 200);
+    for (const accountUrl of [
+      "http://example.com/devstoreaccount1",
+      `${azurite.blobEndpoint}?sv=2025-01-05&sig=abc`,
+      "https://user:pw@acct.blob.core.windows.net",
+      "not a url",
+    ]) {
+      const err = await errorOf(await registerMi("bad", "bad-disks", accountUrl), 400);
+      expect(err.code).toBe("InvalidRequest");
+      expect(err.message).toMatch(/^body\.auth\.accountUrl: account URL /);
+    }
+    const twin = await errorOf(await registerMi("mi-twin", "mi-disks", azurite.blobEndpoint), 409);
+    expect(twin.code).toBe("PoolExists");
+    const after = await jsonOf<{ items: Pool[] }>(await call("GET", "/api/v1/pools"), 200);
+    expect(after).toEqual(before);
+  });
+
+  let volume: Volume;
+  let desired: DesiredState;
+  let credential: string;
+
+  it("creates a volume's blob with the token and hands its writer a user delegation SAS", async () => {
+    volume = await jsonOf<Volume>(
+      await call("POST", "/api/v1/volumes", { name: "data", sizeBytes: 1 << 20, pools: ["mi"] }),
+      201,
+    );
+    const [replica] = volume.status.replicas;
+    const blob = outside.getPageBlobClient(`data/${replica!.id}`);
+    expect((await blob.getProperties()).contentLength).toBe(1 << 20);
+
+    const token = await jsonOf<IssuedToken>(await call("POST", "/api/v1/tokens", {}), 201);
+    const joined = await jsonOf<JoinResponse>(
+      await call("POST", "/api/v1/nodes/join", { name: "vm-1" }, token.token),
+      201,
+    );
+    credential = joined.credential;
+    expect((await call("POST", "/api/v1/volumes/data/attach", { node: "vm-1" })).status).toBe(200);
+    desired = await jsonOf<DesiredState>(
+      await call("GET", "/api/v1/nodes/vm-1/desired", undefined, credential),
+      200,
+    );
+    const url = new URL(desired.attachments[0]!.replicas[0]!.url!);
+    expect(`${url.origin}${url.pathname}`).toBe(`${azurite.blobEndpoint}/mi-disks/data/${replica!.id}`);
+    // A user delegation SAS: signed with a key given to this identity, not with an account key.
+    expect(url.searchParams.get("skoid")).toBe(identity.objectId);
+    expect(url.searchParams.get("sp")).toBe("rw");
+    expect(url.searchParams.get("sr")).toBe("b");
+    expect(url.searchParams.get("spr")).toBe("https");
+    expect(Date.parse(url.searchParams.get("se")!)).toBe(
+      Date.parse(desired.attachments[0]!.sasExpiresAt),
+    );
+    expect(Date.parse(url.searchParams.get("se")!) - Date.now()).toBeLessThanOrEqual(3600_000);
+    expect(reported).toEqual([]);
+  });
+
+  it("reuses the delegation key: the next desired state is signed with the same key", async () => {
+    const again = await jsonOf<DesiredState>(
+      await call("GET", "/api/v1/nodes/vm-1/desired", undefined, credential),
+      200,
+    );
+    const first = new URL(desired.attachments[0]!.replicas[0]!.url!).searchParams;
+    const second = new URL(again.attachments[0]!.replicas[0]!.url!).searchParams;
+    for (const field of ["skoid", "sktid", "skt", "ske"]) expect(second.get(field)).toBe(first.get(field));
+  });
+
+  it("the SAS writes and reads its blob (our undici client), and can neither delete it nor touch another", async () => {
+    const attachment = desired.attachments[0]!;
+    const sasUrl = attachment.replicas[0]!.url!;
+    const blob = openPageBlob(sasUrl);
+    try {
+      const data = randomBytes(4096);
+      await blob.putPages(8192, data, { leaseId: attachment.leaseId });
+      expect(Buffer.from(await blob.read(8192, 4096))).toEqual(data);
+    } finally {
+      await blob.close();
+    }
+
+    const sdk = new PageBlobClient(sasUrl, new AnonymousCredential());
+    const refused = await sdk.delete({ conditions: { leaseId: attachment.leaseId } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(restStatus(refused)).toBe(403);
+    expect(restCode(refused)).toBe("AuthorizationPermissionMismatch");
+    expect(await outside.getPageBlobClient(new URL(sasUrl).pathname.split("/mi-disks/")[1]!).exists()).toBe(true);
+
+    // Another blob in the same container, with this SAS on its URL.
+    await outside.getPageBlobClient("other/blob").create(4096);
+    const other = new URL(sasUrl);
+    other.pathname = other.pathname.replace(/\/mi-disks\/.*$/, "/mi-disks/other/blob");
+    const foreign = openPageBlob(other.toString());
+    try {
+      const write = await foreign.putPages(0, randomBytes(512)).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isStorageError(write) && write.status).toBe(403);
+      const read = await foreign.read(0, 512).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isStorageError(read) && read.status).toBe(403);
+    } finally {
+      await foreign.close();
+    }
+    expect(reported).toEqual([]);
+  });
+});

@@ -1,0 +1,58 @@
+/**
+ * Which registry account the settings name: a connection string, or a
+ * Table endpoint under the managed identity, and a clear refusal of
+ * anything else.
+ */
+import { describe, expect, it } from "vitest";
+import { settingsFrom } from "../../../functions/settings.ts";
+
+const CS = "UseDevelopmentStorage=true";
+
+describe("registry account settings", () => {
+  it("takes PAGEDISK_REGISTRY_ACCOUNT_URL as a Table endpoint reached with the identity", () => {
+    expect(
+      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net/" })
+        .registry,
+    ).toEqual({ tableUrl: "https://acct.table.core.windows.net" });
+  });
+
+  it("keeps connection strings, PAGEDISK_REGISTRY_CONNECTION_STRING before AzureWebJobsStorage", () => {
+    expect(settingsFrom({ AzureWebJobsStorage: CS }).registry).toEqual({ connectionString: CS });
+    expect(
+      settingsFrom({ PAGEDISK_REGISTRY_CONNECTION_STRING: "a", AzureWebJobsStorage: CS }).registry,
+    ).toEqual({ connectionString: "a" });
+  });
+
+  it("accepts the Functions host's identity-based AzureWebJobsStorage forms", () => {
+    expect(settingsFrom({ AzureWebJobsStorage__accountName: "fnstore01" }).registry).toEqual({
+      tableUrl: "https://fnstore01.table.core.windows.net",
+    });
+    expect(
+      settingsFrom({
+        AzureWebJobsStorage__tableServiceUri: "https://other.table.core.windows.net",
+        AzureWebJobsStorage__accountName: "fnstore01",
+      }).registry,
+    ).toEqual({ tableUrl: "https://other.table.core.windows.net" });
+  });
+
+  it("refuses both at once, neither, a bad URL or a bad account name, naming the settings", () => {
+    expect(() =>
+      settingsFrom({
+        PAGEDISK_REGISTRY_CONNECTION_STRING: CS,
+        PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net",
+      }),
+    ).toThrow(/PAGEDISK_REGISTRY_ACCOUNT_URL .* or PAGEDISK_REGISTRY_CONNECTION_STRING .*not both/);
+    expect(() => settingsFrom({})).toThrow(
+      /PAGEDISK_REGISTRY_ACCOUNT_URL.*PAGEDISK_REGISTRY_CONNECTION_STRING/,
+    );
+    expect(() =>
+      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "http://acct.table.core.windows.net" }),
+    ).toThrow(/^PAGEDISK_REGISTRY_ACCOUNT_URL must be .*: must be https/);
+    expect(() =>
+      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net?sig=x" }),
+    ).toThrow(/no SAS/);
+    expect(() => settingsFrom({ AzureWebJobsStorage__accountName: "Not-A-Name" })).toThrow(
+      /AzureWebJobsStorage__accountName/,
+    );
+  });
+});
