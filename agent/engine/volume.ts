@@ -3,7 +3,7 @@
  * layer as a single BlockDevice.
  *
  *   failure         EIO for everything once failed; answers pending requests
- *   meter (client)  what clients asked for
+ *   meter (client)  what clients asked for, how long it took, how many in flight
  *   align           any byte offset/length -> whole 512-byte sectors
  *   sparse          BLOCK_STATUS and reads of holes from the page map
  *   coalesce        split > 4 MiB, bounded in-flight, merge adjacent writes
@@ -47,6 +47,12 @@ import {
   isVolumeFatal,
   type VolumeFailedEvent,
 } from "./failure.ts";
+import {
+  ClientLatency,
+  type LatencyKind,
+  type LatencySnapshot,
+  type MonotonicClock,
+} from "./latency.ts";
 import { type IoCounts, ioCounts, meter } from "./meter.ts";
 import { type SparseMap, type SparseOptions, type SparseStats, sparse } from "./sparse.ts";
 import {
@@ -64,6 +70,8 @@ export interface VolumeOptions {
   onEvent?: (event: ThrottleEvent) => void;
   /** Time source for pauses and backoff (tests pass fake timers). */
   clock?: Clock;
+  /** Monotonic milliseconds for request latency (default performance.now; tests pass their own). */
+  latencyClock?: MonotonicClock;
   align?: Partial<AlignOptions>;
   coalesce?: Partial<CoalesceOptions>;
   /** `false` serves without a sparse map (every read and blockStatus goes to the backend). */
@@ -75,6 +83,10 @@ export interface VolumeOptions {
 export interface VolumeMetrics {
   /** Requests as clients made them. */
   client: IoCounts;
+  /** Client request latency by kind, cumulative since open. */
+  latency: Record<LatencyKind, LatencySnapshot>;
+  /** Client requests in flight now. */
+  queueDepth: number;
   /** Requests as they reached the backend. */
   backend: IoCounts;
   /** Requests answered with an error. */
@@ -117,6 +129,8 @@ export class Volume implements BlockDevice {
     const p = this.#parts;
     return {
       client: { ...p.client },
+      latency: p.latency.snapshot(),
+      queueDepth: p.latency.inFlight,
       backend: { ...p.backend },
       errors: this.#top.errors,
       readModifyWrites: p.align.readModifyWrites,
@@ -162,6 +176,7 @@ export class Volume implements BlockDevice {
 
 interface Parts {
   client: IoCounts;
+  latency: ClientLatency;
   backend: IoCounts;
   align: AlignLayer;
   sparse: SparseMap | undefined;
@@ -180,6 +195,7 @@ export async function openVolume(
   const latch = new FailureLatch(options.onFailed);
   const backendCounts = ioCounts();
   const clientCounts = ioCounts();
+  const latency = new ClientLatency(options.latencyClock);
   const bottom = fence(meter(backend, backendCounts), { latch });
   const throttled = throttle(bottom, {
     ...options.throttle,
@@ -190,9 +206,10 @@ export async function openVolume(
   const scheduled = coalesce(throttled, options.coalesce);
   const mapped = options.sparse === false ? undefined : sparse(scheduled, options.sparse);
   const aligned = align(mapped ?? scheduled, options.align);
-  const top = failure(meter(aligned, clientCounts), { latch });
+  const top = failure(meter(aligned, clientCounts, latency), { latch });
   const volume = new Volume(top, latch, {
     client: clientCounts,
+    latency,
     backend: backendCounts,
     align: aligned,
     sparse: mapped,
