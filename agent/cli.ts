@@ -2,6 +2,11 @@
  * Entry of the `pagedisk` binary: agent commands and management commands.
  */
 import { Command, InvalidArgumentError, Option } from "commander";
+import { agentCommand } from "./control/command.ts";
+import { AGENT_VERSION } from "./control/version.ts";
+import { openBinder } from "./host/open-binder.ts";
+import { statusApp } from "./status/app.ts";
+import { listenStatus } from "./status/listen.ts";
 import { createLogger } from "./log.ts";
 import { addManagementCommands } from "./manage/index.ts";
 import { parseDuration, parseSize, UsageError } from "./serve/args.ts";
@@ -27,7 +32,7 @@ const program = new Command();
 program
   .name("pagedisk")
   .description("Azure page blobs as Linux block devices")
-  .version("0.1.0")
+  .version(AGENT_VERSION)
   .showHelpAfterError();
 
 program
@@ -75,6 +80,12 @@ program
     }
   });
 
+program.addCommand(
+  agentCommand({
+    openBinder,
+    listenStatus: (source, listen) => listenStatus(statusApp(source), listen),
+  }),
+);
 addManagementCommands(program);
 
 await program.parseAsync(process.argv);

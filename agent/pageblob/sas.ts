@@ -29,6 +29,33 @@ export function fixedSas(query: string): SasSource {
   return { query: () => q };
 }
 
+/**
+ * A SAS given from outside that can be replaced while the blob is in use:
+ * the control plane hands its writer a fresh token before the current one
+ * expires, and the next request (a retry included) carries the new one, with
+ * no reopen of the blob and no pause of I/O.
+ */
+export class ReplaceableSas implements SasSource {
+  #query: string;
+
+  constructor(query: string) {
+    this.#query = strip(query);
+  }
+
+  query(): string {
+    return this.#query;
+  }
+
+  /** Use `query` from the next request on. */
+  replace(query: string): void {
+    this.#query = strip(query);
+  }
+}
+
+function strip(query: string): string {
+  return query.replace(/^\?/, "");
+}
+
 export interface MintedSasOptions {
   /** How long each minted token is valid. */
   lifetimeMs?: number;

@@ -4,19 +4,15 @@
  * stop accepting, drain, flush, release, exit 0; on a failed volume log the
  * event, remove the export and exit 2.
  */
-import { chmod } from "node:fs/promises";
 import { MemoryBackend } from "../engine/memory.ts";
 import { PageBlobBackend } from "../engine/pageblob-backend.ts";
-import { openVolume, type Volume } from "../engine/volume.ts";
 import type { Logger } from "../log.ts";
 import type { BlockDevice } from "../nbd/device.ts";
-import { NbdServer } from "../nbd/server.ts";
 import { openPageBlob } from "../pageblob/connect.ts";
 import { StorageError } from "../pageblob/errors.ts";
 import type { PageBlob } from "../pageblob/page-blob.ts";
 import {
   type LeaseMode,
-  type ListenAddress,
   nbdUri,
   parseLease,
   parseListen,
@@ -24,6 +20,7 @@ import {
   type Target,
   UsageError,
 } from "./args.ts";
+import { ExportListenError, exportVolume, type VolumeExport } from "./export.ts";
 
 /** Exit codes of `pagedisk serve`. */
 export const EXIT = { ok: 0, startup: 1, volumeFailed: 2 } as const;
@@ -79,9 +76,13 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
   const failedOnce = new Promise<number>((res) => {
     failed = res;
   });
-  let volume: Volume;
+  let served: VolumeExport;
   try {
-    volume = await openVolume(opened.backend, {
+    served = await exportVolume(opened.backend, {
+      name: opened.name,
+      description: opened.describe,
+      listen,
+      log,
       onFailed: (event) => {
         log.error({ ...event, volume: opened.name }, "volume failed");
         failed?.(EXIT.volumeFailed);
@@ -94,23 +95,12 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
     });
   } catch (err) {
     await releaseLease(opened, log);
+    if (err instanceof ExportListenError) {
+      throw new UsageError(`cannot listen on ${opts.listen}: ${err.message}`);
+    }
     throw err;
   }
-
-  const server = new NbdServer({
-    logger: log,
-    exports: { [opened.name]: { device: volume, description: opened.describe } },
-    defaultExport: opened.name,
-  });
-  let bound: ListenAddress;
-  try {
-    bound = await server.listen(listen);
-    if ("unix" in bound) await chmod(bound.unix, 0o600);
-  } catch (err) {
-    await volume.close().catch(() => {});
-    await releaseLease(opened, log);
-    throw new UsageError(`cannot listen on ${opts.listen}: ${(err as Error).message}`);
-  }
+  const { volume, address: bound } = served;
   const uri = nbdUri(bound, opened.name);
   log.info({ export: opened.name, size: volume.size, readOnly: volume.readOnly, uri }, "serving");
   opts.print(
@@ -120,24 +110,19 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
   const outcome = await Promise.race([stopped, failedOnce]);
   if (typeof outcome === "number") {
     // Failed: every request already gets EIO; take the export away, keep nothing.
-    await server.removeExport(opened.name);
-    await server.close();
-    await volume.close().catch(() => {});
+    await served.fail();
     // Only a deadline failure may still hold a valid lease worth giving back.
     if (volume.failure?.reason !== "retry-deadline") delete opened.ownLease;
     await releaseLease(opened, log);
     return outcome;
   }
   log.info({ signal: outcome }, "stopping: draining connections");
-  await server.close();
   let code: number = EXIT.ok;
-  try {
-    await volume.flush();
-  } catch (err) {
-    log.error({ err }, "final flush failed");
+  const flushError = await served.drain();
+  if (flushError) {
+    log.error({ err: flushError }, "final flush failed");
     code = EXIT.volumeFailed;
   }
-  await volume.close().catch((err) => log.error({ err }, "close failed"));
   if (volume.failure) {
     code = EXIT.volumeFailed;
     delete opened.ownLease;

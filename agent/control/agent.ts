@@ -1,0 +1,197 @@
+/**
+ * `pagedisk agent run`: the daemon of one VM. It joins once (node.json),
+ * then heartbeats, learns its desired state, and serves every volume the
+ * control plane gives it, straight to the page blobs.
+ *
+ * The data path never depends on the control plane: while it is away the
+ * volumes keep serving, and the agent never releases a volume on its own nor
+ * touches a lease. On SIGTERM/SIGINT it stops its loops, drains and flushes
+ * every export and exits 0, leaving the kernel bindings recorded: systemd
+ * restarts it and the new agent adopts them. After a `kill -9` the same
+ * happens with no flush (the binder replaces bindings it cannot reuse).
+ */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { Node } from "../../contract/node.ts";
+import type { KernelBinder } from "../host/binding.ts";
+import type { Logger } from "../log.ts";
+import type { ApiClientError } from "./api-client.ts";
+import { DesiredLoop } from "./desired-loop.ts";
+import { EventQueue } from "./event-queue.ts";
+import { hostFacts } from "./facts.ts";
+import { HeartbeatLoop } from "./heartbeat-loop.ts";
+import { joinCluster } from "./join.ts";
+import { NodeClient } from "./node-client.ts";
+import { Reconciler } from "./reconcile.ts";
+import type { ServedVolume } from "./served-volume.ts";
+import type { ServedVolume as StatusVolume, StatusSource } from "../status/source.ts";
+import { AGENT_VERSION } from "./version.ts";
+
+/** Exit codes of `pagedisk agent run` and `agent join`. */
+export const AGENT_EXIT = {
+  ok: 0,
+  /** Could not start, or the control plane refused the join. */
+  failed: 1,
+  /** The command line is wrong; nothing was done. */
+  usage: 2,
+  /** The control plane refused the node's credential (removed or revoked). */
+  rejected: 3,
+} as const;
+
+export type KernelMode = "auto" | "nbd" | "fuse" | "none";
+
+export interface AgentOptions {
+  /** API root (control-plane-url.ts). */
+  apiUrl: string;
+  stateDir: string;
+  token?: string | undefined;
+  name?: string | undefined;
+  kernel: KernelMode;
+  /** `unix:PATH` or `tcp:127.0.0.1:PORT`. */
+  statusListen: string;
+  heartbeatIntervalMs: number;
+  log: Logger;
+  /** Where the one human line goes (stdout). */
+  print: (line: string) => void;
+}
+
+/** The parts of the agent that live in other folders, passed in by the CLI. */
+export interface AgentParts {
+  openBinder(opts: { stateDir: string; mode: KernelMode; log: Logger }): Promise<KernelBinder>;
+  /** Serve the status API for `source` on `listen` (unix:PATH or tcp:HOST:PORT). */
+  listenStatus?(
+    source: StatusSource,
+    listen: string,
+  ): Promise<{ address: string; close(): Promise<void> }>;
+}
+
+/** Run until a signal or a refused credential; resolves with the exit code. */
+export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<number> {
+  const { log } = opts;
+  const signalled = onceSignalled();
+  const { identity } = await joinCluster({
+    apiUrl: opts.apiUrl,
+    stateDir: opts.stateDir,
+    token: opts.token,
+    name: opts.name,
+    log,
+  });
+  await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
+  // `none` serves exports only (a test, or a VM that binds them by hand): no binder at all.
+  const binder =
+    opts.kernel === "none"
+      ? undefined
+      : await parts.openBinder({ stateDir: opts.stateDir, mode: opts.kernel, log });
+  const kernel = binder?.kind ?? "none";
+
+  const events = new EventQueue();
+  const reconciler = new Reconciler({
+    node: identity.node,
+    socketDir: join(opts.stateDir, "sockets"),
+    binder: binder?.kind === "none" ? undefined : binder,
+    log,
+    report: (event) => events.push(event),
+  });
+  const client = new NodeClient({
+    apiUrl: identity.controlPlane,
+    node: identity.node,
+    credential: identity.credential,
+  });
+
+  let rejected: (err: ApiClientError) => void = () => {};
+  const refused = new Promise<ApiClientError>((res) => {
+    rejected = res;
+  });
+  const desired = new DesiredLoop({
+    client,
+    intervalMs: opts.heartbeatIntervalMs,
+    apply: (state) => reconciler.apply(state),
+    onRejected: (err) => rejected(err),
+    log,
+  });
+  const heartbeat = new HeartbeatLoop({
+    client,
+    intervalMs: opts.heartbeatIntervalMs,
+    agentVersion: AGENT_VERSION,
+    facts: hostFacts(),
+    volumes: () => reconciler.reports(),
+    delivered: (sent) => reconciler.delivered(sent),
+    events,
+    onAnswer: (node: Node) => desired.nudge(node.desiredGeneration),
+    onRejected: (err) => rejected(err),
+    log,
+  });
+
+  const status = await parts.listenStatus?.(
+    {
+      node: () => ({
+        name: identity.node,
+        version: AGENT_VERSION,
+        controlPlane: identity.controlPlane,
+        connected: heartbeat.connected,
+        lastHeartbeatAt: heartbeat.lastHeartbeatAt,
+      }),
+      volumes: () => reconciler.volumes().flatMap(statusOf),
+    },
+    opts.statusListen,
+  );
+  heartbeat.start();
+  desired.start();
+  log.info(
+    { node: identity.node, controlPlane: identity.controlPlane, kernel, status: status?.address },
+    "agent running",
+  );
+  opts.print(
+    `pagedisk agent: node ${identity.node} running with control plane ${identity.controlPlane} (kernel ${kernel}${status ? `, status ${status.address}` : ""})`,
+  );
+
+  const outcome = await Promise.race([signalled, refused]);
+  const code = typeof outcome === "string" ? AGENT_EXIT.ok : AGENT_EXIT.rejected;
+  log.info(
+    typeof outcome === "string" ? { signal: outcome } : { code: outcome.code },
+    "agent stopping: draining exports, keeping kernel bindings",
+  );
+  await desired.stop();
+  await heartbeat.stop();
+  await reconciler.stop();
+  await status?.close().catch((err: unknown) => log.warn({ err }, "status API close failed"));
+  await binder?.close().catch((err: unknown) => log.warn({ err }, "kernel binder close failed"));
+  log.info({ code }, "agent stopped");
+  return code;
+}
+
+/** A volume as the status API shows it; one refused before it was ever opened has no numbers to show. */
+function statusOf(v: ServedVolume): StatusVolume[] {
+  const opened = v.metrics();
+  if (!opened) return [];
+  return [
+    {
+      name: v.name,
+      epoch: v.epoch,
+      state: v.state,
+      sizeBytes: v.sizeBytes,
+      socket: v.socket,
+      device: v.device,
+      metrics: () => v.metrics() ?? opened,
+    },
+  ];
+}
+
+/**
+ * Resolves with the first SIGTERM/SIGINT. Installed before anything starts,
+ * so a signal during startup ends in the same clean stop; a second one
+ * while draining means "now".
+ */
+function onceSignalled(): Promise<NodeJS.Signals> {
+  return new Promise((res) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.removeListener("SIGTERM", onSignal);
+      process.removeListener("SIGINT", onSignal);
+      process.once("SIGTERM", () => process.exit(AGENT_EXIT.failed));
+      process.once("SIGINT", () => process.exit(AGENT_EXIT.failed));
+      res(signal);
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}

@@ -1,0 +1,78 @@
+/**
+ * `<stateDir>/node.json`: who this agent is in the cluster, saved once at
+ * join. It holds the node's credential, the only secret the agent keeps, so
+ * the directory is 0700 and the file 0600, and it is written whole or not at
+ * all (temp file + rename): a crash mid-write never leaves a node that has
+ * joined but lost its credential.
+ */
+import { randomBytes } from "node:crypto";
+import { chmod, mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+
+/** What `node.json` holds. */
+export interface NodeIdentity {
+  /** The API root the node joined, e.g. `https://app.example/api/v1`. */
+  controlPlane: string;
+  /** The node's name in the cluster. */
+  node: string;
+  /** `pdn_<node>_<secret>`, sent as `Authorization: Bearer`. */
+  credential: string;
+}
+
+/** node.json exists but cannot be used; nothing was changed. */
+export class NodeFileError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "NodeFileError";
+  }
+}
+
+export function nodeFilePath(stateDir: string): string {
+  return join(stateDir, "node.json");
+}
+
+/** The saved identity, or undefined when the node has not joined yet. */
+export async function readNodeIdentity(stateDir: string): Promise<NodeIdentity | undefined> {
+  const file = nodeFilePath(stateDir);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new NodeFileError(`cannot read ${file}: ${(err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new NodeFileError(`${file} is not JSON; remove it and join again`);
+  }
+  const { controlPlane, node, credential } = (parsed ?? {}) as Record<string, unknown>;
+  if (typeof controlPlane !== "string" || typeof node !== "string" || typeof credential !== "string") {
+    throw new NodeFileError(`${file} must hold { controlPlane, node, credential } strings`);
+  }
+  return { controlPlane, node, credential };
+}
+
+/** Create the state dir (0700) if needed and write node.json atomically (0600). */
+export async function saveNodeIdentity(stateDir: string, identity: NodeIdentity): Promise<void> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  // `mode` applies only to directories mkdir creates; an existing one may be laxer.
+  await chmod(stateDir, 0o700);
+  const file = nodeFilePath(stateDir);
+  const temp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
+  try {
+    // Created 0600 from the start: the secret is never readable by others, not even briefly.
+    const handle = await open(temp, "wx", 0o600);
+    try {
+      await handle.writeFile(`${JSON.stringify(identity, null, 2)}\n`);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, file);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw err;
+  }
+}

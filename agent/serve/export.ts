@@ -1,0 +1,117 @@
+/**
+ * One volume served over NBD: the engine stack over a backend, an NbdServer
+ * with that one export, listening on a unix socket (mode 0600) or TCP. Shared
+ * by `pagedisk serve` (one volume per process) and the agent daemon (one
+ * export per attached volume), so both open, fail and stop a volume alike:
+ *
+ * - fail():  every request already gets EIO; the export goes away, nothing is flushed;
+ * - drain(): stop accepting, let connections finish, flush, close.
+ *
+ * Neither touches a lease: whoever took it (serve's `--lease auto`, the
+ * control plane for the agent) gives it back.
+ */
+import { chmod } from "node:fs/promises";
+import type { VolumeFailedEvent } from "../engine/failure.ts";
+import type { ThrottleEvent } from "../engine/throttle.ts";
+import { openVolume, type Volume, type VolumeOptions } from "../engine/volume.ts";
+import type { Logger } from "../log.ts";
+import type { BlockDevice } from "../nbd/device.ts";
+import { type BoundAddress, type ListenAddress, NbdServer } from "../nbd/server.ts";
+
+/** The socket could not be bound (in use, no such directory...); the volume was closed again. */
+export class ExportListenError extends Error {
+  constructor(message: string, cause: unknown) {
+    super(message, { cause });
+    this.name = "ExportListenError";
+  }
+}
+
+export interface VolumeExportOptions {
+  /** Export name clients ask for (also the default export). */
+  name: string;
+  /** Shown to clients that list exports, and in logs. */
+  description: string;
+  listen: ListenAddress;
+  log: Logger;
+  /** Fired once when the volume fails; call `fail()` from there. */
+  onFailed: (event: VolumeFailedEvent) => void;
+  onEvent?: (event: ThrottleEvent) => void;
+  throttle?: VolumeOptions["throttle"];
+}
+
+export class VolumeExport {
+  readonly name: string;
+  readonly volume: Volume;
+  readonly server: NbdServer;
+  readonly address: BoundAddress;
+  #ended: Promise<void> | undefined;
+
+  /** @internal use exportVolume() */
+  constructor(name: string, volume: Volume, server: NbdServer, address: BoundAddress) {
+    this.name = name;
+    this.volume = volume;
+    this.server = server;
+    this.address = address;
+  }
+
+  /** The failed volume's export goes away; its clients' connections are closed. Idempotent. */
+  fail(): Promise<void> {
+    this.#ended ??= (async () => {
+      await this.server.removeExport(this.name);
+      await this.server.close();
+      await this.volume.close().catch(() => {});
+    })();
+    return this.#ended;
+  }
+
+  /**
+   * Stop accepting, let the connections finish, flush, close. Resolves with
+   * the flush error when the last flush failed (the data may not be durable).
+   */
+  async drain(): Promise<Error | undefined> {
+    let flushError: Error | undefined;
+    this.#ended ??= (async () => {
+      await this.server.close();
+      try {
+        await this.volume.flush();
+      } catch (err) {
+        flushError = err as Error;
+      }
+      await this.volume.close().catch(() => {});
+    })();
+    await this.#ended;
+    return flushError;
+  }
+}
+
+/**
+ * Open the engine over `backend` and serve it. Rejects with the engine's
+ * error when the volume cannot be opened (fatal ones fire `onFailed` too),
+ * or with ExportListenError when the address cannot be bound.
+ */
+export async function exportVolume(
+  backend: BlockDevice,
+  opts: VolumeExportOptions,
+): Promise<VolumeExport> {
+  const volume = await openVolume(backend, {
+    onFailed: opts.onFailed,
+    ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
+    ...(opts.throttle ? { throttle: opts.throttle } : {}),
+  });
+  const server = new NbdServer({
+    logger: opts.log,
+    exports: { [opts.name]: { device: volume, description: opts.description } },
+    defaultExport: opts.name,
+  });
+  let address: BoundAddress;
+  try {
+    address = await server.listen(opts.listen);
+    // The export carries the volume's data: only its owner (root) may connect.
+    if ("unix" in address) await chmod(address.unix, 0o600);
+  } catch (err) {
+    await server.close().catch(() => {});
+    await volume.close().catch(() => {});
+    throw new ExportListenError((err as Error).message, err);
+  }
+  return new VolumeExport(opts.name, volume, server, address);
+}

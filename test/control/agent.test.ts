@@ -1,0 +1,386 @@
+/**
+ * The agent daemon end to end, with real parts only: Azurite (blob + table),
+ * the control plane in process on a real port, and `pagedisk agent` as a
+ * child process (--kernel none: the exports are driven over their unix
+ * sockets with an NBD client). Every wait is on something the agent or the
+ * API says (log records, heartbeats), never on a timer.
+ *
+ * The cases run in order on one cluster: join, attach, I/O, detach, fencing,
+ * control plane outage, restart, multi-replica refusal, removal.
+ */
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, open, readFile, rm, stat } from "node:fs/promises";
+import { get as httpGet } from "node:http";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Volume } from "../../contract/volume.ts";
+import { ApiClient } from "../../agent/control/api-client.ts";
+import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { type Azurite, freePort, startAzurite } from "../harness/azurite.ts";
+import { pagedisk } from "../manage/cli.ts";
+import { CMD, ERR, FLAG, RawClient } from "../nbd/raw-client.ts";
+import { type AgentProcess, startAgent } from "./agent-process.ts";
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const NODE = "vm-agent-1";
+
+let azurite: Azurite;
+let cp: LocalControlPlane;
+let port: number;
+let api: ApiClient;
+let blobs: BlobServiceClient;
+let dir: string;
+let stateDir: string;
+let joinToken: string;
+let agent: AgentProcess | undefined;
+
+async function startCp(): Promise<LocalControlPlane> {
+  return startLocalControlPlane({
+    connectionString: azurite.connectionString,
+    env: {},
+    port,
+    stateDir: join(dir, "cp"),
+    log: () => {},
+  });
+}
+
+beforeAll(async () => {
+  await run(process.execPath, ["infra/build.mjs"], { cwd: resolve(import.meta.dirname, "../..") });
+  dir = await mkdtemp(join(tmpdir(), "pagedisk-agent-"));
+  stateDir = join(dir, "state");
+  azurite = await startAzurite({ table: true });
+  port = await freePort();
+  cp = await startCp();
+  api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
+  blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  for (const name of ["pa", "pb"]) {
+    await api.createPool({
+      name,
+      container: `${name}-disks`,
+      auth: { kind: "connectionString", connectionString: azurite.connectionString },
+    });
+  }
+  joinToken = (await api.createToken()).token;
+});
+
+afterAll(async () => {
+  await agent?.stop("SIGKILL");
+  await cp?.close();
+  await azurite?.dispose();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+function origin(): string {
+  return new URL(cp.apiUrl).origin;
+}
+
+function agentArgs(): string[] {
+  return [
+    "--control-plane",
+    origin(),
+    "--state-dir",
+    stateDir,
+    "--kernel",
+    "none",
+    "--heartbeat-interval",
+    "200ms",
+  ];
+}
+
+async function createVolume(name: string, replicas = 1): Promise<Volume> {
+  return api.createVolume({ name, sizeBytes: MiB, replicas });
+}
+
+function blobOf(v: Volume, replica = 0) {
+  const r = v.status.replicas[replica]!;
+  return blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`);
+}
+
+function socketOf(volume: string): string {
+  return join(stateDir, "sockets", `${volume}.sock`);
+}
+
+/** One write through the export; resolves with the NBD error (0 = ok). */
+async function nbdWrite(volume: string, offset: number, data: Buffer): Promise<number> {
+  const client = await RawClient.connect(socketOf(volume));
+  try {
+    await client.handshake(volume);
+    const reply = await client.request({
+      type: CMD.WRITE,
+      handle: 1n,
+      offset,
+      flags: FLAG.FUA,
+      payload: data,
+    });
+    return reply.error;
+  } finally {
+    client.close();
+  }
+}
+
+async function blobBytes(v: Volume, offset: number, length: number): Promise<Buffer> {
+  return blobOf(v).downloadToBuffer(offset, length);
+}
+
+/** GET on the agent's status API over its unix socket. */
+function statusGet(path: string): Promise<unknown> {
+  return new Promise((done, fail) => {
+    const req = httpGet({ socketPath: join(stateDir, "status.sock"), path }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        text += chunk;
+      });
+      res.on("end", () => done(JSON.parse(text)));
+    });
+    req.on("error", fail);
+  });
+}
+
+describe("pagedisk agent join", () => {
+  it("saves a 0600 credential in a 0700 dir; a second join is a no-op", async () => {
+    const first = await pagedisk(
+      ["agent", "join", "--control-plane", origin(), "--state-dir", stateDir, "--name", NODE],
+      { cwd: dir, env: { PAGEDISK_JOIN_TOKEN: joinToken } },
+    );
+    expect(first).toMatchObject({ code: 0 });
+    expect(first.stdout).toContain(`joined ${cp.apiUrl} as node ${NODE}`);
+    expect((await stat(stateDir)).mode & 0o777).toBe(0o700);
+    const file = join(stateDir, "node.json");
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    const saved = JSON.parse(await readFile(file, "utf8")) as Record<string, string>;
+    expect(saved).toMatchObject({ controlPlane: cp.apiUrl, node: NODE });
+    expect(saved.credential).toMatch(new RegExp(`^pdn_${NODE}_`));
+    expect((await api.getNode(NODE)).state).toBe("READY");
+
+    const again = await pagedisk(
+      ["agent", "join", "--control-plane", `${origin()}/`, "--state-dir", stateDir],
+      { cwd: dir },
+    );
+    expect(again).toMatchObject({ code: 0 });
+    expect(again.stdout).toContain("already joined");
+    expect(await readFile(file, "utf8")).toBe(`${JSON.stringify(saved, null, 2)}\n`);
+
+    const elsewhere = await pagedisk(
+      ["agent", "join", "--control-plane", "http://127.0.0.1:1", "--state-dir", stateDir],
+      { cwd: dir, env: { PAGEDISK_JOIN_TOKEN: joinToken } },
+    );
+    expect(elsewhere.code).toBe(2);
+    expect(elsewhere.stderr).toContain("remove it to join another cluster");
+    expect(await readFile(file, "utf8")).toBe(`${JSON.stringify(saved, null, 2)}\n`);
+  });
+
+  it("refuses bad command lines with exit 2 and a message, creating nothing", async () => {
+    const fresh = join(dir, "never");
+    const base = ["--control-plane", origin(), "--state-dir", fresh];
+    const cases: Array<[string[], RegExp]> = [
+      [["agent", "run", "--state-dir", fresh], /--control-plane/],
+      [["agent", "run", "--control-plane", origin()], /--state-dir/],
+      [["agent", "run", ...base, "--kernel", "kvm"], /kvm/],
+      [["agent", "run", ...base, "--heartbeat-interval", "soon"], /invalid duration/],
+      [["agent", "run", ...base, "--heartbeat-interval", "10ms"], /between 100ms and 60s/],
+      [["agent", "run", ...base, "--status-listen", "http://x"], /unix:PATH or tcp/],
+      [["agent", "join", "--control-plane", "ftp://x", "--state-dir", fresh], /must be http/],
+      [["agent", "join", ...base, "--name", "Bad Name"], /invalid node name/],
+      [["agent", "join", ...base], /join-token/],
+      [["agent", "run", ...base, "--kernel", "none"], /join-token/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await pagedisk(args, { cwd: dir });
+      expect({ args, code: r.code }).toEqual({ args, code: 2 });
+      expect(r.stderr).toMatch(message);
+    }
+    expect(existsSync(fresh)).toBe(false);
+  });
+});
+
+describe("pagedisk agent run", () => {
+  let v1: Volume;
+
+  it("serves an attached volume: the export answers NBD and writes land in the blob", async () => {
+    agent = await startAgent(agentArgs());
+    await agent.waitForReport(() => true);
+    v1 = await createVolume("vol-a");
+    const from = agent.logs.length;
+    await api.attachVolume("vol-a", NODE);
+    await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-a", from);
+    expect((await stat(socketOf("vol-a"))).mode & 0o777).toBe(0o600);
+
+    const { stdout } = await run("nbdinfo", [
+      "--json",
+      `nbd+unix:///vol-a?socket=${socketOf("vol-a")}`,
+    ]);
+    expect((JSON.parse(stdout) as { exports: Array<{ "export-size": number }> }).exports[0]).toMatchObject({
+      "export-size": MiB,
+    });
+
+    const data = Buffer.alloc(8192, 0x5a);
+    expect(await nbdWrite("vol-a", 4096, data)).toBe(0);
+    expect(await blobBytes(v1, 4096, 8192)).toEqual(data);
+
+    await agent.waitForReport((vols) => vols.includes("vol-a:1:SERVING"), from);
+    const node = await api.getNode(NODE);
+    expect(node.volumes).toEqual([expect.objectContaining({ volume: "vol-a", epoch: 1, state: "SERVING" })]);
+    expect(node.volumes[0]!.stats).toMatchObject({ writeOps: 1, bytesWritten: 8192 });
+    expect(node.agentVersion).toBe("0.1.0");
+    expect(node.facts).toMatchObject({ arch: process.arch, os: process.platform });
+  });
+
+  it("shows the served volume on the status API (unix:DIR/status.sock by default)", async () => {
+    const body = await statusGet("/volumes");
+    expect(body).toMatchObject({
+      items: [expect.objectContaining({ name: "vol-a", epoch: 1, state: "SERVING", socket: socketOf("vol-a") })],
+    });
+    expect(((await statusGet("/healthz")) as { status: string }).status).toBe("ok");
+  });
+
+  it("detaches: the export goes away, the report says STOPPED once, then drops it", async () => {
+    const a = agent!;
+    const from = a.logs.length;
+    await api.detachVolume("vol-a");
+    await a.waitForLog((r) => r.msg === "volume detached" && r.volume === "vol-a", from);
+    expect(existsSync(socketOf("vol-a"))).toBe(false);
+    const stopped = a.logs.indexOf(await a.waitForReport((v) => v.includes("vol-a:1:STOPPED"), from));
+    await a.waitForReport((v) => v.length === 0, stopped + 1);
+  });
+
+  it("is fenced when the lease moves: the next write gets EIO and volume-failed reaches the events API", async () => {
+    const a = agent!;
+    let from = a.logs.length;
+    const attached = await api.attachVolume("vol-a", NODE);
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-a", from);
+    expect(await nbdWrite("vol-a", 0, Buffer.alloc(4096, 1))).toBe(0);
+
+    // What the control plane's failover does: break the lease, take a new one.
+    const lease = blobOf(v1).getBlobLeaseClient(attached.leaseId);
+    await lease.breakLease(0);
+    await blobOf(v1).getBlobLeaseClient().acquireLease(-1);
+
+    from = a.logs.length;
+    expect(await nbdWrite("vol-a", 0, Buffer.alloc(4096, 2))).toBe(ERR.EIO);
+    await a.waitForLog((r) => r.msg === "volume failed" && r.volume === "vol-a", from);
+    await a.waitForReport((v) => v.includes(`vol-a:${attached.epoch}:FAILED`), from);
+    const events = await api.listEvents({ volume: "vol-a", type: "volume-failed" });
+    expect(events.items).toEqual([
+      expect.objectContaining({ node: NODE, volume: "vol-a", data: expect.objectContaining({ reason: "lease-lost", code: "LeaseLost" }) }),
+    ]);
+    expect(existsSync(socketOf("vol-a"))).toBe(false);
+    // The blob still holds what was written before the fence, not after,
+    // and the new writer's lease is untouched: the agent never breaks or releases one.
+    expect(await blobBytes(v1, 0, 4096)).toEqual(Buffer.alloc(4096, 1));
+    expect((await blobOf(v1).getProperties()).leaseState).toBe("leased");
+  });
+
+  it("keeps serving while the control plane is away, and reconnects when it is back", async () => {
+    const a = agent!;
+    const v2 = await createVolume("vol-b");
+    let from = a.logs.length;
+    await api.attachVolume("vol-b", NODE);
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b", from);
+
+    from = a.logs.length;
+    await cp.close();
+    await a.waitForLog((r) => r.msg?.startsWith("heartbeat failed") === true, from);
+    const data = Buffer.alloc(4096, 0x33);
+    expect(await nbdWrite("vol-b", 65536, data)).toBe(0);
+    expect(await blobBytes(v2, 65536, 4096)).toEqual(data);
+
+    from = a.logs.length;
+    cp = await startCp();
+    api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
+    await a.waitForLog((r) => r.msg === "control plane reached", from);
+    await a.waitForReport((v) => v.includes("vol-b:1:SERVING"), from);
+  });
+
+  it("after SIGTERM exits 0, and a restarted agent (also after kill -9) serves again with no admin action", async () => {
+    expect(await agent!.stop("SIGTERM")).toBe(0);
+    expect(agent!.logs.some((r) => r.msg === "agent stopped")).toBe(true);
+    // A stopping agent keeps the volume attached: the lease stays with its node.
+    const vb = await api.getVolume("vol-b");
+    expect((await blobOf(vb).getProperties()).leaseState).toBe("leased");
+    expect(vb.status).toMatchObject({ state: "ATTACHED", ownerNode: NODE });
+
+    agent = await startAgent(agentArgs());
+    await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b");
+    expect(await nbdWrite("vol-b", 0, Buffer.alloc(512, 7))).toBe(0);
+
+    expect(await agent.stop("SIGKILL")).toBe("SIGKILL");
+    agent = await startAgent(agentArgs());
+    await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b");
+    expect(await nbdWrite("vol-b", 512, Buffer.alloc(512, 8))).toBe(0);
+  });
+
+  it("refuses a volume with two online replicas: FAILED, with an event saying why", async () => {
+    const a = agent!;
+    await createVolume("vol-two", 2);
+    const from = a.logs.length;
+    const attached = await api.attachVolume("vol-two", NODE);
+    await a.waitForReport((v) => v.includes(`vol-two:${attached.epoch}:FAILED`), from);
+    expect(existsSync(socketOf("vol-two"))).toBe(false);
+    const events = await api.listEvents({ volume: "vol-two", type: "volume-failed" });
+    expect(events.items[0]?.message).toContain("arrives with issue 5");
+  });
+
+  it("stops with exit 3 and says why when the node is removed", async () => {
+    const a = agent!;
+    for (const name of ["vol-a", "vol-b", "vol-two"]) await api.detachVolume(name);
+    await a.waitForReport((v) => v.length === 0, a.logs.length);
+    await api.removeNode(NODE);
+    expect(await a.exited).toBe(3);
+    expect(a.logs.some((r) => String(r.msg).includes("refused this node's credential"))).toBe(true);
+  });
+});
+
+describe("pagedisk agent run --kernel fuse", () => {
+  it("binds the volume to a loop device: the device is in the node's report and its writes are in the blob", async () => {
+    const fuseState = join(dir, "fuse-state");
+    const fuse = await startAgent(
+      [
+        "--control-plane",
+        origin(),
+        "--state-dir",
+        fuseState,
+        "--name",
+        "vm-agent-fuse",
+        "--kernel",
+        "fuse",
+        "--heartbeat-interval",
+        "200ms",
+      ],
+      { PAGEDISK_JOIN_TOKEN: joinToken },
+    );
+    try {
+      const v = await createVolume("vol-fuse");
+      const from = fuse.logs.length;
+      await api.attachVolume("vol-fuse", "vm-agent-fuse");
+      const serving = await fuse.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-fuse", from);
+      const device = serving.device as string;
+      expect(device).toMatch(/^\/dev\/loop\d+$/);
+      await fuse.waitForReport((vols) => vols.includes("vol-fuse:1:SERVING"), from);
+      expect((await api.getNode("vm-agent-fuse")).volumes[0]).toMatchObject({ volume: "vol-fuse", device });
+
+      const data = Buffer.alloc(4096, 0xc3);
+      const handle = await open(device, "r+");
+      try {
+        await handle.write(data, 0, data.length, 12288);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      expect(await blobBytes(v, 12288, 4096)).toEqual(data);
+
+      const detachedFrom = fuse.logs.length;
+      await api.detachVolume("vol-fuse");
+      await fuse.waitForLog((r) => r.msg === "volume detached" && r.volume === "vol-fuse", detachedFrom);
+      const { stdout } = await run("losetup", ["-a"]);
+      expect(stdout).not.toContain(`${device}:`);
+    } finally {
+      expect(await fuse.stop("SIGTERM")).toBe(0);
+    }
+  });
+});
