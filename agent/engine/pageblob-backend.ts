@@ -1,8 +1,10 @@
 /**
  * The page blob backend: a BlockDevice straight over one page blob. read is
- * Get Blob, write is Put Page with the lease id, trim and writeZeroes are
- * Clear Pages, blockStatus is Get Page Ranges. Every write is durable when
- * the service acknowledges it, so flush has nothing to do.
+ * Get Blob, write is Put Page, trim and writeZeroes are Clear Pages,
+ * blockStatus is Get Page Ranges; all of them carry the lease id, reads too,
+ * so that a fenced writer cannot read the new writer's data either. Every
+ * write is durable when the service acknowledges it, so flush has nothing to
+ * do.
  *
  * It takes requests as page blobs do (512-aligned, writes of at most 4 MiB);
  * the layers above split and align. Storage failures reject with the
@@ -62,7 +64,12 @@ export class PageBlobBackend implements BlockDevice {
   async read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     this.#check(offset, length, false);
     // Only a buffer of exactly the length is ours to fill (the contract's rule); else allocate.
-    return this.#track(this.blob.read(offset, length, into?.length === length ? into : undefined));
+    // A writer reads under its lease too: once fenced, reads fail like writes (EIO), never newer data.
+    return this.#track(
+      this.blob.read(offset, length, into?.length === length ? into : undefined, {
+        leaseId: this.#leaseId,
+      }),
+    );
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -100,7 +107,7 @@ export class PageBlobBackend implements BlockDevice {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.#check(offset, length, false);
     const span = Math.min(length, this.#statusLimit);
-    const pages = await this.#track(this.blob.pageRanges(offset, span));
+    const pages = await this.#track(this.blob.pageRanges(offset, span, { leaseId: this.#leaseId }));
     return toExtents(offset, span, pages);
   }
 

@@ -151,17 +151,29 @@ export class PageBlob {
 
   /**
    * Get Blob for a byte range. Reads need no lease id, even on a leased
-   * blob. With `into` (at least `length` bytes) the data lands there and a
-   * view of it is returned, sparing an allocation on the hot path.
+   * blob; a writer sends its own anyway (`opts.leaseId`), so that once it is
+   * fenced its reads fail too instead of showing the new writer's data
+   * under a stale page cache. With `into` (at least `length` bytes) the
+   * data lands there and a view of it is returned, sparing an allocation on
+   * the hot path.
    */
-  async read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+  async read(
+    offset: number,
+    length: number,
+    into?: Uint8Array,
+    opts: LeaseCondition = {},
+  ): Promise<Uint8Array> {
     if (length === 0) return new Uint8Array(0);
     if (into && into.length < length) {
       throw new StorageError("Invalid", `read buffer of ${into.length} bytes for ${length}`);
     }
     const op = `Get Blob ${offset}+${length}`;
     return this.#t.send(
-      { method: "GET", headers: { "x-ms-range": byteRange(offset, length) }, op },
+      {
+        method: "GET",
+        headers: { "x-ms-range": byteRange(offset, length), ...leaseHeader(opts) },
+        op,
+      },
       async (res) => {
         // Azure answers a range past the end with 416; Azurite with a short 206. Treat both alike.
         const total = /\/(\d+)$/.exec(header(res.headers, "content-range") ?? "")?.[1];
@@ -194,7 +206,7 @@ export class PageBlob {
    * Get Page Ranges for [offset, offset + length): the allocated ranges that
    * intersect it, in order, following NextMarker when the service paginates.
    */
-  async pageRanges(offset: number, length: number): Promise<ByteRange[]> {
+  async pageRanges(offset: number, length: number, opts: LeaseCondition = {}): Promise<ByteRange[]> {
     checkPages(offset, length, "Get Page Ranges");
     if (length === 0) return [];
     const ranges: ByteRange[] = [];
@@ -205,7 +217,7 @@ export class PageBlob {
         {
           method: "GET",
           query,
-          headers: { "x-ms-range": byteRange(offset, length) },
+          headers: { "x-ms-range": byteRange(offset, length), ...leaseHeader(opts) },
           op: `Get Page Ranges ${offset}+${length}`,
         },
         async (res) => parsePageList(await res.body.text()),

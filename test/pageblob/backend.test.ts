@@ -114,14 +114,20 @@ describe("PageBlobBackend on Azurite", () => {
     await dev.close();
   });
 
-  it("passes storage failures up as the StorageError: a lease broken from outside is LeaseLost", async () => {
+  it("passes storage failures up as the StorageError: a lease broken from outside is LeaseLost, for writes, reads and page ranges", async () => {
     const { dev, name } = await device(65536, { leaseId: "take" });
     await dev.write(0, pattern(4096, 5));
-    await fx.container.getBlobClient(name).getBlobLeaseClient().breakLease(0);
+    const blob = fx.container.getBlobClient(name);
+    await blob.getBlobLeaseClient().breakLease(0);
     const err = await dev.write(4096, pattern(4096, 6)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StorageError);
     expect(err).toMatchObject({ code: "LeaseLost" });
-    expect(Buffer.from(await dev.read(4096, 4096)).every((b) => b === 0)).toBe(true);
+    // Reads carry the lease id too: a fenced writer sees nothing more.
+    await expect(dev.read(0, 4096)).rejects.toMatchObject({ code: "LeaseLost" });
+    await expect(dev.blockStatus(0, 65536)).rejects.toMatchObject({ code: "LeaseLost" });
+    const outside = await blob.downloadToBuffer(0, 8192);
+    expect(outside.subarray(0, 4096).equals(pattern(4096, 5))).toBe(true);
+    expect(outside.subarray(4096).every((b) => b === 0)).toBe(true);
     await dev.close();
   });
 

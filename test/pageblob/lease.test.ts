@@ -72,6 +72,28 @@ describe("PageBlob leases on Azurite", () => {
     expect(theirs.leaseId).toBeTruthy();
   });
 
+  it("a writer's reads carry its lease id: after a fence they fail like its writes, never showing the new writer's data", async () => {
+    const name = fx.name();
+    const pb = fx.open(name);
+    await pb.create(65536);
+    const id = await pb.acquireLease(-1);
+    await pb.putPages(0, pattern(4096, 5), { leaseId: id });
+    expect(Buffer.from(await pb.read(0, 4096, undefined, { leaseId: id })).equals(pattern(4096, 5))).toBe(true);
+    expect(await pb.pageRanges(0, 65536, { leaseId: id })).toEqual([{ offset: 0, length: 4096 }]);
+
+    // Failover: the control plane breaks our lease, takes a new one, and the new writer writes.
+    const blob = fx.container.getBlobClient(name);
+    await blob.getBlobLeaseClient().breakLease(0);
+    const theirs = await blob.getBlobLeaseClient(randomUUID()).acquireLease(-1);
+    await pb.putPages(0, pattern(4096, 6), { leaseId: theirs.leaseId! });
+
+    const err = await pb.read(0, 4096, undefined, { leaseId: id }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "LeaseLost", status: 412, fatal: true });
+    await expect(pb.pageRanges(0, 65536, { leaseId: id })).rejects.toMatchObject({ code: "LeaseLost" });
+    // Without an id (a reader), or with the current one, reads see the new data.
+    expect(Buffer.from(await pb.read(0, 4096)).equals(pattern(4096, 6))).toBe(true);
+  });
+
   it("acquire is idempotent for the same proposed id; release makes the blob writable without an id", async () => {
     const pb = fx.open(fx.name());
     await pb.create(8192);
