@@ -11,6 +11,7 @@ import { matchesAdminKeySetting, verifyAdminKey } from "./registry/admin-keys.ts
 import { openRegistry } from "./registry/tables.ts";
 import type { Settings } from "./settings.ts";
 import { poolIdentity, usePoolIdentity } from "./storage/pool-identity.ts";
+import { useReplicaSasLifetime } from "./storage/replica-sas.ts";
 
 export interface Runtime {
   cp: ControlPlane;
@@ -34,6 +35,7 @@ export async function openRuntime(
 ): Promise<Runtime> {
   const { credential, ...cpOptions } = options;
   if (credential) usePoolIdentity(credential);
+  useReplicaSasLifetime(settings.replicaSasLifetimeMs);
   const account =
     "tableUrl" in settings.registry
       ? { tableUrl: settings.registry.tableUrl, credential: poolIdentity().credential }

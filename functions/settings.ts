@@ -7,6 +7,10 @@ import { accountUrlProblem } from "../contract/pool.ts";
 import { resolve } from "node:path";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
 import { type AgentFiles, DEFAULT_AGENT_FILES } from "./routes/agent-download.ts";
+import {
+  MAX_REPLICA_SAS_LIFETIME_MS,
+  MIN_REPLICA_SAS_LIFETIME_MS,
+} from "./storage/replica-sas.ts";
 
 export interface Settings {
   /** The registry's storage account (Table service). */
@@ -18,6 +22,8 @@ export interface Settings {
   sweep: SweepPolicy;
   /** What `/api/agent/*` serves. */
   agentFiles: AgentFiles;
+  /** How long a writer's replica SAS is valid (replica-sas.ts). */
+  replicaSasLifetimeMs: number;
 }
 
 /**
@@ -30,6 +36,8 @@ export interface Settings {
  * - `PAGEDISK_TABLE_PREFIX` (default none)
  * - `PAGEDISK_ADMIN_KEY` (optional)
  * - `PAGEDISK_SUSPECT_AFTER_SECONDS`, `PAGEDISK_LOST_AFTER_SECONDS` (default 6 and 10)
+ * - `PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`: how long the SAS handed to a
+ *   volume's writer is valid (default and most 3600, least 60)
  * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
  *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
  *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
@@ -47,6 +55,7 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
       "PAGEDISK_LOST_AFTER_SECONDS must be longer than PAGEDISK_SUSPECT_AFTER_SECONDS",
     );
   }
+  const replicaSasLifetimeMs = replicaSasLifetimeFrom(env);
   return {
     registry,
     tablePrefix: env.PAGEDISK_TABLE_PREFIX ?? "",
@@ -57,7 +66,25 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
       bundle: resolve(env.PAGEDISK_AGENT_BUNDLE || DEFAULT_AGENT_FILES.bundle),
       installScript: resolve(env.PAGEDISK_INSTALL_SCRIPT || DEFAULT_AGENT_FILES.installScript),
     },
+    replicaSasLifetimeMs,
   };
+}
+
+/**
+ * `PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, bounded: at least a minute, so
+ * an agent that misses a fetch or two still holds a valid token; at most
+ * an hour, the longest a SAS may be left in a writer's hands (and within a
+ * user delegation key's life).
+ */
+export function replicaSasLifetimeFrom(env: Record<string, string | undefined>): number {
+  const name = "PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS";
+  const ms = seconds(env, name, MAX_REPLICA_SAS_LIFETIME_MS);
+  if (ms < MIN_REPLICA_SAS_LIFETIME_MS || ms > MAX_REPLICA_SAS_LIFETIME_MS) {
+    throw new Error(
+      `${name} must be between ${MIN_REPLICA_SAS_LIFETIME_MS / 1000} and ${MAX_REPLICA_SAS_LIFETIME_MS / 1000} seconds, got ${env[name]}`,
+    );
+  }
+  return ms;
 }
 
 function seconds(

@@ -1,137 +1,280 @@
 /**
- * `npm start`: the local stack. Azurite (blobs and tables, data under
- * .pagedisk/azurite), the control plane on http://127.0.0.1:7071 with the
- * Azurite account registered as pool `local`, and one page blob volume
- * served over NBD by the bundled `pagedisk serve`. Restarting keeps all
- * state. Ctrl-C stops everything cleanly.
+ * `npm start`: the local stack. Azurite (blobs and tables), the control
+ * plane on http://127.0.0.1:7071 with the Azurite account registered as
+ * pool `local`, and one agent (`pagedisk agent run`) joined as node
+ * `local`, serving a 1 GiB volume `demo` that the control plane attached
+ * to it. Restarting keeps everything: Azurite's data, the admin key, the
+ * node's identity (no second join) and the volume's data. Ctrl-C stops the
+ * agent (SIGTERM, waiting for it to drain and exit), the control plane and
+ * Azurite, then exits 0.
  *
- * The agent daemon (issue 4) will replace the standalone `serve`.
+ * Environment (the defaults are what users get):
+ *   PAGEDISK_LOCAL_DIR      state directory (default .pagedisk/ at the repository root)
+ *   PAGEDISK_AZURITE_PORT   Azurite's blob port (default 10000; tables on the port + 2)
+ *   PAGEDISK_API_PORT       the control plane's port (default 7071)
+ *   PAGEDISK_LOCAL_KERNEL   the agent's --kernel: auto (default), nbd, fuse or none
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
-import { mkdir } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { createWriteStream, existsSync } from "node:fs";
+import { mkdir, rename } from "node:fs/promises";
+import { join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
-import { BlobServiceClient } from "@azure/storage-blob";
-import { startLocalControlPlane } from "../functions/local.ts";
+import { ApiClient, ApiClientError } from "../agent/control/api-client.ts";
+import { chooseKind, probeHost } from "../agent/host/open-binder.ts";
+import type { Volume } from "../contract/volume.ts";
+import { LOCAL_PORT, startLocalControlPlane } from "../functions/local.ts";
 import { type Azurite, startAzurite } from "../test/harness/azurite.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
-const STATE = join(ROOT, ".pagedisk");
-const BLOB_PORT = Number(process.env.PAGEDISK_AZURITE_PORT ?? 10000);
-const SOCKET = join(STATE, "demo.sock");
+const BIN = join(ROOT, "dist/pagedisk.mjs");
+const STATE = resolve(process.env.PAGEDISK_LOCAL_DIR || join(ROOT, ".pagedisk"));
+const BLOB_PORT = port("PAGEDISK_AZURITE_PORT", 10000);
+const API_PORT = port("PAGEDISK_API_PORT", LOCAL_PORT);
+const AGENT_DIR = join(STATE, "agent");
+const AGENT_LOG = join(STATE, "agent.log");
+/** The node the local agent is, and the volume it serves. */
+const NODE = "local";
+const DEMO = "demo";
+const DEMO_SIZE = 1024 ** 3;
+const KERNEL_MODES = ["auto", "nbd", "fuse", "none"] as const;
+type KernelMode = (typeof KERNEL_MODES)[number];
 
-const children: ChildProcess[] = [];
+function port(name: string, fallback: number): number {
+  const text = process.env[name];
+  if (!text) return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) fail(`${name} must be a TCP port (1-65535), got ${text}`);
+  return n;
+}
 
-let stopping = false;
-/** Filled in once the control plane runs, so stop() can close it. */
-const running: { controlPlane?: { close(): Promise<void> }; azurite?: Azurite } = {};
-async function stop(code: number): Promise<never> {
-  stopping = true;
-  await running.controlPlane?.close().catch(() => {});
-  for (const child of children.reverse()) {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once("exit", r));
-      child.kill("SIGTERM");
+function fail(message: string): never {
+  console.error(`pagedisk local stack: ${message}`);
+  process.exit(1);
+}
+
+const running: {
+  agent?: ChildProcess;
+  controlPlane?: { close(): Promise<void> };
+  azurite?: Azurite;
+} = {};
+let stopping: Promise<never> | undefined;
+
+/** Agent first (it drains its exports into Azurite), then the control plane, then Azurite. */
+function stop(code: number): Promise<never> {
+  stopping ??= (async () => {
+    const agent = running.agent;
+    if (agent && agent.exitCode === null && agent.signalCode === null) {
+      const exited = new Promise((r) => agent.once("exit", r));
+      agent.kill("SIGTERM");
       await exited;
     }
+    await running.controlPlane?.close().catch(() => {});
+    await running.azurite?.stop();
+    process.exit(code);
+  })();
+  return stopping;
+}
+process.on("SIGINT", () => void stop(0));
+process.on("SIGTERM", () => void stop(0));
+
+/** The binding the agent can make here: `auto` falls back to `none` (exports only) with a note. */
+async function kernelMode(): Promise<KernelMode> {
+  const asked = (process.env.PAGEDISK_LOCAL_KERNEL || "auto") as KernelMode;
+  if (!KERNEL_MODES.includes(asked)) fail(`PAGEDISK_LOCAL_KERNEL must be one of ${KERNEL_MODES.join(", ")}, got ${asked}`);
+  if (asked !== "auto") return asked;
+  if (process.getuid?.() !== 0) {
+    console.log("note: not root, so volumes are served as NBD sockets only, without a /dev device (--kernel none)");
+    return "none";
   }
-  await running.azurite?.stop();
-  process.exit(code);
+  try {
+    chooseKind("auto", await probeHost(true));
+    return "auto";
+  } catch (err) {
+    console.log(`note: ${(err as Error).message}; volumes are served as NBD sockets only (--kernel none)`);
+    return "none";
+  }
+}
+
+/**
+ * The node identity in the agent's state dir, if the registry still knows
+ * it; one it forgot (Azurite's data removed) is set aside so the agent
+ * joins afresh. Undefined: join with a new token.
+ */
+async function joinToken(api: ApiClient): Promise<string | undefined> {
+  const identity = join(AGENT_DIR, "node.json");
+  if (existsSync(identity)) {
+    try {
+      await api.getNode(NODE);
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof ApiClientError) || err.status !== 404) throw err;
+      await rename(identity, `${identity}.forgotten`);
+      console.log(`note: the registry no longer knows node ${NODE}; its old identity is in ${identity}.forgotten`);
+    }
+  }
+  return (await api.createToken({ expiresInSeconds: 600 })).token;
+}
+
+/** Start the agent; resolves once it says it runs, with its log records from then on. */
+async function startAgent(origin: string, kernel: KernelMode, token: string | undefined): Promise<LogTail> {
+  const agent = spawn(
+    process.execPath,
+    [BIN, "agent", "run", "--control-plane", origin, "--state-dir", AGENT_DIR, "--name", NODE, "--kernel", kernel],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      // Its own process group: Ctrl-C reaches this script, which stops the agent in order.
+      detached: true,
+      env: { ...process.env, ...(token ? { PAGEDISK_JOIN_TOKEN: token } : {}) },
+    },
+  );
+  running.agent = agent;
+  const tail = new LogTail();
+  agent.stderr!.pipe(createWriteStream(AGENT_LOG, { flags: "a" }));
+  createInterface({ input: agent.stderr! }).on("line", (line) => tail.push(line));
+  agent.on("exit", (code, signal) => {
+    tail.end(`the agent exited (${code ?? signal})`);
+    if (!stopping) {
+      console.error(`pagedisk local stack: the agent exited (${code ?? signal}); see ${AGENT_LOG}`);
+      void stop(1);
+    }
+  });
+  await new Promise<void>((ready, failed) => {
+    createInterface({ input: agent.stdout! }).on("line", (line) => {
+      console.log(line);
+      if (line.includes(" running ")) ready();
+    });
+    agent.once("exit", (code) => failed(new Error(`the agent exited (${code}) before running; see ${AGENT_LOG}`)));
+  });
+  return tail;
+}
+
+type LogRecord = Record<string, unknown> & { msg?: string };
+
+/** The agent's JSON log records as they come, to wait on what it announces. */
+class LogTail {
+  readonly #records: LogRecord[] = [];
+  readonly #waiters = new Set<() => void>();
+  #ended: string | undefined;
+
+  push(line: string): void {
+    try {
+      this.#records.push(JSON.parse(line) as LogRecord);
+    } catch {
+      return;
+    }
+    for (const w of this.#waiters) w();
+  }
+
+  end(why: string): void {
+    this.#ended = why;
+    for (const w of this.#waiters) w();
+  }
+
+  /** The first record that matches, seen already or to come. */
+  next(match: (r: LogRecord) => boolean): Promise<LogRecord> {
+    return new Promise((found, failed) => {
+      const check = () => {
+        const r = this.#records.find(match);
+        if (r) found(r);
+        else if (this.#ended) failed(new Error(this.#ended));
+        else return;
+        this.#waiters.delete(check);
+      };
+      this.#waiters.add(check);
+      check();
+    });
+  }
+}
+
+/** The demo volume exists and is attached to this node (kept as it is when it already is). */
+async function ensureDemo(api: ApiClient): Promise<void> {
+  let volume: Volume;
+  try {
+    volume = await api.getVolume(DEMO);
+  } catch (err) {
+    if (!(err instanceof ApiClientError) || err.status !== 404) throw err;
+    volume = await api.createVolume({ name: DEMO, sizeBytes: DEMO_SIZE, replicas: 1 });
+    console.log(`created volume ${DEMO} (1 GiB) on pool local`);
+  }
+  if (volume.status.ownerNode === NODE && volume.status.state === "ATTACHED") return;
+  await api.attachVolume(DEMO, NODE);
+  console.log(`attached volume ${DEMO} to node ${NODE}`);
 }
 
 await mkdir(STATE, { recursive: true });
-// Azurite keeps its data in .pagedisk/azurite across restarts.
+const kernel = await kernelMode();
 const azurite = await startAzurite({
   table: true,
   location: join(STATE, "azurite"),
   blobPort: BLOB_PORT,
   tablePort: BLOB_PORT + 2,
-}).catch((err: Error) => {
-  console.error(`Azurite did not start (is port ${BLOB_PORT} taken? PAGEDISK_AZURITE_PORT): ${err.message}`);
-  process.exit(1);
-});
+}).catch((err: Error) =>
+  fail(`Azurite did not start (are ports ${BLOB_PORT} and ${BLOB_PORT + 2} taken? PAGEDISK_AZURITE_PORT): ${err.message}`),
+);
 running.azurite = azurite;
-const BLOB_ENDPOINT = azurite.blobEndpoint;
-const CONNECTION_STRING = azurite.connectionString;
 
-// The control plane, with the same Azurite account as registry and as pool `local`.
 const controlPlane = await startLocalControlPlane({
-  connectionString: CONNECTION_STRING,
+  connectionString: azurite.connectionString,
   stateDir: STATE,
+  port: API_PORT,
   log: (line) => console.log(line),
+}).catch(async (err: Error) => {
+  console.error(`pagedisk local stack: the control plane did not start (is port ${API_PORT} taken? PAGEDISK_API_PORT): ${err.message}`);
+  return stop(1);
 });
 running.controlPlane = controlPlane;
-const registered = await fetch(`${controlPlane.apiUrl}/pools`, {
-  method: "POST",
-  headers: { authorization: `Bearer ${controlPlane.adminKey}`, "content-type": "application/json" },
-  body: JSON.stringify({ name: "local", auth: { kind: "connectionString", connectionString: CONNECTION_STRING } }),
-});
-if (registered.status !== 201 && registered.status !== 409) {
-  console.error(`registering pool local failed: ${registered.status} ${await registered.text()}`);
+const api = new ApiClient({ apiUrl: controlPlane.apiUrl, apiKey: controlPlane.adminKey });
+
+try {
+  await api.createPool({
+    name: "local",
+    auth: { kind: "connectionString", connectionString: azurite.connectionString },
+  });
+} catch (err) {
+  if (!(err instanceof ApiClientError) || err.status !== 409) {
+    console.error(`pagedisk local stack: registering pool local failed: ${(err as Error).message}`);
+    await stop(1);
+  }
+}
+
+let device: string | null = null;
+try {
+  const origin = new URL(controlPlane.apiUrl).origin;
+  const agentLog = await startAgent(origin, kernel, await joinToken(api));
+  await ensureDemo(api);
+  const serving = await Promise.race([
+    agentLog.next((r) => r.msg === "volume serving" && r.volume === DEMO),
+    agentLog.next((r) => r.msg === "volume failed" && r.volume === DEMO).then((r) => {
+      throw new Error(`volume ${DEMO} failed on the agent: ${String(r.message ?? r.code)}`);
+    }),
+  ]);
+  device = typeof serving.device === "string" ? serving.device : null;
+} catch (err) {
+  console.error(`pagedisk local stack: ${(err as Error).message}; see ${AGENT_LOG}`);
   await stop(1);
 }
-const volumes = BlobServiceClient.fromConnectionString(CONNECTION_STRING).getContainerClient("volumes");
-await volumes.createIfNotExists();
-// The local stack is the demo volume's only writer: a lease left by a stack
-// that was killed hard is ours, so break it rather than refuse to start.
-const demo = volumes.getPageBlobClient("demo.vhd");
-if (await demo.exists()) {
-  const props = await demo.getProperties();
-  if (props.leaseState === "leased") {
-    await demo.getBlobLeaseClient().breakLease(0);
-    console.log("note: broke a lease on volumes/demo.vhd left by an earlier run");
-  }
-}
 
-const serve = spawn(
-  process.execPath,
-  [
-    join(ROOT, "dist/pagedisk.mjs"),
-    "serve",
-    `${BLOB_ENDPOINT}/volumes/demo.vhd`,
-    "--create",
-    "--size",
-    "1GiB",
-    "--export-name",
-    "demo",
-    "--listen",
-    `unix:${SOCKET}`,
-  ],
-  {
-    stdio: ["ignore", "pipe", "pipe"],
-    detached: true,
-    env: { ...process.env, PAGEDISK_STORAGE_CONNECTION_STRING: CONNECTION_STRING },
-  },
-);
-children.push(serve);
-serve.stderr!.pipe(createWriteStream(join(STATE, "serve.log"), { flags: "a" }));
-serve.on("exit", (code) => {
-  if (!stopping) {
-    console.error(`pagedisk serve exited (${code}); see .pagedisk/serve.log`);
-    void stop(1);
-  }
-});
+const here = relative(process.cwd(), STATE) || ".";
+const socket = join(AGENT_DIR, "sockets", `${DEMO}.sock`);
+// The CLI finds .pagedisk/local.json by itself; a state dir elsewhere needs saying.
+const cli =
+  STATE === join(ROOT, ".pagedisk")
+    ? "node dist/pagedisk.mjs"
+    : `PAGEDISK_API_URL=${controlPlane.apiUrl} PAGEDISK_API_KEY=$(node -p 'require("${join(STATE, "local.json")}").adminKey') node ${BIN}`;
+console.log(`
+pagedisk local stack is up (data stays in ${here}/).
+  control plane   ${controlPlane.apiUrl}  (admin key in ${join(here, "local.json")}; API document at /openapi.json)
+  Azurite         ${azurite.blobEndpoint}, ${azurite.tableEndpoint}; registered as pool local
+  agent           node ${NODE}, kernel ${kernel}, state in ${join(here, "agent")}, log in ${join(here, "agent.log")}
+  volume          ${DEMO}, 1 GiB, attached to node ${NODE}${device ? `, device ${device}` : ""}
 
-const uri = `nbd+unix:///demo?socket=${SOCKET}`;
-createInterface({ input: serve.stdout! }).once("line", (line) => {
-  console.log(line);
-  console.log(`
-pagedisk local stack is up (Ctrl-C stops it; data stays in .pagedisk/).
-  control plane          ${controlPlane.apiUrl}  (admin key in .pagedisk/local.json)
-  API document           ${controlPlane.apiUrl}/openapi.json
-  pool                   local (the Azurite account, container pagedisk)
-  Azurite                ${BLOB_ENDPOINT}, ${azurite.tableEndpoint}
-  volume                 volumes/demo.vhd, 1 GiB, served over NBD by pagedisk serve
-  log                    .pagedisk/serve.log
+Reach the demo volume:
+  nbdinfo 'nbd+unix:///${DEMO}?socket=${socket}'
+  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' 'nbd+unix:///${DEMO}?socket=${socket}'${device ? `\n  lsblk ${device}` : ""}
 
-Try it:
-  nbdinfo '${uri}'
-  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '${uri}'
-  nbdinfo --map '${uri}'
-  curl -s -H "authorization: Bearer $(node -p 'require("./.pagedisk/local.json").adminKey')" ${controlPlane.apiUrl}/pools
-`);
-});
+Create and attach another volume (it appears as ${join(here, "agent", "sockets")}/<name>.sock):
+  ${cli} volume create data --size 4GiB
+  ${cli} volume attach data --node ${NODE}
+  ${cli} node show ${NODE}
 
-process.on("SIGINT", () => void stop(0));
-process.on("SIGTERM", () => void stop(0));
+Ctrl-C stops the agent, the control plane and Azurite.`);

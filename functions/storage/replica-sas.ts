@@ -1,6 +1,7 @@
 /**
  * What a writer gets to reach a replica: the blob's URL with a SAS for that
- * one blob, read and write but not delete, valid for at most an hour.
+ * one blob, read and write but not delete, valid for at most an hour
+ * (`PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, settings.ts).
  * Signed here, with the pool's account key (a service SAS) or, for a
  * managed-identity pool, with a user delegation key the account gave the
  * control plane's identity (a user delegation SAS); neither key ever
@@ -21,8 +22,17 @@ import { poolIdentity } from "./pool-identity.ts";
 import { replicaBlobName } from "./replica-blobs.ts";
 import { onPool } from "./storage-failure.ts";
 
-/** A SAS lives this long; the agent asks for a new one well before it ends. */
-export const REPLICA_SAS_LIFETIME_MS = 60 * 60 * 1000;
+/** The longest a SAS may live, and how long it lives unless told otherwise. */
+export const MAX_REPLICA_SAS_LIFETIME_MS = 60 * 60 * 1000;
+/**
+ * The shortest: agents fetch a new SAS 15 minutes before the current one
+ * ends, so anything under that is renewed on every full fetch of the
+ * desired state (a few seconds apart), but a minute still rides out a
+ * control plane that misses a few of them.
+ */
+export const MIN_REPLICA_SAS_LIFETIME_MS = 60 * 1000;
+/** Set once per process by the host, from its settings (`useReplicaSasLifetime`). */
+let lifetimeMs = MAX_REPLICA_SAS_LIFETIME_MS;
 /**
  * SAS version of user delegation SAS tokens, pinned rather than the SDK's
  * newest: the string to sign changes with the version, and this is the
@@ -32,9 +42,28 @@ const DELEGATION_SAS_VERSION = "2025-07-05";
 /** Signed as valid from a little before now, so that a storage clock behind ours does not refuse it. */
 const CLOCK_SKEW_MS = 5 * 60 * 1000;
 
+/**
+ * Sign every later replica SAS of this process for `ms` (settings'
+ * `replicaSasLifetimeMs`). A value outside the bounds is a RangeError and
+ * changes nothing.
+ */
+export function useReplicaSasLifetime(ms: number): void {
+  if (!Number.isInteger(ms) || ms < MIN_REPLICA_SAS_LIFETIME_MS || ms > MAX_REPLICA_SAS_LIFETIME_MS) {
+    throw new RangeError(
+      `a replica SAS lifetime must be ${MIN_REPLICA_SAS_LIFETIME_MS}..${MAX_REPLICA_SAS_LIFETIME_MS} ms, got ${ms}`,
+    );
+  }
+  lifetimeMs = ms;
+}
+
+/** How long a replica SAS signed now is valid. */
+export function replicaSasLifetime(): number {
+  return lifetimeMs;
+}
+
 /** When a SAS signed at `now` ends: whole seconds, since that is all a SAS's `se` can say. */
-export function replicaSasExpiry(now: Date): Date {
-  return new Date(Math.floor((now.getTime() + REPLICA_SAS_LIFETIME_MS) / 1000) * 1000);
+export function replicaSasExpiry(now: Date, lifetime: number = lifetimeMs): Date {
+  return new Date(Math.floor((now.getTime() + lifetime) / 1000) * 1000);
 }
 
 /**

@@ -79,7 +79,7 @@ process.stdin.on("end", () => {
   if (at > 0 && !process.env.PAGEDISK_AZURITE_KEEP) require("node:fs").rmSync(process.argv[at + 1], { recursive: true, force: true });
   process.exit(0);
 }).resume();
-// Watching stdin must not keep the process alive: Azurite exits on SIGTERM by letting its loop drain.
+// Watching stdin must not keep the process alive: Azurite exits on SIGINT by letting its loop drain.
 process.stdin.unref();
 require(process.argv[1]);`;
 const azuriteDir = dirname(createRequire(import.meta.url).resolve("azurite/package.json"));
@@ -203,6 +203,9 @@ class AzuriteProcesses implements Azurite {
     const main = join(azuriteDir, "dist", "src", service, "main.js");
     const child = spawn(process.execPath, ["-e", WATCHDOG, main, ...args], {
       stdio: ["pipe", "pipe", "pipe"],
+      // Its own process group: a terminal's Ctrl-C reaches our stop(), which
+      // stops Azurite last, not Azurite directly before the agent has drained.
+      detached: true,
       env: { ...process.env, ...(this.#opts.location ? { PAGEDISK_AZURITE_KEEP: "1" } : {}) },
     });
     this.#children.push(child);
@@ -242,11 +245,15 @@ export async function freePort(): Promise<number> {
   return addr.port;
 }
 
-/** SIGTERM lets Azurite save its metadata; SIGKILL if it hangs. */
+/**
+ * SIGINT lets Azurite save its metadata: its Table service handles only
+ * SIGINT, so SIGTERM would end it unsaved (the registry lost on restart).
+ * SIGKILL if it hangs.
+ */
 async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = once(child, "exit");
-  child.kill("SIGTERM");
+  child.kill("SIGINT");
   const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
   try {
     await exited;

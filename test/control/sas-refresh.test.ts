@@ -1,0 +1,322 @@
+/**
+ * SAS refresh end to end: the control plane signs replica SAS tokens with
+ * `PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, and the agent (`pagedisk agent
+ * run`, a child process) puts each fresh token into the running volume, so
+ * I/O goes on after the first token has expired.
+ *
+ * Real parts only: Azurite (which refuses an expired SAS as Azure does), the
+ * control plane in process, the built agent, NBD writes over its socket. A
+ * recording pass-through proxy between agent and control plane shows which
+ * desired states (and so which tokens) the agent received and when it asked
+ * again (it asks only after applying the previous answer).
+ *
+ * Time: the shortest lifetime is 60 s. Instead of waiting a minute, the
+ * control plane's clock runs 50 s behind, so each token it signs expires
+ * 10 s of real time after it was signed; the test waits on the agent's own
+ * fetches until the first token is past its end. Then the clock is set 11
+ * minutes back, so that the control plane hands out tokens already expired:
+ * the very next write fails while the token the agent held before was still
+ * valid, which shows the agent writes with the newest token it was given.
+ */
+import { EventEmitter } from "node:events";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ApiClient } from "../../agent/control/api-client.ts";
+import type { DesiredState } from "../../contract/node.ts";
+import type { Volume } from "../../contract/volume.ts";
+import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { replicaSasLifetimeFrom, settingsFrom } from "../../functions/settings.ts";
+import {
+  MAX_REPLICA_SAS_LIFETIME_MS,
+  replicaSasLifetime,
+  useReplicaSasLifetime,
+} from "../../functions/storage/replica-sas.ts";
+import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { ensureBundleBuilt } from "../infra/installer.ts";
+import { CMD, ERR, FLAG, RawClient } from "../nbd/raw-client.ts";
+import { type AgentProcess, startAgent } from "./agent-process.ts";
+
+const NODE = "vm-sas";
+const VOLUME = "vol-sas";
+const MiB = 1024 * 1024;
+const LIFETIME_SECONDS = 60;
+/** How long, in real time, each token signed while the clock runs behind stays valid. */
+const REAL_VALIDITY_MS = 10_000;
+
+describe("PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS", () => {
+  const registry = { PAGEDISK_REGISTRY_CONNECTION_STRING: "UseDevelopmentStorage=true" };
+
+  it("defaults to an hour and takes whole seconds from 60 to 3600", () => {
+    expect(settingsFrom(registry).replicaSasLifetimeMs).toBe(3_600_000);
+    expect(replicaSasLifetimeFrom({ PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "" })).toBe(3_600_000);
+    expect(replicaSasLifetimeFrom({ PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "60" })).toBe(60_000);
+    expect(
+      settingsFrom({ ...registry, PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "3600" }).replicaSasLifetimeMs,
+    ).toBe(3_600_000);
+  });
+
+  it("refuses anything else at start, naming the setting and its bounds", () => {
+    for (const bad of ["59", "3601", "0", "-60", "90.5", "1h", "4000"]) {
+      expect(() => settingsFrom({ ...registry, PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: bad })).toThrow(
+        /PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS must be (between 60 and 3600 seconds|a whole number of seconds)/,
+      );
+    }
+  });
+
+  it("a lifetime out of bounds handed to the signer is refused and changes nothing", () => {
+    const before = replicaSasLifetime();
+    expect(() => useReplicaSasLifetime(59_999)).toThrow(RangeError);
+    expect(() => useReplicaSasLifetime(MAX_REPLICA_SAS_LIFETIME_MS + 1)).toThrow(RangeError);
+    expect(replicaSasLifetime()).toBe(before);
+  });
+});
+
+/** One desired state the agent received through the proxy. */
+interface Answer {
+  receivedAt: number;
+  state: DesiredState;
+}
+
+/** A pass-through HTTP proxy in front of the control plane that records desired-state answers. */
+interface RecordingProxy {
+  origin: string;
+  answers: Answer[];
+  /** Real times at which the agent asked for its desired state. */
+  asked: number[];
+  /** Resolves once `ready()` holds, checked after every request and answer. */
+  until(ready: () => boolean): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function startRecordingProxy(target: string): Promise<RecordingProxy> {
+  const answers: Answer[] = [];
+  const asked: number[] = [];
+  const changes = new EventEmitter();
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const desired = req.method === "GET" && /\/nodes\/[^/]+\/desired/.test(req.url ?? "");
+      if (desired) {
+        asked.push(Date.now());
+        changes.emit("change");
+      }
+      // The agent may abort a long poll; the upstream request goes with it.
+      const abort = new AbortController();
+      res.on("close", () => abort.abort());
+      const headers: Record<string, string> = {};
+      for (const name of ["authorization", "content-type", "accept"]) {
+        const value = req.headers[name];
+        if (typeof value === "string") headers[name] = value;
+      }
+      void (async () => {
+        try {
+          const upstream = await fetch(`${target}${req.url}`, {
+            method: req.method,
+            headers,
+            ...(chunks.length > 0 ? { body: Buffer.concat(chunks) } : {}),
+            signal: abort.signal,
+          });
+          const body = Buffer.from(await upstream.arrayBuffer());
+          if (desired && upstream.status === 200) {
+            answers.push({ receivedAt: Date.now(), state: JSON.parse(body.toString()) as DesiredState });
+            changes.emit("change");
+          }
+          res.writeHead(upstream.status, {
+            "content-type": upstream.headers.get("content-type") ?? "application/json",
+          });
+          res.end(body);
+        } catch {
+          res.destroy();
+        }
+      })();
+    });
+  });
+  await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+  const { port } = server.address() as AddressInfo;
+  return {
+    origin: `http://127.0.0.1:${port}`,
+    answers,
+    asked,
+    until(ready) {
+      return new Promise((done) => {
+        const check = () => {
+          if (!ready()) return;
+          changes.off("change", check);
+          done();
+        };
+        changes.on("change", check);
+        check();
+      });
+    },
+    close: () =>
+      new Promise((done) => {
+        server.closeAllConnections();
+        server.close(() => done());
+      }),
+  };
+}
+
+let azurite: Azurite;
+let cp: LocalControlPlane;
+let proxy: RecordingProxy;
+let api: ApiClient;
+let dir: string;
+let agent: AgentProcess | undefined;
+let volume: Volume;
+/** How far the control plane's clock is from real time. */
+let clockOffsetMs = -(LIFETIME_SECONDS * 1000 - REAL_VALIDITY_MS);
+
+beforeAll(async () => {
+  await ensureBundleBuilt();
+  dir = await mkdtemp(join(tmpdir(), "pagedisk-sas-"));
+  azurite = await startAzurite({ table: true, inMemory: true });
+  const env = { PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: String(LIFETIME_SECONDS) };
+  cp = await startLocalControlPlane({
+    connectionString: azurite.connectionString,
+    env,
+    port: 0,
+    stateDir: join(dir, "cp"),
+    now: () => new Date(Date.now() + clockOffsetMs),
+    log: () => {},
+  });
+  // The signer takes the setting as the host reads it (idempotent once the runtime applies it itself).
+  useReplicaSasLifetime(settingsFrom({ ...env, PAGEDISK_REGISTRY_CONNECTION_STRING: azurite.connectionString }).replicaSasLifetimeMs);
+  proxy = await startRecordingProxy(new URL(cp.apiUrl).origin);
+  api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
+  await api.createPool({
+    name: "p1",
+    container: "p1-disks",
+    auth: { kind: "connectionString", connectionString: azurite.connectionString },
+  });
+  volume = await api.createVolume({ name: VOLUME, sizeBytes: MiB, replicas: 1 });
+  const { token } = await api.createToken();
+  agent = await startAgent(
+    [
+      "--control-plane",
+      proxy.origin,
+      "--state-dir",
+      join(dir, "agent"),
+      "--name",
+      NODE,
+      "--kernel",
+      "none",
+      "--heartbeat-interval",
+      "200ms",
+    ],
+    { PAGEDISK_JOIN_TOKEN: token },
+  );
+});
+
+afterAll(async () => {
+  await agent?.stop("SIGKILL");
+  await proxy?.close();
+  await cp?.close();
+  await azurite?.dispose();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+function blob() {
+  const r = volume.status.replicas[0]!;
+  return BlobServiceClient.fromConnectionString(azurite.connectionString)
+    .getContainerClient("p1-disks")
+    .getPageBlobClient(`${VOLUME}/${r.id}`);
+}
+
+/** One FUA write through the agent's export; resolves with the NBD error (0 = ok). */
+async function nbdWrite(offset: number, data: Buffer): Promise<number> {
+  const client = await RawClient.connect(join(dir, "agent", "sockets", `${VOLUME}.sock`));
+  try {
+    await client.handshake(VOLUME);
+    const reply = await client.request({ type: CMD.WRITE, handle: 1n, offset, flags: FLAG.FUA, payload: data });
+    return reply.error;
+  } finally {
+    client.close();
+  }
+}
+
+/** The replica URL and its expiry in one answer that carries the volume. */
+function sasOf(answer: Answer): { url: string; expiresAt: number; startsAt: number } {
+  const attachment = answer.state.attachments.find((a) => a.volume === VOLUME)!;
+  const url = attachment.replicas[0]!.url!;
+  const query = new URL(url).searchParams;
+  expect(Date.parse(query.get("se")!)).toBe(Date.parse(attachment.sasExpiresAt));
+  return { url, expiresAt: Date.parse(attachment.sasExpiresAt), startsAt: Date.parse(query.get("st")!) };
+}
+
+const carriesVolume = (a: Answer) => a.state.attachments.some((x) => x.volume === VOLUME);
+
+/** Resolves once the agent has asked again after receiving `answer`, i.e. has applied it. */
+function applied(answer: Answer): Promise<void> {
+  return proxy.until(() => proxy.asked.some((t) => t > answer.receivedAt));
+}
+
+/** Properties of the replica blob read with exactly the SAS in `url`: the HTTP status. */
+async function statusWith(url: string): Promise<number> {
+  return (await fetch(url, { method: "HEAD" })).status;
+}
+
+describe("SAS refresh", () => {
+  it("signs for the configured lifetime; the agent renews on every fetch and keeps writing after its first token expired", async () => {
+    const a = agent!;
+    const from = a.logs.length;
+    await api.attachVolume(VOLUME, NODE);
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME, from);
+    const first = proxy.answers.find(carriesVolume)!;
+    const sas1 = sasOf(first);
+    // Signed as valid from 5 minutes before the control plane's now (clock skew) for 60 s after it.
+    expect(sas1.expiresAt - (sas1.startsAt + 5 * 60_000)).toBeGreaterThan(LIFETIME_SECONDS * 1000 - 1000);
+    expect(sas1.expiresAt - (sas1.startsAt + 5 * 60_000)).toBeLessThanOrEqual(LIFETIME_SECONDS * 1000);
+    expect(await statusWith(sas1.url)).toBe(200);
+
+    const before = Buffer.alloc(4096, 0x11);
+    expect(await nbdWrite(0, before)).toBe(0);
+
+    // Under the agent's 15-minute renewal margin every fetch is a renewal: wait on them
+    // until the first token is a second past its end, and the agent has applied a newer one.
+    await proxy.until(() => proxy.answers.some((x) => carriesVolume(x) && x.receivedAt > sas1.expiresAt + 1000));
+    const later = proxy.answers.filter((x) => carriesVolume(x) && x.receivedAt > sas1.expiresAt + 1000)[0]!;
+    await applied(later);
+    expect(new Set(proxy.answers.filter(carriesVolume).map((x) => sasOf(x).url)).size).toBeGreaterThan(2);
+    expect(sasOf(later).expiresAt).toBeGreaterThan(Date.now());
+
+    // The first token is refused now, by the storage itself...
+    expect(await statusWith(sas1.url)).toBe(403);
+    // ...and the agent still writes: with a token it was given later.
+    const after = Buffer.alloc(4096, 0x22);
+    expect(await nbdWrite(4096, after)).toBe(0);
+    expect(await blob().downloadToBuffer(0, 8192)).toEqual(Buffer.concat([before, after]));
+    expect(a.logs.some((r) => r.msg === "volume failed")).toBe(false);
+  });
+
+  it("a token the control plane hands out is the one the next write carries, even while the old one is still valid", async () => {
+    const a = agent!;
+    const held = proxy.answers.filter(carriesVolume).at(-1)!;
+    const heldValidUntil = sasOf(held).expiresAt;
+    // From now on the control plane signs tokens that ended 10 minutes ago.
+    const jumpedAt = Date.now();
+    clockOffsetMs = -(LIFETIME_SECONDS * 1000 + 11 * 60_000);
+    await proxy.until(() =>
+      proxy.answers.some((x) => x.receivedAt > jumpedAt && carriesVolume(x) && sasOf(x).expiresAt < x.receivedAt),
+    );
+    const expired = proxy.answers.find(
+      (x) => x.receivedAt > jumpedAt && carriesVolume(x) && sasOf(x).expiresAt < x.receivedAt,
+    )!;
+    await applied(expired);
+    expect(await statusWith(sasOf(expired).url)).toBe(403);
+
+    const from = a.logs.length;
+    expect(await nbdWrite(8192, Buffer.alloc(4096, 0x33))).toBe(ERR.EIO);
+    // The token held before the jump would still have been accepted when that write went out.
+    expect(Date.now()).toBeLessThan(heldValidUntil);
+    expect(await statusWith(sasOf(held).url)).toBe(200);
+    await a.waitForLog((r) => r.msg === "volume failed" && r.volume === VOLUME && r.code === "Forbidden", from);
+    expect(await blob().downloadToBuffer(8192, 4096)).toEqual(Buffer.alloc(4096));
+    expect(await a.stop("SIGTERM")).toBe(0);
+  });
+});
