@@ -484,8 +484,9 @@ join_cluster() {
   ensure_dir "$state" 700
   say "joining $CONTROL_PLANE as $NAME"
   # The agent prints its own line; its JSON info log would only clutter an install.
-  if ! PAGEDISK_LOG_LEVEL=warn "$NODE_RUN" "$WORK/pagedisk.mjs" agent join --control-plane "$CONTROL_PLANE" \
-    --join-token "$JOIN_TOKEN" --state-dir "$state" --name "$NAME"; then
+  # The token goes in the environment, not argv: any user on the VM can read argv in ps.
+  if ! PAGEDISK_JOIN_TOKEN=$JOIN_TOKEN PAGEDISK_LOG_LEVEL=warn "$NODE_RUN" "$WORK/pagedisk.mjs" agent join \
+    --control-plane "$CONTROL_PLANE" --state-dir "$state" --name "$NAME"; then
     # Nothing else is installed yet; a state dir we made for nothing goes too.
     if [[ -n $created && ! -e $state/node.json ]]; then rm -rf "$created"; fi
     die "could not join the cluster (see above); nothing was installed"

@@ -209,6 +209,31 @@ describe("bad input", () => {
   });
 });
 
+describe("the join token", () => {
+  it("reaches `agent join` in its environment, never on a command line others can read in ps", async () => {
+    const root = await freshRoot("token-not-in-argv");
+    // A Node that writes down how it was called, then runs: every process the installer starts with it.
+    const calls = join(scratch, "node-calls.log");
+    const recorder = join(scratch, "recording-node");
+    await writeFile(
+      recorder,
+      `#!/bin/bash\nprintf '%s token-in-env=%s\\n' "$*" "\${PAGEDISK_JOIN_TOKEN:+yes}" >>${calls}\nexec ${NODE} "$@"\n`,
+      { mode: 0o755 },
+    );
+    const args = installArgs(root, "vm-token-env");
+    args[args.indexOf(NODE)] = recorder;
+    const r = await runInstaller(args);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await nodeNames()).toContain("vm-token-env");
+    const lines = (await readFile(calls, "utf8")).trim().split("\n");
+    const joins = lines.filter((l) => l.includes(" agent join "));
+    expect(joins).toHaveLength(1);
+    expect(joins[0]).toMatch(/token-in-env=yes$/);
+    for (const line of lines) expect(line).not.toContain(joinToken);
+  });
+});
+
 describe("install, re-run, uninstall, purge", () => {
   let root: string;
   const name = "vm-install-1";
