@@ -9,8 +9,12 @@
  *
  * (d) The control plane on Azurite (bench/control-plane.ts): attach latency,
  *     Table transactions per heartbeat, sweeper cost for 1,000 nodes.
+ * (e) Real agent processes (bench/agent.ts): start time, memory, attach
+ *     latency to NBD answering, failover time, bundle size.
  *
- * Env: PAGEDISK_BENCH_SECONDS (default 5) per timed job.
+ * Env: PAGEDISK_BENCH_SECONDS (default 5) per timed job;
+ * PAGEDISK_BENCH_ONLY=agent,control-plane runs only the sections named
+ * (memory, azurite, control-plane, agent; default all).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -22,11 +26,21 @@ import { openPageBlob } from "../agent/pageblob/connect.ts";
 import type { PageBlob } from "../agent/pageblob/page-blob.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
 import { type ServeProcess, startServe } from "../test/harness/serve.ts";
+import { agentSection } from "./agent.ts";
 import { controlPlaneSection, type TextRow } from "./control-plane.ts";
 import { type FioJob, type FioResult, runFio } from "./fio.ts";
 
 const SECONDS = Number(process.env.PAGEDISK_BENCH_SECONDS ?? 5);
 const MiB = 1024 * 1024;
+const SECTIONS = ["memory", "azurite", "control-plane", "agent"];
+const only = (process.env.PAGEDISK_BENCH_ONLY ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+for (const name of only) {
+  if (!SECTIONS.includes(name)) {
+    console.error(`pagedisk bench: PAGEDISK_BENCH_ONLY: no section "${name}" (sections: ${SECTIONS.join(", ")})`);
+    process.exit(2);
+  }
+}
+const runs = (section: string) => only.length === 0 || only.includes(section);
 
 interface Row {
   section: string;
@@ -189,7 +203,8 @@ function printTable(): void {
 }
 
 console.error(`pagedisk bench: ${SECONDS} s per timed job, fio nbd engine`);
-await memorySection();
-await azuriteSection();
-rows.push(...(await controlPlaneSection()));
+if (runs("memory")) await memorySection();
+if (runs("azurite")) await azuriteSection();
+if (runs("control-plane")) rows.push(...(await controlPlaneSection()));
+if (runs("agent")) rows.push(...(await agentSection()));
 printTable();
