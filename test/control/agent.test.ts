@@ -223,8 +223,15 @@ describe("pagedisk agent run", () => {
     expect(await nbdWrite("vol-a", 4096, data)).toBe(0);
     expect(await blobBytes(v1, 4096, 8192)).toEqual(data);
 
-    await agent.waitForReport((vols) => vols.includes("vol-a:1:SERVING"), from);
-    const node = await api.getNode(NODE);
+    // A heartbeat built before the write may land after it: take the first
+    // one sent wholly after, i.e. wait heartbeat by heartbeat until the count shows.
+    let mark = agent.logs.length;
+    let node = await api.getNode(NODE);
+    while (node.volumes[0]?.stats?.writeOps !== 1) {
+      await agent.waitForReport((vols) => vols.includes("vol-a:1:SERVING"), mark);
+      mark = agent.logs.length;
+      node = await api.getNode(NODE);
+    }
     expect(node.volumes).toEqual([expect.objectContaining({ volume: "vol-a", epoch: 1, state: "SERVING" })]);
     expect(node.volumes[0]!.stats).toMatchObject({ writeOps: 1, bytesWritten: 8192 });
     expect(node.agentVersion).toBe("0.1.0");
