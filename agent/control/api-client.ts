@@ -104,40 +104,71 @@ export class ApiClient {
     return this.#call<EventPage>("GET", `/events${qs}`);
   };
 
-  /** One request; the body of a 2xx answer as the API sent it (undefined for 204). */
-  async #call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const url = `${this.apiUrl}${path}`;
-    let res: Response;
-    try {
-      res = await fetch(url, {
-        method,
-        headers: {
-          authorization: `Bearer ${this.#apiKey}`,
-          accept: "application/json",
-          ...(body === undefined ? {} : { "content-type": "application/json" }),
-        },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
-    } catch (err) {
-      throw new ApiClientError(0, "Unreachable", `cannot reach ${url}: ${reason(err)}`);
-    }
-    const text = await res.text();
-    if (res.ok) {
-      if (text === "") return undefined as T;
-      try {
-        return JSON.parse(text) as T;
-      } catch {
-        throw new ApiClientError(res.status, "BadResponse", `${method} ${url}: answer is not JSON`);
-      }
-    }
-    throw errorOf(res, text, `${method} ${url}`);
+  #call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return requestApi<T>({
+      method,
+      url: `${this.apiUrl}${path}`,
+      bearer: this.#apiKey,
+      body,
+      timeoutMs: this.#timeoutMs,
+    });
   }
 }
 
 /** Names in paths are DNS labels already; encoding keeps a typo from changing the route. */
 function seg(name: string): string {
   return encodeURIComponent(name);
+}
+
+/** One request to the API, as the admin client and the node client make it. */
+export interface ApiRequest {
+  method: string;
+  url: string;
+  /** The admin key, a join token or a node credential. */
+  bearer: string;
+  /** Sent as JSON when given. */
+  body?: unknown;
+  timeoutMs: number;
+  /** The caller's own cancellation; its abort is passed on as is, not as an API failure. */
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * Send one request. Resolves with the body of a 2xx answer as the API sent
+ * it (undefined for 204 No Content); rejects with an `ApiClientError` for
+ * anything else, or with the signal's reason when the caller aborted.
+ */
+export async function requestApi<T>(req: ApiRequest): Promise<T> {
+  const { method, url, body, signal } = req;
+  const timeout = AbortSignal.timeout(req.timeoutMs);
+  let res: Response;
+  let text: string;
+  try {
+    res = await fetch(url, {
+      method,
+      headers: {
+        authorization: `Bearer ${req.bearer}`,
+        accept: "application/json",
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+    });
+    text = await res.text();
+  } catch (err) {
+    // The caller's own abort is not the control plane's fault: pass it on as is.
+    if (signal?.aborted) throw signal.reason;
+    throw new ApiClientError(0, "Unreachable", `cannot reach ${url}: ${reason(err)}`);
+  }
+  if (res.ok) {
+    if (res.status === 204) return undefined as T;
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new ApiClientError(res.status, "BadResponse", `${method} ${url}: answer is not JSON`);
+    }
+  }
+  throw errorOf(res, text, `${method} ${url}`);
 }
 
 function errorOf(res: Response, text: string, what: string): ApiClientError {

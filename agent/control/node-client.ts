@@ -13,7 +13,6 @@
  * node may no longer act (removed, or its credential revoked).
  */
 import type { z } from "zod";
-import type { ApiErrorCode } from "../../contract/errors.ts";
 import type {
   DesiredState,
   Heartbeat,
@@ -21,7 +20,7 @@ import type {
   JoinResponse,
   Node,
 } from "../../contract/node.ts";
-import { ApiClientError } from "./api-client.ts";
+import { ApiClientError, requestApi } from "./api-client.ts";
 
 export type JoinBody = z.input<typeof JoinRequest>;
 export type HeartbeatBody = z.input<typeof Heartbeat>;
@@ -105,7 +104,7 @@ export class NodeClient {
     return this.#credential;
   }
 
-  async #call<T>(
+  #call<T>(
     method: string,
     path: string,
     bearer: string,
@@ -113,35 +112,7 @@ export class NodeClient {
     timeoutMs: number,
     signal: AbortSignal | undefined,
   ): Promise<T> {
-    const url = `${this.apiUrl}${path}`;
-    const timeout = AbortSignal.timeout(timeoutMs);
-    let res: Response;
-    let text: string;
-    try {
-      res = await fetch(url, {
-        method,
-        headers: {
-          authorization: `Bearer ${bearer}`,
-          accept: "application/json",
-          ...(body === undefined ? {} : { "content-type": "application/json" }),
-        },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-      });
-      text = await res.text();
-    } catch (err) {
-      // The caller's own abort is not the control plane's fault: pass it on as is.
-      if (signal?.aborted) throw signal.reason;
-      throw new ApiClientError(0, "Unreachable", `cannot reach ${url}: ${reason(err)}`);
-    }
-    if (res.ok) {
-      try {
-        return JSON.parse(text) as T;
-      } catch {
-        throw new ApiClientError(res.status, "BadResponse", `${method} ${url}: answer is not JSON`);
-      }
-    }
-    throw errorOf(res, text, `${method} ${url}`);
+    return requestApi<T>({ method, url: `${this.apiUrl}${path}`, bearer, body, timeoutMs, signal });
   }
 }
 
@@ -151,34 +122,4 @@ export class NodeClient {
  */
 export function isCredentialRejected(err: unknown): err is ApiClientError {
   return err instanceof ApiClientError && (err.status === 401 || err.status === 403);
-}
-
-function errorOf(res: Response, text: string, what: string): ApiClientError {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    // Not the API speaking (a proxy, a gateway, a wrong URL).
-  }
-  const error = (parsed as { error?: { code?: unknown; message?: unknown; details?: unknown } })
-    ?.error;
-  if (error && typeof error.code === "string" && typeof error.message === "string") {
-    return new ApiClientError(res.status, error.code as ApiErrorCode, error.message, error.details);
-  }
-  return new ApiClientError(
-    res.status,
-    "BadResponse",
-    `${what}: HTTP ${res.status} ${res.statusText} without an API error body`,
-  );
-}
-
-/** fetch says "fetch failed"; the cause (ECONNREFUSED, a timeout) is what helps. */
-function reason(err: unknown): string {
-  if (err instanceof Error) {
-    if (err.name === "TimeoutError") return "timed out";
-    const cause = (err as { cause?: unknown }).cause;
-    if (cause instanceof Error) return cause.message;
-    return err.message;
-  }
-  return String(err);
 }

@@ -14,7 +14,9 @@
  *   `into`) are lent until it settles, and a backend call still running may
  *   be using them. It sets the latch when a request fails with a fatal
  *   StorageError or a RetryDeadlineError, and turns every other error that
- *   is not a BlockError into EIO.
+ *   is not a BlockError into EIO. Given a `ClientLatency`, it also times
+ *   every request it lets in and counts it in flight: the timing rides on
+ *   the guard's own completion handlers, so it costs no promise of its own.
  * - `fence(backend)` is the innermost layer. It lets no call through to the
  *   backend once the latch is set (requests already inside the stack, queued
  *   or retrying, must not land after a fencing: the storage would refuse a
@@ -34,6 +36,7 @@ import {
   type ZeroOptions,
 } from "../nbd/device.ts";
 import { StorageError, type StorageErrorCode } from "../pageblob/errors.ts";
+import type { ClientLatency, Completion, LatencyHistogram } from "./latency.ts";
 import { RetryDeadlineError } from "./throttle.ts";
 
 /** Why the volume failed. */
@@ -122,9 +125,14 @@ export interface FailureOptions {
   latch: FailureLatch;
 }
 
+export interface GuardOptions extends FailureOptions {
+  /** Time the requests let in, and count them in flight (the client's view). */
+  latency?: ClientLatency | undefined;
+}
+
 /** The outermost layer: EIO for everything once the volume has failed. */
-export function failure(next: BlockDevice, opts: FailureOptions): FailureGuard {
-  return new FailureGuard(next, opts.latch);
+export function failure(next: BlockDevice, opts: GuardOptions): FailureGuard {
+  return new FailureGuard(next, opts.latch, opts.latency);
 }
 
 export class FailureGuard implements BlockDevice {
@@ -134,15 +142,17 @@ export class FailureGuard implements BlockDevice {
   readonly canMultiConn: boolean;
   readonly #next: BlockDevice;
   readonly #latch: FailureLatch;
+  readonly #latency: ClientLatency | undefined;
   /** Requests in progress. */
   #pending = 0;
   #closing: Promise<void> | undefined;
   #drained: (() => void) | undefined;
   #errors = 0;
 
-  constructor(next: BlockDevice, latch: FailureLatch) {
+  constructor(next: BlockDevice, latch: FailureLatch, latency?: ClientLatency) {
     this.#next = next;
     this.#latch = latch;
+    this.#latency = latency;
     this.size = next.size;
     this.readOnly = next.readOnly;
     this.blockSizes = next.blockSizes;
@@ -155,31 +165,41 @@ export class FailureGuard implements BlockDevice {
   }
 
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
-    return this.#gate() ?? this.#track(() => this.#next.read(offset, length, into));
+    return (
+      this.#gate() ??
+      this.#track(this.#latency?.read, () => this.#next.read(offset, length, into))
+    );
   }
 
   write(offset: number, data: Uint8Array, opts?: WriteOptions): Promise<void> {
-    return this.#gate() ?? this.#track(() => this.#next.write(offset, data, opts));
+    return (
+      this.#gate() ?? this.#track(this.#latency?.write, () => this.#next.write(offset, data, opts))
+    );
   }
 
   flush(): Promise<void> {
-    return this.#gate() ?? this.#track(() => this.#next.flush());
+    return this.#gate() ?? this.#track(this.#latency?.flush, () => this.#next.flush());
   }
 
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
-    return this.#gate() ?? this.#track(() => this.#next.trim(offset, length, opts));
+    return (
+      this.#gate() ?? this.#track(this.#latency?.trim, () => this.#next.trim(offset, length, opts))
+    );
   }
 
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    return this.#gate() ?? this.#track(() => this.#next.writeZeroes(offset, length, opts));
+    return (
+      this.#gate() ??
+      this.#track(this.#latency?.zero, () => this.#next.writeZeroes(offset, length, opts))
+    );
   }
 
   blockStatus(offset: number, length: number): Promise<Extent[]> {
-    return this.#gate() ?? this.#track(() => this.#next.blockStatus(offset, length));
+    return this.#gate() ?? this.#track(null, () => this.#next.blockStatus(offset, length));
   }
 
   cache(offset: number, length: number): Promise<void> {
-    return this.#gate() ?? this.#track(() => this.#next.cache(offset, length));
+    return this.#gate() ?? this.#track(null, () => this.#next.cache(offset, length));
   }
 
   /**
@@ -220,13 +240,25 @@ export class FailureGuard implements BlockDevice {
   /**
    * Count a request in progress and turn its outcome into the guard's answer
    * (EIO once failed). A synchronous throw from below is answered the same way.
+   * With a ClientLatency the request is timed in `histogram` (in flight only
+   * when null) by a timing whose handlers finish it and go on to the
+   * guard's: still one `.then()` per request.
    */
-  #track<T>(call: () => Promise<T>): Promise<T> {
+  #track<T>(histogram: LatencyHistogram | null | undefined, call: () => Promise<T>): Promise<T> {
     this.#pending++;
+    const latency = this.#latency;
+    if (latency === undefined) {
+      try {
+        return call().then(this.#onValue, this.#onError);
+      } catch (err) {
+        return this.#onError(err);
+      }
+    }
+    const timing = latency.begin(histogram ?? null, this.#completion);
     try {
-      return call().then(this.#onValue, this.#onError);
+      return call().then(timing.done, timing.failed);
     } catch (err) {
-      return this.#onError(err);
+      return timing.failed(err);
     }
   }
 
@@ -256,6 +288,9 @@ export class FailureGuard implements BlockDevice {
     const message = err instanceof Error ? err.message : String(err);
     throw new BlockError("EIO", message, { cause: err });
   };
+
+  /** The same handlers, for a request timing to go on to. */
+  readonly #completion: Completion = { onValue: this.#onValue, onError: this.#onError };
 }
 
 /** The innermost layer: no call reaches the backend once the volume has failed. */

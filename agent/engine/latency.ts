@@ -127,13 +127,25 @@ export function latencyPercentiles(counts: ArrayLike<number>): { p50: number; p9
 export type MonotonicClock = () => number;
 
 /**
+ * Where a timed request's outcome goes once it is timed, in the same
+ * handler: the layer that times requests passes its own completion handlers
+ * here rather than chaining a second `.then()` (failure.ts).
+ */
+export interface Completion {
+  readonly onValue: <T>(value: T) => T;
+  readonly onError: (err: unknown) => never;
+}
+
+/**
  * One request being timed. Its handlers are bound once, when it is made, so
- * a request costs no closure: the meter passes them straight to `.then()`.
+ * a request costs no closure: they are passed straight to `.then()`.
  */
 export class RequestTiming {
   start = 0;
   /** Null for requests counted in flight but not timed (blockStatus, cache). */
   histogram: LatencyHistogram | null = null;
+  /** Null: the request's own value or error is passed on as it is. */
+  completion: Completion | null = null;
   readonly #owner: ClientLatency;
 
   constructor(owner: ClientLatency) {
@@ -141,13 +153,17 @@ export class RequestTiming {
   }
 
   readonly done = <T>(value: T): T => {
+    // Read before finish(): that puts this timing back up for reuse.
+    const completion = this.completion;
     this.#owner.finish(this);
-    return value;
+    return completion === null ? value : completion.onValue(value);
   };
 
   readonly failed = (err: unknown): never => {
+    const completion = this.completion;
     this.#owner.finish(this);
-    throw err;
+    if (completion === null) throw err;
+    return completion.onError(err);
   };
 }
 
@@ -169,10 +185,14 @@ export class ClientLatency {
     this.#now = now;
   }
 
-  /** Start timing a request; `histogram` null counts it in flight only. */
-  begin(histogram: LatencyHistogram | null): RequestTiming {
+  /**
+   * Start timing a request; `histogram` null counts it in flight only. Its
+   * completion handlers go on to `completion` when given.
+   */
+  begin(histogram: LatencyHistogram | null, completion: Completion | null = null): RequestTiming {
     const timing = this.#free > 0 ? this.#stack[--this.#free]! : new RequestTiming(this);
     timing.histogram = histogram;
+    timing.completion = completion;
     timing.start = this.#now();
     this.inFlight++;
     return timing;
@@ -182,6 +202,7 @@ export class ClientLatency {
   finish(timing: RequestTiming): void {
     timing.histogram?.record(this.#now() - timing.start);
     timing.histogram = null;
+    timing.completion = null;
     this.inFlight--;
     this.#stack[this.#free++] = timing;
   }

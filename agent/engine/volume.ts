@@ -2,8 +2,9 @@
  * A volume: the engine layers stacked over one backend, served by the NBD
  * layer as a single BlockDevice.
  *
- *   failure         EIO for everything once failed; answers pending requests
- *   meter (client)  what clients asked for, how long it took, how many in flight
+ *   failure         EIO for everything once failed; answers pending requests;
+ *                   how long each client request took, how many are in flight
+ *   meter (client)  what clients asked for
  *   align           any byte offset/length -> whole 512-byte sectors
  *   sparse          BLOCK_STATUS and reads of holes from the page map
  *   coalesce        split > 4 MiB, bounded in-flight, merge adjacent writes
@@ -16,6 +17,8 @@
  * - failure is outermost so it sees every request and can answer all of
  *   them when the volume fails, wherever inside they wait; its fence half is
  *   innermost so nothing queued or retrying can reach the storage afterwards.
+ *   Client latency is timed there rather than in the client meter: the
+ *   guard already has one `.then()` per request, and the timing rides on it.
  * - align sits above everything else, so every inner layer (and the storage)
  *   sees whole sectors only; its read-modify-write reads are then served from
  *   the sparse map when the sector is a hole, and its writes are merged.
@@ -206,7 +209,7 @@ export async function openVolume(
   const scheduled = coalesce(throttled, options.coalesce);
   const mapped = options.sparse === false ? undefined : sparse(scheduled, options.sparse);
   const aligned = align(mapped ?? scheduled, options.align);
-  const top = failure(meter(aligned, clientCounts, latency), { latch });
+  const top = failure(meter(aligned, clientCounts), { latch, latency });
   const volume = new Volume(top, latch, {
     client: clientCounts,
     latency,

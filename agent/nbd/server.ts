@@ -14,8 +14,8 @@
  * The server never closes devices; whoever created a device closes it,
  * after `removeExport()` or `close()` has let its requests finish.
  */
-import { lstat, unlink } from "node:fs/promises";
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
+import { listenOnce, listenUnix } from "../net/listen.ts";
 import { BufferPool } from "./buffer-pool.ts";
 import { ExportCatalog, type ExportOptions, type NbdExport } from "./catalog.ts";
 import { Connection, type ConnectionContext } from "./connection.ts";
@@ -294,42 +294,4 @@ function isBlockDevice(spec: ExportSpec): spec is BlockDevice {
 function childLogger(log: Logger, bindings: object): Logger {
   const withChild = log as Logger & { child?: (b: object) => Logger };
   return typeof withChild.child === "function" ? withChild.child(bindings) : log;
-}
-
-function listenOnce(listener: Server, opts: { path: string } | { host: string; port: number }) {
-  return new Promise<void>((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    listener.once("error", onError);
-    listener.listen(opts, () => {
-      listener.off("error", onError);
-      resolve();
-    });
-  });
-}
-
-/**
- * Listen on a unix socket path, replacing a stale socket file left by a
- * previous process (one nobody answers on), never a live one.
- */
-async function listenUnix(listener: Server, path: string): Promise<void> {
-  try {
-    await listenOnce(listener, { path });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
-    const info = await lstat(path);
-    if (!info.isSocket() || (await isAnswering(path))) throw err;
-    await unlink(path);
-    await listenOnce(listener, { path });
-  }
-}
-
-function isAnswering(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = connect({ path });
-    probe.once("connect", () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once("error", () => resolve(false));
-  });
 }

@@ -6,11 +6,12 @@
  * through a local forwarder (or node exporter's textfile) instead.
  */
 import { lookup } from "node:dns/promises";
-import { chmod, lstat, unlink } from "node:fs/promises";
+import { chmod } from "node:fs/promises";
 import type { Server } from "node:http";
-import { BlockList, connect, isIP } from "node:net";
+import { BlockList, isIP } from "node:net";
 import { createAdaptorServer } from "@hono/node-server";
 import type { Hono } from "hono";
+import { listenOnce, listenUnix } from "../net/listen.ts";
 import { type ListenAddress, parseListen, UsageError } from "../serve/args.ts";
 
 /** A listening status API. */
@@ -46,7 +47,6 @@ export async function listenStatus(app: Hono, listen: string): Promise<StatusLis
     }
   } catch (err) {
     server.close();
-    if (err instanceof UsageError) throw err;
     throw new UsageError(`cannot listen on ${listen}: ${(err as Error).message}`);
   }
   return {
@@ -82,49 +82,6 @@ async function requireLoopback(listen: string, host: string): Promise<void> {
         "the status API has no authentication: use 127.0.0.1, ::1 or a unix socket",
     );
   }
-}
-
-function listenOnce(
-  server: Server,
-  options: { host: string; port: number } | { path: string },
-): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    server.once("error", onError);
-    server.listen(options, () => {
-      server.removeListener("error", onError);
-      resolve();
-    });
-  });
-}
-
-/** Take over a socket file left by an agent that died, never one that answers. */
-async function listenUnix(server: Server, path: string): Promise<void> {
-  try {
-    await listenOnce(server, { path });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
-    const info = await lstat(path);
-    if (!info.isSocket()) {
-      throw new UsageError(`cannot listen on unix:${path}: the file exists and is not a socket`);
-    }
-    if (await isAnswering(path)) {
-      throw new UsageError(`cannot listen on unix:${path}: another process is listening there`);
-    }
-    await unlink(path);
-    await listenOnce(server, { path });
-  }
-}
-
-function isAnswering(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = connect({ path });
-    probe.once("connect", () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once("error", () => resolve(false));
-  });
 }
 
 function describe(server: Server, asked: ListenAddress): string {

@@ -1,4 +1,6 @@
+import { createHook } from "node:async_hooks";
 import { describe, expect, it } from "vitest";
+import { FailureLatch, failure } from "../../agent/engine/failure.ts";
 import { ClientLatency, LATENCY_BOUNDS_MS } from "../../agent/engine/latency.ts";
 import { MemoryBackend } from "../../agent/engine/memory.ts";
 import { ioCounts, meter } from "../../agent/engine/meter.ts";
@@ -36,12 +38,19 @@ describe("meter", () => {
       bytesZeroed: 512,
     });
   });
+});
 
+/** The guard at the top of a volume, timing what it lets in. */
+function timedGuard(next: BlockDevice, latency: ClientLatency) {
+  return failure(next, { latch: new FailureLatch(), latency });
+}
+
+describe("client latency, timed by the failure guard", () => {
   it("times every kind from call to completion and counts what is in flight", async () => {
     let now = 0;
     const latency = new ClientLatency(() => now);
     const gated = new GatedDevice(new MemoryBackend({ size: 1 * MiB }), ["close"]);
-    const dev = meter(gated, ioCounts(), latency);
+    const dev = timedGuard(gated, latency);
     const pending = [
       watch(dev.read(0, 4 * KiB)),
       watch(dev.write(0, pattern(2, 4 * KiB))),
@@ -79,7 +88,7 @@ describe("meter", () => {
     const faulty = new FaultyDevice(new MemoryBackend({ size: 1 * MiB }), (call) =>
       call.op === "write" ? new BlockError("EIO", "disk on fire") : undefined,
     );
-    const dev = meter(faulty, ioCounts(), latency);
+    const dev = timedGuard(faulty, latency);
     const w = dev.write(0, pattern(3, 4 * KiB));
     now = 5;
     await expect(w).rejects.toThrow("disk on fire");
@@ -87,16 +96,54 @@ describe("meter", () => {
     expect(latency.snapshot().write.counts[bucketOf(5)]).toBe(1);
   });
 
-  it("a synchronous throw from below is thrown as it was, and leaves nothing in flight", () => {
+  it("a synchronous throw from below is answered as it was, and leaves nothing in flight", () => {
     const latency = new ClientLatency(() => 0);
     const broken = new MemoryBackend({ size: 1 * MiB }) as BlockDevice;
     broken.read = () => {
       throw new BlockError("EINVAL", "thrown, not rejected");
     };
-    const dev = meter(broken, ioCounts(), latency);
+    const dev = timedGuard(broken, latency);
     expect(() => dev.read(0, 512)).toThrow("thrown, not rejected");
     expect(latency.inFlight).toBe(0);
     expect(latency.snapshot().read.count).toBe(1);
+  });
+
+  it("a request refused at the gate is neither timed nor in flight", async () => {
+    const latency = new ClientLatency(() => 0);
+    const dev = timedGuard(new MemoryBackend({ size: 1 * MiB }), latency);
+    await dev.close();
+    await expect(dev.read(0, 512)).rejects.toMatchObject({ errno: "ESHUTDOWN" });
+    expect(latency.inFlight).toBe(0);
+    expect(latency.snapshot().read.count).toBe(0);
+  });
+
+  it("costs no promise per request: the guard makes as many timed as untimed", async () => {
+    const promisesPerRequest = async (dev: BlockDevice): Promise<number> => {
+      await dev.read(0, 4 * KiB); // warm up: first calls may allocate lazily
+      let made = 0;
+      const hook = createHook({
+        init: (_id, type) => {
+          if (type === "PROMISE") made++;
+        },
+      }).enable();
+      try {
+        for (let i = 0; i < 10; i++) {
+          await dev.read(0, 4 * KiB);
+          await dev.write(0, pattern(i, 4 * KiB));
+        }
+      } finally {
+        hook.disable();
+      }
+      return made;
+    };
+    const plain = failure(new MemoryBackend({ size: 1 * MiB }), { latch: new FailureLatch() });
+    const latency = new ClientLatency();
+    const timed = timedGuard(new MemoryBackend({ size: 1 * MiB }), latency);
+    const untimedCount = await promisesPerRequest(plain);
+    expect(untimedCount).toBeGreaterThan(0);
+    expect(await promisesPerRequest(timed)).toBe(untimedCount);
+    expect(latency.snapshot().read.count).toBe(11);
+    expect(latency.snapshot().write.count).toBe(10);
   });
 });
 
