@@ -22,6 +22,7 @@ export const CONTROL_PLANE_EVENTS = [
   "volume-detached",
   "volume-fenced",
   "volume-failed-over",
+  "volume-failover-cancelled",
   "node-joined",
   "node-ready",
   "node-suspect",

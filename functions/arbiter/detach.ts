@@ -13,7 +13,9 @@
  * A DETACHING record (storage failure or crash in 2) is resumed by the next
  * detach; detaching a DETACHED volume is a no-op, except that it clears the
  * failover mark (`status.failoverPending`): an operator who detaches a
- * volume wants it left detached, so the sweeper stops placing it.
+ * volume wants it left detached, so the sweeper stops placing it. That is
+ * recorded as a `volume-failover-cancelled` event, so the log says why a
+ * volume that was failing over stayed where it was.
  */
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
@@ -26,7 +28,15 @@ import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { dropLeases } from "./replica-leases.ts";
 
 export async function detachVolume(cp: ControlPlane, name: string): Promise<VolumeRecord> {
-  const claim = await retryOnConflict(() => claimVolume(cp, name));
+  const { claim, failoverCancelled } = await retryOnConflict(() => claimVolume(cp, name));
+  if (failoverCancelled) {
+    await note(cp, {
+      type: "volume-failover-cancelled",
+      volume: name,
+      message: `volume ${name} detached by request: the failover it was owed is cancelled`,
+      data: { reason: "detached" },
+    });
+  }
   if (claim.value.status.state === "DETACHED") return claim.value;
   const owner = claim.value.status.ownerNode;
   // Also when resuming a DETACHING left by a crash, which may have come before the bump.
@@ -55,7 +65,13 @@ export async function detachVolume(cp: ControlPlane, name: string): Promise<Volu
   return detached;
 }
 
-async function claimVolume(cp: ControlPlane, name: string): Promise<Read<VolumeRecord>> {
+/** Step 1's outcome; `failoverCancelled` when it cleared a DETACHED volume's failover mark. */
+interface Claim {
+  claim: Read<VolumeRecord>;
+  failoverCancelled: boolean;
+}
+
+async function claimVolume(cp: ControlPlane, name: string): Promise<Claim> {
   const table = volumes(cp.registry);
   const read = await table.get(name);
   if (!read) throw new ApiError("VolumeNotFound", `no volume named ${name}`, { volume: name });
@@ -67,9 +83,12 @@ async function claimVolume(cp: ControlPlane, name: string): Promise<Read<VolumeR
       status: withFailoverPending(v.status, false),
       updatedAt: cp.now().toISOString(),
     };
-    return { value: cleared, etag: await table.replace(cleared, read.etag) };
+    const etag = await table.replace(cleared, read.etag);
+    return { claim: { value: cleared, etag }, failoverCancelled: true };
   }
-  if (state === "DETACHED" || state === "DETACHING") return read;
+  if (state === "DETACHED" || state === "DETACHING") {
+    return { claim: read, failoverCancelled: false };
+  }
   if (state !== "ATTACHED") {
     throw new ApiError("VolumeBusy", `volume ${name} is ${state}; retry later`, {
       state,
@@ -83,5 +102,6 @@ async function claimVolume(cp: ControlPlane, name: string): Promise<Read<VolumeR
     updatedAt: cp.now().toISOString(),
   };
   cp.faults?.beforeStep("claim");
-  return { value: next, etag: await table.replace(next, read.etag) };
+  const etag = await table.replace(next, read.etag);
+  return { claim: { value: next, etag }, failoverCancelled: false };
 }

@@ -20,11 +20,19 @@
  * failover attach be interrupted (a crash or a storage failure before
  * ATTACHED), the roll-back leaves the volume DETACHED and still marked, and
  * the next sweep places it again (`resumeFailover`). The manual path, an
- * operator's attach or detach, and a completed attach clear the mark.
+ * operator's attach or detach, a change of the policy to manual and a
+ * completed attach clear the mark.
+ *
+ * The `volume-failed-over` event names the node the volume failed over
+ * `from`. A resumed failover no longer has it in the record (the roll-back
+ * cleared the owner), so it takes it from the volume's latest
+ * `volume-fenced` event; should that event be missing (its write failed),
+ * `from` is null, as it is for a volume fenced with no owner.
  */
 import { randomUUID } from "node:crypto";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
+import { listEvents } from "../registry/events.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
@@ -99,7 +107,7 @@ export async function finishFencing(
     });
     return { kind: "detached" };
   }
-  return failOver(cp, fencing, target);
+  return failOver(cp, fencing, target, v.status.ownerNode, false);
 }
 
 /**
@@ -119,14 +127,35 @@ export async function resumeFailover(
   }
   const target = chooseFailoverNode(v, candidates, load);
   if (!target) return { kind: "waiting" };
-  return failOver(cp, detached, target);
+  return failOver(cp, detached, target, await fencedFrom(cp, v.name), true);
 }
 
-/** FENCING or DETACHED -> ATTACHING on `target`, keeping the mark, then the rest of attach. */
+/**
+ * The owner a volume was last fenced from, as its latest `volume-fenced`
+ * event recorded it. Events are listed newest first, and the fencing is
+ * recent, so the scan stops early. A failed read is reported, not thrown:
+ * the failover matters more than its event's `from`.
+ */
+async function fencedFrom(cp: ControlPlane, volume: string): Promise<string | null> {
+  try {
+    const page = await listEvents(cp.registry, { volume, type: "volume-fenced" }, { limit: 1 });
+    return page.items[0]?.node ?? null;
+  } catch (err) {
+    cp.report(err);
+    return null;
+  }
+}
+
+/**
+ * FENCING or DETACHED -> ATTACHING on `target`, keeping the mark, then the
+ * rest of attach. `from` is the node it fails over from, for the event.
+ */
 async function failOver(
   cp: ControlPlane,
   read: Read<VolumeRecord>,
   target: NodeRecord,
+  from: string | null,
+  resumed: boolean,
 ): Promise<FenceOutcome> {
   const v = read.value;
   volumeStates.check(v.status.state, "ATTACHING");
@@ -142,13 +171,12 @@ async function failOver(
   cp.faults?.beforeStep("claim");
   const etag = await volumes(cp.registry).replace(claimed, read.etag);
   const attached = await completeAttach(cp, { value: claimed, etag });
-  const from = v.status.ownerNode;
   await note(cp, {
     type: "volume-failed-over",
     volume: v.name,
     node: target.name,
-    message: `volume ${v.name} failed over${from === null ? "" : ` from ${from}`} to ${target.name} (epoch ${attached.status.epoch})`,
-    data: { from, epoch: attached.status.epoch },
+    message: `volume ${v.name} failed over${from === null ? "" : ` from ${from}`} to ${target.name} (epoch ${attached.status.epoch})${resumed ? ", resuming an interrupted failover" : ""}`,
+    data: { from, epoch: attached.status.epoch, ...(resumed ? { resumed: true } : {}) },
   });
   return { kind: "failed-over", node: target.name };
 }

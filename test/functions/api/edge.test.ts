@@ -1,11 +1,15 @@
 /**
  * The API's edge, for every endpoint: authentication before anything else,
  * bad input answered 4xx in the one error shape, and nothing written to
- * tables or blobs by a refused request.
+ * tables or blobs by a refused request. The agent's own endpoints (join,
+ * heartbeat, desired) are called with a join token or the node's credential,
+ * so what is refused there is the input, not the caller.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { API_ERROR_CODES, ERROR_STATUS } from "../../../contract/errors.ts";
-import { DEFAULT_BODY_LIMIT_BYTES } from "../../../functions/app.ts";
+import type { JoinResponse } from "../../../contract/node.ts";
+import type { IssuedToken } from "../../../contract/token.ts";
+import { DEFAULT_BODY_LIMIT_BYTES, HEARTBEAT_BODY_LIMIT_BYTES } from "../../../functions/app.ts";
 import {
   type ControlPlaneFixture,
   errorOf,
@@ -16,6 +20,9 @@ import {
 
 let cp: ControlPlaneFixture;
 let before: StorageSnapshot;
+/** A join token, and the credential of node `n1` (which owns `v1`). */
+let joinToken: string;
+let nodeCredential: string;
 
 /** `{ "name": "x", "pad": "aaaa…" }` of exactly `bytes` bytes. */
 function bodyOf(bytes: number): string {
@@ -33,12 +40,32 @@ beforeAll(async () => {
   expect((await cp.call("POST", "/api/v1/volumes", { name: "v1", sizeBytes: 4096 })).status).toBe(
     201,
   );
+  joinToken = (await jsonOf<IssuedToken>(await cp.call("POST", "/api/v1/tokens", {}), 201)).token;
+  const joined = await jsonOf<JoinResponse>(
+    await cp.call("POST", "/api/v1/nodes/join", { name: "n1" }, bearer(joinToken)),
+    201,
+  );
+  nodeCredential = joined.credential;
+  await jsonOf(await cp.call("POST", "/api/v1/volumes/v1/attach", { node: "n1" }), 200);
   before = await cp.snapshot();
 });
 afterAll(() => cp?.dispose());
 
-/** [method, path, body, status, code] */
-type Case = [string, string, unknown, number, string];
+function bearer(secret: string): Record<string, string> {
+  return { authorization: `Bearer ${secret}` };
+}
+
+/** Who calls: the admin (by default), an agent joining, or node `n1`. */
+type Caller = "admin" | "join" | "node";
+
+function headersOf(caller: Caller): Record<string, string> {
+  if (caller === "join") return bearer(joinToken);
+  if (caller === "node") return bearer(nodeCredential);
+  return {};
+}
+
+/** [method, path, body, status, code, caller] */
+type Case = [string, string, unknown, number, string, Caller?];
 
 const MALFORMED = '{"name": "v2", "sizeBytes": 512';
 const TiB = 2 ** 40;
@@ -152,6 +179,120 @@ const badInput: Case[] = [
   ["GET", "/api/v1/events?volume=V1", undefined, 400, "InvalidRequest"],
   ["GET", "/api/v1/events?continuation=bm90LWEtdG9rZW4", undefined, 400, "InvalidRequest"],
   ["GET", "/api/v1/events?colour=red", undefined, 400, "InvalidRequest"],
+  // nodes, as an admin sees them
+  ["GET", "/api/v1/nodes/n9", undefined, 404, "NodeNotFound"],
+  ["GET", "/api/v1/nodes/N1", undefined, 400, "InvalidRequest"],
+  ["POST", "/api/v1/nodes/n9/cordon", undefined, 404, "NodeNotFound"],
+  ["POST", "/api/v1/nodes/n_1/cordon", undefined, 400, "InvalidRequest"],
+  ["POST", "/api/v1/nodes/n9/uncordon", undefined, 404, "NodeNotFound"],
+  ["POST", "/api/v1/nodes/-n/uncordon", undefined, 400, "InvalidRequest"],
+  ["DELETE", "/api/v1/nodes/n9", undefined, 404, "NodeNotFound"],
+  ["DELETE", "/api/v1/nodes/N 1", undefined, 400, "InvalidRequest"],
+  ["DELETE", "/api/v1/nodes/n1", undefined, 409, "NodeInUse"],
+  // join, with a join token
+  ["POST", "/api/v1/nodes/join", MALFORMED, 400, "InvalidJson", "join"],
+  ["POST", "/api/v1/nodes/join", "", 400, "InvalidJson", "join"],
+  ["POST", "/api/v1/nodes/join", [], 400, "InvalidRequest", "join"],
+  ["POST", "/api/v1/nodes/join", {}, 400, "InvalidRequest", "join"],
+  ["POST", "/api/v1/nodes/join", { name: 7 }, 400, "InvalidRequest", "join"],
+  ["POST", "/api/v1/nodes/join", { name: "N 2" }, 400, "InvalidRequest", "join"],
+  ["POST", "/api/v1/nodes/join", { name: "n2", agentVersion: "" }, 400, "InvalidRequest", "join"],
+  ["POST", "/api/v1/nodes/join", { name: "n2", facts: [] }, 400, "InvalidRequest", "join"],
+  [
+    "POST",
+    "/api/v1/nodes/join",
+    { name: "n2", facts: { "9lives": true } },
+    400,
+    "InvalidRequest",
+    "join",
+  ],
+  [
+    "POST",
+    "/api/v1/nodes/join",
+    { name: "n2", facts: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`f${i}`, i])) },
+    400,
+    "InvalidRequest",
+    "join",
+  ],
+  ["POST", "/api/v1/nodes/join", { name: "n2", role: "writer" }, 400, "InvalidRequest", "join"],
+  ["POST", "/api/v1/nodes/join", { name: "n1" }, 409, "NodeExists", "join"],
+  // heartbeat, with the node's credential
+  ["POST", "/api/v1/nodes/n1/heartbeat", MALFORMED, 400, "InvalidJson", "node"],
+  ["POST", "/api/v1/nodes/n1/heartbeat", "null", 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/heartbeat", { agentVersion: 2 }, 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/heartbeat", { volumes: "v1" }, 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/heartbeat", { uptime: 1 }, 400, "InvalidRequest", "node"],
+  [
+    "POST",
+    "/api/v1/nodes/n1/heartbeat",
+    { volumes: [{ volume: "v1", epoch: -1, state: "SERVING" }] },
+    400,
+    "InvalidRequest",
+    "node",
+  ],
+  [
+    "POST",
+    "/api/v1/nodes/n1/heartbeat",
+    { volumes: [{ volume: "v1", epoch: 1, state: "HAPPY" }] },
+    400,
+    "InvalidRequest",
+    "node",
+  ],
+  [
+    "POST",
+    "/api/v1/nodes/n1/heartbeat",
+    {
+      volumes: [
+        { volume: "v1", epoch: 1, state: "SERVING" },
+        { volume: "v1", epoch: 1, state: "SERVING" },
+      ],
+    },
+    400,
+    "InvalidRequest",
+    "node",
+  ],
+  [
+    "POST",
+    "/api/v1/nodes/n1/heartbeat",
+    { events: [{ type: "Disk On Fire", message: "x" }] },
+    400,
+    "InvalidRequest",
+    "node",
+  ],
+  [
+    "POST",
+    "/api/v1/nodes/n1/heartbeat",
+    { events: Array.from({ length: 21 }, () => ({ type: "storage-failure", message: "x" })) },
+    400,
+    "InvalidRequest",
+    "node",
+  ],
+  ["POST", "/api/v1/nodes/n9/heartbeat", {}, 403, "Forbidden", "node"],
+  // Whose name it is comes before whether it is a valid one: not its own either way.
+  ["POST", "/api/v1/nodes/N1/heartbeat", {}, 403, "Forbidden", "node"],
+  // desired state and its query, with the node's credential
+  ["GET", "/api/v1/nodes/n1/desired?after=", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n1/desired?after=-1", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n1/desired?after=0x1", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n1/desired?after=1.5", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n1/desired?waitSeconds=26", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n1/desired?waitSeconds=soon", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n1/desired?colour=red", undefined, 400, "InvalidRequest", "node"],
+  ["GET", "/api/v1/nodes/n9/desired", undefined, 403, "Forbidden", "node"],
+  // join tokens
+  ["POST", "/api/v1/tokens", MALFORMED, 400, "InvalidJson"],
+  ["POST", "/api/v1/tokens", [], 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { expiresInSeconds: "3600" }, 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { expiresInSeconds: 59 }, 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { expiresInSeconds: 7 * 86_400 + 1 }, 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { expiresInSeconds: 90.5 }, 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { description: 7 }, 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { description: "d".repeat(257) }, 400, "InvalidRequest"],
+  ["POST", "/api/v1/tokens", { uses: 1 }, 400, "InvalidRequest"],
+  ["DELETE", "/api/v1/tokens/not-a-token", undefined, 400, "InvalidRequest"],
+  ["DELETE", "/api/v1/tokens/ABCDEF0123456789", undefined, 400, "InvalidRequest"],
+  ["DELETE", `/api/v1/tokens/${"0".repeat(16)}`, undefined, 404, "TokenNotFound"],
+  ["GET", "/api/v1/tokens/0000000000000000", undefined, 404, "NotFound"],
   // routes that do not exist
   ["GET", "/api/v1/nope", undefined, 404, "NotFound"],
   ["PUT", "/api/v1/volumes/v1", { failover: "manual" }, 404, "NotFound"],
@@ -159,8 +300,11 @@ const badInput: Case[] = [
 ];
 
 describe("bad input", () => {
-  it.each(badInput)("%s %s %j -> %d %s", async (method, path, body, status, code) => {
-    const err = await errorOf(await cp.call(method, path, body), status);
+  it.each(badInput)("%s %s %j -> %d %s", async (method, path, body, status, code, caller) => {
+    const err = await errorOf(
+      await cp.call(method, path, body, headersOf(caller ?? "admin")),
+      status,
+    );
     expect(err.code).toBe(code);
     expect(err.message.length).toBeGreaterThan(0);
     expect(ERROR_STATUS[err.code as keyof typeof ERROR_STATUS]).toBe(status);
@@ -187,6 +331,27 @@ describe("bad input", () => {
     expect((await errorOf(await cp.call("PATCH", "/api/v1/volumes/v1", big), 413)).code).toBe(
       "PayloadTooLarge",
     );
+    for (const [path, caller] of [
+      ["/api/v1/tokens", "admin"],
+      ["/api/v1/nodes/join", "join"],
+    ] as const) {
+      const res = await cp.call("POST", path, big, headersOf(caller));
+      expect((await errorOf(res, 413)).code).toBe("PayloadTooLarge");
+    }
+    // Heartbeats carry per-volume stats and may be larger, up to their own limit.
+    const bigBeat = bodyOf(HEARTBEAT_BODY_LIMIT_BYTES + 1);
+    const beat = await cp.call("POST", "/api/v1/nodes/n1/heartbeat", bigBeat, headersOf("node"));
+    expect((await errorOf(beat, 413)).code).toBe("PayloadTooLarge");
+    // Endpoints without a body refuse one declared too large before reading it.
+    for (const [method, path] of [
+      ["POST", "/api/v1/nodes/n1/cordon"],
+      ["POST", "/api/v1/nodes/n1/uncordon"],
+      ["DELETE", "/api/v1/nodes/n1"],
+      ["DELETE", `/api/v1/tokens/${"0".repeat(16)}`],
+    ] as const) {
+      const res = await cp.call(method, path, big, { "content-length": String(big.length) });
+      expect((await errorOf(res, 413)).code, `${method} ${path}`).toBe("PayloadTooLarge");
+    }
     // Exactly at the limit the body is read, and refused only for what it says.
     const atLimit = await errorOf(
       await cp.call("POST", "/api/v1/volumes", bodyOf(DEFAULT_BODY_LIMIT_BYTES)),
@@ -224,6 +389,14 @@ describe("authentication", () => {
     ["POST", "/api/v1/volumes/v1/attach", { node: "vm-1" }],
     ["POST", "/api/v1/volumes/v1/detach", undefined],
     ["GET", "/api/v1/events", undefined],
+    ["GET", "/api/v1/nodes", undefined],
+    ["GET", "/api/v1/nodes/n1", undefined],
+    ["POST", "/api/v1/nodes/n1/cordon", undefined],
+    ["POST", "/api/v1/nodes/n1/uncordon", undefined],
+    ["DELETE", "/api/v1/nodes/n1", undefined],
+    ["POST", "/api/v1/tokens", {}],
+    ["GET", "/api/v1/tokens", undefined],
+    ["DELETE", `/api/v1/tokens/${"0".repeat(16)}`, undefined],
   ];
 
   const credentials = (): Array<[string, Record<string, string>]> => {

@@ -13,6 +13,7 @@
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Event, EventPage } from "../../../contract/event.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { attachVolume } from "../../../functions/arbiter/attach.ts";
@@ -110,6 +111,15 @@ async function record(name: string): Promise<VolumeRecord> {
 /** The node's desired-state generation as stored. */
 async function generation(node: string): Promise<number> {
   return generationOf((await nodes(fx.registry).get(node))!.value);
+}
+
+/** The volume's events of one type, newest first, as an operator lists them. */
+async function eventsOf(name: string, type: string): Promise<Event[]> {
+  const page = await jsonOf<EventPage>(
+    await fx.call("GET", `/api/v1/events?volume=${name}&type=${type}`),
+    200,
+  );
+  return page.items;
 }
 
 function replicaBlobs(v: VolumeRecord): PageBlobClient[] {
@@ -455,6 +465,14 @@ describe("failover owed after an interrupted failover attach", () => {
     expect(report.failedOver).toContain(name);
     expect(report.waiting).not.toContain(name);
     await expectSettled(name, spare);
+    // The event names the node it failed over from, as a failover in one go does.
+    const [failedOver, ...others] = await eventsOf(name, "volume-failed-over");
+    expect(others).toEqual([]);
+    expect(failedOver).toMatchObject({
+      node: spare,
+      data: { from: `src-${name}`, resumed: true },
+      message: expect.stringContaining(`failed over from src-${name} to ${spare}`),
+    });
     expect((await record(name)).status.failoverPending).toBeUndefined();
     expect((await pass()).failedOver).toEqual([]);
     await expectSettled(name, spare);
@@ -471,6 +489,13 @@ describe("failover owed after an interrupted failover attach", () => {
     );
     expect(view.status).toMatchObject({ state: "DETACHED", ownerNode: null });
     expect(view.status.failoverPending).toBeUndefined();
+    const [cancelled, ...others] = await eventsOf(name, "volume-failover-cancelled");
+    expect(others).toEqual([]);
+    expect(cancelled).toMatchObject({ data: { reason: "detached" } });
+    expect(cancelled!.message).toMatch(/detached by request: the failover it was owed is cancelled/);
+    // A second detach has no mark to clear, and says nothing more.
+    await jsonOf(await fx.call("POST", `/api/v1/volumes/${name}/detach`, {}), 200);
+    expect(await eventsOf(name, "volume-failover-cancelled")).toHaveLength(1);
     await heartbeat(spare);
     const report = await pass();
     expect(report.failedOver).not.toContain(name);
@@ -478,5 +503,67 @@ describe("failover owed after an interrupted failover attach", () => {
     await expectSettled(name, null);
     expect((await record(name)).status.failoverPending).toBeUndefined();
     expect(healthyReported).toEqual([]);
+  });
+
+  it("is kept by a change that leaves failover automatic", async () => {
+    const { name, spare } = await rolledBackWithNowhereToGo();
+    const view = await jsonOf<Volume>(
+      await fx.call("PATCH", `/api/v1/volumes/${name}`, { preferredNodes: [spare] }),
+      200,
+    );
+    expect(view.status.failoverPending).toBe(true);
+    expect(await eventsOf(name, "volume-failover-cancelled")).toEqual([]);
+    await heartbeat(spare);
+    expect((await pass()).failedOver).toContain(name);
+    await expectSettled(name, spare);
+    await jsonOf(await fx.call("POST", `/api/v1/volumes/${name}/detach`, {}), 200);
+  });
+
+  it("is cleared by setting failover to manual, which the sweep would never act on", async () => {
+    const { name, spare } = await rolledBackWithNowhereToGo();
+    const view = await jsonOf<Volume>(
+      await fx.call("PATCH", `/api/v1/volumes/${name}`, { failover: "manual" }),
+      200,
+    );
+    expect(view.spec.failover).toBe("manual");
+    expect(view.status).toMatchObject({ state: "DETACHED", ownerNode: null });
+    expect(view.status.failoverPending).toBeUndefined();
+    expect((await record(name)).status.failoverPending).toBeUndefined();
+    const [cancelled, ...others] = await eventsOf(name, "volume-failover-cancelled");
+    expect(others).toEqual([]);
+    expect(cancelled).toMatchObject({ data: { reason: "failover-manual" } });
+    expect(cancelled!.message).toMatch(/failover set to manual/);
+    expect(await eventsOf(name, "volume-updated")).toHaveLength(1);
+
+    // Nothing left for the sweeper, even with an eligible node back.
+    await heartbeat(spare);
+    const before = await fx.snapshot();
+    const report = await pass();
+    expect(report.failedOver).not.toContain(name);
+    expect(report.waiting).not.toContain(name);
+    expect(await fx.snapshot()).toEqual(before);
+    await expectSettled(name, null);
+    // Back to automatic: no mark comes back with it, nothing is owed.
+    await jsonOf(await fx.call("PATCH", `/api/v1/volumes/${name}`, { failover: "automatic" }), 200);
+    expect((await pass()).failedOver).not.toContain(name);
+    await expectSettled(name, null);
+    expect(healthyReported).toEqual([]);
+  });
+});
+
+describe("a policy change while an attach or detach is under way", () => {
+  it("is refused as busy, and the step it would have broken completes", async () => {
+    const name = fresh("p");
+    await createVolume(name);
+    await heartbeat(...ALIVE);
+    const crash = crashBefore("take-lease 0");
+    await expect(attachVolume(crash.cp, name, "n-a")).rejects.toBeInstanceOf(SimulatedCrash);
+    expect((await record(name)).status.state).toBe("ATTACHING");
+    const before = await fx.snapshot();
+    const err = await fx.call("PATCH", `/api/v1/volumes/${name}`, { failover: "manual" });
+    expect(err.status).toBe(409);
+    expect(((await err.json()) as { error: { code: string } }).error.code).toBe("VolumeBusy");
+    expect(await fx.snapshot()).toEqual(before);
+    await repairAndCheck(name, null);
   });
 });
