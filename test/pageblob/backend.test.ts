@@ -2,19 +2,16 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PageBlobBackend } from "../../agent/engine/pageblob-backend.ts";
 import { BlockError } from "../../agent/nbd/device.ts";
 import { StorageError } from "../../agent/pageblob/errors.ts";
-import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
-import { type Fixture, pattern, setupFixture } from "./fixture.ts";
+import type { FaultProxy } from "../harness/fault-proxy.ts";
+import { pattern, type ProxiedFixture, setupProxiedFixture } from "./fixture.ts";
 
-let fx: Fixture;
+let fx: ProxiedFixture;
 let proxy: FaultProxy;
 beforeAll(async () => {
-  fx = await setupFixture();
-  proxy = await startFaultProxy(fx.azurite.blobEndpoint);
+  fx = await setupProxiedFixture();
+  ({ proxy } = fx);
 });
-afterAll(async () => {
-  await proxy?.close();
-  await fx?.close();
-});
+afterAll(() => fx?.close());
 
 async function device(
   size: number,

@@ -14,6 +14,7 @@ import {
 import { type OpenOptions, openPageBlob } from "../../agent/pageblob/connect.ts";
 import type { PageBlob } from "../../agent/pageblob/page-blob.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 
 export interface Fixture {
   azurite: Azurite;
@@ -66,6 +67,27 @@ export async function setupFixture(): Promise<Fixture> {
     async close() {
       await Promise.allSettled(opened.map((pb) => pb.close()));
       await azurite.dispose();
+    },
+  };
+}
+
+/** The fixture with a fault proxy in front of its Blob endpoint; `close()` stops both. */
+export interface ProxiedFixture extends Fixture {
+  proxy: FaultProxy;
+}
+
+export async function setupProxiedFixture(): Promise<ProxiedFixture> {
+  const fx = await setupFixture();
+  const proxy = await startFaultProxy(fx.azurite.blobEndpoint).catch(async (err: unknown) => {
+    await fx.close();
+    throw err;
+  });
+  return {
+    ...fx,
+    proxy,
+    async close() {
+      await proxy.close();
+      await fx.close();
     },
   };
 }
