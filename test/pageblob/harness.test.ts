@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { openPageBlob } from "../../agent/pageblob/connect.ts";
 import { DEFAULT_RETRY } from "../../agent/pageblob/retry.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
-import { pattern } from "./fixture.ts";
+import { instantClock, pattern } from "./fixture.ts";
 
 const started: Azurite[] = [];
 afterAll(() => Promise.all(started.map((a) => a.dispose())));
@@ -16,7 +16,7 @@ describe("Azurite harness", () => {
     expect(az.tableEndpoint).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/devstoreaccount1$/);
     const pb = openPageBlob("keep/disk", {
       connectionString: az.connectionString,
-      clock: { now: () => Date.now(), sleep: async () => {} },
+      clock: instantClock,
       retry: { ...DEFAULT_RETRY, maxAttempts: 2 },
     });
     try {
