@@ -64,7 +64,7 @@ export class PoolRegistry {
     };
   }
 
-  /** Number of origins with an open pool (for tests and /metrics). */
+  /** Number of origins with an open pool. */
   get size(): number {
     return this.#entries.size;
   }

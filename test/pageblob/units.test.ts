@@ -1,4 +1,4 @@
-/** Pure units of pageblob/: retry policy, classification, XML, locations, extents. No network. */
+/** Pure units of pageblob/: retry policy, classification, XML, locations, pools, extents. No network. */
 import { describe, expect, it } from "vitest";
 import { toExtents } from "../../agent/engine/pageblob-backend.ts";
 import {
@@ -14,6 +14,7 @@ import {
   parseConnectionString,
   resolveBlob,
 } from "../../agent/pageblob/location.ts";
+import { PoolRegistry } from "../../agent/pageblob/pool.ts";
 import { calculateDelay, DEFAULT_RETRY, shouldRetry } from "../../agent/pageblob/retry.ts";
 import { parseErrorBody, parsePageList } from "../../agent/pageblob/xml.ts";
 
@@ -230,6 +231,26 @@ describe("locations", () => {
     );
     expect(() => resolveBlob("disks", account)).toThrow(/container\/blob/);
     expect(() => resolveBlob("disks/v")).toThrow(/connection string/);
+  });
+});
+
+describe("connection pools", () => {
+  it("shares one pool per origin and closes it when the last blob lets go, once per lease", async () => {
+    const pools = new PoolRegistry();
+    const a = pools.acquire("http://127.0.0.1:10000/devstoreaccount1/c/a");
+    const b = pools.acquire("http://127.0.0.1:10000");
+    const other = pools.acquire("http://127.0.0.1:10001");
+    expect(b.pool).toBe(a.pool);
+    expect(other.pool).not.toBe(a.pool);
+    expect(pools.size).toBe(2);
+    await a.release();
+    await a.release();
+    expect(a.pool.closed).toBe(false);
+    await b.release();
+    expect(a.pool.closed).toBe(true);
+    expect(pools.size).toBe(1);
+    await other.release();
+    expect(pools.size).toBe(0);
   });
 });
 
