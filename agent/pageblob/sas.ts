@@ -25,7 +25,7 @@ export interface SasSource {
 
 /** A SAS given from outside; it is used as is until it expires (then requests get Forbidden). */
 export function fixedSas(query: string): SasSource {
-  const q = query.replace(/^\?/, "");
+  const q = strip(query);
   return { query: () => q };
 }
 
