@@ -33,6 +33,7 @@ export interface ServeOptions {
   lease?: string;
   readOnly?: boolean;
   exportName?: string;
+  /** The CLI fills it from PAGEDISK_STORAGE_CONNECTION_STRING when not given. */
   connectionString?: string;
   throttlePauseMs?: number;
   deadlineMs?: number;
@@ -156,7 +157,7 @@ async function open(target: Target, lease: LeaseMode, opts: ServeOptions): Promi
     };
   }
   const shown = `${target.url.origin}${target.url.pathname}`;
-  const connectionString = opts.connectionString ?? process.env.PAGEDISK_STORAGE_CONNECTION_STRING;
+  const { connectionString } = opts;
   let blob: PageBlob;
   try {
     blob = openPageBlob(target.url.href, connectionString ? { connectionString } : {});
