@@ -3,8 +3,6 @@
  * driven by qemu-io: lease handling, fencing by a lease break from another
  * client, a deleted blob, and throttling through a fault-injecting proxy.
  */
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -13,21 +11,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 import { type ServeProcess, startServe } from "../harness/serve.ts";
+import { runTool } from "../harness/tools.ts";
 
-const exec = promisify(execFile);
 const MiB = 1024 * 1024;
 
 /** Run qemu-io commands against an NBD URI; returns its output (qemu-io reports errors there). */
 async function qemuIo(uri: string, ...commands: string[]): Promise<string> {
   const args = ["-f", "raw", ...commands.flatMap((c) => ["-c", c]), uri];
-  try {
-    const { stdout, stderr } = await exec("qemu-io", args);
-    return stdout + stderr;
-  } catch (err) {
-    const e = err as { code?: string; stdout?: string; stderr?: string };
-    if (e.code === "ENOENT") throw new Error("qemu-io is not installed: apt-get install qemu-utils");
-    return `${e.stdout ?? ""}${e.stderr ?? ""}`;
-  }
+  const { stdout, stderr } = await runTool("qemu-io", args, { allowFailure: true });
+  return stdout + stderr;
 }
 
 function failedEvent(serve: ServeProcess) {
@@ -96,8 +88,8 @@ describe("pagedisk serve on Azurite", () => {
     const image = randomBytes(8 * MiB);
     const src = join(serve.dir, "src.raw");
     await writeFile(src, image);
-    await exec("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", src, serve.uri]);
-    await exec("qemu-img", ["compare", "-f", "raw", "-F", "raw", src, serve.uri]);
+    await runTool("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", src, serve.uri]);
+    await runTool("qemu-img", ["compare", "-f", "raw", "-F", "raw", src, serve.uri]);
     expect(await serve.stop()).toBe(0);
     expect((await blob.downloadToBuffer()).equals(image)).toBe(true);
   });
@@ -140,15 +132,13 @@ describe("pagedisk serve on Azurite", () => {
   it("fails with EIO when the blob is deleted", async () => {
     const { serve, blob } = await serveNew();
     expect(await qemuIo(serve.uri, "write -P 0x33 0 64k")).not.toMatch(/error/i);
-    await blob.delete({ conditions: {}, deleteSnapshots: "include" }).catch(async () => {
-      // A leased blob needs its lease broken before delete, as an operator would.
-      await blob.getBlobLeaseClient().breakLease(0);
-      await blob.delete();
-    });
+    // serve holds the lease: an operator breaks it before the delete.
+    await blob.getBlobLeaseClient().breakLease(0);
+    await blob.delete();
     const out = await qemuIo(serve.uri, "write -P 0x44 0 64k");
     expect(out).toMatch(/Input\/output error/);
     expect(await serve.exited).toBe(2);
-    expect(failedEvent(serve)).toMatchObject({ type: "volume-failed" });
+    expect(failedEvent(serve)).toMatchObject({ type: "volume-failed", reason: "blob-gone" });
     await serve.stop();
   });
 

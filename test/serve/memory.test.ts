@@ -6,17 +6,18 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { BIN, startServe } from "../harness/serve.ts";
+import { runTool } from "../harness/tools.ts";
 
 const exec = promisify(execFile);
 
-async function run(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
+/** Run the bundled binary: its exit code and everything it printed. */
+async function pagedisk(args: string[]): Promise<{ code: number; out: string }> {
   try {
-    const { stdout, stderr } = await exec(cmd, args);
+    const { stdout, stderr } = await exec(process.execPath, [BIN, ...args]);
     return { code: 0, out: stdout + stderr };
   } catch (err) {
-    const e = err as { code?: number | string; stdout?: string; stderr?: string };
-    if (e.code === "ENOENT") throw new Error(`${cmd} is not installed (see infra/test-tools.mjs)`);
-    return { code: typeof e.code === "number" ? e.code : -1, out: `${e.stdout ?? ""}${e.stderr ?? ""}` };
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: e.code ?? -1, out: `${e.stdout ?? ""}${e.stderr ?? ""}` };
   }
 }
 
@@ -33,22 +34,21 @@ describe("pagedisk serve memory:", () => {
     expect(serve.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/ro$/);
     expect(serve.uri).not.toMatch(/:0\//);
 
-    const info = await run("nbdinfo", ["--json", serve.uri]);
-    expect(info.code).toBe(0);
-    const json = JSON.parse(info.out) as { exports: Array<Record<string, unknown>> };
+    const info = await runTool("nbdinfo", ["--json", serve.uri]);
+    const json = JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> };
     expect(json.exports[0]).toMatchObject({ "export-name": "ro", "export-size": 64 * 1024 * 1024, is_read_only: true });
 
-    const write = await run("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", serve.uri]);
-    expect(write.out).toMatch(/Operation not permitted|read-only|Permission denied/i);
-    const read = await run("qemu-io", ["-f", "raw", "-r", "-c", "read -P 0 0 64k", serve.uri]);
-    expect(read.out).toMatch(/read 65536\/65536 bytes/);
+    const write = await runTool("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", serve.uri], { allowFailure: true });
+    expect(write.stdout + write.stderr).toMatch(/Operation not permitted|read-only|Permission denied/i);
+    const read = await runTool("qemu-io", ["-f", "raw", "-r", "-c", "read -P 0 0 64k", serve.uri]);
+    expect(read.stdout).toMatch(/read 65536\/65536 bytes/);
     expect(await serve.stop("SIGINT")).toBe(0);
   });
 
   it("stops cleanly on SIGTERM after serving a client, exit 0", async () => {
     const serve = await startServe("memory:32MiB");
-    const out = await run("qemu-io", ["-f", "raw", "-c", "write -P 7 0 1M", "-c", "read -P 7 0 1M", serve.uri]);
-    expect(out.out).toMatch(/read 1048576\/1048576 bytes/);
+    const out = await runTool("qemu-io", ["-f", "raw", "-c", "write -P 7 0 1M", "-c", "read -P 7 0 1M", serve.uri]);
+    expect(out.stdout).toMatch(/read 1048576\/1048576 bytes/);
     expect(await serve.stop("SIGTERM")).toBe(0);
     expect(serve.logs.some((l) => l.msg === "stopped" && l.code === 0)).toBe(true);
   });
@@ -61,7 +61,7 @@ describe("pagedisk serve memory:", () => {
     [["memory:1GiB"], /required option '--listen/],
     [["http://127.0.0.1:1/a/b/c", "--listen", "unix:/tmp/x.sock", "--size", "1GiB"], /--size is only used with --create/],
   ])("refuses %j with a clear message and exit 1", async (args, message) => {
-    const { code, out } = await run(process.execPath, [BIN, "serve", ...args]);
+    const { code, out } = await pagedisk(["serve", ...args]);
     expect(code).toBe(1);
     expect(out).toMatch(message);
   });
