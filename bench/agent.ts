@@ -32,7 +32,7 @@ import { type AgentProcess, startAgent } from "../test/control/agent-process.ts"
 import { startAzurite } from "../test/harness/azurite.ts";
 import { BIN } from "../test/harness/serve.ts";
 import { CMD, FLAG, RawClient } from "../test/nbd/raw-client.ts";
-import { percentile, type TextRow } from "./control-plane.ts";
+import { ms, percentile, sectionRows, type TextRow } from "./rows.ts";
 
 const STARTS = Number(process.env.PAGEDISK_BENCH_AGENT_STARTS ?? 5);
 const ATTACHES = Number(process.env.PAGEDISK_BENCH_AGENT_ATTACHES ?? 20);
@@ -51,26 +51,8 @@ const PROBE_TIMEOUT_MS = 5_000;
 const GIVE_UP_MS = 60_000;
 const PROBE = Buffer.alloc(4096, 0xa5);
 
-const ms = (v: number) => `${v.toFixed(1)} ms`;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
-
-/** Value against an upper bound: ratio = value / bound, met when <= 1. */
-function atMost(workload: string, value: number, shown: string, bound: string, boundValue: number, peer = "-"): TextRow {
-  const ratio = value / boundValue;
-  return {
-    section: SECTION,
-    workload,
-    ours: shown,
-    peer,
-    ratio: ratio.toFixed(2),
-    target: `<= 1 (${bound})`,
-    verdict: ratio <= 1 ? "met" : "MISSED",
-  };
-}
-
-function reported(workload: string, shown: string, peer = "-"): TextRow {
-  return { section: SECTION, workload, ours: shown, peer, ratio: "-", target: "-", verdict: "" };
-}
+const { atMost, reported } = sectionRows(SECTION);
 
 export async function agentSection(): Promise<TextRow[]> {
   const rows: TextRow[] = [];

@@ -27,6 +27,7 @@ import { nodes } from "../functions/registry/nodes.ts";
 import { openRegistry } from "../functions/registry/tables.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
 import { startFaultProxy } from "../test/harness/fault-proxy.ts";
+import { ms, percentile, sectionRows, type TextRow } from "./rows.ts";
 
 const VOLUMES = Number(process.env.PAGEDISK_BENCH_CP_VOLUMES ?? 40);
 const ROUNDS = Number(process.env.PAGEDISK_BENCH_CP_ROUNDS ?? 2);
@@ -36,42 +37,7 @@ const ATTACH_P50_TARGET_MS = 1000;
 const HEARTBEAT_TX_TARGET = 2;
 const SECTION = "control plane (Azurite)";
 
-/** A row of the bench table whose ratio, target and verdict are already text. */
-export interface TextRow {
-  section: string;
-  workload: string;
-  ours: string;
-  peer: string;
-  ratio: string;
-  target: string;
-  verdict: string;
-}
-
-const ms = (v: number) => `${v.toFixed(1)} ms`;
-
-/** Nearest-rank percentile of `samples` (0 < p <= 100). */
-export function percentile(samples: number[], p: number): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
-
-/** Value against an upper bound: ratio = value / bound, met when <= 1. */
-function atMost(workload: string, value: number, shown: string, bound: number, unit: string): TextRow {
-  const ratio = value / bound;
-  return {
-    section: SECTION,
-    workload,
-    ours: shown,
-    peer: "-",
-    ratio: ratio.toFixed(2),
-    target: `<= 1 (${bound} ${unit})`,
-    verdict: ratio <= 1 ? "met" : "MISSED",
-  };
-}
-
-function reported(workload: string, shown: string): TextRow {
-  return { section: SECTION, workload, ours: shown, peer: "-", ratio: "-", target: "-", verdict: "" };
-}
+const { atMost, reported } = sectionRows(SECTION);
 
 export async function controlPlaneSection(): Promise<TextRow[]> {
   const rows: TextRow[] = [];
@@ -137,7 +103,7 @@ export async function controlPlaneSection(): Promise<TextRow[]> {
     }
     const p50 = percentile(latencies, 50);
     const p99 = percentile(latencies, 99);
-    rows.push(atMost(`attach p50 (n=${latencies.length})`, p50, ms(p50), ATTACH_P50_TARGET_MS, "ms"));
+    rows.push(atMost(`attach p50 (n=${latencies.length})`, p50, ms(p50), `${ATTACH_P50_TARGET_MS} ms`, ATTACH_P50_TARGET_MS));
     rows.push(reported(`attach p99 (n=${latencies.length})`, ms(p99)));
 
     // --- 2. Table transactions per heartbeat (volume reports, no events)
@@ -154,7 +120,7 @@ export async function controlPlaneSection(): Promise<TextRow[]> {
     const hbMs = (performance.now() - hbT0) / HEARTBEATS;
     const perBeat = proxy.received() / HEARTBEATS;
     rows.push(
-      atMost(`Table tx / heartbeat (${reports.length} volumes, no events)`, perBeat, `${perBeat.toFixed(2)} tx (${ms(hbMs)})`, HEARTBEAT_TX_TARGET, "tx"),
+      atMost(`Table tx / heartbeat (${reports.length} volumes, no events)`, perBeat, `${perBeat.toFixed(2)} tx (${ms(hbMs)})`, `${HEARTBEAT_TX_TARGET} tx`, HEARTBEAT_TX_TARGET),
     );
 
     // --- 3. sweeper over SWEEP_NODES nodes, in tables of their own

@@ -14,6 +14,7 @@ import { BlobServiceClient } from "@azure/storage-blob";
 import { openPageBlob } from "../agent/pageblob/connect.ts";
 import type { PageBlob } from "../agent/pageblob/page-blob.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
+import { closedLoop } from "./closed-loop.ts";
 
 const seconds = Number(process.argv.find((a) => /^\d+$/.test(a)) ?? 5);
 const inMemory = process.argv.includes("--in-memory");
@@ -29,18 +30,8 @@ async function run(
 ) {
   const buf = Buffer.alloc(bytes, 0xa5);
   const slots = SIZE / bytes;
-  let next = 0;
-  let done = 0;
-  const until = performance.now() + seconds * 1000;
-  const worker = async () => {
-    while (performance.now() < until) {
-      const offset = (next++ % slots) * bytes;
-      await op(pb, offset, buf);
-      done++;
-    }
-  };
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: concurrency }, worker));
+  const done = await closedLoop(concurrency, seconds, (n) => op(pb, (n % slots) * bytes, buf));
   const s = (performance.now() - t0) / 1000;
   const rate = done / s;
   console.log(

@@ -18,6 +18,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -27,8 +28,10 @@ import type { PageBlob } from "../agent/pageblob/page-blob.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
 import { type ServeProcess, startServe } from "../test/harness/serve.ts";
 import { agentSection } from "./agent.ts";
-import { controlPlaneSection, type TextRow } from "./control-plane.ts";
+import { controlPlaneSection } from "./control-plane.ts";
+import { closedLoop } from "./closed-loop.ts";
 import { type FioJob, type FioResult, runFio } from "./fio.ts";
+import type { TextRow } from "./rows.ts";
 
 const SECONDS = Number(process.env.PAGEDISK_BENCH_SECONDS ?? 5);
 const MiB = 1024 * 1024;
@@ -70,13 +73,12 @@ async function startNbdkit(dir: string): Promise<{ proc: ChildProcess; uri: stri
   const proc = spawn("nbdkit", ["-f", "-U", socket, "-P", pidfile, "memory", "1G"], { stdio: "inherit" });
   await new Promise<void>((res, rej) => {
     proc.once("error", (e) => rej(new Error(`nbdkit: ${e.message} (apt-get install nbdkit)`)));
-    const poll = async (n: number): Promise<void> => {
-      const { existsSync } = await import("node:fs");
+    const poll = (n: number): void => {
       if (existsSync(pidfile)) return res();
       if (n === 0) return rej(new Error("nbdkit did not start"));
-      setTimeout(() => void poll(n - 1), 50);
+      setTimeout(() => poll(n - 1), 50);
     };
-    void poll(200);
+    poll(200);
   });
   return { proc, uri: `nbd+unix:///?socket=${socket}` };
 }
@@ -107,29 +109,13 @@ async function memorySection(): Promise<void> {
   }
 }
 
-/** Run `workers` loops of `op(i)` for `seconds`; returns completed ops. */
-async function closedLoop(workers: number, seconds: number, op: (n: number) => Promise<void>): Promise<number> {
-  const end = performance.now() + seconds * 1000;
-  let next = 0;
-  let done = 0;
-  await Promise.all(
-    Array.from({ length: workers }, async () => {
-      while (performance.now() < end) {
-        await op(next++);
-        done++;
-      }
-    }),
-  );
-  return done;
-}
-
 async function rawRate(blob: PageBlob, kind: "write" | "read", bs: number, depth: number, size: number): Promise<number> {
   const data = randomBytes(bs);
   const slots = Math.floor(size / bs);
   const t0 = performance.now();
   const ops = await closedLoop(depth, SECONDS, (n) => {
     const offset = (n % slots) * bs;
-    return kind === "write" ? blob.putPages(offset, data) : blob.read(offset, bs).then(() => {});
+    return kind === "write" ? blob.putPages(offset, data) : blob.read(offset, bs);
   });
   return ops / ((performance.now() - t0) / 1000);
 }
@@ -146,12 +132,13 @@ async function azuriteSection(): Promise<void> {
     const rawBlob = openPageBlob(`${azurite.blobEndpoint}/bench/raw.vhd`, { connectionString: azurite.connectionString });
     await rawBlob.create(size);
     await prefill(serve.uri, "256M");
-    await closedLoop(8, 60, async (n) => {
-      if (n * 4 * MiB >= size) throw new StopLoop();
-      await rawBlob.putPages(n * 4 * MiB, randomBytes(4 * MiB));
-    }).catch((e) => {
-      if (!(e instanceof StopLoop)) throw e;
-    });
+    // Fill the raw blob too, one pass of 4 MiB Put Pages, 8 at a time.
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next * 4 * MiB < size) await rawBlob.putPages(next++ * 4 * MiB, randomBytes(4 * MiB));
+      }),
+    );
 
     const seqW = await runFio(serve.uri, { name: "az-write-1m-qd8", rw: "write", bs: "1M", iodepth: 8, size: "256M", runtime: SECONDS });
     const rawW = (await rawRate(rawBlob, "write", MiB, 8, size)) * MiB;
@@ -177,8 +164,6 @@ async function azuriteSection(): Promise<void> {
     await azurite.dispose();
   }
 }
-
-class StopLoop extends Error {}
 
 function printTable(): void {
   const header = ["section", "workload", "pagedisk", "peer", "ratio", "target", ""];
