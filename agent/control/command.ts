@@ -4,9 +4,10 @@
  * not start or the control plane refused, 2 bad command line (nothing done),
  * 3 the node's credential was refused while running.
  */
-import { InvalidArgumentError, Option } from "commander";
+import { Option } from "commander";
 import type { Command } from "commander";
 import { createLogger, type Logger } from "../log.ts";
+import { usage } from "../manage/args.ts";
 import { group } from "../manage/command.ts";
 import { parseDuration, parseListen, UsageError } from "../serve/args.ts";
 import { AGENT_EXIT, type AgentParts, type KernelMode, runAgent } from "./agent.ts";
@@ -118,15 +119,6 @@ function asInterval(text: string): number {
     }
     return ms;
   });
-}
-
-/** commander reports an InvalidArgumentError as a usage error (exit 2 through group()). */
-function usage<T>(parse: () => T): T {
-  try {
-    return parse();
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
 }
 
 /** One line on stderr for `err` (and a log record); the exit code it means. */

@@ -6,7 +6,8 @@
 import { InvalidArgumentError } from "commander";
 import { parseDuration, parseSize } from "../serve/args.ts";
 
-function usage<T>(parse: () => T): T {
+/** Run a parser of ours; its error becomes commander's, so a bad value is a usage error (exit 2). */
+export function usage<T>(parse: () => T): T {
   try {
     return parse();
   } catch (err) {
