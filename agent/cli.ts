@@ -1,32 +1,19 @@
 /**
  * Entry of the `pagedisk` binary: agent commands and management commands.
  */
-import { Command, InvalidArgumentError, Option } from "commander";
+import { Command, Option } from "commander";
 import { agentCommand } from "./control/command.ts";
 import { AGENT_VERSION } from "./control/version.ts";
 import { openBinder } from "./host/open-binder.ts";
 import { statusApp } from "./status/app.ts";
 import { listenStatus } from "./status/listen.ts";
 import { createLogger } from "./log.ts";
+import { asSize, usage } from "./manage/args.ts";
 import { addManagementCommands } from "./manage/index.ts";
-import { parseDuration, parseSize, UsageError } from "./serve/args.ts";
+import { parseDuration, UsageError } from "./serve/args.ts";
 import { EXIT, serve } from "./serve/serve.ts";
 
-function asSize(text: string): number {
-  try {
-    return parseSize(text);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
-}
-
-function asDuration(text: string): number {
-  try {
-    return parseDuration(text);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
-}
+const asDuration = (text: string): number => usage(() => parseDuration(text));
 
 const program = new Command();
 program
