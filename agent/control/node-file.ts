@@ -5,9 +5,9 @@
  * all (temp file + rename): a crash mid-write never leaves a node that has
  * joined but lost its credential.
  */
-import { randomBytes } from "node:crypto";
-import { chmod, mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { writeStateFile } from "../host/state-file.ts";
 
 /** What `node.json` holds. */
 export interface NodeIdentity {
@@ -59,20 +59,5 @@ export async function saveNodeIdentity(stateDir: string, identity: NodeIdentity)
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   // `mode` applies only to directories mkdir creates; an existing one may be laxer.
   await chmod(stateDir, 0o700);
-  const file = nodeFilePath(stateDir);
-  const temp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
-  try {
-    // Created 0600 from the start: the secret is never readable by others, not even briefly.
-    const handle = await open(temp, "wx", 0o600);
-    try {
-      await handle.writeFile(`${JSON.stringify(identity, null, 2)}\n`);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, file);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw err;
-  }
+  await writeStateFile(nodeFilePath(stateDir), `${JSON.stringify(identity, null, 2)}\n`);
 }

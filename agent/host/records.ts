@@ -2,12 +2,13 @@
  * Bindings on disk: one JSON file per volume in `<stateDir>/bindings/`,
  * mode 0600, written before a bind returns, so that an agent killed with
  * SIGKILL leaves enough behind for the next run to find and re-adopt (or
- * tear down) what it bound. Writes go to a temp file renamed into place:
+ * tear down) what it bound. Written whole or not at all (state-file.ts):
  * a crash mid-write leaves the old record or the new one, never half.
  */
-import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Binding } from "./binding.ts";
+import { writeStateFile } from "./state-file.ts";
 
 export class BindingRecords {
   readonly dir: string;
@@ -19,16 +20,7 @@ export class BindingRecords {
   /** Record (or replace) the binding of `binding.volume`. */
   async write(binding: Binding): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const path = this.#path(binding.volume);
-    const tmp = `${path}.tmp`;
-    const file = await open(tmp, "w", 0o600);
-    try {
-      await file.writeFile(`${JSON.stringify(binding, null, 2)}\n`);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, path);
+    await writeStateFile(this.#path(binding.volume), `${JSON.stringify(binding, null, 2)}\n`);
   }
 
   /** The record of one volume, or null. A record that does not parse is treated as absent. */
