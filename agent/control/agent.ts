@@ -10,7 +10,6 @@
  * restarts it and the new agent adopts them. After a `kill -9` the same
  * happens with no flush (the binder replaces bindings it cannot reuse).
  */
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Node } from "../../contract/node.ts";
 import type { KernelBinder } from "../host/binding.ts";
@@ -76,7 +75,6 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     name: opts.name,
     log,
   });
-  await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
   // `none` serves exports only (a test, or a VM that binds them by hand): no binder at all.
   const binder =
     opts.kernel === "none"
@@ -88,7 +86,7 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
   const reconciler = new Reconciler({
     node: identity.node,
     socketDir: join(opts.stateDir, "sockets"),
-    binder: binder?.kind === "none" ? undefined : binder,
+    binder,
     log,
     report: (event) => events.push(event),
   });

@@ -197,11 +197,6 @@ export class ServedVolume {
     if (flushError) this.#ctx.log.error({ volume: this.name, err: flushError }, "final flush failed");
   }
 
-  /** Waits for the teardown of a failure, if one is under way. */
-  settled(): Promise<void> {
-    return this.#ended ?? Promise.resolve();
-  }
-
   /** The volume for the next heartbeat; closes the statistics window. */
   report(): VolumeReport {
     return {

@@ -57,15 +57,6 @@ export function runTool(path: string, args: string[], timeoutMs = DEFAULT_TIMEOU
   });
 }
 
-/** Run a tool; a non-zero exit becomes TOOL_FAILED with what the tool said. */
-export async function mustRun(path: string, args: string[], timeoutMs?: number): Promise<ToolOutput> {
-  const out = await runTool(path, args, timeoutMs);
-  if (out.code !== 0) {
-    throw new BindError("TOOL_FAILED", `${path} ${args.join(" ")} failed (exit ${out.code}): ${said(out)}`);
-  }
-  return out;
-}
-
 /** What a tool printed, on one line, for an error message. */
 export function said(out: ToolOutput): string {
   return `${out.stderr}${out.stdout}`.trim().replace(/\s*\n\s*/g, "; ") || "no output";
