@@ -1,12 +1,12 @@
 /**
  * The contract between the agent daemon and the kernel side: bind a served
  * NBD export to a block device, unbind it, and find the bindings an earlier
- * run of the agent left behind (agent/control/kernel.ts mirrors it).
+ * run of the agent left behind (binder.ts implements it over one driver).
  *
  * Two kinds of binding exist. `nbd` is the kernel's nbd driver configured
- * by nbd-client over netlink (nbd-binder.ts); `fuse-loop` is the fallback
+ * by nbd-client over netlink (nbd-driver.ts); `fuse-loop` is the fallback
  * for kernels without that driver: nbdfuse exposes the export as a file and
- * a loop device turns the file into a block device (fuse-loop-binder.ts).
+ * a loop device turns the file into a block device (fuse-loop-driver.ts).
  */
 import { isAbsolute } from "node:path";
 import { BindError } from "./errors.ts";
