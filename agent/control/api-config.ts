@@ -5,6 +5,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { apiRoot } from "./control-plane-url.ts";
 
 /** The API's root, e.g. `http://127.0.0.1:7071/api/v1`, and an admin key. */
 export interface ApiConfig {
@@ -27,7 +28,6 @@ export class ApiConfigError extends Error {
   }
 }
 
-const API_PREFIX = "/api/v1";
 const LOCAL_STATE = join(".pagedisk", "local.json");
 
 /** Resolve the URL and key; throws `ApiConfigError` with what to set when one is missing. */
@@ -59,10 +59,7 @@ export async function resolveApiConfig(sources: ApiConfigSources = {}): Promise<
   return { apiUrl: normalise(apiUrl), apiKey };
 }
 
-/**
- * `https://host` and `https://host/` mean the API at `/api/v1`; any other
- * path is taken as given (a proxy may mount the API elsewhere).
- */
+/** `text` as an API root (`apiRoot()`); ApiConfigError when it is no http(s) URL. */
 function normalise(text: string): string {
   let url: URL;
   try {
@@ -73,8 +70,7 @@ function normalise(text: string): string {
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new ApiConfigError(`invalid API URL "${text}": must be http(s)`);
   }
-  const path = url.pathname.replace(/\/+$/, "");
-  return `${url.origin}${path === "" ? API_PREFIX : path}`;
+  return apiRoot(url);
 }
 
 interface FoundState {

@@ -21,6 +21,14 @@ export function controlPlaneApiUrl(text: string): string {
   if (url.search || url.hash || url.username || url.password) {
     throw new UsageError(`invalid control plane URL "${text}": no query, fragment or user info`);
   }
+  return apiRoot(url);
+}
+
+/**
+ * The API root at `url`: the origin alone means the API at `/api/v1`; any
+ * other path is taken as given (a proxy may mount the API elsewhere).
+ */
+export function apiRoot(url: URL): string {
   const path = url.pathname.replace(/\/+$/, "");
   return `${url.origin}${path === "" ? API_PREFIX : path}`;
 }
