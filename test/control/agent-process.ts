@@ -1,11 +1,13 @@
 /**
  * The agent as users run it: `node dist/pagedisk.mjs agent run ...` as a
  * child process, its JSON logs collected, and waits on log records (events
- * the agent itself announces) instead of sleeps.
+ * the agent itself announces) instead of sleeps; and one write through an
+ * export it serves.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { BIN } from "../harness/serve.ts";
+import { CMD, FLAG, RawClient } from "../nbd/raw-client.ts";
 
 export type LogRecord = Record<string, unknown> & { msg?: string };
 
@@ -87,4 +89,16 @@ export async function startAgent(args: string[], env: NodeJS.ProcessEnv = {}): P
       return exited;
     },
   };
+}
+
+/** One FUA write through the export `volume` on `socket`; resolves with the NBD error (0 = ok). */
+export async function nbdWrite(socket: string, volume: string, offset: number, data: Buffer): Promise<number> {
+  const client = await RawClient.connect(socket);
+  try {
+    await client.handshake(volume);
+    const reply = await client.request({ type: CMD.WRITE, handle: 1n, offset, flags: FLAG.FUA, payload: data });
+    return reply.error;
+  } finally {
+    client.close();
+  }
 }

@@ -10,10 +10,10 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, open, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { get as httpGet } from "node:http";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -21,9 +21,11 @@ import type { Volume } from "../../contract/volume.ts";
 import { ApiClient } from "../../agent/control/api-client.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { type Azurite, freePort, startAzurite } from "../harness/azurite.ts";
+import { writeDevice } from "../host/host-fixture.ts";
+import { ensureBundleBuilt } from "../infra/installer.ts";
 import { pagedisk } from "../manage/cli.ts";
-import { CMD, ERR, FLAG, RawClient } from "../nbd/raw-client.ts";
-import { type AgentProcess, startAgent } from "./agent-process.ts";
+import { ERR } from "../nbd/raw-client.ts";
+import { type AgentProcess, nbdWrite, startAgent } from "./agent-process.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -50,7 +52,7 @@ async function startCp(): Promise<LocalControlPlane> {
 }
 
 beforeAll(async () => {
-  await run(process.execPath, ["infra/build.mjs"], { cwd: resolve(import.meta.dirname, "../..") });
+  await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-agent-"));
   stateDir = join(dir, "state");
   azurite = await startAzurite({ table: true });
@@ -106,21 +108,8 @@ function socketOf(volume: string): string {
 }
 
 /** One write through the export; resolves with the NBD error (0 = ok). */
-async function nbdWrite(volume: string, offset: number, data: Buffer): Promise<number> {
-  const client = await RawClient.connect(socketOf(volume));
-  try {
-    await client.handshake(volume);
-    const reply = await client.request({
-      type: CMD.WRITE,
-      handle: 1n,
-      offset,
-      flags: FLAG.FUA,
-      payload: data,
-    });
-    return reply.error;
-  } finally {
-    client.close();
-  }
+function write(volume: string, offset: number, data: Buffer): Promise<number> {
+  return nbdWrite(socketOf(volume), volume, offset, data);
 }
 
 async function blobBytes(v: Volume, offset: number, length: number): Promise<Buffer> {
@@ -220,7 +209,7 @@ describe("pagedisk agent run", () => {
     });
 
     const data = Buffer.alloc(8192, 0x5a);
-    expect(await nbdWrite("vol-a", 4096, data)).toBe(0);
+    expect(await write("vol-a", 4096, data)).toBe(0);
     expect(await blobBytes(v1, 4096, 8192)).toEqual(data);
 
     // A heartbeat built before the write may land after it: take the first
@@ -261,7 +250,7 @@ describe("pagedisk agent run", () => {
     let from = a.logs.length;
     const attached = await api.attachVolume("vol-a", NODE);
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-a", from);
-    expect(await nbdWrite("vol-a", 0, Buffer.alloc(4096, 1))).toBe(0);
+    expect(await write("vol-a", 0, Buffer.alloc(4096, 1))).toBe(0);
 
     // What the control plane's failover does: break the lease, take a new one.
     const lease = blobOf(v1).getBlobLeaseClient(attached.leaseId);
@@ -269,7 +258,7 @@ describe("pagedisk agent run", () => {
     await blobOf(v1).getBlobLeaseClient().acquireLease(-1);
 
     from = a.logs.length;
-    expect(await nbdWrite("vol-a", 0, Buffer.alloc(4096, 2))).toBe(ERR.EIO);
+    expect(await write("vol-a", 0, Buffer.alloc(4096, 2))).toBe(ERR.EIO);
     await a.waitForLog((r) => r.msg === "volume failed" && r.volume === "vol-a", from);
     await a.waitForReport((v) => v.includes(`vol-a:${attached.epoch}:FAILED`), from);
     const events = await api.listEvents({ volume: "vol-a", type: "volume-failed" });
@@ -294,7 +283,7 @@ describe("pagedisk agent run", () => {
     await cp.close();
     await a.waitForLog((r) => r.msg?.startsWith("heartbeat failed") === true, from);
     const data = Buffer.alloc(4096, 0x33);
-    expect(await nbdWrite("vol-b", 65536, data)).toBe(0);
+    expect(await write("vol-b", 65536, data)).toBe(0);
     expect(await blobBytes(v2, 65536, 4096)).toEqual(data);
 
     from = a.logs.length;
@@ -314,12 +303,12 @@ describe("pagedisk agent run", () => {
 
     agent = await startAgent(agentArgs());
     await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b");
-    expect(await nbdWrite("vol-b", 0, Buffer.alloc(512, 7))).toBe(0);
+    expect(await write("vol-b", 0, Buffer.alloc(512, 7))).toBe(0);
 
     expect(await agent.stop("SIGKILL")).toBe("SIGKILL");
     agent = await startAgent(agentArgs());
     await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b");
-    expect(await nbdWrite("vol-b", 512, Buffer.alloc(512, 8))).toBe(0);
+    expect(await write("vol-b", 512, Buffer.alloc(512, 8))).toBe(0);
   });
 
   it("refuses a volume with two online replicas: FAILED, with an event saying why", async () => {
@@ -372,13 +361,7 @@ describe("pagedisk agent run --kernel fuse", () => {
       expect((await api.getNode("vm-agent-fuse")).volumes[0]).toMatchObject({ volume: "vol-fuse", device });
 
       const data = Buffer.alloc(4096, 0xc3);
-      const handle = await open(device, "r+");
-      try {
-        await handle.write(data, 0, data.length, 12288);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await writeDevice(device, 12288, data);
       expect(await blobBytes(v, 12288, 4096)).toEqual(data);
 
       const detachedFrom = fuse.logs.length;

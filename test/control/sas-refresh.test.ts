@@ -38,8 +38,8 @@ import {
 } from "../../functions/storage/replica-sas.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
-import { CMD, ERR, FLAG, RawClient } from "../nbd/raw-client.ts";
-import { type AgentProcess, startAgent } from "./agent-process.ts";
+import { ERR } from "../nbd/raw-client.ts";
+import { type AgentProcess, nbdWrite, startAgent } from "./agent-process.ts";
 
 const NODE = "vm-sas";
 const VOLUME = "vol-sas";
@@ -229,15 +229,8 @@ function blob() {
 }
 
 /** One FUA write through the agent's export; resolves with the NBD error (0 = ok). */
-async function nbdWrite(offset: number, data: Buffer): Promise<number> {
-  const client = await RawClient.connect(join(dir, "agent", "sockets", `${VOLUME}.sock`));
-  try {
-    await client.handshake(VOLUME);
-    const reply = await client.request({ type: CMD.WRITE, handle: 1n, offset, flags: FLAG.FUA, payload: data });
-    return reply.error;
-  } finally {
-    client.close();
-  }
+function write(offset: number, data: Buffer): Promise<number> {
+  return nbdWrite(join(dir, "agent", "sockets", `${VOLUME}.sock`), VOLUME, offset, data);
 }
 
 /** The replica URL and its expiry in one answer that carries the volume. */
@@ -275,7 +268,7 @@ describe("SAS refresh", () => {
     expect(await statusWith(sas1.url)).toBe(200);
 
     const before = Buffer.alloc(4096, 0x11);
-    expect(await nbdWrite(0, before)).toBe(0);
+    expect(await write(0, before)).toBe(0);
 
     // Under the agent's 15-minute renewal margin every fetch is a renewal: wait on them
     // until the first token is a second past its end, and the agent has applied a newer one.
@@ -289,7 +282,7 @@ describe("SAS refresh", () => {
     expect(await statusWith(sas1.url)).toBe(403);
     // ...and the agent still writes: with a token it was given later.
     const after = Buffer.alloc(4096, 0x22);
-    expect(await nbdWrite(4096, after)).toBe(0);
+    expect(await write(4096, after)).toBe(0);
     expect(await blob().downloadToBuffer(0, 8192)).toEqual(Buffer.concat([before, after]));
     expect(a.logs.some((r) => r.msg === "volume failed")).toBe(false);
   });
@@ -311,7 +304,7 @@ describe("SAS refresh", () => {
     expect(await statusWith(sasOf(expired).url)).toBe(403);
 
     const from = a.logs.length;
-    expect(await nbdWrite(8192, Buffer.alloc(4096, 0x33))).toBe(ERR.EIO);
+    expect(await write(8192, Buffer.alloc(4096, 0x33))).toBe(ERR.EIO);
     // The token held before the jump would still have been accepted when that write went out.
     expect(Date.now()).toBeLessThan(heldValidUntil);
     expect(await statusWith(sasOf(held).url)).toBe(200);

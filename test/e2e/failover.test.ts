@@ -17,13 +17,11 @@
  * 3. The kernel's replay of requests in flight on a dead connection:
  *    harmless while the node holds the lease, refused once it is fenced.
  */
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { mkdtemp, open, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { promisify } from "node:util";
+import { join } from "node:path";
 import { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Event } from "../../contract/event.ts";
@@ -34,11 +32,12 @@ import { type LocalControlPlane, startLocalControlPlane } from "../../functions/
 import { type AgentProcess, startAgent } from "../control/agent-process.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { runTool } from "../harness/tools.ts";
+import { readDevice, writeDevice } from "../host/host-fixture.ts";
+import { ensureBundleBuilt } from "../infra/installer.ts";
 import { pattern } from "../nbd/fixtures.ts";
 import { CMD, ERR, FLAG, RawClient } from "../nbd/raw-client.ts";
 import { type Partition, startPartition } from "./partition.ts";
 
-const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const NODE_A = "node-a";
 const NODE_B = "node-b";
@@ -58,7 +57,7 @@ let agentB: AgentProcess | undefined;
 let agentC: AgentProcess | undefined;
 
 beforeAll(async () => {
-  await run(process.execPath, ["infra/build.mjs"], { cwd: resolve(import.meta.dirname, "../..") });
+  await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-e2e-"));
   azurite = await startAzurite({ table: true });
   cp = await startLocalControlPlane({
@@ -258,7 +257,7 @@ describe("kill -9 of an agent with a kernel device (--kernel fuse)", () => {
     expect(first).toMatch(/^\/dev\/loop\d+$/);
 
     const data = randomBytes(MiB);
-    await deviceWrite(first, MiB, data);
+    await writeDevice(first, MiB, data);
     expect(await agentC.stop("SIGKILL")).toBe("SIGKILL");
 
     agentC = await startAgent(args);
@@ -274,9 +273,9 @@ describe("kill -9 of an agent with a kernel device (--kernel fuse)", () => {
 
     // Drop whatever the block layer cached, so the bytes come from the new binding.
     await runTool("blockdev", ["--flushbufs", device]);
-    expect((await deviceRead(device, MiB, MiB)).equals(data)).toBe(true);
+    expect((await readDevice(device, MiB, MiB)).equals(data)).toBe(true);
     const after = pattern(64 * 1024, 9);
-    await deviceWrite(device, 3 * MiB, after);
+    await writeDevice(device, 3 * MiB, after);
     expect(await blobOf(v).downloadToBuffer(3 * MiB, after.length)).toEqual(after);
 
     const from = agentC.logs.length;
@@ -333,28 +332,6 @@ describe("requests the kernel replays on a new connection", () => {
     await b.waitForReport((vols) => vols.includes("vol-move:3:SERVING"), from);
   });
 });
-
-/** Write through a kernel block device and make it durable (fsync). */
-async function deviceWrite(device: string, offset: number, data: Buffer): Promise<void> {
-  const handle = await open(device, "r+");
-  try {
-    await handle.write(data, 0, data.length, offset);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function deviceRead(device: string, offset: number, length: number): Promise<Buffer> {
-  const handle = await open(device, "r");
-  try {
-    const out = Buffer.alloc(length);
-    const { bytesRead } = await handle.read(out, 0, length, offset);
-    return out.subarray(0, bytesRead);
-  } finally {
-    await handle.close();
-  }
-}
 
 /** Loop devices backed by `file` (`losetup -j`). */
 async function loopsOf(file: string): Promise<string[]> {

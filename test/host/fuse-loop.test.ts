@@ -8,7 +8,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { mkdtemp, open, readdir, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -18,7 +18,15 @@ import { BindError } from "../../agent/host/errors.ts";
 import { openBinder } from "../../agent/host/open-binder.ts";
 import { processStartTime } from "../../agent/host/process.ts";
 import { createLogger } from "../../agent/log.ts";
-import { census, MemoryBackend, NOTHING, serveExport, type ServedExport } from "./host-fixture.ts";
+import {
+  census,
+  MemoryBackend,
+  NOTHING,
+  readDevice,
+  serveExport,
+  type ServedExport,
+  writeDevice,
+} from "./host-fixture.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -47,29 +55,6 @@ async function binder(): Promise<KernelBinder> {
   const b = await openBinder({ stateDir, mode: "fuse", log });
   binders.push(b);
   return b;
-}
-
-/** Write through the block device the way an application would: write, fsync, close. */
-async function writeDevice(device: string, offset: number, data: Buffer): Promise<void> {
-  const file = await open(device, "r+");
-  try {
-    await file.write(data, 0, data.length, offset);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-}
-
-async function readDevice(device: string, offset: number, length: number): Promise<Buffer> {
-  const file = await open(device, "r");
-  try {
-    const buf = Buffer.alloc(length);
-    const { bytesRead } = await file.read(buf, 0, length, offset);
-    expect(bytesRead).toBe(length);
-    return buf;
-  } finally {
-    await file.close();
-  }
 }
 
 async function rejection(promise: Promise<unknown>): Promise<BindError> {

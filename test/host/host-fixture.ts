@@ -1,11 +1,11 @@
 /**
  * What the binder tests need around a binder: our NbdServer serving one
  * MemoryBackend on a unix socket (restartable on the same path, as an agent
- * restart does), and a census of what a binding leaves on the host (loop
+ * restart does), I/O through a block device as an application does it, and a census of what a binding leaves on the host (loop
  * devices, mounts, nbdfuse processes) under a test's own directory, so that
  * other suites binding loop devices at the same time do not disturb it.
  */
-import { readdir, readFile } from "node:fs/promises";
+import { open, readdir, readFile } from "node:fs/promises";
 import { MemoryBackend } from "../../agent/engine/memory.ts";
 import { NbdServer } from "../../agent/nbd/server.ts";
 
@@ -47,6 +47,30 @@ export async function census(root: string): Promise<Census> {
     if (argv[0]?.endsWith("nbdfuse") && argv.some((a) => a.startsWith(root))) nbdfuse.push(Number(entry));
   }
   return { loops: loops.sort(), mounts: mounts.sort(), nbdfuse: nbdfuse.sort() };
+}
+
+/** Write through a block device the way an application would: write, fsync, close. */
+export async function writeDevice(device: string, offset: number, data: Buffer): Promise<void> {
+  const file = await open(device, "r+");
+  try {
+    await file.write(data, 0, data.length, offset);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+}
+
+/** `length` bytes of a block device at `offset`; a short read is an error. */
+export async function readDevice(device: string, offset: number, length: number): Promise<Buffer> {
+  const file = await open(device, "r");
+  try {
+    const buf = Buffer.alloc(length);
+    const { bytesRead } = await file.read(buf, 0, length, offset);
+    if (bytesRead !== length) throw new Error(`${device}: read ${bytesRead} of ${length} bytes at ${offset}`);
+    return buf;
+  } finally {
+    await file.close();
+  }
 }
 
 export const NOTHING: Census = { loops: [], mounts: [], nbdfuse: [] };

@@ -4,14 +4,14 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Binding } from "../../agent/host/binding.ts";
 import { openBinder } from "../../agent/host/open-binder.ts";
 import { createLogger } from "../../agent/log.ts";
-import { MemoryBackend, serveExport, type ServedExport } from "./host-fixture.ts";
+import { MemoryBackend, readDevice, serveExport, type ServedExport, writeDevice } from "./host-fixture.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -54,10 +54,7 @@ describe("nbd binder", () => {
     const binding = (await first.bind(req)) as Binding;
     expect(binding.device).toMatch(/^\/dev\/nbd\d+$/);
     const data = randomBytes(MiB);
-    const dev = await open(binding.device, "r+");
-    await dev.write(data, 0, data.length, MiB);
-    await dev.sync();
-    await dev.close();
+    await writeDevice(binding.device, MiB, data);
     expect(Buffer.from(await backend.read(MiB, MiB)).equals(data)).toBe(true);
 
     // Restart: new server on the same socket, new binder on the same state dir.
@@ -67,11 +64,7 @@ describe("nbd binder", () => {
     expect(await second.recorded()).toEqual([binding]);
     const again = (await second.bind({ ...req, identifier: "pagedisk:node1:vol1:2" })) as Binding;
     expect(again.device).toBe(binding.device);
-    const back = await open(again.device, "r");
-    const buf = Buffer.alloc(MiB);
-    await back.read(buf, 0, MiB, MiB);
-    await back.close();
-    expect(buf.equals(data)).toBe(true);
+    expect((await readDevice(again.device, MiB, MiB)).equals(data)).toBe(true);
 
     await second.unbind("vol1");
     const name = again.device.slice("/dev/".length);
