@@ -140,19 +140,3 @@ async function newestMtime(dir: string): Promise<number> {
   }
   return newest;
 }
-
-/**
- * `systemd-analyze ARGS`: systemd's own reading of a unit file. Missing, it
- * fails the test with the package to install rather than skipping.
- */
-export function systemdAnalyze(args: string[]): Promise<{ code: number; output: string }> {
-  return new Promise((done, fail) => {
-    execFile("systemd-analyze", args, { encoding: "utf8" }, (err, stdout, stderr) => {
-      if ((err as NodeJS.ErrnoException | null)?.code === "ENOENT") {
-        fail(new Error("systemd-analyze is not installed: apt-get install systemd"));
-        return;
-      }
-      done({ code: err ? Number(err.code ?? 1) : 0, output: stdout + stderr });
-    });
-  });
-}
