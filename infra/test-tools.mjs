@@ -2,29 +2,32 @@
 // Make sure the real NBD clients the tests drive are installed. Installs the
 // missing Debian packages when running as root (as CI does); otherwise prints
 // the apt-get line and fails, so no test can pass without its tool.
-import { execFileSync, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { TOOL_PACKAGES, toolPath } from "../test/harness/tools.ts";
 
-/** binary -> Debian package that ships it (shared with test/harness/tools.ts) */
-const TOOLS = JSON.parse(readFileSync(new URL("./test-tools.json", import.meta.url), "utf8"));
-
+/** Whether the tests will find `bin`: looked up exactly as they look it up. */
 function have(bin) {
-  return spawnSync("sh", ["-c", `command -v ${bin} || test -x /usr/sbin/${bin} || test -x /sbin/${bin}`], { stdio: "ignore" }).status === 0;
+  try {
+    toolPath(bin);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
-const missing = Object.entries(TOOLS).filter(([bin]) => !have(bin));
+const missing = Object.entries(TOOL_PACKAGES).filter(([bin]) => !have(bin));
 if (missing.length > 0) {
-  const pkgs = [...new Set(missing.map(([, pkg]) => pkg))];
-  const line = `apt-get install -y --no-install-recommends ${pkgs.join(" ")}`;
+  const install = ["install", "-y", "--no-install-recommends", ...new Set(missing.map(([, pkg]) => pkg))];
+  const line = `apt-get ${install.join(" ")}`;
   if (process.getuid?.() !== 0) {
     console.error(`missing test tools: ${missing.map(([b]) => b).join(", ")}\nrun as root: apt-get update && ${line}`);
     process.exit(1);
   }
-  console.error(`installing test tools: ${pkgs.join(" ")}`);
+  console.error(`installing test tools: ${install.slice(3).join(" ")}`);
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
   execFileSync("apt-get", ["update", "-qq"], { stdio: ["ignore", "ignore", "inherit"], env });
-  execFileSync("sh", ["-c", line], { stdio: ["ignore", "ignore", "inherit"], env });
-  const still = Object.keys(TOOLS).filter((bin) => !have(bin));
+  execFileSync("apt-get", install, { stdio: ["ignore", "ignore", "inherit"], env });
+  const still = Object.keys(TOOL_PACKAGES).filter((bin) => !have(bin));
   if (still.length > 0) {
     console.error(`still missing after install: ${still.join(", ")}`);
     process.exit(1);
