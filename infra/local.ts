@@ -115,8 +115,19 @@ async function joinToken(api: ApiClient): Promise<string | undefined> {
   return (await api.createToken({ expiresInSeconds: 600 })).token;
 }
 
-/** Start the agent; resolves once it says it runs, with its log records from then on. */
-async function startAgent(origin: string, kernel: KernelMode, token: string | undefined): Promise<LogTail> {
+type LogRecord = Record<string, unknown> & { msg?: string };
+
+/**
+ * Start the agent; resolves once it says it runs, with the record of the
+ * demo volume serving still to come. That is watched from the agent's first
+ * line: an agent that already holds the volume may serve it before it says
+ * it runs.
+ */
+async function startAgent(
+  origin: string,
+  kernel: KernelMode,
+  token: string | undefined,
+): Promise<{ demoServing: Promise<LogRecord> }> {
   const agent = spawn(
     process.execPath,
     [BIN, "agent", "run", "--control-plane", origin, "--state-dir", AGENT_DIR, "--name", NODE, "--kernel", kernel],
@@ -128,11 +139,28 @@ async function startAgent(origin: string, kernel: KernelMode, token: string | un
     },
   );
   running.agent = agent;
-  const tail = new LogTail();
   agent.stderr!.pipe(createWriteStream(AGENT_LOG, { flags: "a" }));
-  createInterface({ input: agent.stderr! }).on("line", (line) => tail.push(line));
+  const records = createInterface({ input: agent.stderr! });
+  const demoServing = new Promise<LogRecord>((served, failed) => {
+    const watch = (line: string) => {
+      let r: LogRecord;
+      try {
+        r = JSON.parse(line) as LogRecord;
+      } catch {
+        return;
+      }
+      if (r.volume !== DEMO) return;
+      if (r.msg === "volume serving") served(r);
+      else if (r.msg === "volume failed") failed(new Error(`volume ${DEMO} failed on the agent: ${String(r.message ?? r.code)}`));
+      else return;
+      records.off("line", watch);
+    };
+    records.on("line", watch);
+    agent.once("exit", (code, signal) => failed(new Error(`the agent exited (${code ?? signal})`)));
+  });
+  // Awaited once the volume is attached; a failure before then is reported there, not as unhandled.
+  demoServing.catch(() => {});
   agent.on("exit", (code, signal) => {
-    tail.end(`the agent exited (${code ?? signal})`);
     if (!stopping) {
       console.error(`pagedisk local stack: the agent exited (${code ?? signal}); see ${AGENT_LOG}`);
       void stop(1);
@@ -145,45 +173,7 @@ async function startAgent(origin: string, kernel: KernelMode, token: string | un
     });
     agent.once("exit", (code) => failed(new Error(`the agent exited (${code}) before running; see ${AGENT_LOG}`)));
   });
-  return tail;
-}
-
-type LogRecord = Record<string, unknown> & { msg?: string };
-
-/** The agent's JSON log records as they come, to wait on what it announces. */
-class LogTail {
-  readonly #records: LogRecord[] = [];
-  readonly #waiters = new Set<() => void>();
-  #ended: string | undefined;
-
-  push(line: string): void {
-    try {
-      this.#records.push(JSON.parse(line) as LogRecord);
-    } catch {
-      return;
-    }
-    for (const w of this.#waiters) w();
-  }
-
-  end(why: string): void {
-    this.#ended = why;
-    for (const w of this.#waiters) w();
-  }
-
-  /** The first record that matches, seen already or to come. */
-  next(match: (r: LogRecord) => boolean): Promise<LogRecord> {
-    return new Promise((found, failed) => {
-      const check = () => {
-        const r = this.#records.find(match);
-        if (r) found(r);
-        else if (this.#ended) failed(new Error(this.#ended));
-        else return;
-        this.#waiters.delete(check);
-      };
-      this.#waiters.add(check);
-      check();
-    });
-  }
+  return { demoServing };
 }
 
 /** The demo volume exists and is attached to this node (kept as it is when it already is). */
@@ -240,14 +230,9 @@ try {
 let device: string | null = null;
 try {
   const origin = new URL(controlPlane.apiUrl).origin;
-  const agentLog = await startAgent(origin, kernel, await joinToken(api));
+  const { demoServing } = await startAgent(origin, kernel, await joinToken(api));
   await ensureDemo(api);
-  const serving = await Promise.race([
-    agentLog.next((r) => r.msg === "volume serving" && r.volume === DEMO),
-    agentLog.next((r) => r.msg === "volume failed" && r.volume === DEMO).then((r) => {
-      throw new Error(`volume ${DEMO} failed on the agent: ${String(r.message ?? r.code)}`);
-    }),
-  ]);
+  const serving = await demoServing;
   device = typeof serving.device === "string" ? serving.device : null;
 } catch (err) {
   console.error(`pagedisk local stack: ${(err as Error).message}; see ${AGENT_LOG}`);
