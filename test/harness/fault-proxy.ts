@@ -269,7 +269,7 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
 }
 
 /** Classify a Blob service request by method, `comp` and page-write mode. */
-export function kindOf(method: string, url: URL, headers: IncomingMessage["headers"]): RequestKind {
+function kindOf(method: string, url: URL, headers: IncomingMessage["headers"]): RequestKind {
   const comp = url.searchParams.get("comp");
   if (url.searchParams.get("restype")) return "other";
   switch (method) {
