@@ -27,19 +27,19 @@ export function accountOf(connectionString: string): AccountEndpoint {
       },
     );
   }
-  const url = new URL(client.url);
-  return {
-    account: client.accountName,
-    blobEndpoint: `${url.origin}${url.pathname}`.replace(/\/+$/, ""),
-  };
+  return endpointOf(client);
 }
 
 /** Account and blob endpoint named by a blob service URL; throws `SyntaxError` if it names none. */
 export function accountOfUrl(accountUrl: string): AccountEndpoint {
   const client = new BlobServiceClient(accountUrl);
-  const url = new URL(client.url);
   if (!client.accountName)
     throw new SyntaxError("names no storage account (https://<account>.blob.core.windows.net)");
+  return endpointOf(client);
+}
+
+function endpointOf(client: BlobServiceClient): AccountEndpoint {
+  const url = new URL(client.url);
   return {
     account: client.accountName,
     blobEndpoint: `${url.origin}${url.pathname}`.replace(/\/+$/, ""),
@@ -57,26 +57,4 @@ export function maskConnectionString(connectionString: string): string {
       return SECRET_FIELDS.has(key.toLowerCase()) || eq < 0 ? `${key}=***` : part.trim();
     })
     .join(";");
-}
-
-/** Azurite's well-known development account (public, documented by Microsoft). */
-const DEVELOPMENT_ACCOUNT = {
-  account: "devstoreaccount1",
-  accountKey:
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-};
-
-/** The account name and key a connection string carries; undefined for SAS-only strings. */
-export function accountKeyOf(
-  connectionString: string,
-): { account: string; accountKey: string } | undefined {
-  const fields = new Map<string, string>();
-  for (const part of connectionString.split(";")) {
-    const eq = part.indexOf("=");
-    if (eq > 0) fields.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
-  }
-  if (fields.get("usedevelopmentstorage")?.toLowerCase() === "true") return DEVELOPMENT_ACCOUNT;
-  const account = fields.get("accountname");
-  const accountKey = fields.get("accountkey");
-  return account && accountKey ? { account, accountKey } : undefined;
 }

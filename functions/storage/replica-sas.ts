@@ -16,7 +16,6 @@ import {
   type SASQueryParameters,
   StorageSharedKeyCredential,
 } from "@azure/storage-blob";
-import { accountKeyOf } from "./connection-string.ts";
 import { type PoolLocation, poolService } from "./pool-container.ts";
 import { poolIdentity } from "./pool-identity.ts";
 import { replicaBlobName } from "./replica-blobs.ts";
@@ -102,15 +101,14 @@ async function sign(
   values: BlobSASSignatureValues,
   now: Date,
 ): Promise<SASQueryParameters | undefined> {
-  if (pool.authKind === "connectionString") {
-    const key = accountKeyOf(pool.connectionString);
-    if (!key) return undefined;
-    return generateBlobSASQueryParameters(
-      values,
-      new StorageSharedKeyCredential(key.account, key.accountKey),
-    );
-  }
   const service = poolService(pool);
+  if (pool.authKind === "connectionString") {
+    // The SDK parsed the connection string: an account key (or UseDevelopmentStorage) gives a
+    // shared key credential; a SAS string gives none, and nothing here can sign.
+    const { credential } = service;
+    if (!(credential instanceof StorageSharedKeyCredential)) return undefined;
+    return generateBlobSASQueryParameters(values, credential);
+  }
   const key = await poolIdentity().delegationKeys.get(pool.accountUrl, now, (startsOn, expiresOn) =>
     onPool(pool.name, "get user delegation key", () =>
       service.getUserDelegationKey(startsOn, expiresOn),
