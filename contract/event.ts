@@ -33,6 +33,7 @@ export const CONTROL_PLANE_EVENTS = [
   "token-created",
   "token-revoked",
 ] as const;
+export type ControlPlaneEventType = (typeof CONTROL_PLANE_EVENTS)[number];
 
 export const Event = z.object({
   /** Unique, and ordered newest first. */
