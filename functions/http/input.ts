@@ -26,6 +26,11 @@ export async function readJson(c: Context): Promise<unknown> {
   }
 }
 
+/** `InvalidRequest` for one value that passed its schema but means nothing here (a token, a host). */
+export function invalidInput(path: string, message: string): ApiError {
+  return new ApiError("InvalidRequest", `${path}: ${message}`, { issues: [{ path, message }] });
+}
+
 /** Validate `value` against `schema`; `InvalidRequest` listing the issues when it fails. */
 export function parseInput<S extends z.ZodType>(
   schema: S,

@@ -7,6 +7,7 @@
 import type { PoolAuthCreate, PoolCreate } from "../../contract/pool.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
+import { invalidInput } from "../http/input.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import { type AccountEndpoint, accountOf, accountOfUrl } from "../storage/connection-string.ts";
@@ -98,9 +99,6 @@ function accountOfAuth(auth: PoolAuthCreate): {
       credentials: { authKind: "managedIdentity", accountUrl: endpoint.blobEndpoint },
     };
   } catch (err) {
-    const message = (err as Error).message;
-    throw new ApiError("InvalidRequest", `body.auth.${field}: ${message}`, {
-      issues: [{ path: `body.auth.${field}`, message }],
-    });
+    throw invalidInput(`body.auth.${field}`, (err as Error).message);
   }
 }

@@ -18,6 +18,7 @@ import { resolve } from "node:path";
 import { createHash } from "node:crypto";
 import type { Context, Hono } from "hono";
 import { ApiError } from "../http/api-error.ts";
+import { invalidInput } from "../http/input.ts";
 
 /** Where the downloads live: below `/api` like the API, beside its `/v1`. */
 export const AGENT_DOWNLOAD_PREFIX = "/api/agent";
@@ -96,11 +97,7 @@ export function withControlPlane(script: string, origin: string): Buffer {
  */
 function originOf(c: Context): string {
   const { origin } = new URL(c.req.url);
-  if (!PLAIN_ORIGIN.test(origin)) {
-    throw new ApiError("InvalidRequest", "the request's host is not a plain host name", {
-      issues: [{ path: "header.host", message: "not a plain host name" }],
-    });
-  }
+  if (!PLAIN_ORIGIN.test(origin)) throw invalidInput("header.host", "not a plain host name");
   return origin;
 }
 

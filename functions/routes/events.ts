@@ -3,7 +3,7 @@
  */
 import { EventPage, EventQuery } from "../../contract/event.ts";
 import type { ControlPlane } from "../control-plane.ts";
-import { ApiError } from "../http/api-error.ts";
+import { invalidInput } from "../http/input.ts";
 import { type Operation, operation } from "../http/operation.ts";
 import { listEvents, positionOf } from "../registry/events.ts";
 
@@ -20,15 +20,8 @@ export function eventOperations(cp: ControlPlane): Operation[] {
       handle: async ({ query }) => {
         const { continuation, limit, ...filter } = query;
         const after = continuation === undefined ? undefined : positionOf(continuation);
-        if (continuation !== undefined && !after) {
-          throw new ApiError(
-            "InvalidRequest",
-            "query.continuation: not a token this API gave out",
-            {
-              issues: [{ path: "query.continuation", message: "not a token this API gave out" }],
-            },
-          );
-        }
+        if (continuation !== undefined && !after)
+          throw invalidInput("query.continuation", "not a token this API gave out");
         return listEvents(cp.registry, filter, { limit, after });
       },
     }),
