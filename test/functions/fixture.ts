@@ -27,6 +27,8 @@ export interface ControlPlaneFixture {
   ): Promise<Response>;
   /** A pool connection string for this Azurite. */
   connectionString: string;
+  /** Register pool `name` over this Azurite (the API's default container unless named), as an admin does. */
+  addPool(name: string, container?: string): Promise<void>;
   /** Everything in the account: every table's rows and every container's blobs, with ETags. */
   snapshot(): Promise<StorageSnapshot>;
   blobs: BlobServiceClient;
@@ -63,6 +65,14 @@ export async function startControlPlane(
     allowInsecureConnection: true,
   });
   const blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  const call: ControlPlaneFixture["call"] = async (method, path, body, headers = {}) =>
+    app.request(path, {
+      method,
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
+      ...(body === undefined
+        ? {}
+        : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+    });
   return {
     azurite,
     registry,
@@ -71,14 +81,11 @@ export async function startControlPlane(
     reported,
     connectionString: azurite.connectionString,
     blobs,
-    call: async (method, path, body, headers = {}) =>
-      app.request(path, {
-        method,
-        headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
-        ...(body === undefined
-          ? {}
-          : { body: typeof body === "string" ? body : JSON.stringify(body) }),
-      }),
+    async addPool(name, container) {
+      const auth = { kind: "connectionString", connectionString: azurite.connectionString };
+      await jsonOf(await call("POST", "/api/v1/pools", { name, container, auth }), 201);
+    },
+    call,
     async snapshot() {
       const snap: StorageSnapshot = { tables: {}, containers: {} };
       for await (const t of tables.listTables()) {

@@ -19,12 +19,7 @@ let cp: ControlPlaneFixture;
 beforeAll(async () => {
   cp = await startControlPlane();
   for (const name of ["pa", "pb"]) {
-    const res = await cp.call("POST", "/api/v1/pools", {
-      name,
-      container: `${name}-disks`,
-      auth: { kind: "connectionString", connectionString: cp.connectionString },
-    });
-    expect(res.status).toBe(201);
+    await cp.addPool(name, `${name}-disks`);
   }
   const table = nodes(cp.registry);
   const node = (name: string, state: NodeState = "READY", cordoned = false) =>

@@ -71,11 +71,7 @@ async function detach(volume: string): Promise<void> {
 
 beforeAll(async () => {
   fx = await startControlPlane({ now: () => new Date(nowMs) });
-  const pool = await fx.call("POST", "/api/v1/pools", {
-    name: "p1",
-    auth: { kind: "connectionString", connectionString: fx.connectionString },
-  });
-  expect(pool.status).toBe(201);
+  await fx.addPool("p1");
   token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
 });
 afterAll(() => fx?.dispose());

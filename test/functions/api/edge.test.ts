@@ -32,11 +32,7 @@ function bodyOf(bytes: number): string {
 
 beforeAll(async () => {
   cp = await startControlPlane();
-  const pool = await cp.call("POST", "/api/v1/pools", {
-    name: "p1",
-    auth: { kind: "connectionString", connectionString: cp.connectionString },
-  });
-  expect(pool.status).toBe(201);
+  await cp.addPool("p1");
   expect((await cp.call("POST", "/api/v1/volumes", { name: "v1", sizeBytes: 4096 })).status).toBe(
     201,
   );

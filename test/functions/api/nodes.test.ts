@@ -23,11 +23,7 @@ let nowMs = Date.now();
 
 beforeAll(async () => {
   cp = await startControlPlane({ now: () => new Date(nowMs) });
-  const pool = await cp.call("POST", "/api/v1/pools", {
-    name: "p1",
-    auth: { kind: "connectionString", connectionString: cp.connectionString },
-  });
-  expect(pool.status).toBe(201);
+  await cp.addPool("p1");
 });
 afterAll(() => cp?.dispose());
 

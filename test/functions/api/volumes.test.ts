@@ -14,12 +14,7 @@ let cp: ControlPlaneFixture;
 beforeAll(async () => {
   cp = await startControlPlane();
   for (const name of ["pa", "pb", "pc"]) {
-    const res = await cp.call("POST", "/api/v1/pools", {
-      name,
-      container: `${name}-disks`,
-      auth: { kind: "connectionString", connectionString: cp.connectionString },
-    });
-    expect(res.status).toBe(201);
+    await cp.addPool(name, `${name}-disks`);
   }
 });
 afterAll(() => cp?.dispose());

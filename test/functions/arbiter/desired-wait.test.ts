@@ -41,11 +41,7 @@ async function nodeRead(name: string): Promise<Read<NodeRecord>> {
 
 beforeAll(async () => {
   fx = await startControlPlane();
-  const pool = await fx.call("POST", "/api/v1/pools", {
-    name: "p1",
-    auth: { kind: "connectionString", connectionString: fx.connectionString },
-  });
-  expect(pool.status).toBe(201);
+  await fx.addPool("p1");
   token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
   for (const volume of ["v-1", "v-2"]) {
     const res = await fx.call("POST", "/api/v1/volumes", { name: volume, sizeBytes: 64 * 1024 });
