@@ -25,6 +25,7 @@ import { Reconciler } from "./reconcile.ts";
 import type { ServedVolume } from "./served-volume.ts";
 import type { ServedVolume as StatusVolume, StatusSource } from "../status/source.ts";
 import { AGENT_VERSION } from "./version.ts";
+import { stopSignal } from "../serve/signals.ts";
 
 /** Exit codes of `pagedisk agent run` and `agent join`. */
 export const AGENT_EXIT = {
@@ -67,7 +68,7 @@ export interface AgentParts {
 /** Run until a signal or a refused credential; resolves with the exit code. */
 export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<number> {
   const { log } = opts;
-  const signalled = onceSignalled();
+  const signalled = stopSignal(AGENT_EXIT.failed);
   const { identity } = await joinCluster({
     apiUrl: opts.apiUrl,
     stateDir: opts.stateDir,
@@ -175,21 +176,3 @@ function statusOf(v: ServedVolume): StatusVolume[] {
   ];
 }
 
-/**
- * Resolves with the first SIGTERM/SIGINT. Installed before anything starts,
- * so a signal during startup ends in the same clean stop; a second one
- * while draining means "now".
- */
-function onceSignalled(): Promise<NodeJS.Signals> {
-  return new Promise((res) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      process.removeListener("SIGTERM", onSignal);
-      process.removeListener("SIGINT", onSignal);
-      process.once("SIGTERM", () => process.exit(AGENT_EXIT.failed));
-      process.once("SIGINT", () => process.exit(AGENT_EXIT.failed));
-      res(signal);
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
-}

@@ -20,6 +20,7 @@ import {
   type Target,
   UsageError,
 } from "./args.ts";
+import { stopSignal } from "./signals.ts";
 import { ExportListenError, exportVolume, type VolumeExport } from "./export.ts";
 
 /** Exit codes of `pagedisk serve`. */
@@ -56,20 +57,8 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
   const target = parseTarget(targetText);
   const listen = parseListen(opts.listen);
   const lease = resolveLeaseMode(target, opts);
-  // Listen for signals before taking anything: a SIGTERM during startup then
-  // ends in the same clean stop (lease released) instead of Node's default kill.
-  const stopped = new Promise<NodeJS.Signals>((res) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      process.removeListener("SIGTERM", onSignal);
-      process.removeListener("SIGINT", onSignal);
-      // A second signal while draining means "now".
-      process.once("SIGTERM", () => process.exit(EXIT.startup));
-      process.once("SIGINT", () => process.exit(EXIT.startup));
-      res(signal);
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
+  // Before taking anything: a signal during startup ends in the same clean stop (lease released).
+  const stopped = stopSignal(EXIT.startup);
   const opened = await open(target, lease, opts);
   const { log } = opts;
 
