@@ -28,6 +28,7 @@ import {
   type WriteOptions,
   type ZeroOptions,
 } from "../nbd/device.ts";
+import { Layer } from "./layer.ts";
 
 interface SectorLock {
   sector: number;
@@ -49,11 +50,7 @@ export function align(next: BlockDevice, opts: Partial<AlignOptions> = {}): Alig
   return new AlignLayer(next, { ...DEFAULT_ALIGN_OPTIONS, ...opts });
 }
 
-export class AlignLayer implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class AlignLayer extends Layer implements BlockDevice {
   readonly #next: BlockDevice;
   readonly #sector: number;
   /**
@@ -65,15 +62,12 @@ export class AlignLayer implements BlockDevice {
   #rmw = 0;
 
   constructor(next: BlockDevice, opts: AlignOptions) {
+    super(next);
     if (opts.sector <= 0 || (opts.sector & (opts.sector - 1)) !== 0) {
       throw new RangeError(`sector size must be a power of two, got ${opts.sector}`);
     }
     this.#next = next;
     this.#sector = opts.sector;
-    this.size = next.size;
-    this.readOnly = next.readOnly;
-    this.blockSizes = next.blockSizes;
-    this.canMultiConn = next.canMultiConn;
   }
 
   /** Read-modify-write cycles done so far (for metrics). */

@@ -36,6 +36,7 @@ import {
   type WriteOptions,
   type ZeroOptions,
 } from "../nbd/device.ts";
+import { Layer } from "./layer.ts";
 
 /** Backend mutations in flight at once. */
 export const DEFAULT_MAX_IN_FLIGHT = 32;
@@ -180,11 +181,7 @@ export function coalesce(next: BlockDevice, opts: Partial<CoalesceOptions> = {})
  * dead tables and turns cheap scavenges into full collections. The few ops
  * in flight are scanned instead, and the run index is a fresh Map per pump.
  */
-export class CoalesceLayer implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class CoalesceLayer extends Layer implements BlockDevice {
   readonly #next: BlockDevice;
   readonly #opts: CoalesceOptions;
   /** Every mutation not yet completed (unordered; each knows its index). */
@@ -213,16 +210,13 @@ export class CoalesceLayer implements BlockDevice {
     if (opts.maxWriteBytes < next.blockSizes.minimum) {
       throw new RangeError("maxWriteBytes is below the backend's minimum block size");
     }
-    this.#next = next;
-    this.#opts = opts;
-    this.size = next.size;
-    this.readOnly = next.readOnly;
-    this.canMultiConn = next.canMultiConn;
-    this.blockSizes = {
+    super(next, {
       minimum: next.blockSizes.minimum,
       preferred: next.blockSizes.preferred,
       maximum: Math.max(opts.maxRequestBytes, next.blockSizes.minimum),
-    };
+    });
+    this.#next = next;
+    this.#opts = opts;
   }
 
   get stats(): CoalesceStats {
@@ -267,7 +261,9 @@ export class CoalesceLayer implements BlockDevice {
       const direct = this.#direct(offset, offset + length, data, opts);
       if (direct !== undefined) return direct;
       return new Promise((resolve, reject) => {
-        this.#enqueue(WRITE, offset, offset + length, data, opts, resolve, reject, null);
+        this.#enqueue(
+          this.#newOp(WRITE, offset, offset + length, data, opts, resolve, reject, null),
+        );
       });
     }
     this.#lastEnd = offset + length;
@@ -281,7 +277,9 @@ export class CoalesceLayer implements BlockDevice {
       for (let pos = 0; pos < length; pos += max) {
         const n = Math.min(max, length - pos);
         const piece = data.subarray(pos, pos + n);
-        this.#enqueue(WRITE, offset + pos, offset + pos + n, piece, opts, noop, noop, group);
+        this.#enqueue(
+          this.#newOp(WRITE, offset + pos, offset + pos + n, piece, opts, noop, noop, group),
+        );
       }
     });
   }
@@ -307,7 +305,7 @@ export class CoalesceLayer implements BlockDevice {
         : this.#next.writeZeroes(offset, 0, opts);
     }
     return new Promise((resolve, reject) => {
-      this.#enqueue(kind, offset, offset + length, null, opts, resolve, reject, null);
+      this.#enqueue(this.#newOp(kind, offset, offset + length, null, opts, resolve, reject, null));
     });
   }
 
@@ -424,20 +422,11 @@ export class CoalesceLayer implements BlockDevice {
     );
   }
 
-  #enqueue(
-    kind: Kind,
-    start: number,
-    end: number,
-    data: Uint8Array | null,
-    opts: ZeroOptions | undefined,
-    resolve: () => void,
-    reject: (err: unknown) => void,
-    group: Group | null,
-  ): void {
+  /** Queue `op` (just made, so last in #live) behind the earlier mutations it overlaps. */
+  #enqueue(op: Op): void {
     const live = this.#live;
-    const n = live.length;
-    const op = this.#newOp(kind, start, end, data, opts, resolve, reject, group);
-    for (let i = 0; i < n; i++) {
+    const { start, end } = op;
+    for (let i = 0; i < op.live; i++) {
       const p = live[i]!;
       if (p.start < end && start < p.end) {
         op.deps++;

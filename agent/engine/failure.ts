@@ -37,6 +37,7 @@ import {
 } from "../nbd/device.ts";
 import { StorageError, type StorageErrorCode } from "../pageblob/errors.ts";
 import type { ClientLatency, Completion, LatencyHistogram } from "./latency.ts";
+import { Layer } from "./layer.ts";
 import { RetryDeadlineError } from "./throttle.ts";
 
 /** Why the volume failed. */
@@ -135,11 +136,7 @@ export function failure(next: BlockDevice, opts: GuardOptions): FailureGuard {
   return new FailureGuard(next, opts.latch, opts.latency);
 }
 
-export class FailureGuard implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class FailureGuard extends Layer implements BlockDevice {
   readonly #next: BlockDevice;
   readonly #latch: FailureLatch;
   readonly #latency: ClientLatency | undefined;
@@ -150,13 +147,10 @@ export class FailureGuard implements BlockDevice {
   #errors = 0;
 
   constructor(next: BlockDevice, latch: FailureLatch, latency?: ClientLatency) {
+    super(next);
     this.#next = next;
     this.#latch = latch;
     this.#latency = latency;
-    this.size = next.size;
-    this.readOnly = next.readOnly;
-    this.blockSizes = next.blockSizes;
-    this.canMultiConn = next.canMultiConn;
   }
 
   /** Requests that failed (for metrics). */
@@ -298,23 +292,16 @@ export function fence(backend: BlockDevice, opts: FailureOptions): Fence {
   return new Fence(backend, opts.latch);
 }
 
-export class Fence implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class Fence extends Layer implements BlockDevice {
   readonly #next: BlockDevice;
   readonly #latch: FailureLatch;
   /** Calls refused because the volume had failed (for tests and metrics). */
   refused = 0;
 
   constructor(next: BlockDevice, latch: FailureLatch) {
+    super(next);
     this.#next = next;
     this.#latch = latch;
-    this.size = next.size;
-    this.readOnly = next.readOnly;
-    this.blockSizes = next.blockSizes;
-    this.canMultiConn = next.canMultiConn;
   }
 
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {

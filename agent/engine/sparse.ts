@@ -38,6 +38,7 @@ import {
   type ZeroOptions,
 } from "../nbd/device.ts";
 import { IntervalSet } from "./interval-set.ts";
+import { Layer } from "./layer.ts";
 
 /** Get Page Ranges span per call while loading the map. */
 export const DEFAULT_LOAD_CHUNK_BYTES = 1024 * 1024 * 1024;
@@ -89,11 +90,7 @@ export function sparse(next: BlockDevice, opts: Partial<SparseOptions> = {}): Sp
   return new SparseMap(next, { ...DEFAULT_SPARSE_OPTIONS, ...opts });
 }
 
-export class SparseMap implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class SparseMap extends Layer implements BlockDevice {
   readonly #next: BlockDevice;
   readonly #opts: SparseOptions;
   readonly #map = new IntervalSet();
@@ -108,12 +105,9 @@ export class SparseMap implements BlockDevice {
   #loadCalls = 0;
 
   constructor(next: BlockDevice, opts: SparseOptions) {
+    super(next);
     this.#next = next;
     this.#opts = opts;
-    this.size = next.size;
-    this.readOnly = next.readOnly;
-    this.blockSizes = next.blockSizes;
-    this.canMultiConn = next.canMultiConn;
   }
 
   /** True once the map reflects the whole device. */

@@ -24,6 +24,7 @@
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from "../nbd/device.ts";
 import { StorageError, type StorageErrorCode } from "../pageblob/errors.ts";
 import { type Clock, SYSTEM_CLOCK } from "./clock.ts";
+import { Layer } from "./layer.ts";
 
 /** How long a throttle pauses the volume. */
 export const DEFAULT_PAUSE_MS = 3_000;
@@ -104,11 +105,7 @@ export function throttle(next: BlockDevice, opts: Partial<ThrottleOptions> = {})
   return new ThrottleLayer(next, { ...DEFAULT_THROTTLE_OPTIONS, ...opts });
 }
 
-export class ThrottleLayer implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class ThrottleLayer extends Layer implements BlockDevice {
   readonly #next: BlockDevice;
   readonly #opts: ThrottleOptions;
   /** Resolves when the current pause ends; null when not paused. */
@@ -119,12 +116,9 @@ export class ThrottleLayer implements BlockDevice {
   #stats = { pauses: 0, pausedMs: 0, retries: 0, deadlines: 0 };
 
   constructor(next: BlockDevice, opts: ThrottleOptions) {
+    super(next);
     this.#next = next;
     this.#opts = opts;
-    this.size = next.size;
-    this.readOnly = next.readOnly;
-    this.blockSizes = next.blockSizes;
-    this.canMultiConn = next.canMultiConn;
     opts.signal?.addEventListener("abort", () => this.#abort(), { once: true });
   }
 
@@ -132,7 +126,8 @@ export class ThrottleLayer implements BlockDevice {
     return { ...this.#stats, paused: this.#pause !== null };
   }
 
-  // read and write spell #run out so the success path allocates no closure.
+  // read and write spell #run out: their success path allocates one closure
+  // (the rejection handler), not two.
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     if (this.#waiting())
       return this.#retrying(() => this.#next.read(offset, length, into), undefined);
@@ -194,39 +189,14 @@ export class ThrottleLayer implements BlockDevice {
     let err = firstError;
     let since: number | undefined;
     let tries = 0;
-    if (err === undefined) {
-      await this.#waitPause();
-      try {
-        const value = await attempt();
-        this.#level = 0;
-        return value;
-      } catch (e) {
-        err = e;
-      }
-    }
-    for (;;) {
-      if (!(err instanceof StorageError) || !err.retriable) throw err;
-      since ??= clock.now();
-      const elapsed = clock.now() - since;
-      if (elapsed >= this.#opts.deadlineMs) throw this.#deadline(err, elapsed);
-      tries++;
-      this.#stats.retries++;
-      if (err.code === "Throttled") {
-        this.#startPause(err);
-      } else {
-        // The last wait ends at the deadline, so the last try happens there.
-        const delay = Math.min(
-          this.#backoff(tries, err.retryAfterMs),
-          this.#opts.deadlineMs - elapsed,
-        );
-        this.#opts.onEvent?.({
-          type: "retry",
-          code: err.code,
-          status: err.status,
-          attempt: tries,
-          delayMs: delay,
-        });
-        await this.#sleep(delay);
+    // Without a first error the request has not failed: it only waits out the pause.
+    for (let failed = err !== undefined; ; failed = true) {
+      if (failed) {
+        if (!(err instanceof StorageError) || !err.retriable) throw err;
+        since ??= clock.now();
+        const elapsed = clock.now() - since;
+        if (elapsed >= this.#opts.deadlineMs) throw this.#deadline(err, elapsed);
+        await this.#beforeRetry(err, ++tries, elapsed);
       }
       await this.#waitPause();
       try {
@@ -237,6 +207,25 @@ export class ThrottleLayer implements BlockDevice {
         err = e;
       }
     }
+  }
+
+  /** A throttle pauses the volume; any other retriable failure backs off this request. */
+  #beforeRetry(err: StorageError, tries: number, elapsed: number): Promise<void> | undefined {
+    this.#stats.retries++;
+    if (err.code === "Throttled") {
+      this.#startPause(err);
+      return undefined;
+    }
+    // The last wait ends at the deadline, so the last try happens there.
+    const delay = Math.min(this.#backoff(tries, err.retryAfterMs), this.#opts.deadlineMs - elapsed);
+    this.#opts.onEvent?.({
+      type: "retry",
+      code: err.code,
+      status: err.status,
+      attempt: tries,
+      delayMs: delay,
+    });
+    return this.#sleep(delay);
   }
 
   #deadline(err: StorageError, elapsed: number): RetryDeadlineError {

@@ -56,6 +56,7 @@ import {
   type LatencySnapshot,
   type MonotonicClock,
 } from "./latency.ts";
+import { Layer } from "./layer.ts";
 import { type IoCounts, ioCounts, meter } from "./meter.ts";
 import { type SparseMap, type SparseOptions, type SparseStats, sparse } from "./sparse.ts";
 import {
@@ -102,24 +103,17 @@ export interface VolumeMetrics {
 }
 
 /** The engine stack over one backend; what the NBD layer serves. */
-export class Volume implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class Volume extends Layer implements BlockDevice {
   readonly #top: FailureGuard;
   readonly #latch: FailureLatch;
   readonly #parts: Parts;
 
   /** @internal use openVolume() */
   constructor(top: FailureGuard, latch: FailureLatch, parts: Parts) {
+    super(top);
     this.#top = top;
     this.#latch = latch;
     this.#parts = parts;
-    this.size = top.size;
-    this.readOnly = top.readOnly;
-    this.blockSizes = top.blockSizes;
-    this.canMultiConn = top.canMultiConn;
   }
 
   /** Set once the volume has failed. */
