@@ -4,7 +4,7 @@ import { MemoryBackend } from "../../agent/engine/memory.ts";
 import { BlockError } from "../../agent/nbd/device.ts";
 import { StorageError } from "../../agent/pageblob/errors.ts";
 import { pattern } from "../conformance/block-device-suite.ts";
-import { GatedDevice, ProbeDevice, settle, watch } from "./fixtures.ts";
+import { closedLoop, GatedDevice, ProbeDevice, settle, watch } from "./fixtures.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -261,25 +261,12 @@ describe("coalesce: merge", () => {
   it("turns sequential 4 KiB writes at queue depth 32 into at least 10x fewer backend writes", async () => {
     const { gated, dev, mem } = setup(64 * MiB);
     const total = 4096;
-    let issued = 0;
-    let completed = 0;
     const expected = Buffer.alloc(total * 4 * KiB);
-    // A closed-loop client like fio at iodepth=32: each completion issues the next write.
-    const issue = (): void => {
-      const i = issued++;
+    await closedLoop(gated, total, 32, (i) => {
       const data = pattern(i, 4 * KiB);
       data.copy(expected, i * 4 * KiB);
-      void dev.write(i * 4 * KiB, data).then(() => {
-        completed++;
-        if (issued < total) issue();
-      });
-    };
-    for (let i = 0; i < 32; i++) issue();
-    // The backend completes one request at a time, oldest first.
-    while (completed < total) {
-      await settle();
-      await gated.held[0]?.release();
-    }
+      return dev.write(i * 4 * KiB, data);
+    });
     const backendWrites = gated.of("write").length;
     const ratio = backendWrites / total;
     console.info(

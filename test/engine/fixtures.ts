@@ -4,6 +4,7 @@
  * until the test releases them, or fail with real StorageErrors.
  */
 import { setImmediate as realSetImmediate } from "node:timers";
+import { Layer } from "../../agent/engine/layer.ts";
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from "../../agent/nbd/device.ts";
 
 export type OpName =
@@ -26,20 +27,13 @@ export interface Call {
 }
 
 /** Base wrapper: every call goes through `handle`, which subclasses override. */
-export class ProbeDevice implements BlockDevice {
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSizes;
-  readonly canMultiConn: boolean;
+export class ProbeDevice extends Layer implements BlockDevice {
   readonly calls: Call[] = [];
   protected readonly inner: BlockDevice;
 
   constructor(inner: BlockDevice) {
+    super(inner);
     this.inner = inner;
-    this.size = inner.size;
-    this.readOnly = inner.readOnly;
-    this.blockSizes = inner.blockSizes;
-    this.canMultiConn = inner.canMultiConn;
   }
 
   /** Calls of one kind. */
@@ -172,6 +166,40 @@ export class FaultyDevice extends ProbeDevice {
  */
 export function settle(): Promise<void> {
   return new Promise((resolve) => realSetImmediate(resolve));
+}
+
+/**
+ * A closed-loop client like fio at iodepth `depth`: `write(i)` for i from 0
+ * to total-1, each completion issuing the next, while `gated` completes one
+ * backend call at a time, oldest first. Rejects with the first write error.
+ */
+export async function closedLoop(
+  gated: GatedDevice,
+  total: number,
+  depth: number,
+  write: (i: number) => Promise<void>,
+): Promise<void> {
+  let issued = 0;
+  let completed = 0;
+  let failure: { err: unknown } | undefined;
+  const issue = (): void => {
+    const i = issued++;
+    write(i).then(
+      () => {
+        completed++;
+        if (issued < total) issue();
+      },
+      (err: unknown) => {
+        failure ??= { err };
+      },
+    );
+  };
+  for (let i = 0; i < Math.min(depth, total); i++) issue();
+  while (completed < total) {
+    if (failure !== undefined) throw failure.err;
+    await settle();
+    await gated.held[0]?.release();
+  }
 }
 
 /** Track a promise's outcome without awaiting it. */

@@ -4,7 +4,7 @@ import type { ThrottleEvent } from "../../agent/engine/throttle.ts";
 import { openVolume } from "../../agent/engine/volume.ts";
 import { StorageError } from "../../agent/pageblob/errors.ts";
 import { pattern } from "../conformance/block-device-suite.ts";
-import { FaultyDevice, GatedDevice, ProbeDevice, settle, watch } from "./fixtures.ts";
+import { closedLoop, FaultyDevice, GatedDevice, ProbeDevice, settle, watch } from "./fixtures.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -69,20 +69,7 @@ describe("openVolume", () => {
     }
     const vol = await opening.promise;
     const total = 2048;
-    let issued = 0;
-    let completed = 0;
-    const issue = (): void => {
-      const i = issued++;
-      void vol.write(i * 4 * KiB, pattern(i, 4 * KiB)).then(() => {
-        completed++;
-        if (issued < total) issue();
-      });
-    };
-    for (let i = 0; i < 32; i++) issue();
-    while (completed < total) {
-      await settle();
-      await gated.held[0]?.release();
-    }
+    await closedLoop(gated, total, 32, (i) => vol.write(i * 4 * KiB, pattern(i, 4 * KiB)));
     const m = vol.metrics();
     const ratio = m.backend.writes / m.client.writes;
     console.info(
