@@ -15,6 +15,22 @@ import type { VolumeMetrics } from "./volume.ts";
 
 export type { VolumeStats };
 
+/** The counters of a volume's stats: cumulative since open, plus the queue depth now. */
+export type IoTotals = Omit<VolumeStats, "readLatencyMs" | "writeLatencyMs">;
+
+/** The counters out of a metrics snapshot, for heartbeats and the status API alike. */
+export function ioTotals(m: VolumeMetrics): IoTotals {
+  return {
+    readOps: m.client.reads,
+    writeOps: m.client.writes,
+    bytesRead: m.client.bytesRead,
+    bytesWritten: m.client.bytesWritten,
+    errors: m.errors,
+    throttlePauses: m.throttle.pauses,
+    queueDepth: m.queueDepth,
+  };
+}
+
 /** Successive windows over one volume's metrics. */
 export class StatsWindow {
   readonly #metrics: () => VolumeMetrics;
@@ -33,13 +49,7 @@ export class StatsWindow {
   take(): VolumeStats {
     const m = this.#metrics();
     const stats: VolumeStats = {
-      readOps: m.client.reads,
-      writeOps: m.client.writes,
-      bytesRead: m.client.bytesRead,
-      bytesWritten: m.client.bytesWritten,
-      errors: m.errors,
-      throttlePauses: m.throttle.pauses,
-      queueDepth: m.queueDepth,
+      ...ioTotals(m),
       readLatencyMs: latencyPercentiles(latencySince(m.latency.read, this.#read).counts),
       writeLatencyMs: latencyPercentiles(latencySince(m.latency.write, this.#write).counts),
     };

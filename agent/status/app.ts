@@ -11,6 +11,7 @@
  */
 import { type Context, Hono } from "hono";
 import { latencyPercentiles } from "../engine/latency.ts";
+import { type IoTotals, ioTotals } from "../engine/stats-window.ts";
 import { healthReport } from "./health.ts";
 import { statusMetrics } from "./metrics.ts";
 import type { ServedVolume, StatusSource } from "./source.ts";
@@ -72,15 +73,7 @@ export interface VolumeEntry {
   socket: string;
   device: string | null;
   /** Cumulative since the volume was opened on this node. */
-  io: {
-    readOps: number;
-    writeOps: number;
-    bytesRead: number;
-    bytesWritten: number;
-    errors: number;
-    throttlePauses: number;
-    queueDepth: number;
-  };
+  io: IoTotals;
   /** Percentiles over every request since open, in milliseconds. */
   latencyMs: { read: { p50: number; p99: number }; write: { p50: number; p99: number } };
 }
@@ -94,15 +87,7 @@ function describeVolume(v: ServedVolume): VolumeEntry {
     sizeBytes: v.sizeBytes,
     socket: v.socket,
     device: v.device,
-    io: {
-      readOps: m.client.reads,
-      writeOps: m.client.writes,
-      bytesRead: m.client.bytesRead,
-      bytesWritten: m.client.bytesWritten,
-      errors: m.errors,
-      throttlePauses: m.throttle.pauses,
-      queueDepth: m.queueDepth,
-    },
+    io: ioTotals(m),
     latencyMs: {
       read: latencyPercentiles(m.latency.read.counts),
       write: latencyPercentiles(m.latency.write.counts),
