@@ -5,12 +5,15 @@
  */
 import type { ReportError } from "./http/errors.ts";
 import type { Registry } from "./registry/tables.ts";
+import { MAX_REPLICA_SAS_LIFETIME_MS } from "./storage/replica-sas.ts";
 
 export interface ControlPlane {
   readonly registry: Registry;
   /** The clock; tests pass a fixed or stepping one. */
   readonly now: () => Date;
   readonly report: ReportError;
+  /** How long the SAS handed to agents is valid (settings' `replicaSasLifetimeMs`). */
+  readonly replicaSasLifetimeMs: number;
   /** Tests only: crash injection between the steps of attach, detach and fencing. */
   readonly faults?: Faults;
 }
@@ -33,6 +36,8 @@ export interface ControlPlaneOptions {
   now?: () => Date;
   /** Where unexpected errors go; defaults to stderr. */
   report?: ReportError;
+  /** Lifetime of agents' SAS; defaults to the longest, an hour. */
+  replicaSasLifetimeMs?: number;
   /** Crash injection, for tests only. */
   faults?: Faults;
 }
@@ -43,6 +48,7 @@ export function controlPlane(options: ControlPlaneOptions): ControlPlane {
     registry: options.registry,
     now: options.now ?? (() => new Date()),
     report: options.report ?? ((err) => console.error("pagedisk control plane:", err)),
+    replicaSasLifetimeMs: options.replicaSasLifetimeMs ?? MAX_REPLICA_SAS_LIFETIME_MS,
     ...(options.faults ? { faults: options.faults } : {}),
   };
 }

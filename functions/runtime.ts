@@ -11,7 +11,6 @@ import { matchesAdminKeySetting, verifyAdminKey } from "./registry/admin-keys.ts
 import { openRegistry } from "./registry/tables.ts";
 import type { Settings } from "./settings.ts";
 import { poolIdentity, usePoolIdentity } from "./storage/pool-identity.ts";
-import { useReplicaSasLifetime } from "./storage/replica-sas.ts";
 
 export interface Runtime {
   cp: ControlPlane;
@@ -35,13 +34,16 @@ export async function openRuntime(
 ): Promise<Runtime> {
   const { credential, ...cpOptions } = options;
   if (credential) usePoolIdentity(credential);
-  useReplicaSasLifetime(settings.replicaSasLifetimeMs);
   const account =
     "tableUrl" in settings.registry
       ? { tableUrl: settings.registry.tableUrl, credential: poolIdentity().credential }
       : settings.registry.connectionString;
   const registry = await openRegistry(account, { prefix: settings.tablePrefix });
-  const cp = controlPlane({ registry, ...cpOptions });
+  const cp = controlPlane({
+    registry,
+    replicaSasLifetimeMs: settings.replicaSasLifetimeMs,
+    ...cpOptions,
+  });
   const { adminKey } = settings;
   const app = createApp({
     ...cp,

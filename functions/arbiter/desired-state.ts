@@ -10,7 +10,7 @@ import type { ControlPlane } from "../control-plane.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import { pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
-import { replicaSasExpiry, replicaSasLifetime, signedReplicaUrl } from "../storage/replica-sas.ts";
+import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
 
 export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<DesiredState> {
   const [owned, allPools] = await Promise.all([
@@ -20,7 +20,7 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
   const poolByName = new Map(allPools.map((p) => [p.value.name, p.value]));
   const now = cp.now();
   // One expiry for the whole answer: the agent renews by its earliest one anyway.
-  const expiresAt = replicaSasExpiry(now, replicaSasLifetime());
+  const expiresAt = replicaSasExpiry(now, cp.replicaSasLifetimeMs);
   const attachments = await Promise.all(
     owned.map(async ({ value: v }): Promise<DesiredAttachment> => ({
       volume: v.name,

@@ -30,8 +30,6 @@ export const MAX_REPLICA_SAS_LIFETIME_MS = 60 * 60 * 1000;
  * control plane that misses a few of them.
  */
 export const MIN_REPLICA_SAS_LIFETIME_MS = 60 * 1000;
-/** Set once per process by the host, from its settings (`useReplicaSasLifetime`). */
-let lifetimeMs = MAX_REPLICA_SAS_LIFETIME_MS;
 /**
  * SAS version of user delegation SAS tokens, pinned rather than the SDK's
  * newest: the string to sign changes with the version, and this is the
@@ -41,27 +39,8 @@ const DELEGATION_SAS_VERSION = "2025-07-05";
 /** Signed as valid from a little before now, so that a storage clock behind ours does not refuse it. */
 const CLOCK_SKEW_MS = 5 * 60 * 1000;
 
-/**
- * Sign every later replica SAS of this process for `ms` (settings'
- * `replicaSasLifetimeMs`). A value outside the bounds is a RangeError and
- * changes nothing.
- */
-export function useReplicaSasLifetime(ms: number): void {
-  if (!Number.isInteger(ms) || ms < MIN_REPLICA_SAS_LIFETIME_MS || ms > MAX_REPLICA_SAS_LIFETIME_MS) {
-    throw new RangeError(
-      `a replica SAS lifetime must be ${MIN_REPLICA_SAS_LIFETIME_MS}..${MAX_REPLICA_SAS_LIFETIME_MS} ms, got ${ms}`,
-    );
-  }
-  lifetimeMs = ms;
-}
-
-/** How long a replica SAS signed now is valid. */
-export function replicaSasLifetime(): number {
-  return lifetimeMs;
-}
-
 /** When a SAS signed at `now` ends: whole seconds, since that is all a SAS's `se` can say. */
-export function replicaSasExpiry(now: Date, lifetime: number = lifetimeMs): Date {
+export function replicaSasExpiry(now: Date, lifetime: number): Date {
   return new Date(Math.floor((now.getTime() + lifetime) / 1000) * 1000);
 }
 
