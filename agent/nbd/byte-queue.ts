@@ -52,15 +52,7 @@ export class ByteQueue {
       return out;
     }
     const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const chunk = this.#chunks[0]!;
-      const avail = chunk.length - this.#head;
-      const m = Math.min(avail, n - filled);
-      chunk.copy(out, filled, this.#head, this.#head + m);
-      filled += m;
-      this.#advanceFirst(m, avail);
-    }
+    this.takeInto(out, 0, n);
     return out;
   }
 
