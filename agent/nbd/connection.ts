@@ -35,7 +35,6 @@ type Waiter =
 
 /** One accepted socket, from greeting to close. */
 export class Connection implements ReceiveSink {
-  readonly id: number;
   readonly socket: Socket;
   /** Resolves when the socket has closed, whatever the reason. */
   readonly closed: Promise<void>;
@@ -48,8 +47,7 @@ export class Connection implements ReceiveSink {
   #export: NbdExport | undefined;
 
   /** `receiver` delivers the socket's bytes (see receiver.ts); the connection becomes its sink. */
-  constructor(id: number, socket: Socket, receiver: Receiver, ctx: ConnectionContext, log: Logger) {
-    this.id = id;
+  constructor(socket: Socket, receiver: Receiver, ctx: ConnectionContext, log: Logger) {
     this.socket = socket;
     this.#ctx = ctx;
     this.#log = log;
@@ -153,10 +151,6 @@ export class Connection implements ReceiveSink {
 
   /** ReceiveSink: bytes to queue. */
   data(chunk: Buffer): void {
-    this.#onData(chunk);
-  }
-
-  #onData(chunk: Buffer): void {
     if (this.#phase === "closed") return;
     this.#queue.push(chunk);
     if (this.#phase === "transmission") this.#pump();

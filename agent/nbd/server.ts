@@ -242,7 +242,7 @@ export class NbdServer {
     if (mode === "in-place") this.#inPlace++;
     const id = ++this.#accepted;
     const log = childLogger(this.#log, { conn: id });
-    const conn = new Connection(id, socket, receiver, this.#context(), log);
+    const conn = new Connection(socket, receiver, this.#context(), log);
     this.#connections.add(conn);
     this.#peak = Math.max(this.#peak, this.#connections.size);
     log.debug({ remote: socket.remoteAddress ?? "unix" }, "nbd client connected");
