@@ -112,11 +112,6 @@ export class Transmission {
     socket.on("drain", this.#onDrain);
   }
 
-  /** Requests started and not yet replied to. */
-  get inflight(): number {
-    return this.#inflight;
-  }
-
   /**
    * Parse and start every complete request in the queue. Throws
    * ProtocolViolation when the stream is not NBD; the caller drops the
