@@ -56,11 +56,11 @@ export interface NegotiationContext {
 }
 
 /** Option payloads are names and short query lists; anything larger is refused. */
-export const MAX_OPTION_DATA = 64 * 1024;
+const MAX_OPTION_DATA = 64 * 1024;
 /** A client that haggles this long is treated as a denial of service. */
-export const MAX_OPTIONS = 4096;
+const MAX_OPTIONS = 4096;
 /** The id this server gives `base:allocation` in NBD_OPT_SET_META_CONTEXT. */
-export const BASE_ALLOCATION_ID = 1;
+const BASE_ALLOCATION_ID = 1;
 
 /** Run the handshake to completion. */
 export async function negotiate(io: HandshakeIo, ctx: NegotiationContext): Promise<Negotiated> {

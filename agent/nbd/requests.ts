@@ -44,7 +44,7 @@ export function decodeRequest(header: Buffer): Request {
 }
 
 /** Commands that change data; refused with EPERM on a read-only export. */
-export function isWriteCommand(type: number): boolean {
+function isWriteCommand(type: number): boolean {
   return type === CMD.WRITE || type === CMD.TRIM || type === CMD.WRITE_ZEROES;
 }
 
