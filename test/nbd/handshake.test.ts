@@ -3,9 +3,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { memory, type TestServer, startServer } from "./fixtures.ts";
-import { MAGIC, OPT, REP, RawClient } from "./raw-client.ts";
-
-const INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 };
+import { INFO, MAGIC, OPT, REP, RawClient } from "./raw-client.ts";
 
 describe("NBD handshake", () => {
   let t: TestServer;

@@ -1,30 +1,34 @@
 /**
  * A deliberately small NBD client for protocol tests: it speaks the wire
- * format byte by byte (written from the spec, sharing no code with the
- * server) so tests can send exactly the good or bad bytes they want.
+ * format byte by byte (its framing written from the spec, sharing no
+ * encoding or parsing with the server) so tests can send exactly the good or
+ * bad bytes they want. Magics, commands, options and info types come from
+ * protocol.ts: the real clients of test/interop fail on a wrong one. Command
+ * flags, option reply types and errno values are written out here, since
+ * only these tests check them against the spec.
  */
 import { connect, type Socket } from "node:net";
+import {
+  CMD,
+  IHAVEOPT,
+  INFO,
+  NBD_MAGIC,
+  OPT,
+  OPTION_REPLY_MAGIC,
+  REQUEST_MAGIC,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC,
+} from "../../agent/nbd/protocol.ts";
+
+export { CMD, INFO, OPT };
 
 export const MAGIC = {
-  NBD: 0x4e42444d41474943n,
-  IHAVEOPT: 0x49484156454f5054n,
-  OPTION_REPLY: 0x3e889045565a9n,
-  REQUEST: 0x25609513,
-  SIMPLE: 0x67446698,
-  STRUCTURED: 0x668e33ef,
-};
-
-export const OPT = {
-  EXPORT_NAME: 1,
-  ABORT: 2,
-  LIST: 3,
-  STARTTLS: 5,
-  INFO: 6,
-  GO: 7,
-  STRUCTURED_REPLY: 8,
-  LIST_META_CONTEXT: 9,
-  SET_META_CONTEXT: 10,
-  EXTENDED_HEADERS: 11,
+  NBD: NBD_MAGIC,
+  IHAVEOPT,
+  OPTION_REPLY: OPTION_REPLY_MAGIC,
+  REQUEST: REQUEST_MAGIC,
+  SIMPLE: SIMPLE_REPLY_MAGIC,
+  STRUCTURED: STRUCTURED_REPLY_MAGIC,
 };
 
 export const REP = {
@@ -38,17 +42,6 @@ export const REP = {
   ERR_UNKNOWN: 0x80000006,
   ERR_SHUTDOWN: 0x80000007,
   ERR_TOO_BIG: 0x80000009,
-};
-
-export const CMD = {
-  READ: 0,
-  WRITE: 1,
-  DISC: 2,
-  FLUSH: 3,
-  TRIM: 4,
-  CACHE: 5,
-  WRITE_ZEROES: 6,
-  BLOCK_STATUS: 7,
 };
 
 export const FLAG = { FUA: 1, NO_HOLE: 2, DF: 4, REQ_ONE: 8, FAST_ZERO: 16 };
@@ -212,7 +205,7 @@ export class RawClient {
   async setMetaContext(
     name: string,
     queries: string[],
-    option = OPT.SET_META_CONTEXT,
+    option: number = OPT.SET_META_CONTEXT,
   ): Promise<{ contexts: { id: number; name: string }[]; final: number }> {
     const replies = await this.option(option, metaContextData(name, queries));
     const contexts = replies
@@ -225,7 +218,7 @@ export class RawClient {
   async go(
     name: string,
     infos: number[] = [],
-    option = OPT.GO,
+    option: number = OPT.GO,
   ): Promise<{ final: number; size?: number; flags?: number; replies: OptionReply[] }> {
     const replies = await this.option(option, infoData(name, infos));
     const exp = replies.find((r) => r.type === REP.INFO && r.data.readUInt16BE(0) === 0);

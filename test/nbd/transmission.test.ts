@@ -14,7 +14,7 @@ import {
   type TestServer,
   startServer,
 } from "./fixtures.ts";
-import { CMD, descriptors, ERR, errorMessage, FLAG, type RawClient } from "./raw-client.ts";
+import { CMD, descriptors, ERR, errorMessage, FLAG, MAGIC, type RawClient } from "./raw-client.ts";
 
 const MiB = 1024 * 1024;
 let t: TestServer | undefined;
@@ -112,7 +112,7 @@ describe.each([
     ).toBe(ERR.EINVAL);
     // A write past the end is refused, and its payload is consumed, not parsed as requests.
     const evil = Buffer.alloc(4096);
-    evil.writeUInt32BE(0x25609513, 0); // looks like a request header
+    evil.writeUInt32BE(MAGIC.REQUEST, 0); // looks like a request header
     expect(
       (await c.request({ type: CMD.WRITE, handle: 9n, offset: size - 512, payload: evil })).error,
     ).toBe(ERR.ENOSPC);
@@ -347,11 +347,18 @@ describe("NBD transmission", () => {
     const s = await serve();
     const half = await client(s);
     const header = Buffer.alloc(28);
-    header.writeUInt32BE(0x25609513, 0);
+    header.writeUInt32BE(MAGIC.REQUEST, 0);
     half.write(header.subarray(0, 13));
     half.close();
     const partial = await client(s);
-    partial.write(Buffer.concat([writeHeader(1n, 0, MiB), Buffer.alloc(1000)]));
+    // A write header promising 1 MiB, followed by only 1000 bytes of it.
+    partial.send({
+      type: CMD.WRITE,
+      handle: 1n,
+      offset: 0,
+      length: MiB,
+      payload: Buffer.alloc(1000),
+    });
     partial.close();
     await Promise.all([half.closed, partial.closed]);
     const good = await client(s);
@@ -381,13 +388,3 @@ describe("NBD transmission", () => {
     expect(all.data?.equals(Buffer.concat(blocks))).toBe(true);
   });
 });
-
-function writeHeader(handle: bigint, offset: number, length: number): Buffer {
-  const h = Buffer.alloc(28);
-  h.writeUInt32BE(0x25609513, 0);
-  h.writeUInt16BE(CMD.WRITE, 6);
-  h.writeBigUInt64BE(handle, 8);
-  h.writeBigUInt64BE(BigInt(offset), 16);
-  h.writeUInt32BE(length, 24);
-  return h;
-}
