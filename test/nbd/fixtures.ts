@@ -172,7 +172,7 @@ export class ProbeDevice implements BlockDevice {
 /** A logger that keeps records, and lets a test wait for a message to be logged. */
 export class RecordingLogger implements Logger {
   readonly records: { level: string; obj: object; msg: string }[] = [];
-  #waiters: { match: string; resolve: () => void }[] = [];
+  #waiters: { seen: () => boolean; resolve: () => void }[] = [];
 
   debug(obj: object, msg = ""): void {
     this.#add("debug", obj, msg);
@@ -187,15 +187,16 @@ export class RecordingLogger implements Logger {
     this.#add("error", obj, msg);
   }
 
-  /** Resolves when a record whose message contains `match` has been logged. */
-  logged(match: string): Promise<void> {
-    if (this.records.some((r) => r.msg.includes(match))) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  /** Resolves when `times` records whose message contains `match` have been logged. */
+  logged(match: string, times = 1): Promise<void> {
+    const seen = () => this.records.filter((r) => r.msg.includes(match)).length >= times;
+    if (seen()) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push({ seen, resolve }));
   }
 
   #add(level: string, obj: object, msg: string): void {
     this.records.push({ level, obj, msg });
-    for (const w of this.#waiters.filter((x) => msg.includes(x.match))) w.resolve();
+    for (const w of this.#waiters.filter((x) => x.seen())) w.resolve();
   }
 }
 
