@@ -111,7 +111,8 @@ describe("Receiver", () => {
       r.callback(bytes.length, view);
       copies.push(bytes);
     }
-    expect(s.chunks.map((c) => c.equals(copies.shift()!))).not.toContain(false);
+    expect(s.chunks).toHaveLength(copies.length);
+    expect(s.chunks.every((c, i) => c.equals(copies[i]!))).toBe(true);
   });
 
   it("reads into the sink's view when it offers one, and reports the landing", () => {
