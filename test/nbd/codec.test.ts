@@ -140,9 +140,11 @@ describe("option data parsing", () => {
   });
 });
 
-function session(opts: { readOnly?: boolean; structured?: boolean; meta?: boolean } = {}): Session {
+function session(
+  opts: { readOnly?: boolean; structured?: boolean; meta?: boolean; size?: number } = {},
+): Session {
   const catalog = new ExportCatalog();
-  const exp = catalog.add("d", memory(1 << 20), { readOnly: opts.readOnly ?? false });
+  const exp = catalog.add("d", memory(opts.size ?? 1 << 20), { readOnly: opts.readOnly ?? false });
   const structured = opts.structured ?? true;
   return {
     export: exp,
@@ -214,14 +216,7 @@ describe("request decoding and validation", () => {
   });
 
   it("lets TRIM and fast zeroing exceed the maximum block size, as the spec allows", () => {
-    const catalog = new ExportCatalog();
-    const exp = catalog.add("big", memory(64 << 20));
-    const s: Session = {
-      export: exp,
-      structuredReplies: true,
-      metaContextId: 1,
-      flags: transmissionFlags(exp, true),
-    };
+    const s = session({ meta: true, size: 64 << 20 });
     expect(validateRequest(req(CMD.TRIM, 0, 48 << 20), s)).toBeUndefined();
     expect(validateRequest(req(CMD.WRITE_ZEROES, 0, 48 << 20, FLAG.FAST_ZERO), s)).toBeUndefined();
     expect(validateRequest(req(CMD.BLOCK_STATUS, 0, 48 << 20), s)).toBeUndefined();
