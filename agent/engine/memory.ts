@@ -3,6 +3,13 @@
  * at most 4 MiB per write), for benchmarks, protocol tests and `serve memory:`.
  * Like nbdkit's memory plugin, it is a product feature, not a test double.
  *
+ * Large reads that fall within one chunk are answered with a view of the
+ * chunk instead of a copy: the NBD layer writes it to the socket as is, so a
+ * 1 MiB read costs no memcpy here. Such a chunk is "lent": it is never
+ * modified in place again (copy-on-write), so a reply still queued on a
+ * socket keeps the bytes it was read with. Small reads are copied, since
+ * lending them would make the next small write to the chunk copy all of it.
+ *
  * Concurrency: every call completes synchronously inside its promise, so
  * requests are atomic with respect to each other.
  */
@@ -10,12 +17,16 @@ import { BlockError, type BlockDevice, type Extent } from "../nbd/device.ts";
 
 export const PAGE = 512;
 export const MAX_PUT = 4 * 1024 * 1024;
-/** Allocation unit, as nbdkit's sparse array pages: big enough that a 1 MiB request touches few. */
-const CHUNK = 64 * 1024;
+/** Default allocation unit: a 1 MiB request within one chunk is served without a copy. */
+const DEFAULT_CHUNK = 1024 * 1024;
+/** Reads at least this long are lent (a view), shorter ones copied. */
+const LEND_MIN = 64 * 1024;
 
 export interface MemoryOptions {
   size: number;
   readOnly?: boolean;
+  /** Allocation (and hole) granularity: a power of two, at least 4 KiB; default 1 MiB. */
+  chunkSize?: number;
 }
 
 export class MemoryBackend implements BlockDevice {
@@ -23,24 +34,40 @@ export class MemoryBackend implements BlockDevice {
   readonly readOnly: boolean;
   readonly blockSizes = { minimum: PAGE, preferred: 4096, maximum: MAX_PUT };
   readonly canMultiConn = true;
+  readonly #chunk: number;
   #chunks = new Map<number, Buffer>();
+  /** Chunks handed out as read views: copied before any change. */
+  #lent = new Set<number>();
   #closed = false;
 
   constructor(opts: MemoryOptions) {
     if (!Number.isSafeInteger(opts.size) || opts.size < 0 || opts.size % PAGE !== 0) {
       throw new RangeError(`memory size must be a multiple of ${PAGE} bytes, got ${opts.size}`);
     }
+    const chunk = opts.chunkSize ?? DEFAULT_CHUNK;
+    if (!Number.isSafeInteger(chunk) || chunk < 4096 || (chunk & (chunk - 1)) !== 0) {
+      throw new RangeError(`memory chunk size must be a power of two of at least 4096, got ${chunk}`);
+    }
+    this.#chunk = chunk;
     this.size = opts.size;
     this.readOnly = opts.readOnly ?? false;
   }
 
   /** Bytes of RAM holding data (allocated chunks). */
   get allocatedBytes(): number {
-    return this.#chunks.size * CHUNK;
+    return this.#chunks.size * this.#chunk;
   }
 
   async read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     this.#check(offset, length, false);
+    const idx = Math.floor(offset / this.#chunk);
+    const lendable = length >= LEND_MIN && (offset + length - 1) < (idx + 1) * this.#chunk;
+    const whole = lendable ? this.#chunks.get(idx) : undefined;
+    if (whole) {
+      this.#lent.add(idx);
+      const at = offset - idx * this.#chunk;
+      return whole.subarray(at, at + length);
+    }
     const out =
       into && into.byteLength === length
         ? Buffer.from(into.buffer, into.byteOffset, length)
@@ -58,11 +85,7 @@ export class MemoryBackend implements BlockDevice {
     if (data.length > MAX_PUT) throw new BlockError("EINVAL", "write larger than 4 MiB");
     const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     this.#each(offset, data.length, (idx, at, from, n) => {
-      let chunk = this.#chunks.get(idx);
-      if (!chunk) {
-        chunk = Buffer.alloc(CHUNK);
-        this.#chunks.set(idx, chunk);
-      }
+      const chunk = this.#writable(idx, n === this.#chunk) ?? this.#allocate(idx);
       src.copy(chunk, at, from, from + n);
     });
   }
@@ -78,13 +101,11 @@ export class MemoryBackend implements BlockDevice {
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.#check(offset, length, true);
     this.#each(offset, length, (idx, at, _from, n) => {
-      const chunk = this.#chunks.get(idx);
+      if (n === this.#chunk) return this.#free(idx);
+      const chunk = this.#writable(idx, false);
       if (!chunk) return;
-      if (n === CHUNK) this.#chunks.delete(idx);
-      else {
-        chunk.fill(0, at, at + n);
-        if (isZero(chunk)) this.#chunks.delete(idx);
-      }
+      chunk.fill(0, at, at + n);
+      if (isZero(chunk)) this.#free(idx);
     });
   }
 
@@ -107,6 +128,7 @@ export class MemoryBackend implements BlockDevice {
   async close(): Promise<void> {
     this.#closed = true;
     this.#chunks.clear();
+    this.#lent.clear();
   }
 
   #check(offset: number, length: number, writing: boolean): void {
@@ -120,21 +142,49 @@ export class MemoryBackend implements BlockDevice {
     }
   }
 
+  /**
+   * The chunk to modify in place, or undefined when none is allocated. A
+   * lent chunk is replaced by a copy first (by fresh memory when the caller
+   * overwrites all of it), so views already handed out keep their bytes.
+   */
+  #writable(idx: number, overwritten: boolean): Buffer | undefined {
+    const chunk = this.#chunks.get(idx);
+    if (!chunk || !this.#lent.delete(idx)) return chunk;
+    const fresh = overwritten ? Buffer.allocUnsafe(this.#chunk) : Buffer.from(chunk);
+    this.#chunks.set(idx, fresh);
+    return fresh;
+  }
+
+  #allocate(idx: number): Buffer {
+    const chunk = Buffer.alloc(this.#chunk);
+    this.#chunks.set(idx, chunk);
+    return chunk;
+  }
+
+  #free(idx: number): void {
+    this.#chunks.delete(idx);
+    this.#lent.delete(idx);
+  }
+
   /** Walk [offset, offset+length) chunk by chunk: (chunk index, offset in chunk, offset in request, bytes). */
   #each(offset: number, length: number, fn: (idx: number, at: number, from: number, n: number) => void) {
     let pos = offset;
     const end = offset + length;
     while (pos < end) {
-      const idx = Math.floor(pos / CHUNK);
-      const at = pos - idx * CHUNK;
-      const n = Math.min(CHUNK - at, end - pos);
+      const idx = Math.floor(pos / this.#chunk);
+      const at = pos - idx * this.#chunk;
+      const n = Math.min(this.#chunk - at, end - pos);
       fn(idx, at, pos - offset, n);
       pos += n;
     }
   }
 }
 
-const ZERO_CHUNK = Buffer.alloc(CHUNK);
 function isZero(buf: Buffer): boolean {
-  return buf.equals(ZERO_CHUNK);
+  // Word-wise compare against a shared zero page, without allocating per call.
+  for (let at = 0; at < buf.length; at += ZERO_PAGE.length) {
+    if (ZERO_PAGE.compare(buf, at, at + ZERO_PAGE.length) !== 0) return false;
+  }
+  return true;
 }
+const ZERO_PAGE = Buffer.alloc(4096);

@@ -7,7 +7,7 @@ import { GatedDevice, ProbeDevice, settle, watch } from "./fixtures.ts";
 const SIZE = 1024 * 1024;
 
 async function filled(seed: number): Promise<{ mem: MemoryBackend; model: Buffer }> {
-  const mem = new MemoryBackend({ size: SIZE });
+  const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: SIZE });
   const model = pattern(seed, 64 * 1024);
   await mem.write(0, model);
   return { mem, model };
@@ -154,7 +154,7 @@ describe("align", () => {
   });
 
   it("clips blockStatus of an unaligned range to exactly that range", async () => {
-    const mem = new MemoryBackend({ size: SIZE });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: SIZE });
     const chunk = 64 * 1024; // the memory backend's allocation unit
     await mem.write(chunk, Buffer.alloc(chunk, 1));
     const probe = new ProbeDevice(mem);

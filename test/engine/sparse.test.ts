@@ -19,7 +19,7 @@ async function loadedOver(mem: MemoryBackend, opts: Parameters<typeof sparse>[1]
 describe("sparse", () => {
   it("loads the map in sub-ranges and matches the backend's allocation", async () => {
     // 64 KiB multiples: the memory backend allocates in 64 KiB chunks.
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     await mem.write(0, pattern(1, 64 * KiB));
     await mem.write(3 * MiB - 64 * KiB, pattern(2, 192 * KiB));
     await mem.write(8 * MiB - 64 * KiB, pattern(3, 64 * KiB));
@@ -38,7 +38,7 @@ describe("sparse", () => {
   });
 
   it("answers blockStatus and reads of holes without a backend request", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     await mem.write(1 * MiB, pattern(1, 64 * KiB));
     const { probe, map } = await loadedOver(mem);
     expect(await map.blockStatus(0, 2 * MiB)).toEqual([
@@ -54,7 +54,7 @@ describe("sparse", () => {
   });
 
   it("reads only the allocated part of a range that straddles holes", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     const data = pattern(2, 8 * KiB);
     const { probe, map } = await loadedOver(mem);
     await map.write(64 * KiB, data);
@@ -67,7 +67,7 @@ describe("sparse", () => {
   });
 
   it("fills the caller's buffer for holes and around the allocated part", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     const data = pattern(3, 4 * KiB);
     const { map } = await loadedOver(mem);
     await map.write(8 * KiB, data);
@@ -82,7 +82,7 @@ describe("sparse", () => {
   });
 
   it("keeps the map exact at page granularity as writes, trims and zeroes complete", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     const { probe, map } = await loadedOver(mem);
     await map.write(512, pattern(3, 1536));
     await map.write(64 * KiB, pattern(4, 64 * KiB));
@@ -109,7 +109,7 @@ describe("sparse", () => {
   });
 
   it("drops all-zero writes into holes and passes them on where data is", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     const { probe, map } = await loadedOver(mem);
     await map.write(0, Buffer.alloc(64 * KiB));
     expect(probe.of("write")).toHaveLength(0);
@@ -122,7 +122,7 @@ describe("sparse", () => {
   });
 
   it("does not record a hole for a trim that a write to the same bytes overtook", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     const gated = new GatedDevice(mem);
     const map = sparse(gated);
     await map.load();
@@ -143,7 +143,7 @@ describe("sparse", () => {
   });
 
   it("records no hole when the trim failed", async () => {
-    const mem = new MemoryBackend({ size: 8 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 8 * MiB });
     const faulty = new FaultyDevice(mem);
     const map = sparse(faulty);
     await map.load();
@@ -154,7 +154,7 @@ describe("sparse", () => {
   });
 
   it("passes everything through until loaded, then never records a stale hole", async () => {
-    const mem = new MemoryBackend({ size: 4 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 4 * MiB });
     await mem.write(0, pattern(9, 64 * KiB));
     const gated = new GatedDevice(mem, ["read", "write", "trim", "close"]);
     const map = sparse(gated, { loadChunkBytes: 1 * MiB, loadConcurrency: 1 });

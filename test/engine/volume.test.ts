@@ -15,7 +15,7 @@ describe("openVolume", () => {
   });
 
   it("loads the map in sub-ranges, then answers blockStatus and hole reads without the backend", async () => {
-    const mem = new MemoryBackend({ size: 64 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 64 * MiB });
     await mem.write(10 * MiB, pattern(1, 64 * KiB));
     const probe = new ProbeDevice(mem);
     const vol = await openVolume(probe, { sparse: { loadChunkBytes: 16 * MiB } });
@@ -35,7 +35,7 @@ describe("openVolume", () => {
   });
 
   it("splits a 32 MiB write into eight Put Page sized backend writes", async () => {
-    const mem = new MemoryBackend({ size: 64 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 64 * MiB });
     const probe = new ProbeDevice(mem);
     const vol = await openVolume(probe);
     const data = pattern(2, 32 * MiB);
@@ -49,7 +49,7 @@ describe("openVolume", () => {
   });
 
   it("serves unaligned I/O with whole sectors at the backend", async () => {
-    const mem = new MemoryBackend({ size: 16 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 16 * MiB });
     const probe = new ProbeDevice(mem);
     const vol = await openVolume(probe);
     const data = pattern(3, 10_000);
@@ -60,7 +60,7 @@ describe("openVolume", () => {
   });
 
   it("merges sequential 4 KiB writes at queue depth 32 through the whole stack", async () => {
-    const mem = new MemoryBackend({ size: 64 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 64 * MiB });
     const gated = new GatedDevice(mem);
     const opening = watch(openVolume(gated));
     while (!opening.settled) {
@@ -84,7 +84,7 @@ describe("openVolume", () => {
 
   it("reports throttle pauses through onEvent and in the metrics, and the write lands", async () => {
     vi.useFakeTimers();
-    const mem = new MemoryBackend({ size: 16 * MiB });
+    const mem = new MemoryBackend({ chunkSize: 64 * 1024, size: 16 * MiB });
     let busy = 2;
     const faulty = new FaultyDevice(mem, (call) => {
       if (call.op === "write" && busy > 0) {
@@ -113,7 +113,7 @@ describe("openVolume", () => {
   });
 
   it("advertises 512/4096/32 MiB block sizes over a Put Page limited backend", async () => {
-    const vol = await openVolume(new MemoryBackend({ size: 16 * MiB }));
+    const vol = await openVolume(new MemoryBackend({ chunkSize: 64 * 1024, size: 16 * MiB }));
     expect(vol.blockSizes).toEqual({ minimum: 512, preferred: 4096, maximum: 32 * MiB });
     expect(vol.size).toBe(16 * MiB);
     expect(vol.canMultiConn).toBe(true);
