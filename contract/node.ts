@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { EventType } from "./event.ts";
 import { NodeName, PoolName, Timestamp, VolumeName } from "./names.ts";
-import { ReplicaState, SizeBytes } from "./volume.ts";
+import { MAX_REPLICA_SLOTS, ReplicaId, ReplicaState, SizeBytes } from "./volume.ts";
 
 /** Health from heartbeats; the allowed moves are in functions/registry/node-states.ts. */
 export const NODE_STATES = ["READY", "SUSPECT", "LOST"] as const;
@@ -70,17 +70,46 @@ export const VolumeStats = z.strictObject({
 });
 export type VolumeStats = z.infer<typeof VolumeStats>;
 
+/** How the writer sees a replica: what it does with it now. */
+export const REPORTED_REPLICA_STATES = ["ONLINE", "OFFLINE", "RESYNCING", "REBUILDING"] as const;
+
+/**
+ * One replica in a heartbeat. ONLINE while the control plane says
+ * RESYNCING or REBUILDING means the copy is done and the replica is in
+ * sync: the control plane then records it ONLINE.
+ */
+export const ReplicaReport = z.strictObject({
+  id: ReplicaId,
+  state: z.enum(REPORTED_REPLICA_STATES),
+  /** Percent done of the copy (RESYNCING, REBUILDING). */
+  progress: z.number().min(0).max(100).optional(),
+  /** Bytes copied so far by the current resync or rebuild. */
+  copiedBytes: Amount.optional(),
+  /** Bytes the current resync or rebuild has to copy in all. */
+  totalBytes: Amount.optional(),
+  /** Bytes marked dirty (written while OFFLINE), by the writer's dirty-region log. */
+  dirtyBytes: Amount.optional(),
+  /**
+   * Why it is OFFLINE, or why its copy stopped: one printable line, short,
+   * so that 64 volumes of these still fit one heartbeat and one node row.
+   */
+  error: z
+    .string()
+    .max(160)
+    // eslint-disable-next-line no-control-regex -- control characters are what it refuses
+    .regex(/^[^\u0000-\u001f\u007f]*$/, { error: "error is one line of printable text" })
+    .optional(),
+});
+export type ReplicaReport = z.infer<typeof ReplicaReport>;
+
 /** One volume in a heartbeat. */
 export const VolumeReport = z.strictObject({
   volume: VolumeName,
   /** The epoch of the attachment the agent serves (from its desired state). */
   epoch: z.int().min(0),
   state: z.enum(SERVING_STATES),
-  /** Replicas the agent has taken offline (by replica id). */
-  offlineReplicas: z
-    .array(z.string().regex(/^[0-9a-f]{12}$/))
-    .max(3)
-    .default([]),
+  /** Every replica the agent was given, as it sees them now. */
+  replicas: z.array(ReplicaReport).max(MAX_REPLICA_SLOTS).default([]),
   stats: VolumeStats.optional(),
   /** The kernel block device the volume is bound to, e.g. `/dev/nbd3` or `/dev/loop7`. */
   device: z.string().max(256).optional(),

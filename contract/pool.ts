@@ -21,6 +21,23 @@ export const POOL_USAGE = [
 export const PoolUsage = z.enum(POOL_USAGE);
 export type PoolUsage = z.infer<typeof PoolUsage>;
 
+/**
+ * What an operator can say about a pool (after Dell's drive annotations):
+ *
+ * - `removal: "ready"`: the operator is ready for the pool to be removed
+ *   once it is RELEASED;
+ * - `health: "bad" | "suspect"`: overrides the computed health (a pool
+ *   known to be failing is repaired away from before agents notice);
+ * - `action: "remove"` starts the release of its replicas, `action: "add"`
+ *   puts a RELEASED or FAILED pool back IN_USE.
+ */
+export const PoolAnnotations = z.strictObject({
+  removal: z.literal("ready").optional(),
+  health: z.enum(["bad", "suspect"]).optional(),
+  action: z.enum(["add", "remove"]).optional(),
+});
+export type PoolAnnotations = z.infer<typeof PoolAnnotations>;
+
 /** Host names that are this machine: the only places plain HTTP is allowed (Azurite). */
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]"]);
 
@@ -102,6 +119,7 @@ export const Pool = z.object({
   auth: PoolAuth,
   health: PoolHealth,
   usage: PoolUsage,
+  annotations: PoolAnnotations,
   createdAt: Timestamp,
 });
 export type Pool = z.infer<typeof Pool>;

@@ -12,6 +12,11 @@ export const MAX_VOLUME_BYTES = 8 * 2 ** 40;
 export const SECTOR_BYTES = 512;
 /** Replicas per volume, each on a distinct pool. */
 export const MAX_REPLICAS = 3;
+/**
+ * Replicas a volume's record can list at once: each of its replicas plus
+ * one being built to take its place.
+ */
+export const MAX_REPLICA_SLOTS = 2 * MAX_REPLICAS;
 /** Bound on placement lists, so a record stays far below Table Storage's property limit. */
 const MAX_NODES_LISTED = 32;
 const MAX_POOLS_LISTED = 16;
@@ -42,9 +47,32 @@ export const VOLUME_STATES = [
 export const VolumeState = z.enum(VOLUME_STATES);
 export type VolumeState = z.infer<typeof VolumeState>;
 
-export const REPLICA_STATES = ["CREATING", "ONLINE", "OFFLINE", "REBUILDING", "RETIRING"] as const;
+/**
+ * A replica's life (the allowed moves are in functions/registry/replica-states.ts):
+ *
+ * - CREATING: its blob is being made;
+ * - ONLINE: in sync, written by every write and readable;
+ * - OFFLINE: taken out by its writer after a storage failure, or never
+ *   reachable since the volume was attached; it misses writes;
+ * - RESYNCING: its pool answers again; the writer copies to it the regions
+ *   written while it was offline (all of it when the writer has no record);
+ * - REBUILDING: a new blob filled with a full copy, to take the place of
+ *   another replica (`replaces`) or to raise the replica count;
+ * - RETIRING: leaving the volume; its blob is deleted, then it is dropped.
+ */
+export const REPLICA_STATES = [
+  "CREATING",
+  "ONLINE",
+  "OFFLINE",
+  "RESYNCING",
+  "REBUILDING",
+  "RETIRING",
+] as const;
 export const ReplicaState = z.enum(REPLICA_STATES);
 export type ReplicaState = z.infer<typeof ReplicaState>;
+
+/** A replica's id: 12 hex digits, part of its blob name. */
+export const ReplicaId = z.string().regex(/^[0-9a-f]{12}$/, { error: "a replica id is 12 hex digits" });
 
 function noDuplicates(list: readonly string[]): boolean {
   return new Set(list).size === list.length;
@@ -91,9 +119,14 @@ export const VolumeCreate = z
   });
 export type VolumeCreate = z.infer<typeof VolumeCreate>;
 
-/** `PATCH /api/v1/volumes/{name}`: the fields that change without moving data. */
+/**
+ * `PATCH /api/v1/volumes/{name}`: placement, failover policy, and the
+ * replica count (raising it adds a replica that is rebuilt from the others;
+ * lowering it retires one).
+ */
 export const VolumePatch = z
   .strictObject({
+    replicas: z.int().min(1).max(MAX_REPLICAS).optional(),
     requiredNodes: NodeList.optional(),
     preferredNodes: NodeList.optional(),
     failover: FailoverPolicy.optional(),
@@ -107,7 +140,7 @@ export const VolumePatch = z
     }
   })
   .refine((v) => Object.keys(v).length > 0, {
-    message: "nothing to change: give requiredNodes, preferredNodes or failover",
+    message: "nothing to change: give replicas, requiredNodes, preferredNodes or failover",
     // Only for a truly empty patch: `{"sizeBytes": 1}` is already refused for its unknown key.
     when: (payload) => payload.issues.length === 0,
   });
@@ -116,11 +149,19 @@ export type VolumePatch = z.infer<typeof VolumePatch>;
 /** One page blob holding a full copy of the volume. */
 export const Replica = z.object({
   /** Stable id of this replica; part of its blob name. */
-  id: z.string().regex(/^[0-9a-f]{12}$/),
+  id: ReplicaId,
   pool: PoolName,
   /** Blob URL without any SAS. */
   uri: z.url(),
   state: ReplicaState,
+  /** When it entered `state`; absent on rows written before the field existed. */
+  since: Timestamp.optional(),
+  /** Percent done of the copy while RESYNCING or REBUILDING. */
+  progress: z.number().min(0).max(100).optional(),
+  /** What is happening to it, or why it is in its state, in words. */
+  message: z.string().max(1024).optional(),
+  /** The replica this one is being built to take the place of (retired once this is ONLINE). */
+  replaces: ReplicaId.optional(),
 });
 export type Replica = z.infer<typeof Replica>;
 
@@ -131,7 +172,7 @@ export const VolumeStatus = z.object({
   ownerNode: NodeName.nullable(),
   /** Raised by every change of writer; a stale epoch can never win a conditional write. */
   epoch: z.int().min(0),
-  replicas: z.array(Replica).max(MAX_REPLICAS),
+  replicas: z.array(Replica).max(MAX_REPLICA_SLOTS),
   /**
    * Set when the sweeper fenced the volume off a lost node: it still owes
    * the volume an automatic failover. While the volume is DETACHED with this

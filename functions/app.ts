@@ -30,10 +30,11 @@ export const API_PREFIX = "/api/v1";
 /** Largest request body accepted; API documents are small, so anything bigger is a mistake or abuse. */
 export const DEFAULT_BODY_LIMIT_BYTES = 64 * 1024;
 /**
- * Largest heartbeat: 64 volume reports with stats and device names reach
- * 140 KB of JSON at the contract's bounds, and events come on top.
+ * Largest heartbeat: 64 volume reports with stats, device names and six
+ * replica reports reach 330 KB of JSON at the contract's bounds, and
+ * events come on top.
  */
-export const HEARTBEAT_BODY_LIMIT_BYTES = 256 * 1024;
+export const HEARTBEAT_BODY_LIMIT_BYTES = 512 * 1024;
 const HEARTBEAT_PATH = new RegExp(`^${API_PREFIX}/nodes/[^/]+/heartbeat$`);
 
 export interface AppOptions extends ControlPlaneOptions {

@@ -203,7 +203,7 @@ export class ServedVolume {
       volume: this.name,
       epoch: this.epoch,
       state: this.#state,
-      offlineReplicas: [],
+      replicas: [],
       ...(this.#device ? { device: this.#device } : {}),
       ...(this.#stats ? { stats: this.#stats.take() } : {}),
     };

@@ -85,8 +85,16 @@ function showNode(n: Node): void {
   if (n.volumes.length === 0) return;
   print("");
   printTable(
-    ["volume", "epoch", "state", "offline replicas"],
-    n.volumes.map((v) => [v.volume, String(v.epoch), v.state, v.offlineReplicas.join(",") || "-"]),
+    ["volume", "epoch", "state", "replicas not online"],
+    n.volumes.map((v) => [
+      v.volume,
+      String(v.epoch),
+      v.state,
+      v.replicas
+        .filter((r) => r.state !== "ONLINE")
+        .map((r) => `${r.id} ${r.state}${r.progress === undefined ? "" : ` ${r.progress}%`}`)
+        .join(", ") || "-",
+    ]),
     "",
   );
 }

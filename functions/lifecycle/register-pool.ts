@@ -58,6 +58,7 @@ export async function registerPool(cp: ControlPlane, request: PoolCreate): Promi
     ...credentials,
     health: "UNKNOWN",
     usage: "IN_USE",
+    annotations: {},
     createdAt: now,
     updatedAt: now,
   };

@@ -6,7 +6,8 @@
  */
 import { z } from "zod";
 import { ContainerName, PoolName, Timestamp } from "../../contract/names.ts";
-import { PoolHealth, PoolUsage } from "../../contract/pool.ts";
+import { PoolAnnotations, PoolHealth, PoolUsage } from "../../contract/pool.ts";
+import { packJson, unpackJson } from "./fields.ts";
 import { type Codec, type RecordTable, recordTable } from "./records.ts";
 import type { Registry } from "./tables.ts";
 
@@ -18,6 +19,8 @@ const PoolFields = {
   container: ContainerName,
   health: PoolHealth,
   usage: PoolUsage,
+  /** Operator annotations; `{}` on rows written before they existed. */
+  annotations: PoolAnnotations,
   createdAt: Timestamp,
   updatedAt: Timestamp,
 };
@@ -40,8 +43,16 @@ export type PoolRecord = z.infer<typeof PoolRecord>;
 export const poolCodec: Codec<PoolRecord> = {
   rowKey: "pool",
   name: (p) => p.name,
-  encode: ({ name: _name, ...properties }) => properties,
-  decode: (name, p) => PoolRecord.parse({ ...p, name }),
+  encode: ({ name: _name, annotations, ...properties }) => ({
+    ...properties,
+    annotations: packJson("annotations", annotations),
+  }),
+  decode: (name, p) =>
+    PoolRecord.parse({
+      ...p,
+      name,
+      annotations: p.annotations === undefined ? {} : unpackJson(p.annotations),
+    }),
 };
 
 export function pools(registry: Registry): RecordTable<PoolRecord> {

@@ -21,6 +21,7 @@ export function poolView(p: PoolRecord): Pool {
     auth: poolAuthView(p),
     health: p.health,
     usage: p.usage,
+    annotations: p.annotations,
     createdAt: p.createdAt,
   };
 }

@@ -9,7 +9,7 @@ describe("node contract", () => {
 
   it("a volume report defaults its offline replicas to none", () => {
     const beat = Heartbeat.parse({ volumes: [{ volume: "v", epoch: 2, state: "SERVING" }] });
-    expect(beat.volumes[0]?.offlineReplicas).toEqual([]);
+    expect(beat.volumes[0]?.replicas).toEqual([]);
   });
 
   it("join takes flat facts only, and a DNS name", () => {

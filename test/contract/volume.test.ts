@@ -113,6 +113,7 @@ describe("VolumePatch", () => {
       failover: "manual",
       requiredNodes: ["n1"],
     });
+    expect(VolumePatch.parse({ replicas: 3 })).toEqual({ replicas: 3 });
   });
 
   it("refuses an empty patch and immutable fields", () => {
@@ -120,7 +121,8 @@ describe("VolumePatch", () => {
     expect(issues(VolumePatch.safeParse({ sizeBytes: 1024 }))).toEqual([
       ': Unrecognized key: "sizeBytes"',
     ]);
-    expect(VolumePatch.safeParse({ replicas: 2 }).success).toBe(false);
+    expect(VolumePatch.safeParse({ replicas: 4 }).success).toBe(false);
+    expect(VolumePatch.safeParse({ replicas: 0 }).success).toBe(false);
     expect(VolumePatch.safeParse({ name: "other" }).success).toBe(false);
   });
 });

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Attachment } from "../../../contract/attachment.ts";
 import type { DesiredState, JoinResponse, Node, VolumeReport } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
+import { MAX_REPLICA_SLOTS } from "../../../contract/volume.ts";
 import { desiredChanges } from "../../../functions/arbiter/desired-changes.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
@@ -211,7 +212,7 @@ describe("heartbeat reports", () => {
     });
     const report = { volume: "v-r", epoch: 3, state: "SERVING", stats, device: "/dev/nbd3" };
     const node = await heartbeat("r-1", { volumes: [report], facts: { os: "debian-13" } });
-    expect(node.volumes).toEqual([{ ...report, offlineReplicas: [] }]);
+    expect(node.volumes).toEqual([{ ...report, replicas: [] }]);
     expect(node.facts).toEqual({ os: "debian-13" });
     // Without facts the recorded ones stay.
     expect((await heartbeat("r-1", { volumes: [] })).facts).toEqual({ os: "debian-13" });
@@ -250,7 +251,7 @@ describe("heartbeat reports", () => {
     expect(await fx.snapshot()).toEqual(before);
   });
 
-  it("fits the worst case in the node row: 64 volumes with stats and 256-character devices", async () => {
+  it("fits the worst case in the node row: 64 volumes with stats, six replicas and 256-character devices", async () => {
     await join("r-max");
     const huge = Number.MAX_VALUE;
     const worstStats = {
@@ -268,7 +269,16 @@ describe("heartbeat reports", () => {
       volume: `v${i}-`.padEnd(63, "x"),
       epoch: Number.MAX_SAFE_INTEGER,
       state: "DEGRADED",
-      offlineReplicas: ["0123456789ab", "123456789abc", "23456789abcd"],
+      replicas: Array.from({ length: MAX_REPLICA_SLOTS }, (_, r) => ({
+        id: `${r}`.repeat(12),
+        state: "RESYNCING" as const,
+        progress: 99.99999999999999,
+        copiedBytes: huge,
+        totalBytes: huge,
+        dirtyBytes: huge,
+        // Quotes take two characters each as JSON; control characters are refused.
+        error: '"'.repeat(160),
+      })),
       stats: worstStats,
       // Control characters take six characters each as JSON.
       device: `/dev/${"\u0001".repeat(251)}`,

@@ -149,7 +149,7 @@ describe("heartbeat", () => {
     nowMs += 5_000;
     const res = await as(credential, "POST", "/api/v1/nodes/vm-hb/heartbeat", {
       agentVersion: "0.2.0",
-      volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", offlineReplicas: ["0123456789ab"] }],
+      volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", replicas: [{ id: "0123456789ab", state: "OFFLINE", error: "pool p1 unreachable" }] }],
       events: [
         { type: "storage-failure", volume: "v-x", pool: "p1", message: "replica offline" },
         { type: "throttled", volume: "v-x", message: "paused 3 s", data: { ms: 3000 } },
@@ -160,7 +160,7 @@ describe("heartbeat", () => {
       state: "READY",
       agentVersion: "0.2.0",
       lastHeartbeatAt: new Date(nowMs).toISOString(),
-      volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", offlineReplicas: ["0123456789ab"] }],
+      volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", replicas: [{ id: "0123456789ab", state: "OFFLINE", error: "pool p1 unreachable" }] }],
     });
     const events = await listEvents(cp.registry, { node: "vm-hb" }, { limit: 10 });
     expect(events.items.map((e) => e.type).sort()).toEqual([

@@ -18,6 +18,7 @@ function pool(
     connectionString: "UseDevelopmentStorage=true",
     health,
     usage,
+    annotations: {},
     createdAt: "2025-01-01T00:00:00.000Z",
     updatedAt: "2025-01-01T00:00:00.000Z",
   };

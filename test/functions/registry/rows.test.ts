@@ -205,7 +205,7 @@ describe("records", () => {
       cordoned: false,
       agentVersion: null,
       facts: { os: "linux", cpus: 2 },
-      volumes: [{ volume: "v1", epoch: 3, state: "SERVING" as const, offlineReplicas: [] }],
+      volumes: [{ volume: "v1", epoch: 3, state: "SERVING" as const, replicas: [] }],
       credentialSha256: "0".repeat(64),
       joinedAt: "2025-01-01T00:00:00.000Z",
       lastHeartbeatAt: null,
