@@ -1,0 +1,261 @@
+// pagedisk control plane on Azure: a Flex Consumption Function App (Linux,
+// Node.js 22) with a system-assigned managed identity, the registry storage
+// account (its tables, the host's own state and the deployment container),
+// Application Insights on a Log Analytics workspace, the role assignments the
+// identity needs, and optionally a first pool account.
+//
+// No account key is used anywhere: the host, the deployment and the registry
+// reach storage with the identity; agents get user delegation SAS tokens.
+//
+// The ARM template beside this file (azuredeploy.json, behind the Deploy to
+// Azure button) is generated from it:
+//   az bicep build --file bicep/main.bicep --outfile bicep/azuredeploy.json
+
+@description('Prefix of every resource name: 2-20 lowercase letters, digits and hyphens.')
+@minLength(2)
+@maxLength(20)
+param namePrefix string = 'pagedisk'
+
+@description('Region of every resource; it must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+param location string = resourceGroup().location
+
+@description('The admin API key (PAGEDISK_ADMIN_KEY). Generated when not given; a redeployment without it generates a new one, so pass the current key to keep it.')
+@secure()
+@minLength(32)
+param adminKey string = newGuid()
+
+@description('Also create a storage account as a first pool, reached with the managed identity (register it afterwards with pagedisk pool add).')
+param createPool bool = true
+
+@description('SKU of that pool account: premium page blobs (Premium_LRS) for low latency, or standard.')
+@allowed([
+  'Premium_LRS'
+  'Standard_LRS'
+  'Standard_ZRS'
+])
+param poolSku string = 'Premium_LRS'
+
+@description('Most instances the app scales out to.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Memory of each instance, in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+var suffix = uniqueString(resourceGroup().id, namePrefix)
+// Storage account names: 3-24 lowercase letters and digits, unique in Azure.
+var compactPrefix = take(replace(toLower(namePrefix), '-', ''), 7)
+var registryAccountName = '${compactPrefix}reg${suffix}'
+var poolAccountName = '${compactPrefix}pool${suffix}'
+var functionAppName = '${namePrefix}-${suffix}'
+var deploymentContainerName = 'app-package'
+var poolContainerName = 'pagedisk'
+var roles = {
+  // Host state (timer locks, keys) and the deployment package.
+  blobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  // The registry's tables.
+  tableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  // Pools: create containers and page blobs, lease and delete them, and Get
+  // User Delegation Key (generateUserDelegationKey/action is part of this
+  // role) to sign agents' SAS, which can grant no more than the role does.
+  blobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+}
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: '${namePrefix}-logs-${suffix}'
+  location: location
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: 30
+  }
+}
+
+resource insights 'Microsoft.Insights/components@2020-02-02' = {
+  name: '${namePrefix}-insights-${suffix}'
+  location: location
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logs.id
+  }
+}
+
+resource registry 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: registryAccountName
+  location: location
+  sku: {
+    name: 'Standard_LRS'
+  }
+  kind: 'StorageV2'
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+  }
+}
+
+resource registryBlobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: registry
+  name: 'default'
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: registryBlobs
+  name: deploymentContainerName
+}
+
+resource pool 'Microsoft.Storage/storageAccounts@2023-05-01' = if (createPool) {
+  name: poolAccountName
+  location: location
+  sku: {
+    name: poolSku
+  }
+  kind: 'StorageV2'
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+  }
+}
+
+resource poolBlobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = if (createPool) {
+  parent: pool
+  name: 'default'
+}
+
+resource poolContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = if (createPool) {
+  parent: poolBlobs
+  name: poolContainerName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: '${namePrefix}-plan-${suffix}'
+  location: location
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: functionAppName
+  location: location
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      // Every setting functions/settings.ts reads that differs from its default.
+      appSettings: [
+        {
+          name: 'AzureWebJobsStorage__accountName'
+          value: registry.name
+        }
+        {
+          name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'PAGEDISK_REGISTRY_ACCOUNT_URL'
+          value: registry.properties.primaryEndpoints.table
+        }
+        {
+          name: 'PAGEDISK_ADMIN_KEY'
+          value: adminKey
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+          value: insights.properties.ConnectionString
+        }
+      ]
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${registry.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'SystemAssignedIdentity'
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'node'
+        version: '22'
+      }
+    }
+  }
+  dependsOn: [
+    deploymentContainer
+  ]
+}
+
+resource registryBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, functionApp.id, roles.blobDataOwner)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.blobDataOwner)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource registryTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, functionApp.id, roles.tableDataContributor)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.tableDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource poolBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (createPool) {
+  name: guid(pool.id, functionApp.id, roles.blobDataContributor)
+  scope: pool
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.blobDataContributor)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+@description('Base URL of the control plane (PAGEDISK_API_URL).')
+output apiUrl string = 'https://${functionApp.properties.defaultHostName}'
+
+@description('Name of the Function App.')
+output functionAppName string = functionApp.name
+
+@description('Deploys the package built by npm run package.')
+output deployCommand string = 'az functionapp deployment source config-zip --resource-group ${resourceGroup().name} --name ${functionApp.name} --src dist/pagedisk-functions.zip'
+
+@description('Prints the admin key (PAGEDISK_API_KEY); it is an app setting, never an output.')
+output adminKeyCommand string = 'az functionapp config appsettings list --resource-group ${resourceGroup().name} --name ${functionApp.name} --query "[?name==\'PAGEDISK_ADMIN_KEY\'].value" --output tsv'
+
+@description('Blob endpoint of the pool account created here, or empty.')
+output poolAccountUrl string = createPool ? pool.properties.primaryEndpoints.blob : ''
+
+@description('Registers that pool account once the package is deployed, or empty.')
+output registerPoolCommand string = createPool ? 'pagedisk pool add ${namePrefix} --managed-identity --account-url ${pool.properties.primaryEndpoints.blob} --container ${poolContainerName}' : ''
