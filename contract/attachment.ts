@@ -4,8 +4,12 @@
 import { z } from "zod";
 import { NodeName, VolumeName } from "./names.ts";
 
-/** `POST /api/v1/volumes/{name}/attach` */
-export const AttachRequest = z.strictObject({ node: NodeName });
+/**
+ * `POST /api/v1/volumes/{name}/attach`. Without `node` the control plane
+ * chooses one as failover does: within requiredNodes, preferred first,
+ * then the least loaded, then by name.
+ */
+export const AttachRequest = z.strictObject({ node: NodeName.optional() });
 export type AttachRequest = z.infer<typeof AttachRequest>;
 
 /**

@@ -40,6 +40,10 @@ export const ERROR_STATUS = {
   VolumeBusy: 409,
   /** The node may not take this volume: cordoned, not READY, or outside the volume's requiredNodes. */
   NodeNotEligible: 409,
+  /** An attach naming no node found none READY, uncordoned and within the volume's requiredNodes. */
+  NoEligibleNode: 409,
+  /** A blob named for deletion is claimed by a volume, recent, or leased; `details.blobs` says which and why. */
+  NotAnOrphan: 409,
   /** The record changed under a concurrent request more often than retried; try again. */
   Conflict: 409,
   /** The request body exceeds the limit. */

@@ -2,7 +2,8 @@
  * Pools: a storage account and container that hold replicas (page blobs).
  */
 import { z } from "zod";
-import { ContainerName, PoolName, Timestamp } from "./names.ts";
+import { ContainerName, PoolName, Timestamp, VolumeName } from "./names.ts";
+import { ReplicaId } from "./volume.ts";
 
 /** Health computed from agents' reports and probes (DESIGN.md, "Health"). */
 export const POOL_HEALTH = ["GOOD", "SUSPECT", "BAD", "UNKNOWN"] as const;
@@ -37,6 +38,73 @@ export const PoolAnnotations = z.strictObject({
   action: z.enum(["add", "remove"]).optional(),
 });
 export type PoolAnnotations = z.infer<typeof PoolAnnotations>;
+
+/**
+ * `PATCH /api/v1/pools/{name}/annotations`: the annotations to set, `null`
+ * to remove one; keys left out stay as they are. `action` is a verb, not a
+ * state: it is acted on by this request and never stored (the
+ * `pool-annotated` event records it).
+ */
+export const PoolAnnotationsPatch = z
+  .strictObject({
+    removal: z.literal("ready").nullable().optional(),
+    health: z.enum(["bad", "suspect"]).nullable().optional(),
+    action: z.enum(["add", "remove"]).optional(),
+  })
+  .refine((p) => Object.keys(p).length > 0, {
+    message: "nothing to change: give removal, health or action",
+    when: (payload) => payload.issues.length === 0,
+  });
+export type PoolAnnotationsPatch = z.infer<typeof PoolAnnotationsPatch>;
+
+/**
+ * Where one replica on a pool being released stands:
+ *
+ * - PENDING: its move is not started yet (or will be retried next pass);
+ * - MOVING: a replica replacing it is being built on another pool;
+ * - WAITING: as MOVING, but the volume is detached: its writer copies once it is attached;
+ * - MOVED: no longer on the pool (moved, or its volume was deleted);
+ * - FAILED: it cannot be moved (`message` says why).
+ */
+export const RELEASE_STATUSES = ["PENDING", "MOVING", "WAITING", "MOVED", "FAILED"] as const;
+export const ReleaseStatus = z.enum(RELEASE_STATUSES);
+export type ReleaseStatus = z.infer<typeof ReleaseStatus>;
+
+/** One replica of a volume on a pool being released. */
+export const ReleaseEntry = z.object({
+  volume: VolumeName,
+  replica: ReplicaId,
+  status: ReleaseStatus,
+  /** Percent done of the replica taking its place (100 once MOVED). */
+  progress: z.number().min(0).max(100),
+  message: z.string().max(1024).optional(),
+});
+export type ReleaseEntry = z.infer<typeof ReleaseEntry>;
+
+/**
+ * The release of a pool's replicas, from `action=remove` (or `POST
+ * .../release`) on. `entries` lists at most `MAX_RELEASE_ENTRIES`
+ * replicas (those still on the pool first); `counts` counts them all.
+ */
+export const PoolRelease = z.object({
+  startedAt: Timestamp,
+  /** When the pool became RELEASED or FAILED. */
+  finishedAt: Timestamp.optional(),
+  /** When the pool was put back IN_USE (`action=add`), ending this release. */
+  stoppedAt: Timestamp.optional(),
+  /** Overall percent done: every replica's progress, MOVED counting 100. */
+  progress: z.number().min(0).max(100),
+  /** Where the release stands, in words. */
+  message: z.string().max(1024),
+  counts: z.record(ReleaseStatus, z.int().min(0)),
+  entries: z.array(ReleaseEntry),
+  /** Entries left out of `entries` to keep the record small. */
+  omitted: z.int().min(0),
+});
+export type PoolRelease = z.infer<typeof PoolRelease>;
+
+/** Entries a pool's release keeps (the pool row holds it, within Table Storage's property limit). */
+export const MAX_RELEASE_ENTRIES = 100;
 
 /** Host names that are this machine: the only places plain HTTP is allowed (Azurite). */
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]"]);
@@ -118,8 +186,14 @@ export const Pool = z.object({
   container: ContainerName,
   auth: PoolAuth,
   health: PoolHealth,
+  /** When `health` last changed; absent before the first probe. */
+  healthSince: Timestamp.optional(),
+  /** Why the pool has its health, in words (a probe's error, a reported failure, an annotation). */
+  healthReason: z.string().optional(),
   usage: PoolUsage,
   annotations: PoolAnnotations,
+  /** The latest release of its replicas; absent for a pool never released. */
+  release: PoolRelease.optional(),
   createdAt: Timestamp,
 });
 export type Pool = z.infer<typeof Pool>;

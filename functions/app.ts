@@ -22,6 +22,7 @@ import { nodeAgentOperations } from "./routes/node-agent.ts";
 import { nodeOperations } from "./routes/nodes.ts";
 import { openApiOperation } from "./routes/openapi.ts";
 import { poolOperations } from "./routes/pools.ts";
+import { reconciliationOperations } from "./routes/reconciliation.ts";
 import { tokenOperations } from "./routes/tokens.ts";
 import { volumeOperations } from "./routes/volumes.ts";
 
@@ -39,6 +40,8 @@ const HEARTBEAT_PATH = new RegExp(`^${API_PREFIX}/nodes/[^/]+/heartbeat$`);
 
 export interface AppOptions extends ControlPlaneOptions {
   bodyLimitBytes?: number;
+  /** Blobs modified within this many ms are never orphans to delete; default 10 minutes. */
+  orphanGraceMs?: number;
   /** Admin key check; defaults to the hashes in the registry's credentials table. */
   verifyAdminKey?: VerifyAdminKey;
   /** What `/api/agent/*` serves; defaults to the repository's bundle and install script. */
@@ -77,6 +80,7 @@ export function createApp(options: AppOptions): Hono {
     ...tokenOperations(cp),
     ...nodeAgentOperations(cp),
     ...nodeOperations(cp),
+    ...reconciliationOperations(cp, { orphanGraceMs: options.orphanGraceMs }),
   ];
   operations.push(
     openApiOperation(() =>

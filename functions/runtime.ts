@@ -48,6 +48,7 @@ export async function openRuntime(
   const app = createApp({
     ...cp,
     agentFiles: settings.agentFiles,
+    orphanGraceMs: settings.orphanGraceMs,
     verifyAdminKey: async (presented) =>
       (adminKey !== undefined && matchesAdminKeySetting(adminKey, presented)) ||
       verifyAdminKey(registry, presented),

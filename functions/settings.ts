@@ -5,7 +5,9 @@
  */
 import { accountUrlProblem } from "../contract/pool.ts";
 import { resolve } from "node:path";
+import { DEFAULT_REPAIR_POLICY, type RepairPolicy } from "./health/repair-policy.ts";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
+import { DEFAULT_ORPHAN_GRACE_MS } from "./lifecycle/reconcile-blobs.ts";
 import { type AgentFiles, DEFAULT_AGENT_FILES } from "./routes/agent-download.ts";
 import {
   MAX_REPLICA_SAS_LIFETIME_MS,
@@ -24,6 +26,8 @@ export interface Settings {
   agentFiles: AgentFiles;
   /** How long a writer's replica SAS is valid (replica-sas.ts). */
   replicaSasLifetimeMs: number;
+  /** A blob younger than this is a `recent` orphan, never deleted (lifecycle/reconcile-blobs.ts). */
+  orphanGraceMs: number;
 }
 
 /**
@@ -36,8 +40,20 @@ export interface Settings {
  * - `PAGEDISK_TABLE_PREFIX` (default none)
  * - `PAGEDISK_ADMIN_KEY` (optional)
  * - `PAGEDISK_SUSPECT_AFTER_SECONDS`, `PAGEDISK_LOST_AFTER_SECONDS` (default 6 and 10)
+ * - pool health and repair (health/repair-policy.ts):
+ *   `PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS` (default 60): a failure reported
+ *   against a pool keeps it SUSPECT this long, so no resync starts;
+ *   `PAGEDISK_POOL_BAD_AFTER_SECONDS` (default 30): probes failing this long
+ *   make it BAD; `PAGEDISK_POOL_PERMANENT_AFTER_SECONDS` (default 300): BAD
+ *   this long, its OFFLINE replicas are rebuilt on another pool;
+ *   `PAGEDISK_POOL_PROBE_TIMEOUT_SECONDS` (default 5): the probe's deadline;
+ *   `PAGEDISK_REPORT_GRACE_SECONDS` (default 5): a writer's report of a
+ *   failed copy counts from this long after the copy was ordered
  * - `PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`: how long the SAS handed to a
  *   volume's writer is valid (default and most 3600, least 60)
+ * - `PAGEDISK_ORPHAN_GRACE_SECONDS` (default 600): a blob no volume claims
+ *   that is younger than this may be a creation in flight; it is reported
+ *   as `recent` and not deleted
  * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
  *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
  *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
@@ -60,13 +76,26 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     registry,
     tablePrefix: env.PAGEDISK_TABLE_PREFIX ?? "",
     adminKey: env.PAGEDISK_ADMIN_KEY || undefined,
-    sweep: { suspectAfterMs, lostAfterMs },
+    sweep: { suspectAfterMs, lostAfterMs, repair: repairPolicyFrom(env) },
     agentFiles: {
       // Resolved now, so a relative path means the same whatever the working directory becomes.
       bundle: resolve(env.PAGEDISK_AGENT_BUNDLE || DEFAULT_AGENT_FILES.bundle),
       installScript: resolve(env.PAGEDISK_INSTALL_SCRIPT || DEFAULT_AGENT_FILES.installScript),
     },
     replicaSasLifetimeMs,
+    orphanGraceMs: seconds(env, "PAGEDISK_ORPHAN_GRACE_SECONDS", DEFAULT_ORPHAN_GRACE_MS),
+  };
+}
+
+/** The `PAGEDISK_POOL_*` thresholds and the report grace; see `settingsFrom`. */
+export function repairPolicyFrom(env: Record<string, string | undefined>): RepairPolicy {
+  const d = DEFAULT_REPAIR_POLICY;
+  return {
+    suspectWindowMs: seconds(env, "PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS", d.suspectWindowMs),
+    badAfterMs: seconds(env, "PAGEDISK_POOL_BAD_AFTER_SECONDS", d.badAfterMs),
+    permanentAfterMs: seconds(env, "PAGEDISK_POOL_PERMANENT_AFTER_SECONDS", d.permanentAfterMs),
+    probeTimeoutMs: seconds(env, "PAGEDISK_POOL_PROBE_TIMEOUT_SECONDS", d.probeTimeoutMs),
+    reportGraceMs: seconds(env, "PAGEDISK_REPORT_GRACE_SECONDS", d.reportGraceMs),
   };
 }
 

@@ -12,7 +12,10 @@
  *    the volume at once (arbiter/desired-generation.ts).
  *
  * A storage failure in 2 rolls back to DETACHED (leases dropped). A crash
- * between steps leaves ATTACHING, which the sweeper rolls back.
+ * between steps leaves ATTACHING, which the sweeper rolls back. With
+ * several replicas, a pool that cannot be reached does not stop the attach
+ * once an ONLINE replica is leased: its replica is recorded OFFLINE in step
+ * 3 (`replica-offline`), and repaired when the pool is back (arbiter/replica-leases.ts).
  *
  * An operator's attach clears the failover mark (`status.failoverPending`):
  * the operator has taken the volume over from the sweeper. An attach the
@@ -30,14 +33,22 @@ import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { ATTACHED_STATES, volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
+import { placeAttachment } from "./attach-placement.ts";
 import { bumpDesiredGeneration } from "./desired-generation.ts";
-import { dropLeases, takeLeases } from "./replica-leases.ts";
+import {
+  dropLeases,
+  takeLeases,
+  type UnreachableReplica,
+  withUnreachableOffline,
+} from "./replica-leases.ts";
 
+/** Attach `name` to `node`, or, when none is named, to the node failover would choose. */
 export async function attachVolume(
   cp: ControlPlane,
   name: string,
-  node: string,
+  named: string | undefined,
 ): Promise<Attachment> {
+  const node = named ?? (await placeAttachment(cp, name));
   await checkNode(cp, node);
   const claim = await retryOnConflict(() => claimVolume(cp, name, node));
   if (claim.value.status.state === "ATTACHED") return attachmentOf(claim.value);
@@ -63,18 +74,26 @@ export async function completeAttach(
 ): Promise<VolumeRecord> {
   const name = claim.value.name;
   const leaseId = claim.value.leaseId!;
+  let unreachable: UnreachableReplica[];
   try {
-    await takeLeases(cp, claim.value, leaseId);
+    unreachable = await takeLeases(cp, claim.value, leaseId);
   } catch (err) {
     await rollBackAttach(cp, claim, leaseId);
     throw err;
   }
 
   volumeStates.check("ATTACHING", "ATTACHED");
+  const now = cp.now();
+  const replicas = withUnreachableOffline(
+    claim.value.status.replicas,
+    unreachable,
+    now,
+    "when attached",
+  );
   const attached: VolumeRecord = {
     ...claim.value,
-    status: withFailoverPending({ ...claim.value.status, state: "ATTACHED" }, false),
-    updatedAt: cp.now().toISOString(),
+    status: withFailoverPending({ ...claim.value.status, state: "ATTACHED", replicas }, false),
+    updatedAt: now.toISOString(),
   };
   try {
     cp.faults?.beforeStep("mark-attached");
@@ -91,7 +110,28 @@ export async function completeAttach(
     );
   }
   await bumpDesiredGeneration(cp, attached.status.ownerNode!, "attached");
+  await noteOffline(cp, claim.value, attached);
   return attached;
+}
+
+/** A `replica-offline` event for each replica that `after` records OFFLINE and `before` did not. */
+export async function noteOffline(
+  cp: ControlPlane,
+  before: VolumeRecord,
+  after: VolumeRecord,
+): Promise<void> {
+  for (const r of after.status.replicas) {
+    const was = before.status.replicas.find((b) => b.id === r.id);
+    if (r.state !== "OFFLINE" || !was || was.state === "OFFLINE") continue;
+    await note(cp, {
+      type: "replica-offline",
+      volume: after.name,
+      pool: r.pool,
+      ...(after.status.ownerNode === null ? {} : { node: after.status.ownerNode }),
+      message: `volume ${after.name}: replica ${r.id} on ${r.pool} is OFFLINE: ${r.message ?? ""}`,
+      data: { replica: r.id },
+    });
+  }
 }
 
 /** The node must exist, be READY and not cordoned. */

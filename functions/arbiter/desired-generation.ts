@@ -1,8 +1,9 @@
 /**
  * A node's desired-state generation (`desiredGeneration` in its row): bumped
  * after every volume write that changes what the node must serve, i.e. a
- * volume becoming ATTACHED to it (attach, failover) or leaving ATTACHED on
- * it (detach, fencing). Agents wait on it (`GET .../desired?after=`), so a
+ * volume becoming ATTACHED to it (attach, failover), leaving ATTACHED on
+ * it (detach, fencing), or the replica set of one it serves changing
+ * (repair: a resync or rebuild ordered, a replica retired). Agents wait on it (`GET .../desired?after=`), so a
  * change reaches them at once instead of at their next full fetch.
  *
  * The bump comes after the volume write, never before: an agent woken by it
@@ -19,7 +20,7 @@ import { retryOnConflict } from "../registry/retry.ts";
 import { desiredChanges } from "./desired-changes.ts";
 
 /** What happened to the node's volumes; names the step for crash injection. */
-export type GenerationCause = "attached" | "detached" | "fenced";
+export type GenerationCause = "attached" | "detached" | "fenced" | "replicas";
 
 /**
  * Bump `node`'s generation (conditionally, retried on conflict with

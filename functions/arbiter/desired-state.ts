@@ -3,12 +3,18 @@
  * (ATTACHED), with the lease id and SAS URLs scoped to each replica blob.
  * Volumes still ATTACHING are left out until their leases are in place;
  * a node never learns anything of volumes it does not own.
+ *
+ * Replicas are listed in preference order, ONLINE first (the first ONLINE
+ * is the one reads go to), then by their pool's health, healthiest first;
+ * CREATING ones (no blob yet) and RETIRING ones (leaving) are left out.
  */
 import { odata } from "@azure/data-tables";
 import type { DesiredAttachment, DesiredState } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
-import { pools } from "../registry/pools.ts";
+import type { PoolHealth } from "../../contract/pool.ts";
+import type { Replica, ReplicaState } from "../../contract/volume.ts";
+import { type PoolRecord, pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
 
@@ -28,7 +34,7 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
       epoch: v.status.epoch,
       leaseId: v.leaseId!,
       replicas: await Promise.all(
-        v.status.replicas.map(async (r) => {
+        inPreferenceOrder(v.status.replicas, poolByName).map(async (r) => {
           const pool = poolByName.get(r.pool);
           // A pool that cannot sign now (its account refused a delegation key) leaves that
           // replica without a URL for this round; the node's other replicas still get theirs.
@@ -51,4 +57,23 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
     cordoned: node.cordoned,
     attachments,
   };
+}
+
+const STATE_RANK: Partial<Record<ReplicaState, number>> = {
+  ONLINE: 0,
+  RESYNCING: 1,
+  REBUILDING: 2,
+  OFFLINE: 3,
+};
+const HEALTH_RANK: Record<PoolHealth, number> = { GOOD: 0, UNKNOWN: 1, SUSPECT: 2, BAD: 3 };
+
+/** The replicas a writer is told of, best first; the sort is stable, so ties keep the record's order. */
+export function inPreferenceOrder(
+  replicas: readonly Replica[],
+  poolByName: ReadonlyMap<string, PoolRecord>,
+): Replica[] {
+  const health = (r: Replica) => HEALTH_RANK[poolByName.get(r.pool)?.health ?? "BAD"];
+  return replicas
+    .filter((r) => STATE_RANK[r.state] !== undefined)
+    .sort((a, b) => STATE_RANK[a.state]! - STATE_RANK[b.state]! || health(a) - health(b));
 }

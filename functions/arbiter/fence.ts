@@ -15,6 +15,12 @@
  * Every step repeats safely, so a FENCING volume left by a crash is
  * resumed from step 2 by the next sweep.
  *
+ * A replica whose pool cannot be reached in step 2 does not hold the
+ * volume back when another ONLINE replica was reached: it is recorded
+ * OFFLINE by the write of step 3 (`replica-offline`), and its lease is
+ * taken by the repair before it is resynced, which fences the lost node
+ * out of it too (arbiter/replica-leases.ts).
+ *
  * Step 1 also marks the volume as owed a failover (`status.failoverPending`),
  * and the mark stays through step 3 until the attach completes. Should the
  * failover attach be interrupted (a crash or a storage failure before
@@ -37,10 +43,10 @@ import type { NodeRecord } from "../registry/nodes.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
-import { completeAttach } from "./attach.ts";
+import { completeAttach, noteOffline } from "./attach.ts";
 import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { chooseFailoverNode } from "./failover-placement.ts";
-import { dropLeases } from "./replica-leases.ts";
+import { dropReachableLeases, withUnreachableOffline } from "./replica-leases.ts";
 
 /** What became of one volume, and where it went if it moved. */
 export type FenceOutcome =
@@ -84,8 +90,19 @@ export async function finishFencing(
   candidates: readonly NodeRecord[],
   load: ReadonlyMap<string, number>,
 ): Promise<FenceOutcome> {
-  const v = fencing.value;
-  await dropLeases(cp, v, v.leaseId);
+  const unreachable = await dropReachableLeases(cp, fencing.value, fencing.value.leaseId);
+  const v: VolumeRecord = {
+    ...fencing.value,
+    status: {
+      ...fencing.value.status,
+      replicas: withUnreachableOffline(
+        fencing.value.status.replicas,
+        unreachable,
+        cp.now(),
+        "when fenced",
+      ),
+    },
+  };
   const table = volumes(cp.registry);
   const target =
     v.spec.failover === "automatic" ? chooseFailoverNode(v, candidates, load) : undefined;
@@ -100,6 +117,7 @@ export async function finishFencing(
     };
     cp.faults?.beforeStep("mark-detached");
     await table.replace(detached, fencing.etag);
+    await noteOffline(cp, fencing.value, detached);
     await note(cp, {
       type: "volume-detached",
       volume: v.name,
@@ -107,7 +125,15 @@ export async function finishFencing(
     });
     return { kind: "detached" };
   }
-  return failOver(cp, fencing, target, v.status.ownerNode, false);
+  const outcome = await failOver(
+    cp,
+    { value: v, etag: fencing.etag },
+    target,
+    v.status.ownerNode,
+    false,
+  );
+  await noteOffline(cp, fencing.value, v);
+  return outcome;
 }
 
 /**

@@ -16,10 +16,15 @@
  *    automatic` is placed like a fenced one, including right after step 3
  *    rolled back its interrupted failover attach; with no eligible node it
  *    stays DETACHED and marked, and is reported as waiting.
+ * 5. Each pool is probed and its health judged (pool-health.ts), before
+ *    the volumes, whose repair (repair.ts) reads it: every other ATTACHED
+ *    or DETACHED volume gets a repair pass, which reads its writer's
+ *    report from the node rows listed in 1.
  *
- * Reads are two queries (nodes, volumes) per pass; writes happen only
- * where something changes, so a pass over a healthy cluster writes nothing
- * and a second pass right after any pass finds nothing to do.
+ * Reads are four queries (nodes, pools, recent failure events, volumes)
+ * and one probe per pool per pass; writes happen only where something
+ * changes, so a pass over a healthy cluster writes nothing and a second
+ * pass right after any pass finds nothing to do.
  */
 import type { NodeState } from "../../contract/node.ts";
 import { rollBackAttach } from "../arbiter/attach.ts";
@@ -34,9 +39,15 @@ import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { nodeStates } from "../registry/node-states.ts";
 import { type NodeRecord, nodes } from "../registry/nodes.ts";
+import type { PoolRecord } from "../registry/pools.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import type { Read } from "../registry/rows.ts";
 import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { replicasPerPool } from "../lifecycle/placement.ts";
+import { judgePools } from "./pool-health.ts";
+import { repairVolume } from "./repair.ts";
+import { DEFAULT_REPAIR_POLICY, type RepairPolicy } from "./repair-policy.ts";
+import { advanceReleases } from "./replacement.ts";
 
 /** How long a node may stay silent before it is SUSPECT, then LOST. */
 export interface SweepPolicy {
@@ -44,6 +55,8 @@ export interface SweepPolicy {
   lostAfterMs: number;
   /** An attach or detach step unfinished for this long was interrupted; default one minute. */
   stuckAfterMs?: number;
+  /** Pool health and repair thresholds; default `DEFAULT_REPAIR_POLICY`. */
+  repair?: RepairPolicy;
 }
 
 /**
@@ -92,7 +105,18 @@ export async function sweep(
     );
   }
 
+  const repairPolicy = policy.repair ?? DEFAULT_REPAIR_POLICY;
+  const poolsNow = await guarded(cp, new Map<string, PoolRecord>(), () =>
+    judgePools(cp, repairPolicy),
+  );
+
   const all = await volumes(cp.registry).list();
+  const repair = {
+    nodes: byName,
+    pools: poolsNow,
+    load: replicasPerPool(all.map((r) => r.value)),
+    policy: repairPolicy,
+  };
   const load = new Map<string, number>();
   for (const { value: v } of all) {
     const owner = v.status.ownerNode;
@@ -134,9 +158,13 @@ export async function sweep(
       } else if (v.status.state === "DETACHING" && stuck) {
         await detachVolume(cp, v.name);
         report.recovered.push(v.name);
+      } else if (poolsNow.size > 0) {
+        await repairVolume(cp, read, repair);
       }
     });
   }
+  // Pool releases (replacement.ts) last: the moves they start are carried on by later passes.
+  await guarded(cp, undefined, async () => void (await advanceReleases(cp)));
   return report;
 }
 

@@ -17,6 +17,7 @@ import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
+import { movedReplica } from "../registry/replica-states.ts";
 import { volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes } from "../registry/volumes.ts";
 import { createReplicaBlob, replicaUri } from "../storage/replica-blobs.ts";
@@ -76,14 +77,15 @@ export async function createVolume(cp: ControlPlane, request: VolumeCreate): Pro
   }
 
   volumeStates.check("CREATING", "DETACHED");
+  const at = cp.now();
   const ready: VolumeRecord = {
     ...creating,
     status: {
       ...creating.status,
       state: "DETACHED",
-      replicas: creating.status.replicas.map((r) => ({ ...r, state: "ONLINE" })),
+      replicas: creating.status.replicas.map((r) => movedReplica(r, "ONLINE", at)),
     },
-    updatedAt: cp.now().toISOString(),
+    updatedAt: at.toISOString(),
   };
   // A Conflict here means a forced delete took the CREATING row: that delete wins.
   await volumeTable.replace(ready, etag);

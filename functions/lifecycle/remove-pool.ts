@@ -1,7 +1,8 @@
 /**
- * `DELETE /pools/{name}`: forget a pool that holds no replica. Its
- * container and any blobs in it are left alone (orphans are only ever
- * deleted on explicit request).
+ * `DELETE /pools/{name}`: forget a pool that holds no replica, IN_USE or
+ * RELEASED (the replacement pass calls it too, for a RELEASED pool
+ * annotated `removal=ready`). Its container and any blobs in it are left
+ * alone (orphans are only ever deleted on explicit request).
  *
  * A refused removal writes nothing. Otherwise the pool is marked REMOVING
  * first and the replicas are looked for again: volume creation writes its
@@ -25,9 +26,13 @@ export async function removePool(cp: ControlPlane, name: string): Promise<void> 
   const marked = await retryOnConflict(async () => {
     const read = await table.get(name);
     if (!read) throw new ApiError("PoolNotFound", `no pool named ${name}`, { pool: name });
-    // REMOVING already: a removal that crashed half-way, resumed here.
-    if (read.value.usage === "REMOVING")
-      return { read, before: { ...read.value, usage: "IN_USE" as const } };
+    // REMOVING already: a removal that crashed half-way, resumed here; a
+    // pool whose release was not stopped came from RELEASED.
+    if (read.value.usage === "REMOVING") {
+      const { release } = read.value;
+      const usage = release && !release.stoppedAt ? ("RELEASED" as const) : ("IN_USE" as const);
+      return { read, before: { ...read.value, usage } };
+    }
     await refuseIfHoldingReplicas(cp, name);
     poolUsageStates.check(read.value.usage, "REMOVING");
     const next: PoolRecord = {

@@ -1,6 +1,11 @@
 /**
- * `PATCH /volumes/{name}`: placement rules and failover policy. They take
- * effect at the next placement decision; an attached volume stays where it is.
+ * `PATCH /volumes/{name}`: placement rules, failover policy and the
+ * replica count. Rules take effect at the next placement decision; an
+ * attached volume stays where it is. A new replica count is carried out by
+ * the sweeper's repair (health/repair.ts) while the volume is attached:
+ * raised, new replicas are made on other pools and rebuilt by the writer;
+ * lowered, the surplus is retired. Raising it is refused with
+ * `InsufficientPools` when too few pools could take the new replicas.
  *
  * Refused while the volume is ATTACHING or DETACHING: those steps finish
  * with a conditional write on the record as they claimed it, which a
@@ -15,11 +20,15 @@
  * the new policy, and a manual one ends DETACHED and unmarked.
  */
 import type { VolumePatch, VolumeSpec } from "../../contract/volume.ts";
+import { countMembers } from "../health/repair-plan.ts";
+import { poolsForNewReplicas } from "../health/replica-placement.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
+import { pools } from "../registry/pools.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { note } from "./note.ts";
+import { replicasPerPool } from "./placement.ts";
 
 const BUSY_STATES: readonly string[] = ["CREATING", "DELETING", "ATTACHING", "DETACHING"];
 
@@ -32,6 +41,7 @@ export async function updateVolume(
   if (patch.requiredNodes !== undefined) changes.requiredNodes = patch.requiredNodes;
   if (patch.preferredNodes !== undefined) changes.preferredNodes = patch.preferredNodes;
   if (patch.failover !== undefined) changes.failover = patch.failover;
+  if (patch.replicas !== undefined) changes.replicas = patch.replicas;
   let cancelled = false;
   const updated = await retryOnConflict(async () => {
     const read = await volumes(cp.registry).get(name);
@@ -41,6 +51,20 @@ export async function updateVolume(
       throw new ApiError("VolumeBusy", `volume ${name} is ${state}; retry later`, { state });
     }
     const spec = { ...read.value.spec, ...changes };
+    const adding = spec.replicas - countMembers(read.value.status.replicas).length;
+    if (patch.replicas !== undefined && adding > 0) {
+      const [allPools, allVolumes] = await Promise.all([
+        pools(cp.registry).list(),
+        volumes(cp.registry).list(),
+      ]);
+      // Throws InsufficientPools, and changes nothing, when the new replicas could not be placed.
+      poolsForNewReplicas(
+        read.value,
+        adding,
+        allPools.map((p) => p.value),
+        replicasPerPool(allVolumes.map((v) => v.value)),
+      );
+    }
     cancelled =
       state === "DETACHED" &&
       read.value.status.failoverPending === true &&

@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { ContainerName, PoolName, Timestamp } from "../../contract/names.ts";
-import { PoolAnnotations, PoolHealth, PoolUsage } from "../../contract/pool.ts";
+import { PoolAnnotations, PoolHealth, PoolRelease, PoolUsage } from "../../contract/pool.ts";
 import { packJson, unpackJson } from "./fields.ts";
 import { type Codec, type RecordTable, recordTable } from "./records.ts";
 import type { Registry } from "./tables.ts";
@@ -18,9 +18,16 @@ const PoolFields = {
   blobEndpoint: z.string().min(1),
   container: ContainerName,
   health: PoolHealth,
+  /** When `health` last changed, and why it is what it is (health/pool-health.ts). */
+  healthSince: Timestamp.optional(),
+  healthReason: z.string().max(1024).optional(),
+  /** First failed probe of the current run of failures; absent while probes succeed. */
+  unreachableSince: Timestamp.optional(),
   usage: PoolUsage,
   /** Operator annotations; `{}` on rows written before they existed. */
   annotations: PoolAnnotations,
+  /** The latest release of its replicas (health/replacement.ts); absent until one starts. */
+  release: PoolRelease.optional(),
   createdAt: Timestamp,
   updatedAt: Timestamp,
 };
@@ -43,15 +50,17 @@ export type PoolRecord = z.infer<typeof PoolRecord>;
 export const poolCodec: Codec<PoolRecord> = {
   rowKey: "pool",
   name: (p) => p.name,
-  encode: ({ name: _name, annotations, ...properties }) => ({
+  encode: ({ name: _name, annotations, release, ...properties }) => ({
     ...properties,
     annotations: packJson("annotations", annotations),
+    ...(release === undefined ? {} : { release: packJson("release", release) }),
   }),
   decode: (name, p) =>
     PoolRecord.parse({
       ...p,
       name,
       annotations: p.annotations === undefined ? {} : unpackJson(p.annotations),
+      ...(p.release === undefined ? {} : { release: unpackJson(p.release) }),
     }),
 };
 

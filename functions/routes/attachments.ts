@@ -20,7 +20,7 @@ export function attachmentOperations(cp: ControlPlane): Operation[] {
       path: "/volumes/:name/attach",
       operationId: "attachVolume",
       summary:
-        "Make a node the volume's only writer: new epoch, every replica leased under a fresh lease id",
+        "Make a node the volume's only writer: new epoch, every replica leased under a fresh lease id; without a node, one is chosen as failover would",
       access: "admin",
       params: ByName,
       body: AttachRequest,
@@ -33,6 +33,7 @@ export function attachmentOperations(cp: ControlPlane): Operation[] {
         "VolumeNotFound",
         "NodeNotFound",
         "NodeNotEligible",
+        "NoEligibleNode",
         "VolumeAttached",
         "VolumeBusy",
         "Conflict",

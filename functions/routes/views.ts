@@ -20,6 +20,8 @@ export function poolView(p: PoolRecord): Pool {
     container: p.container,
     auth: poolAuthView(p),
     health: p.health,
+    ...(p.healthSince === undefined ? {} : { healthSince: p.healthSince }),
+    ...(p.healthReason === undefined ? {} : { healthReason: p.healthReason }),
     usage: p.usage,
     annotations: p.annotations,
     createdAt: p.createdAt,

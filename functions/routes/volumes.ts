@@ -74,12 +74,13 @@ export function volumeOperations(cp: ControlPlane): Operation[] {
       method: "patch",
       path: "/volumes/:name",
       operationId: "updateVolume",
-      summary: "Change a volume's placement rules or failover policy",
+      summary:
+        "Change a volume's replica count (raised: a new replica rebuilt from the others; lowered: one retired), placement rules or failover policy",
       access: "admin",
       params: ByName,
       body: VolumePatch,
       success: { status: 200, description: "the volume", schema: Volume },
-      errors: ["VolumeNotFound", "VolumeBusy", "Conflict"],
+      errors: ["VolumeNotFound", "VolumeBusy", "Conflict", "InsufficientPools"],
       handle: async ({ params, body }) => volumeView(await updateVolume(cp, params.name, body)),
     }),
     operation({

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
+import { DEFAULT_REPAIR_POLICY } from "../../../functions/health/repair-policy.ts";
 import { DEFAULT_SWEEP_POLICY, sweep } from "../../../functions/health/sweep.ts";
 import { LOCAL_SWEEP_INTERVAL_MS } from "../../../functions/local.ts";
 import { settingsFrom } from "../../../functions/settings.ts";
@@ -38,7 +39,10 @@ describe("default health settings", () => {
   it("are 6 s to SUSPECT and 10 s to LOST, sweeping every 2 s, and stay configurable", () => {
     const base = { PAGEDISK_REGISTRY_CONNECTION_STRING: "UseDevelopmentStorage=true" };
     expect(DEFAULT_SWEEP_POLICY).toEqual({ suspectAfterMs: 6_000, lostAfterMs: 10_000 });
-    expect(settingsFrom(base).sweep).toEqual(DEFAULT_SWEEP_POLICY);
+    expect(settingsFrom(base).sweep).toEqual({
+      ...DEFAULT_SWEEP_POLICY,
+      repair: DEFAULT_REPAIR_POLICY,
+    });
     expect(LOCAL_SWEEP_INTERVAL_MS).toBe(2_000);
     // Judged LOST at the first sweep past lostAfter: at most one interval late.
     expect(DEFAULT_SWEEP_POLICY.lostAfterMs + LOCAL_SWEEP_INTERVAL_MS).toBeLessThan(PROMISED_MS);
@@ -48,7 +52,7 @@ describe("default health settings", () => {
         PAGEDISK_SUSPECT_AFTER_SECONDS: "15",
         PAGEDISK_LOST_AFTER_SECONDS: "45",
       }).sweep,
-    ).toEqual({ suspectAfterMs: 15_000, lostAfterMs: 45_000 });
+    ).toMatchObject({ suspectAfterMs: 15_000, lostAfterMs: 45_000 });
   });
 
   it("fail a dead node's volume over within 15 s of its last heartbeat", async () => {

@@ -56,3 +56,35 @@ describe("registry account settings", () => {
     );
   });
 });
+
+describe("repair and reconciliation settings", () => {
+  const base = { PAGEDISK_REGISTRY_CONNECTION_STRING: "UseDevelopmentStorage=true" };
+
+  it("take the pool thresholds and the orphan grace in seconds", () => {
+    const settings = settingsFrom({
+      ...base,
+      PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS: "20",
+      PAGEDISK_POOL_BAD_AFTER_SECONDS: "40",
+      PAGEDISK_POOL_PERMANENT_AFTER_SECONDS: "900",
+      PAGEDISK_POOL_PROBE_TIMEOUT_SECONDS: "3",
+      PAGEDISK_REPORT_GRACE_SECONDS: "7",
+      PAGEDISK_ORPHAN_GRACE_SECONDS: "3600",
+    });
+    expect(settings.sweep.repair).toEqual({
+      suspectWindowMs: 20_000,
+      badAfterMs: 40_000,
+      permanentAfterMs: 900_000,
+      probeTimeoutMs: 3_000,
+      reportGraceMs: 7_000,
+    });
+    expect(settings.orphanGraceMs).toBe(3_600_000);
+    expect(settingsFrom(base).orphanGraceMs).toBe(10 * 60_000);
+  });
+
+  it("refuse a threshold that is not a whole number of seconds, naming it", () => {
+    for (const name of ["PAGEDISK_POOL_PERMANENT_AFTER_SECONDS", "PAGEDISK_ORPHAN_GRACE_SECONDS"]) {
+      expect(() => settingsFrom({ ...base, [name]: "1.5" })).toThrow(name);
+      expect(() => settingsFrom({ ...base, [name]: "0" })).toThrow(name);
+    }
+  });
+});
