@@ -13,7 +13,12 @@ import type { Attachment } from "../../contract/attachment.ts";
 import type { ApiErrorCode } from "../../contract/errors.ts";
 import type { EventPage, EventQuery } from "../../contract/event.ts";
 import type { Node, NodeList } from "../../contract/node.ts";
-import type { Pool, PoolCreate, PoolList } from "../../contract/pool.ts";
+import type { Pool, PoolAnnotationsPatch, PoolCreate, PoolList } from "../../contract/pool.ts";
+import type {
+  OrphanDeleteRequest,
+  OrphanDeleteResult,
+  Reconciliation,
+} from "../../contract/reconciliation.ts";
 import type { IssuedToken, JoinTokenList, TokenCreate } from "../../contract/token.ts";
 import type { Volume, VolumeCreate, VolumeList, VolumePatch } from "../../contract/volume.ts";
 import type { ApiConfig } from "./api-config.ts";
@@ -46,6 +51,8 @@ export class ApiClientError extends Error {
 
 /** Request bodies as callers write them: fields with defaults may be left out. */
 export type PoolCreateBody = z.input<typeof PoolCreate>;
+export type PoolAnnotationsPatchBody = z.input<typeof PoolAnnotationsPatch>;
+export type OrphanDeleteBody = z.input<typeof OrphanDeleteRequest>;
 export type VolumeCreateBody = z.input<typeof VolumeCreate>;
 export type VolumePatchBody = z.input<typeof VolumePatch>;
 export type TokenCreateBody = z.input<typeof TokenCreate>;
@@ -53,6 +60,8 @@ export type EventFilter = Partial<Omit<EventQuery, "continuation">> & { continua
 
 /** Long enough for a volume create on a slow account; short enough not to hang a script. */
 const DEFAULT_TIMEOUT_MS = 60_000;
+/** Reconciliation lists (or deletes from) whole containers: many pages on a large account. */
+const SCAN_TIMEOUT_MS = 300_000;
 
 export interface ApiClientOptions extends ApiConfig {
   timeoutMs?: number;
@@ -73,6 +82,28 @@ export class ApiClient {
   getPool = (name: string) => this.#call<Pool>("GET", `/pools/${seg(name)}`);
   createPool = (body: PoolCreateBody) => this.#call<Pool>("POST", "/pools", body);
   removePool = (name: string) => this.#call<undefined>("DELETE", `/pools/${seg(name)}`);
+  /** Start moving every replica off the pool; the pool after the first pass of its release. */
+  releasePool = (name: string) => this.#call<Pool>("POST", `/pools/${seg(name)}/release`);
+  /** Set (value) or remove (null) annotations; `action` is acted on, not stored. */
+  annotatePool = (name: string, patch: PoolAnnotationsPatchBody) =>
+    this.#call<Pool>("PATCH", `/pools/${seg(name)}/annotations`, patch);
+
+  /** Orphans and missing blobs of every pool, or of one; deletes nothing. */
+  reconcile = (pool?: string) =>
+    this.#call<Reconciliation>(
+      "GET",
+      `/reconciliation${pool === undefined ? "" : `?pool=${seg(pool)}`}`,
+      undefined,
+      SCAN_TIMEOUT_MS,
+    );
+  /** Delete orphans of one pool, each checked again by the control plane. */
+  deleteOrphans = (body: OrphanDeleteBody) =>
+    this.#call<OrphanDeleteResult>(
+      "POST",
+      "/reconciliation/delete-orphans",
+      body,
+      SCAN_TIMEOUT_MS,
+    );
 
   listVolumes = () => this.#call<VolumeList>("GET", "/volumes");
   getVolume = (name: string) => this.#call<Volume>("GET", `/volumes/${seg(name)}`);
@@ -81,8 +112,13 @@ export class ApiClient {
     this.#call<Volume>("PATCH", `/volumes/${seg(name)}`, patch);
   deleteVolume = (name: string, force = false) =>
     this.#call<undefined>("DELETE", `/volumes/${seg(name)}${force ? "?force=true" : ""}`);
-  attachVolume = (name: string, node: string) =>
-    this.#call<Attachment>("POST", `/volumes/${seg(name)}/attach`, { node });
+  /** Attach to `node`, or, without one, to the node the control plane places it on. */
+  attachVolume = (name: string, node?: string) =>
+    this.#call<Attachment>(
+      "POST",
+      `/volumes/${seg(name)}/attach`,
+      node === undefined ? {} : { node },
+    );
   detachVolume = (name: string) => this.#call<Volume>("POST", `/volumes/${seg(name)}/detach`);
 
   listNodes = () => this.#call<NodeList>("GET", "/nodes");
@@ -104,13 +140,14 @@ export class ApiClient {
     return this.#call<EventPage>("GET", `/events${qs}`);
   };
 
-  #call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  /** `atLeastMs`: calls known to be slow get that long even from a client with a short timeout. */
+  #call<T>(method: string, path: string, body?: unknown, atLeastMs = 0): Promise<T> {
     return requestApi<T>({
       method,
       url: `${this.apiUrl}${path}`,
       bearer: this.#apiKey,
       body,
-      timeoutMs: this.#timeoutMs,
+      timeoutMs: Math.max(this.#timeoutMs, atLeastMs),
     });
   }
 }

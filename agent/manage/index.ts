@@ -1,10 +1,11 @@
 /**
  * The management commands of the `pagedisk` binary, all talking to the
- * control plane API: `volume`, `pool`, `node`, `token`, `events`.
+ * control plane API: `volume`, `pool`, `node`, `token`, `events`, `orphans`.
  */
 import type { Command } from "commander";
 import { eventsCommand } from "./events.ts";
 import { nodeCommand } from "./node.ts";
+import { orphansCommand } from "./orphans.ts";
 import { poolCommand } from "./pool.ts";
 import { tokenCommand } from "./token.ts";
 import { volumeCommand } from "./volume.ts";
@@ -17,6 +18,7 @@ export function addManagementCommands(program: Command): void {
     nodeCommand(),
     tokenCommand(),
     eventsCommand(),
+    orphansCommand(),
   ]) {
     program.addCommand(command);
   }

@@ -1,14 +1,24 @@
 /**
- * `pagedisk pool add|list|show|remove`: storage accounts (and containers)
- * that hold replicas. `add` (alias `register`) takes a connection string, or
- * `--account-url URL --managed-identity` for an account the control plane
- * reaches with its own identity (no key anywhere).
+ * `pagedisk pool add|list|show|remove|release|annotate`: storage accounts
+ * (and containers) that hold replicas. `add` (alias `register`) takes a
+ * connection string, or `--account-url URL --managed-identity` for an
+ * account the control plane reaches with its own identity (no key
+ * anywhere). `release` and `annotate` replace a pool (pool-release.ts).
  */
 import { type Command, Option } from "commander";
 import type { Pool, PoolAuthCreate } from "../../contract/pool.ts";
 import { UsageError } from "../serve/args.ts";
 import { apiCommand, group } from "./command.ts";
 import { formatTime, print, printFields, printJson, printTable } from "./output.ts";
+import {
+  annotationsOf,
+  asInterval,
+  printRelease,
+  releaseCell,
+  releaseLine,
+  WATCH_INTERVAL_SECONDS,
+  watchRelease,
+} from "./pool-release.ts";
 
 /** The `pool` command group. */
 export function poolCommand(): Command {
@@ -55,13 +65,14 @@ export function poolCommand(): Command {
     const list = await api.listPools();
     if (json) return printJson(list);
     printTable(
-      ["name", "account", "container", "health", "usage", "created"],
+      ["name", "account", "container", "health", "usage", "release", "created"],
       list.items.map((p) => [
         p.name,
         p.account,
         p.container,
         p.health,
         p.usage,
+        releaseCell(p),
         formatTime(p.createdAt),
       ]),
       "no pools",
@@ -89,7 +100,57 @@ export function poolCommand(): Command {
     },
   );
 
+  apiCommand(
+    pool
+      .command("release")
+      .description(
+        "move every replica off the pool (usage RELEASING, then RELEASED; FAILED when one cannot move)",
+      )
+      .argument("<name>", "pool name")
+      .option("--watch", "follow the release until RELEASED (exit 0) or FAILED (exit 1)")
+      .option(
+        "--interval <seconds>",
+        `seconds between two looks with --watch (default ${WATCH_INTERVAL_SECONDS})`,
+        asInterval,
+      ),
+    async ({ api, json }, [name], opts) => {
+      const released = await api.releasePool(name!);
+      if (opts.watch === true) {
+        const interval = (opts.interval as number | undefined) ?? WATCH_INTERVAL_SECONDS;
+        process.exitCode = await watchRelease(api, released, json, interval);
+        return;
+      }
+      if (json) return printJson(released);
+      print(`pool ${released.name}: ${releaseLine(released)}`);
+      printRelease(released);
+    },
+  );
+
+  apiCommand(
+    pool
+      .command("annotate")
+      .description(
+        "set pool annotations: removal=ready, health=bad|suspect, action=add|remove; key- removes one",
+      )
+      .argument("<name>", "pool name")
+      .argument("<annotation...>", "key=value to set, key- to remove"),
+    async ({ api, json }, [name, ...words]) => {
+      const patch = annotationsOf(words);
+      const annotated = await api.annotatePool(name!, patch);
+      if (json) return printJson(annotated);
+      print(
+        `pool ${annotated.name} annotated: ${formatAnnotations(annotated)}; usage ${annotated.usage}`,
+      );
+    },
+  );
+
   return pool;
+}
+
+/** `removal=ready,health=bad`, `-` when none. */
+function formatAnnotations(p: Pool): string {
+  const pairs = Object.entries(p.annotations).map(([k, v]) => `${k}=${String(v)}`);
+  return pairs.length === 0 ? "-" : pairs.join(",");
 }
 
 /** The pool's auth from the flags: a connection string, or an account URL under the managed identity. */
@@ -124,7 +185,11 @@ function showPool(p: Pool): void {
       `${p.auth.kind} ${p.auth.kind === "connectionString" ? p.auth.connectionString : p.auth.accountUrl}`,
     ],
     ["health", p.health],
+    ["health since", formatTime(p.healthSince)],
+    ["health reason", p.healthReason ?? "-"],
     ["usage", p.usage],
+    ["annotations", formatAnnotations(p)],
     ["created", formatTime(p.createdAt)],
   ]);
+  printRelease(p);
 }

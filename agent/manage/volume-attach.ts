@@ -1,5 +1,8 @@
 /**
  * `pagedisk volume attach|detach`: choose or drop a volume's single writer.
+ * `attach` without `--node` lets the control plane place the volume as
+ * failover would (required nodes only, preferred first, then the least
+ * loaded), and says where it went.
  */
 import type { Command } from "commander";
 import { apiCommand } from "./command.ts";
@@ -12,12 +15,17 @@ export function attachCommands(volume: Command): void {
       .command("attach")
       .description("make a node the volume's only writer (new epoch, fresh lease on every replica)")
       .argument("<name>", "volume name")
-      .requiredOption("--node <node>", "the node that will serve the volume"),
+      .option(
+        "--node <node>",
+        "the node that will serve the volume (default: the control plane chooses: required nodes only, preferred first, least loaded)",
+      ),
     async ({ api, json }, [name], opts) => {
-      const attachment = await api.attachVolume(name!, opts.node as string);
+      const named = opts.node as string | undefined;
+      const attachment = await api.attachVolume(name!, named);
       if (json) return printJson(attachment);
+      const chosen = named === undefined ? ", chosen by the control plane" : "";
       print(
-        `volume ${attachment.volume} attached to node ${attachment.node} (epoch ${attachment.epoch})`,
+        `volume ${attachment.volume} attached to node ${attachment.node} (epoch ${attachment.epoch}${chosen})`,
       );
     },
   );

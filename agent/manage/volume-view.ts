@@ -1,9 +1,16 @@
 /**
  * How volumes look in a terminal: one table row each in lists, fields and a
- * replica table in `volume show`.
+ * replica table in `volume show` (each replica's state, since when, copy
+ * progress, the replica it replaces and what is happening to it).
  */
 import type { Volume } from "../../contract/volume.ts";
 import { formatBytes, formatList, formatTime, print, printFields, printTable } from "./output.ts";
+import {
+  formatProgress,
+  formatReplicaCount,
+  formatReplicaHealth,
+  summarizeReplicas,
+} from "./replica-summary.ts";
 
 /** `volume list` */
 export function printVolumeTable(items: Volume[]): void {
@@ -12,7 +19,7 @@ export function printVolumeTable(items: Volume[]): void {
     items.map((v) => [
       v.name,
       formatBytes(v.spec.sizeBytes),
-      String(v.spec.replicas),
+      formatReplicaCount(summarizeReplicas(v)),
       v.status.state,
       v.status.ownerNode ?? "-",
       String(v.status.epoch),
@@ -31,7 +38,7 @@ export function printVolume(v: Volume): void {
     ["state", v.status.state],
     ["node", v.status.ownerNode ?? "-"],
     ["epoch", String(v.status.epoch)],
-    ["replicas", String(v.spec.replicas)],
+    ["replicas", formatReplicaHealth(summarizeReplicas(v))],
     ["pools", formatList(v.spec.pools)],
     ["required nodes", formatList(v.spec.requiredNodes)],
     ["preferred nodes", formatList(v.spec.preferredNodes)],
@@ -41,9 +48,18 @@ export function printVolume(v: Volume): void {
   ]);
   if (v.status.replicas.length === 0) return;
   print("");
+  // The blob URI is left to --json: it would make every row too wide to read.
   printTable(
-    ["replica", "pool", "state", "uri"],
-    v.status.replicas.map((r) => [r.id, r.pool, r.state, r.uri]),
+    ["replica", "pool", "state", "since", "progress", "replaces", "message"],
+    v.status.replicas.map((r) => [
+      r.id,
+      r.pool,
+      r.state,
+      formatTime(r.since),
+      formatProgress(r),
+      r.replaces ?? "-",
+      r.message ?? "",
+    ]),
     "",
   );
 }

@@ -79,12 +79,29 @@ describe("pagedisk pool", () => {
     const list = await cli("pool", "list");
     expect(list.code).toBe(0);
     const [header, row] = rows(list.stdout);
-    expect(header).toEqual(["NAME", "ACCOUNT", "CONTAINER", "HEALTH", "USAGE", "CREATED"]);
-    expect(row?.slice(0, 3)).toEqual(["local", azurite.accountName, "disks"]);
+    expect(header).toEqual([
+      "NAME",
+      "ACCOUNT",
+      "CONTAINER",
+      "HEALTH",
+      "USAGE",
+      "RELEASE",
+      "CREATED",
+    ]);
+    // Never probed (no sweep in this file), never released.
+    expect(row?.slice(0, 6)).toEqual([
+      "local",
+      azurite.accountName,
+      "disks",
+      "UNKNOWN",
+      "IN_USE",
+      "-",
+    ]);
 
     const show = await cli("pool", "show", "local");
     expect(show.stdout).toMatch(/^container: +disks$/m);
     expect(show.stdout).not.toContain(azurite.accountKey);
+    expect(show.stdout).toMatch(/^health: +UNKNOWN\nhealth since: +-\nhealth reason: +-$/m);
   });
 });
 
@@ -109,7 +126,7 @@ describe("pagedisk volume", () => {
     expect(rows(list.stdout)[1]?.slice(0, 7)).toEqual([
       "db",
       "8 GiB",
-      "1",
+      "1/1",
       "DETACHED",
       "-",
       "0",
@@ -122,6 +139,7 @@ describe("pagedisk volume", () => {
     const show = await cli("volume", "show", "db");
     expect(show.stdout).toMatch(/^size: +8 GiB \(8589934592 bytes\)$/m);
     expect(show.stdout).toMatch(/^failover: +manual$/m);
+    expect(show.stdout).toMatch(/^replicas: +1 of 1 ONLINE$/m);
   });
 
   it("prints the API's JSON with --json, which parses as the contract's Volume", async () => {
