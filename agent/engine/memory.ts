@@ -10,10 +10,24 @@
  * socket keeps the bytes it was read with. Small reads are copied, since
  * lending them would make the next small write to the chunk copy all of it.
  *
+ * A write of exactly one whole chunk whose payload is donated (see
+ * `PayloadDonation`) adopts the payload as the chunk instead of copying it,
+ * and gives the chunk it replaces back to the donor for the next payload;
+ * a 1 MiB write then costs no memcpy here either. An adopted chunk is
+ * "pinned" while its donation is open (layers above may still read it), and
+ * a pinned chunk is copied before any change, like a lent one. A replaced
+ * chunk that is lent or pinned is left to the GC rather than given back.
+ *
  * Concurrency: every call completes synchronously inside its promise, so
  * requests are atomic with respect to each other.
  */
-import { BlockError, type BlockDevice, type Extent } from "../nbd/device.ts";
+import {
+  BlockError,
+  type BlockDevice,
+  type Extent,
+  type PayloadDonation,
+  type WriteOptions,
+} from "../nbd/device.ts";
 
 export const PAGE = 512;
 export const MAX_PUT = 4 * 1024 * 1024;
@@ -38,6 +52,12 @@ export class MemoryBackend implements BlockDevice {
   #chunks = new Map<number, Buffer>();
   /** Chunks handed out as read views: copied before any change. */
   #lent = new Set<number>();
+  /**
+   * Adopted chunks whose donation may still be open: copied before any
+   * change while it is. Scanned rather than a Map: at most one entry per
+   * write in flight, pruned on every adoption.
+   */
+  #pins: Pin[] = [];
   #closed = false;
 
   constructor(opts: MemoryOptions) {
@@ -80,9 +100,18 @@ export class MemoryBackend implements BlockDevice {
     return out;
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  async write(offset: number, data: Uint8Array, opts?: WriteOptions): Promise<void> {
     this.#check(offset, data.length, true);
     if (data.length > MAX_PUT) throw new BlockError("EINVAL", "write larger than 4 MiB");
+    const donation = opts?.donation;
+    if (
+      donation !== undefined &&
+      data.length === this.#chunk &&
+      offset % this.#chunk === 0 &&
+      this.#adopt(offset / this.#chunk, data, donation)
+    ) {
+      return;
+    }
     const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     this.#each(offset, data.length, (idx, at, from, n) => {
       const chunk = this.#writable(idx, n === this.#chunk) ?? this.#allocate(idx);
@@ -129,6 +158,7 @@ export class MemoryBackend implements BlockDevice {
     this.#closed = true;
     this.#chunks.clear();
     this.#lent.clear();
+    this.#pins = [];
   }
 
   #check(offset: number, length: number, writing: boolean): void {
@@ -144,15 +174,50 @@ export class MemoryBackend implements BlockDevice {
 
   /**
    * The chunk to modify in place, or undefined when none is allocated. A
-   * lent chunk is replaced by a copy first (by fresh memory when the caller
+   * lent or pinned chunk is replaced by a copy first (by fresh memory when the caller
    * overwrites all of it), so views already handed out keep their bytes.
    */
   #writable(idx: number, overwritten: boolean): Buffer | undefined {
     const chunk = this.#chunks.get(idx);
-    if (!chunk || !this.#lent.delete(idx)) return chunk;
+    if (!chunk || !(this.#lent.delete(idx) || this.#pinned(chunk))) return chunk;
     const fresh = overwritten ? Buffer.allocUnsafe(this.#chunk) : Buffer.from(chunk);
     this.#chunks.set(idx, fresh);
     return fresh;
+  }
+
+  /**
+   * Make the donated `data` chunk `idx`, returning the chunk it replaces to
+   * the donor unless someone may still see it. False when the donor keeps
+   * its buffer (the caller copies then).
+   */
+  #adopt(idx: number, data: Uint8Array, donation: PayloadDonation): boolean {
+    const chunk = donation.take(data);
+    if (chunk === undefined) return false;
+    const old = this.#chunks.get(idx);
+    this.#chunks.set(idx, chunk);
+    const lent = this.#lent.delete(idx);
+    // Prunes closed pins too, so the list stays as short as the writes in flight.
+    const pinned = this.#pinned(old);
+    if (old !== undefined && !lent && !pinned) donation.recycle(old);
+    if (donation.open) this.#pins.push({ chunk, donation });
+    return true;
+  }
+
+  /** Whether `chunk` was adopted from a donation still open; drops closed pins. */
+  #pinned(chunk: Buffer | undefined): boolean {
+    const pins = this.#pins;
+    let found = false;
+    // Backwards, so the entry swapped into a removed slot was already seen.
+    for (let i = pins.length - 1; i >= 0; i--) {
+      const pin = pins[i]!;
+      if (!pin.donation.open) {
+        pins[i] = pins[pins.length - 1]!;
+        pins.pop();
+      } else if (pin.chunk === chunk) {
+        found = true;
+      }
+    }
+    return found;
   }
 
   #allocate(idx: number): Buffer {
@@ -178,6 +243,11 @@ export class MemoryBackend implements BlockDevice {
       pos += n;
     }
   }
+}
+
+interface Pin {
+  chunk: Buffer;
+  donation: PayloadDonation;
 }
 
 function isZero(buf: Buffer): boolean {

@@ -20,6 +20,35 @@ export interface Extent {
 export interface WriteOptions {
   /** Force unit access: resolve only when the data is durable. */
   fua?: boolean;
+  /**
+   * On `write` only: the caller gives `data`'s memory away, so a device that
+   * keeps written bytes may adopt it instead of copying. Layers pass it on
+   * untouched; one that writes other bytes (merged, split, read-modified)
+   * simply finds `take()` refusing them.
+   */
+  donation?: PayloadDonation;
+}
+
+/**
+ * A write payload whose memory is offered to whichever device keeps it.
+ * Taken at most once, so two replicas never share one buffer.
+ */
+export interface PayloadDonation {
+  /**
+   * The donated buffer, when `data` is exactly all of it, nobody took it
+   * yet and the write has not settled; otherwise undefined (then copy). The
+   * taker owns the buffer from now on, but must not change its bytes while
+   * `open`: layers above may still read `data` until the write settles.
+   */
+  take(data: Uint8Array): Buffer | undefined;
+  /** True until the write the donation came with has settled. */
+  readonly open: boolean;
+  /**
+   * Hand back memory the taker no longer needs (what the adopted buffer
+   * replaced), so the caller reuses warm pages rather than fresh ones. The
+   * taker must hold no other reference to it, nor have lent a view of it.
+   */
+  recycle(spare: Buffer): void;
 }
 
 export interface ZeroOptions extends WriteOptions {
@@ -54,7 +83,8 @@ export interface BlockDevice {
   /**
    * `data` is lent for the duration of the call: the NBD layer reuses its
    * memory once the promise settles, so a device that keeps the bytes
-   * longer (a cache, a write-back queue) must copy them.
+   * longer (a cache, a write-back queue) must copy them, unless it takes
+   * them from `opts.donation`.
    */
   write(offset: number, data: Uint8Array, opts?: WriteOptions): Promise<void>;
   /** Resolves when every write acknowledged before the call is durable. */

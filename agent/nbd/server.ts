@@ -100,6 +100,7 @@ export class NbdServer {
     bytesRead: 0,
     bytesWritten: 0,
     bytesReceivedInPlace: 0,
+    bytesDonated: 0,
   };
   readonly #pool = new BufferPool();
   #accepted = 0;

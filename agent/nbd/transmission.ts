@@ -9,6 +9,10 @@
  * with cork/uncork into one writev. FLUSH simply calls `device.flush()`,
  * which by contract covers every write already acknowledged.
  *
+ * Large write payloads are assembled in pooled buffers and offered to the
+ * device (donation.ts): a device that keeps written bytes may adopt one
+ * instead of copying it.
+ *
  * Memory: bytes held for in-flight requests (write payloads, read replies)
  * plus bytes queued on the socket are capped per connection; above the cap
  * the socket is paused, which pushes back on the client through TCP.
@@ -16,7 +20,15 @@
 import type { Socket } from "node:net";
 import { BufferPool } from "./buffer-pool.ts";
 import type { ByteQueue } from "./byte-queue.ts";
-import { type BlockDevice, BlockError, type Extent, NBD_ERRNO, toNbdError } from "./device.ts";
+import {
+  type BlockDevice,
+  BlockError,
+  type Extent,
+  NBD_ERRNO,
+  toNbdError,
+  type WriteOptions,
+} from "./device.ts";
+import { PooledDonation } from "./donation.ts";
 import type { Logger } from "./logger.ts";
 import type { Session } from "./negotiation.ts";
 import { SLAB_READ } from "./receiver.ts";
@@ -38,6 +50,8 @@ export interface TransmissionCounters {
   bytesWritten: number;
   /** Write payload bytes the socket read straight into their assembly buffer. */
   bytesReceivedInPlace: number;
+  /** Write payload bytes the device kept (took from the donation) instead of copying. */
+  bytesDonated: number;
 }
 
 /** What one connection's transmission phase is given by its server. */
@@ -257,12 +271,25 @@ export class Transmission {
           break;
         case CMD.WRITE: {
           const payload = req.payload!;
+          const pooled = req.pooled;
           req.payload = undefined;
+          req.pooled = undefined;
+          // A payload that fills its pooled buffer is offered to the device,
+          // which may keep it rather than copy it (donation.ts).
+          const donation =
+            pooled !== undefined && pooled.length === payload.length
+              ? new PooledDonation(this.#opts.pool, pooled)
+              : undefined;
           try {
-            await device.write(req.offset, payload, fua ? { fua } : undefined);
+            await device.write(req.offset, payload, writeOptions(fua, donation));
           } finally {
             // The device is done with the bytes once write() settles (BlockDevice contract).
-            if (req.pooled) this.#opts.pool.release(req.pooled);
+            if (donation) {
+              if (donation.taken) this.#opts.counters.bytesDonated += req.length;
+              donation.settle();
+            } else if (pooled) {
+              this.#opts.pool.release(pooled);
+            }
           }
           this.#replyOk(req);
           this.#opts.counters.bytesWritten += req.length;
@@ -437,6 +464,15 @@ export class Transmission {
     else this.#opts.logger.warn(fields, "nbd request failed with an unexpected error");
     this.#replyError(req, error, message);
   }
+}
+
+/** Options for a write; undefined when there are none, as most writes have. */
+function writeOptions(
+  fua: boolean,
+  donation: PooledDonation | undefined,
+): WriteOptions | undefined {
+  if (donation) return fua ? { fua, donation } : { donation };
+  return fua ? { fua } : undefined;
 }
 
 /** Turn device extents into wire descriptors within the request's rules. */

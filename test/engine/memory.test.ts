@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { MemoryBackend } from "../../agent/engine/memory.ts";
+import { BufferPool } from "../../agent/nbd/buffer-pool.ts";
 import { BlockError, toNbdError } from "../../agent/nbd/device.ts";
+import { PooledDonation } from "../../agent/nbd/donation.ts";
 
 describe("MemoryBackend", () => {
   it("reads back what was written and reports holes elsewhere", async () => {
@@ -78,6 +80,109 @@ describe("MemoryBackend", () => {
     await expect(dev.read(4096, 512)).rejects.toMatchObject({ errno: "ENOSPC" });
     const ro = new MemoryBackend({ size: 4096, readOnly: true });
     await expect(ro.write(0, Buffer.alloc(512))).rejects.toMatchObject({ errno: "EPERM" });
+  });
+});
+
+describe("MemoryBackend with donated payloads", () => {
+  const CHUNK = 64 * 1024;
+  /** A pooled buffer filled with `fill`, and its donation. */
+  function donated(pool: BufferPool, fill: number): { buf: Buffer; d: PooledDonation } {
+    const buf = pool.acquire(CHUNK).fill(fill);
+    return { buf, d: new PooledDonation(pool, buf) };
+  }
+
+  it("adopts a whole-chunk payload and gives back the chunk it replaced", async () => {
+    const dev = new MemoryBackend({ size: 4 * CHUNK, chunkSize: CHUNK });
+    const pool = new BufferPool();
+    await dev.write(CHUNK, Buffer.alloc(CHUNK, 1)); // copied: no donation
+    const { buf, d } = donated(pool, 2);
+    await dev.write(CHUNK, buf, { donation: d });
+    expect(d.taken).toBe(true);
+    d.settle();
+    // The replaced chunk went to the pool; the payload is the chunk now.
+    expect(pool.pooledBytes).toBe(CHUNK);
+    const view = await dev.read(CHUNK, CHUNK);
+    expect(view.buffer).toBe(buf.buffer);
+    expect(Buffer.from(view).every((b) => b === 2)).toBe(true);
+    // Adopting into a hole replaces nothing.
+    const hole = donated(pool, 3);
+    await dev.write(3 * CHUNK, hole.buf, { donation: hole.d });
+    hole.d.settle();
+    expect(hole.d.taken).toBe(true);
+    expect(pool.pooledBytes).toBe(0);
+    expect(dev.allocatedBytes).toBe(2 * CHUNK);
+  });
+
+  it("copies what it may not adopt: part of a chunk, across chunks, or bytes not donated", async () => {
+    const dev = new MemoryBackend({ size: 8 * CHUNK, chunkSize: CHUNK });
+    const pool = new BufferPool();
+    const unaligned = donated(pool, 4);
+    await dev.write(CHUNK / 2, unaligned.buf, { donation: unaligned.d });
+    const twoChunks = pool.acquire(2 * CHUNK).fill(5);
+    const across = new PooledDonation(pool, twoChunks);
+    await dev.write(2 * CHUNK, twoChunks, { donation: across });
+    const other = donated(pool, 6);
+    await dev.write(4 * CHUNK, Buffer.from(other.buf), { donation: other.d });
+    for (const x of [unaligned.d, across, other.d]) {
+      expect(x.taken).toBe(false);
+      x.settle();
+    }
+    // The donors got their buffers back and scribble on them: the device copied.
+    unaligned.buf.fill(0xee);
+    twoChunks.fill(0xee);
+    other.buf.fill(0xee);
+    const back = Buffer.from(await dev.read(0, 8 * CHUNK));
+    expect(back.subarray(CHUNK / 2, CHUNK / 2 + CHUNK).every((b) => b === 4)).toBe(true);
+    expect(back.subarray(2 * CHUNK, 4 * CHUNK).every((b) => b === 5)).toBe(true);
+    expect(back.subarray(4 * CHUNK, 5 * CHUNK).every((b) => b === 6)).toBe(true);
+  });
+
+  it("never changes a lent view, nor an adopted buffer while its donation is open", async () => {
+    const dev = new MemoryBackend({ size: 2 * CHUNK, chunkSize: CHUNK });
+    const pool = new BufferPool();
+    await dev.write(0, Buffer.alloc(CHUNK, 1));
+    const lent = await dev.read(0, CHUNK);
+    const first = donated(pool, 2);
+    await dev.write(0, first.buf, { donation: first.d });
+    // The lent chunk was replaced but not recycled: the view keeps its bytes.
+    expect(pool.pooledBytes).toBe(0);
+    expect(Buffer.from(lent).every((b) => b === 1)).toBe(true);
+    // `first` is still open (a sibling replica may be reading the payload),
+    // so replacing it does not recycle it either...
+    const second = donated(pool, 3);
+    await dev.write(0, second.buf, { donation: second.d });
+    expect(pool.pooledBytes).toBe(0);
+    expect(first.buf.every((b) => b === 2)).toBe(true);
+    // ...and changes to the open `second` go to a copy.
+    await dev.write(0, Buffer.alloc(4096, 4));
+    await dev.writeZeroes(8192, 4096);
+    expect(second.buf.every((b) => b === 3)).toBe(true);
+    first.d.settle();
+    second.d.settle();
+    const back = Buffer.from(await dev.read(0, CHUNK));
+    expect(back.subarray(0, 4096).every((b) => b === 4)).toBe(true);
+    expect(back.subarray(4096, 8192).every((b) => b === 3)).toBe(true);
+    expect(back.subarray(8192, 12288).every((b) => b === 0)).toBe(true);
+    expect(back.subarray(12288).every((b) => b === 3)).toBe(true);
+    // Once settled, nothing pins: the chunk a new payload replaces is recycled.
+    await dev.write(CHUNK, Buffer.alloc(CHUNK, 5));
+    const third = donated(pool, 6);
+    await dev.write(CHUNK, third.buf, { donation: third.d });
+    third.d.settle();
+    expect(pool.pooledBytes).toBe(CHUNK);
+  });
+
+  it("gives one donation to one of two devices; the other copies", async () => {
+    const pool = new BufferPool();
+    const replicas = [0, 1].map(() => new MemoryBackend({ size: CHUNK, chunkSize: CHUNK }));
+    const { buf, d } = donated(pool, 7);
+    await Promise.all(replicas.map((r) => r.write(0, buf, { donation: d })));
+    d.settle();
+    // The taker owns the buffer and may change it later; the other must not see that.
+    await replicas[0]!.write(0, Buffer.alloc(4096, 8));
+    expect(buf.subarray(0, 4096).every((b) => b === 8)).toBe(true);
+    const other = Buffer.from(await replicas[1]!.read(0, CHUNK));
+    expect(other.every((b) => b === 7)).toBe(true);
   });
 });
 
