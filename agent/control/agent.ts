@@ -50,6 +50,8 @@ export interface AgentOptions {
   /** `unix:PATH` or `tcp:127.0.0.1:PORT`. */
   statusListen: string;
   heartbeatIntervalMs: number;
+  /** Bytes per bit of the dirty-region logs of replicated volumes; the engine's default when undefined. */
+  dirtyGranularity?: number | undefined;
   log: Logger;
   /** Where the one human line goes (stdout). */
   print: (line: string) => void;
@@ -87,6 +89,9 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
   const reconciler = new Reconciler({
     node: identity.node,
     socketDir: join(opts.stateDir, "sockets"),
+    // Kept across restarts: a resync after one copies only what was missed.
+    dirtyDir: join(opts.stateDir, "dirty"),
+    dirtyGranularity: opts.dirtyGranularity,
     binder,
     log,
     report: (event) => events.push(event),
@@ -172,6 +177,7 @@ function statusOf(v: ServedVolume): StatusVolume[] {
       socket: v.socket,
       device: v.device,
       metrics: () => v.metrics() ?? opened,
+      replicas: () => v.replicas(),
     },
   ];
 }

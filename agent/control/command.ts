@@ -9,7 +9,7 @@ import type { Command } from "commander";
 import { createLogger, type Logger } from "../log.ts";
 import { usage } from "../manage/args.ts";
 import { group } from "../manage/command.ts";
-import { parseDuration, parseListen, UsageError } from "../serve/args.ts";
+import { parseDuration, parseListen, parseSize, UsageError } from "../serve/args.ts";
 import { AGENT_EXIT, type AgentParts, type KernelMode, runAgent } from "./agent.ts";
 import { ApiClientError } from "./api-client.ts";
 import { controlPlaneApiUrl } from "./control-plane-url.ts";
@@ -19,6 +19,9 @@ import { NodeFileError } from "./node-file.ts";
 const KERNEL_MODES: KernelMode[] = ["auto", "nbd", "fuse", "none"];
 const MIN_INTERVAL_MS = 100;
 const MAX_INTERVAL_MS = 60_000;
+/** Dirty-log granularity bounds (design: a power of two, at least 64 KiB). */
+const MIN_DIRTY_GRANULARITY = 64 * 1024;
+const MAX_DIRTY_GRANULARITY = 1024 ** 3;
 
 /** The `agent` command group; `parts` are the kernel binding and status API. */
 export function agentCommand(parts: AgentParts): Command {
@@ -55,6 +58,11 @@ export function agentCommand(parts: AgentParts): Command {
     )
     .option("--status-listen <address>", "status API: unix:PATH or tcp:127.0.0.1:PORT (default unix:DIR/status.sock)", asListen)
     .option("--heartbeat-interval <duration>", "time between heartbeats", asInterval, 2_000)
+    .option(
+      "--dirty-granularity <size>",
+      "bytes tracked per bit of a replica's dirty-region log: a power of two, 64KiB..1GiB (default 1MiB)",
+      asGranularity,
+    )
     .action(async (o: Record<string, unknown>) => {
       const log = createLogger({ name: "pagedisk-agent" });
       const stateDir = o.stateDir as string;
@@ -68,6 +76,7 @@ export function agentCommand(parts: AgentParts): Command {
             kernel: o.kernel as KernelMode,
             statusListen: (o.statusListen as string | undefined) ?? `unix:${stateDir}/status.sock`,
             heartbeatIntervalMs: o.heartbeatInterval as number,
+            dirtyGranularity: o.dirtyGranularity as number | undefined,
             log,
             print: (line) => process.stdout.write(`${line}\n`),
           },
@@ -118,6 +127,17 @@ function asInterval(text: string): number {
       throw new UsageError(`invalid heartbeat interval "${text}": between 100ms and 60s`);
     }
     return ms;
+  });
+}
+
+function asGranularity(text: string): number {
+  return usage(() => {
+    const bytes = parseSize(text);
+    const powerOfTwo = (bytes & (bytes - 1)) === 0;
+    if (!powerOfTwo || bytes < MIN_DIRTY_GRANULARITY || bytes > MAX_DIRTY_GRANULARITY) {
+      throw new UsageError(`invalid dirty granularity "${text}": a power of two from 64KiB to 1GiB`);
+    }
+    return bytes;
   });
 }
 

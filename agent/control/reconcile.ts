@@ -3,7 +3,10 @@
  *
  * - desired, not served             -> attach (or refuse: reported FAILED)
  * - served, epoch or lease changed  -> detach, then attach the new attachment
- * - served, same attachment         -> put the fresh SAS into it
+ * - served, same attachment         -> update it: fresh SAS, and the resyncs,
+ *                                      rebuilds, retirements and replicas to
+ *                                      stop writing the control plane asks for
+ *                                      (a replica added is never a reopen)
  * - served, no longer desired       -> detach; reported STOPPED once, then forgotten
  * - FAILED                          -> stays, reported, until dropped or given a new epoch
  *
@@ -108,7 +111,7 @@ export class Reconciler {
       if (this.#stopping) break;
       const served = this.#served.get(want.volume);
       if (served) {
-        if (served.state === "SERVING") served.refreshSas(want);
+        served.update(want);
         continue;
       }
       const refused = refusal(want);

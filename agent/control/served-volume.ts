@@ -1,31 +1,37 @@
 /**
  * One volume the control plane gave this node, as the agent serves it:
  *
- *   page blob (the replica's SAS URL, the lease id on every write)
- *   -> engine (openVolume) -> NBD export on <socketDir>/<volume>.sock (0600)
+ *   page blob(s): each replica's SAS URL, the lease id on every write
+ *   -> engine (openReplicatedVolume, one replica or several)
+ *   -> NBD export on <socketDir>/<volume>.sock (0600)
  *   -> kernel binding (/dev/nbdX, or nbdfuse + loop)
  *
- * States: SERVING -> FAILED (the engine failed it: lease lost, blob gone,
- * deadline) or STOPPED (detached). A FAILED volume has no export and no
- * binding; it stays reported until the desired state drops it or hands a
- * new epoch. The agent never takes, releases or breaks a lease: the control
- * plane owns them, and a failed or detached volume simply stops writing.
+ * States: SERVING (DEGRADED while a replica it was given is not ONLINE) ->
+ * FAILED (the engine failed it: lease lost, blob gone, deadline, the last
+ * online replica lost) or STOPPED (detached). A FAILED volume has no export
+ * and no binding; it stays reported until the desired state drops it or
+ * hands a new epoch. The agent never takes, releases or breaks a lease: the
+ * control plane owns them, and a failed or detached volume simply stops
+ * writing.
+ *
+ * Every volume, one replica included, is served through the replica layer
+ * (served-replicas.ts opens the replicas): `update()` carries out, on the
+ * same attachment, what the control plane decides (resync, rebuild, retire,
+ * stop writing one), so raising the replica count from one is a rebuild on
+ * the running export and kernel device, never a reopen.
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { DesiredAttachment, ReportedEvent, VolumeReport } from "../../contract/node.ts";
-import { PageBlobBackend } from "../engine/pageblob-backend.ts";
 import type { VolumeFailedEvent } from "../engine/failure.ts";
 import { StatsWindow } from "../engine/stats-window.ts";
 import type { VolumeMetrics } from "../engine/volume.ts";
 import type { Logger } from "../log.ts";
 import { StorageError } from "../pageblob/errors.ts";
-import { parseBlobUrl } from "../pageblob/location.ts";
-import { PageBlob } from "../pageblob/page-blob.ts";
-import { ReplaceableSas } from "../pageblob/sas.ts";
-import { BlobTransport } from "../pageblob/transport.ts";
-import { exportVolume, type VolumeExport } from "../serve/export.ts";
+import type { VolumeExport } from "../serve/export.ts";
 import type { KernelBinder } from "../host/binding.ts";
+import type { ReplicaStatus } from "../status/source.ts";
+import { NoUsableReplica, ServedReplicas } from "./served-replicas.ts";
 
 export type ServingState = VolumeReport["state"];
 
@@ -33,6 +39,10 @@ export interface ServeContext {
   node: string;
   /** Directory of the export sockets (created 0700). */
   socketDir: string;
+  /** Directory of the dirty-region logs (`<dir>/<volume>/...`). */
+  dirtyDir: string;
+  /** Bytes per dirty-log bit; the engine's default when undefined. */
+  dirtyGranularity?: number | undefined;
   /** Undefined: exports only, no kernel device (`--kernel none`). */
   binder: KernelBinder | undefined;
   log: Logger;
@@ -43,11 +53,8 @@ export interface ServeContext {
 /** Why a desired attachment is not served; reported as FAILED with this message. */
 export function refusal(want: DesiredAttachment): string | undefined {
   const online = want.replicas.filter((r) => r.state === "ONLINE");
-  if (online.length > 1) {
-    return `volume ${want.volume} has ${online.length} online replicas: serving more than one replica arrives with issue 5; not served, to never write one replica only`;
-  }
   if (online.length === 0) return `volume ${want.volume} has no online replica`;
-  if (online[0]!.url === null) {
+  if (!online.some((r) => r.url !== null)) {
     return `the pool of volume ${want.volume} cannot sign a SAS for its replica (a SAS connection string?)`;
   }
   return undefined;
@@ -64,9 +71,8 @@ export class ServedVolume {
   #export: VolumeExport | undefined;
   /** Heartbeat statistics: each report() closes one window. */
   #stats: StatsWindow | undefined;
-  /** The SAS of the one replica served, replaced in place on refresh. */
-  #sas: ReplaceableSas | undefined;
-  #replicaId: string | undefined;
+  /** What serves the replicas; undefined until opened (and when refused). */
+  #set: ServedReplicas | undefined;
   #ended: Promise<void> | undefined;
   readonly #ctx: ServeContext;
 
@@ -86,9 +92,14 @@ export class ServedVolume {
    */
   static refused(want: DesiredAttachment, ctx: ServeContext, message: string): ServedVolume {
     const v = new ServedVolume(want, ctx, "FAILED");
-    ctx.log.error({ volume: want.volume, epoch: want.epoch }, message);
-    ctx.report({ type: "volume-failed", volume: want.volume, message, data: { epoch: want.epoch } });
+    v.#refuse(want, message);
     return v;
+  }
+
+  #refuse(want: DesiredAttachment, message: string): void {
+    this.#state = "FAILED";
+    this.#ctx.log.error({ volume: want.volume, epoch: want.epoch }, message);
+    this.#ctx.report({ type: "volume-failed", volume: want.volume, message, data: { epoch: want.epoch } });
   }
 
   /**
@@ -98,42 +109,15 @@ export class ServedVolume {
    * next reconcile pass to try again.
    */
   static async attach(want: DesiredAttachment, ctx: ServeContext): Promise<ServedVolume> {
-    const replica = want.replicas.find((r) => r.state === "ONLINE" && r.url !== null)!;
     const v = new ServedVolume(want, ctx, "SERVING");
-    const location = parseBlobUrl(replica.url!);
-    v.#sas = new ReplaceableSas(location.sas ?? "");
-    v.#replicaId = replica.id;
-    const blob = new PageBlob(new BlobTransport(location, v.#sas));
     const log = ctx.log.child({ volume: want.volume, epoch: want.epoch });
-    try {
-      const props = await blob.properties();
-      if (props.size !== want.sizeBytes) {
-        // The blob is the truth: a resize may not have reached the registry yet.
-        log.warn({ blobSize: props.size, sizeBytes: want.sizeBytes }, "blob size differs");
-      }
-      const backend = new PageBlobBackend(blob, props.size, { leaseId: want.leaseId });
-      await mkdir(ctx.socketDir, { recursive: true, mode: 0o700 });
-      v.#export = await exportVolume(backend, {
-        name: want.volume,
-        description: `${blob.url} epoch ${want.epoch}`,
-        listen: { unix: v.socket },
-        log,
-        onFailed: (event) => v.#failed(event),
-        onEvent: (event) => log.warn(event, "storage throttling"),
-      });
-    } catch (err) {
-      await blob.close().catch(() => {});
-      // The engine failed it while loading its page map: already reported.
-      if (v.#state === "FAILED") return v;
-      if (err instanceof StorageError && err.fatal) {
-        return ServedVolume.refused(want, ctx, `volume ${want.volume} cannot be opened: ${err.message}`);
-      }
-      throw err;
-    }
-    const opened = v.#export.volume;
-    v.#stats = new StatsWindow(() => opened.metrics());
+    await mkdir(ctx.socketDir, { recursive: true, mode: 0o700 });
+    const opened = await v.#open(want, log);
+    if (!opened) return v;
+    const volume = opened.volume;
+    v.#stats = new StatsWindow(() => volume.metrics());
     // The engine may have failed the volume between open and here.
-    if (v.#state !== "SERVING") return v;
+    if (v.#state === "FAILED") return v;
     if (ctx.binder) {
       try {
         const binding = await ctx.binder.bind({
@@ -145,15 +129,49 @@ export class ServedVolume {
         });
         v.#device = binding?.device ?? null;
       } catch (err) {
-        await v.#export.drain();
+        await opened.drain();
         throw err;
       }
     }
-    log.info({ socket: v.socket, device: v.#device }, "volume serving");
+    log.info({ socket: v.socket, device: v.#device, replicas: want.replicas.length }, "volume serving");
+    // What the control plane asked of the replicas beyond serving them (resync, rebuild).
+    v.#set?.update(want);
     return v;
   }
 
+  /** Every replica the control plane listed, through ServedReplicas. */
+  async #open(want: DesiredAttachment, log: Logger): Promise<VolumeExport | undefined> {
+    const ctx = this.#ctx;
+    try {
+      this.#set = await ServedReplicas.open(want, {
+        node: ctx.node,
+        socket: this.socket,
+        dirtyDir: join(ctx.dirtyDir, want.volume),
+        ...(ctx.dirtyGranularity !== undefined ? { dirtyGranularity: ctx.dirtyGranularity } : {}),
+        log,
+        report: (event) => ctx.report(event),
+        onFailed: (event) => this.#failed(event),
+      });
+      this.#export = this.#set.export;
+      return this.#export;
+    } catch (err) {
+      return this.#openFailed(want, err);
+    }
+  }
+
+  /** An open that threw: FAILED when the storage said no for good, else rethrown for a retry. */
+  #openFailed(want: DesiredAttachment, err: unknown): undefined {
+    // The engine failed it while loading its page map: already reported.
+    if (this.#state === "FAILED") return undefined;
+    if ((err instanceof StorageError && err.fatal) || err instanceof NoUsableReplica) {
+      this.#refuse(want, `volume ${want.volume} cannot be opened: ${err.message}`);
+      return undefined;
+    }
+    throw err;
+  }
+
   get state(): ServingState {
+    if (this.#state === "SERVING" && this.#set?.degraded()) return "DEGRADED";
     return this.#state;
   }
 
@@ -161,17 +179,22 @@ export class ServedVolume {
     return this.#device;
   }
 
-  /** Whether `want` is still this attachment (same epoch and lease); else detach and attach again. */
+  /**
+   * Whether `want` is still this attachment (same epoch and lease); else
+   * detach and attach again. Any change of its replicas is an update.
+   */
   matches(want: DesiredAttachment): boolean {
     return want.epoch === this.epoch && want.leaseId === this.leaseId;
   }
 
-  /** Put the fresh SAS of `want` into the running volume: no reopen, the next request uses it. */
-  refreshSas(want: DesiredAttachment): void {
-    const replica = want.replicas.find((r) => r.id === this.#replicaId);
-    if (!this.#sas || !replica?.url) return;
-    const sas = new URL(replica.url).search;
-    if (sas.length > 1) this.#sas.replace(sas);
+  /**
+   * The same attachment, desired again: put the fresh SAS of every replica
+   * into the running volume (no reopen, the next request uses it), start
+   * what the control plane asks (resync, rebuild, stop writing one) and stop
+   * using those it no longer lists.
+   */
+  update(want: DesiredAttachment): void {
+    if (this.#state === "SERVING") this.#set?.update(want);
   }
 
   /** No longer desired: unbind, drain and flush the export, close. */
@@ -181,6 +204,7 @@ export class ServedVolume {
       await this.#unbind();
       const flushError = await this.#export?.drain();
       if (flushError) this.#ctx.log.error({ volume: this.name, err: flushError }, "final flush failed");
+      await this.#set?.close();
       if (this.#state === "SERVING") this.#state = "STOPPED";
       this.#ctx.log.info({ volume: this.name, epoch: this.epoch }, "volume detached");
     })();
@@ -195,6 +219,7 @@ export class ServedVolume {
     await this.#ended;
     const flushError = await this.#export?.drain();
     if (flushError) this.#ctx.log.error({ volume: this.name, err: flushError }, "final flush failed");
+    await this.#set?.close();
   }
 
   /** The volume for the next heartbeat; closes the statistics window. */
@@ -202,11 +227,23 @@ export class ServedVolume {
     return {
       volume: this.name,
       epoch: this.epoch,
-      state: this.#state,
-      replicas: [],
+      state: this.state,
+      // The heartbeat's replica reports name no pool: the control plane knows it.
+      replicas: this.replicas().map(({ pool: _pool, ...r }) => r),
       ...(this.#device ? { device: this.#device } : {}),
       ...(this.#stats ? { stats: this.#stats.take() } : {}),
     };
+  }
+
+  /**
+   * Every replica the agent was given, as it uses them now. A volume that
+   * is not serving says nothing of its replicas: a failed writer's view is
+   * no news about them, and reporting them all OFFLINE would have the
+   * control plane take every one out.
+   */
+  replicas(): ReplicaStatus[] {
+    if (this.#state !== "SERVING") return [];
+    return this.#set?.reports() ?? [];
   }
 
   /** Counters of the engine; undefined when never opened. */
@@ -235,6 +272,7 @@ export class ServedVolume {
     this.#ended ??= (async () => {
       await this.#export?.fail();
       await this.#unbind();
+      await this.#set?.close();
     })();
   }
 

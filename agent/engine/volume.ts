@@ -61,7 +61,6 @@ import { type IoCounts, ioCounts, meter } from "./meter.ts";
 import { type SparseMap, type SparseOptions, type SparseStats, sparse } from "./sparse.ts";
 import {
   type ThrottleEvent,
-  type ThrottleLayer,
   type ThrottleOptions,
   type ThrottleStats,
   throttle,
@@ -106,10 +105,10 @@ export interface VolumeMetrics {
 export class Volume extends Layer implements BlockDevice {
   readonly #top: FailureGuard;
   readonly #latch: FailureLatch;
-  readonly #parts: Parts;
+  readonly #parts: VolumeParts;
 
   /** @internal use openVolume() */
-  constructor(top: FailureGuard, latch: FailureLatch, parts: Parts) {
+  constructor(top: FailureGuard, latch: FailureLatch, parts: VolumeParts) {
     super(top);
     this.#top = top;
     this.#latch = latch;
@@ -128,11 +127,11 @@ export class Volume extends Layer implements BlockDevice {
       client: { ...p.client },
       latency: p.latency.snapshot(),
       queueDepth: p.latency.inFlight,
-      backend: { ...p.backend },
+      backend: { ...p.backend() },
       errors: this.#top.errors,
       readModifyWrites: p.align.readModifyWrites,
       coalesce: p.coalesce.stats,
-      throttle: p.throttle.stats,
+      throttle: p.throttle(),
       sparse: p.sparse?.stats,
       failed: this.#latch.failed,
     };
@@ -171,14 +170,18 @@ export class Volume extends Layer implements BlockDevice {
   }
 }
 
-interface Parts {
+/**
+ * @internal What Volume reads its metrics from. `backend` and `throttle` are
+ * read at snapshot time: a replicated volume sums its members'.
+ */
+export interface VolumeParts {
   client: IoCounts;
   latency: ClientLatency;
-  backend: IoCounts;
+  backend: () => IoCounts;
   align: AlignLayer;
   sparse: SparseMap | undefined;
   coalesce: CoalesceLayer;
-  throttle: ThrottleLayer;
+  throttle: () => ThrottleStats;
 }
 
 /**
@@ -191,8 +194,6 @@ export async function openVolume(
 ): Promise<Volume> {
   const latch = new FailureLatch(options.onFailed);
   const backendCounts = ioCounts();
-  const clientCounts = ioCounts();
-  const latency = new ClientLatency(options.latencyClock);
   const bottom = fence(meter(backend, backendCounts), { latch });
   const throttled = throttle(bottom, {
     ...options.throttle,
@@ -200,27 +201,52 @@ export async function openVolume(
     ...(options.onEvent ? { onEvent: options.onEvent } : {}),
     signal: latch.signal,
   });
-  const scheduled = coalesce(throttled, options.coalesce);
+  const { top, parts } = stackAbove(throttled, latch, options, {
+    backend: () => backendCounts,
+    throttle: () => throttled.stats,
+  });
+  const volume = new Volume(top, latch, parts);
+  await loadMap(volume, parts, latch);
+  return volume;
+}
+
+/**
+ * @internal The upper half of every volume (failure, client meter, align,
+ * sparse, coalesce) over `lower`: the throttled backend, or the replica set.
+ */
+export function stackAbove(
+  lower: BlockDevice,
+  latch: FailureLatch,
+  options: VolumeOptions,
+  below: Pick<VolumeParts, "backend" | "throttle">,
+): { top: FailureGuard; parts: VolumeParts } {
+  const clientCounts = ioCounts();
+  const latency = new ClientLatency(options.latencyClock);
+  const scheduled = coalesce(lower, options.coalesce);
   const mapped = options.sparse === false ? undefined : sparse(scheduled, options.sparse);
   const aligned = align(mapped ?? scheduled, options.align);
   const top = failure(meter(aligned, clientCounts), { latch, latency });
-  const volume = new Volume(top, latch, {
-    client: clientCounts,
-    latency,
-    backend: backendCounts,
-    align: aligned,
-    sparse: mapped,
-    coalesce: scheduled,
-    throttle: throttled,
-  });
-  if (mapped) {
-    try {
-      await mapped.load();
-    } catch (err) {
-      if (isVolumeFatal(err)) latch.trip(err);
-      await volume.close().catch(() => {});
-      throw err;
-    }
+  return {
+    top,
+    parts: {
+      ...below,
+      client: clientCounts,
+      latency,
+      align: aligned,
+      sparse: mapped,
+      coalesce: scheduled,
+    },
+  };
+}
+
+/** @internal Load the sparse map of a freshly stacked volume; close it if that fails. */
+export async function loadMap(volume: Volume, parts: VolumeParts, latch: FailureLatch): Promise<void> {
+  if (!parts.sparse) return;
+  try {
+    await parts.sparse.load();
+  } catch (err) {
+    if (isVolumeFatal(err)) latch.trip(err);
+    await volume.close().catch(() => {});
+    throw err;
   }
-  return volume;
 }

@@ -28,7 +28,15 @@ export interface BlobProperties {
   /** Set while leased. */
   leaseDuration: "infinite" | "fixed" | undefined;
   sequenceNumber: number;
+  /** User metadata (`x-ms-meta-*`), names lower-cased. */
+  metadata: BlobMetadata;
 }
+
+/**
+ * User metadata of a blob: names are C# identifiers (the service folds them
+ * to lower case on the wire here), values printable ASCII.
+ */
+export type BlobMetadata = Record<string, string>;
 
 /** The lease id to send with a write; omit it only for blobs nobody leases. */
 export interface LeaseCondition {
@@ -86,8 +94,26 @@ export class PageBlob {
         leaseStatus: header(res.headers, "x-ms-lease-status") === "locked" ? "locked" : "unlocked",
         leaseDuration: duration === "infinite" || duration === "fixed" ? duration : undefined,
         sequenceNumber: Number(header(res.headers, "x-ms-blob-sequence-number") ?? 0),
+        metadata: metadataOf(res.headers),
       };
     });
+  }
+
+  /**
+   * Set Blob Metadata: replaces all of the blob's user metadata with
+   * `metadata` (names not given are removed). A leased blob needs the lease
+   * id; a wrong one is LeaseLost, as for a write. Values must be printable
+   * ASCII, not empty, without surrounding spaces (else Invalid, nothing sent).
+   */
+  async setMetadata(metadata: BlobMetadata, opts: LeaseCondition = {}): Promise<void> {
+    const headers: Record<string, string> = { ...leaseHeader(opts) };
+    for (const [name, value] of Object.entries(metadata)) {
+      if (!METADATA_NAME.test(name) || !METADATA_VALUE.test(value)) {
+        throw new StorageError("Invalid", `metadata ${JSON.stringify(name)}=${JSON.stringify(value)} cannot be sent`);
+      }
+      headers[`x-ms-meta-${name.toLowerCase()}`] = value;
+    }
+    await this.#t.send({ method: "PUT", query: "comp=metadata", headers, op: "Set Blob Metadata" }, drain);
   }
 
   /**
@@ -301,6 +327,24 @@ export class PageBlob {
       read,
     );
   }
+}
+
+const META_PREFIX = "x-ms-meta-";
+/** A C# identifier, as the service requires of metadata names. */
+const METADATA_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,254}$/;
+/**
+ * Printable ASCII, not empty, no surrounding spaces: the service trims
+ * them and drops empty values, so a round trip would differ.
+ */
+const METADATA_VALUE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
+
+function metadataOf(headers: OkResponse["headers"]): BlobMetadata {
+  const out: BlobMetadata = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (!name.toLowerCase().startsWith(META_PREFIX) || value === undefined) continue;
+    out[name.slice(META_PREFIX.length).toLowerCase()] = Array.isArray(value) ? value.join(",") : String(value);
+  }
+  return out;
 }
 
 function leaseHeader(opts: LeaseCondition): Record<string, string> {

@@ -1,8 +1,10 @@
 /**
  * One volume served over NBD: the engine stack over a backend, an NbdServer
  * with that one export, listening on a unix socket (mode 0600) or TCP. Shared
- * by `pagedisk serve` (one volume per process) and the agent daemon (one
- * export per attached volume), so both open, fail and stop a volume alike:
+ * by `pagedisk serve` (one volume per process, `exportVolume` opens the
+ * engine) and the agent daemon (one export per attached volume, over the
+ * replicated engine it opens itself: `serveVolume`), so both serve, fail and
+ * stop a volume alike:
  *
  * - fail():  every request already gets EIO; the export goes away, nothing is flushed;
  * - drain(): stop accepting, let connections finish, flush, close.
@@ -18,7 +20,7 @@ import type { Logger } from "../log.ts";
 import type { BlockDevice } from "../nbd/device.ts";
 import { type BoundAddress, type ListenAddress, NbdServer } from "../nbd/server.ts";
 
-/** The socket could not be bound (in use, no such directory...); the volume was closed again. */
+/** The socket could not be bound (in use, no such directory...). */
 export class ExportListenError extends Error {
   constructor(message: string, cause: unknown) {
     super(message, { cause });
@@ -26,13 +28,17 @@ export class ExportListenError extends Error {
   }
 }
 
-export interface VolumeExportOptions {
+/** Where and how an opened volume is served. */
+export interface ServeOptions {
   /** Export name clients ask for (also the default export). */
   name: string;
   /** Shown to clients that list exports, and in logs. */
   description: string;
   listen: ListenAddress;
   log: Logger;
+}
+
+export interface VolumeExportOptions extends ServeOptions {
   /** Fired once when the volume fails; call `fail()` from there. */
   onFailed: (event: VolumeFailedEvent) => void;
   onEvent?: (event: ThrottleEvent) => void;
@@ -46,7 +52,7 @@ export class VolumeExport {
   readonly address: BoundAddress;
   #ended: Promise<void> | undefined;
 
-  /** @internal use exportVolume() */
+  /** @internal use exportVolume() or serveVolume() */
   constructor(name: string, volume: Volume, server: NbdServer, address: BoundAddress) {
     this.name = name;
     this.volume = volume;
@@ -98,6 +104,21 @@ export async function exportVolume(
     ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
     ...(opts.throttle ? { throttle: opts.throttle } : {}),
   });
+  try {
+    return await serveVolume(volume, opts);
+  } catch (err) {
+    await volume.close().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Serve a volume the caller opened (the agent's replicated engine, say) as
+ * the one export of an NbdServer on `opts.listen`. Rejects with
+ * ExportListenError when the address cannot be bound; the volume is then
+ * still open, the caller's to close.
+ */
+export async function serveVolume(volume: Volume, opts: ServeOptions): Promise<VolumeExport> {
   const server = new NbdServer({
     logger: opts.log,
     exports: { [opts.name]: { device: volume, description: opts.description } },
@@ -110,7 +131,6 @@ export async function exportVolume(
     if ("unix" in address) await chmod(address.unix, 0o600);
   } catch (err) {
     await server.close().catch(() => {});
-    await volume.close().catch(() => {});
     throw new ExportListenError((err as Error).message, err);
   }
   return new VolumeExport(opts.name, volume, server, address);

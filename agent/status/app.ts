@@ -14,7 +14,7 @@ import { latencyPercentiles } from "../engine/latency.ts";
 import { type IoTotals, ioTotals } from "../engine/stats-window.ts";
 import { healthReport } from "./health.ts";
 import { statusMetrics } from "./metrics.ts";
-import type { ServedVolume, StatusSource } from "./source.ts";
+import type { ReplicaStatus, ServedVolume, StatusSource } from "./source.ts";
 
 /** Stable codes of the errors this API answers with. */
 export type StatusErrorCode = "NotFound" | "MethodNotAllowed" | "Internal";
@@ -76,6 +76,8 @@ export interface VolumeEntry {
   io: IoTotals;
   /** Percentiles over every request since open, in milliseconds. */
   latencyMs: { read: { p50: number; p99: number }; write: { p50: number; p99: number } };
+  /** Each replica as the writer uses it, with copy progress; [] outside a cluster. */
+  replicas: ReplicaStatus[];
 }
 
 function describeVolume(v: ServedVolume): VolumeEntry {
@@ -92,5 +94,6 @@ function describeVolume(v: ServedVolume): VolumeEntry {
       read: latencyPercentiles(m.latency.read.counts),
       write: latencyPercentiles(m.latency.write.counts),
     },
+    replicas: v.replicas?.() ?? [],
   };
 }

@@ -21,12 +21,19 @@ import {
 } from "../engine/latency.ts";
 import type { IoCounts } from "../engine/meter.ts";
 import type { VolumeMetrics } from "../engine/volume.ts";
-import type { ServedVolume, ServingState, StatusSource } from "./source.ts";
+import type {
+  ReplicaStatus,
+  ReplicaUse,
+  ServedVolume,
+  ServingState,
+  StatusSource,
+} from "./source.ts";
 
 /** One volume as one scrape sees it. */
 interface Observed {
   volume: ServedVolume;
   metrics: VolumeMetrics;
+  replicas: ReplicaStatus[];
 }
 
 type Labels = Record<string, string>;
@@ -59,6 +66,18 @@ const BYTE_OPS: ReadonlyArray<readonly [string, keyof IoCounts]> = [
 ];
 
 const STATES: readonly ServingState[] = ["SERVING", "DEGRADED", "FAILED", "STOPPED"];
+const REPLICA_USES: readonly ReplicaUse[] = ["ONLINE", "OFFLINE", "RESYNCING", "REBUILDING"];
+const COPYING: ReadonlySet<ReplicaUse> = new Set(["RESYNCING", "REBUILDING"]);
+const REPLICA_LABELS = ["replica", "pool"];
+
+/** One sample per replica (`pick` undefined: none for that replica). */
+const perReplica =
+  (pick: (r: ReplicaStatus) => number | undefined) =>
+  (o: Observed): Sample[] =>
+    o.replicas.flatMap((r) => {
+      const value = pick(r);
+      return value === undefined ? [] : [[{ replica: r.id, pool: r.pool }, value] as const];
+    });
 
 const byOp = (counts: IoCounts, ops: typeof REQUEST_OPS): Sample[] =>
   ops.map(([op, key]) => [{ op }, counts[key]] as const);
@@ -153,6 +172,47 @@ const GAUGES: Family[] = [
     labelNames: ["state"],
     samples: (o) => STATES.map((state) => [{ state }, o.volume.state === state ? 1 : 0] as const),
   },
+  {
+    name: "pagedisk_replica_online",
+    help: "1 when the replica is a full member (written and readable), 0 when offline or catching up.",
+    labelNames: REPLICA_LABELS,
+    samples: perReplica((r) => (r.state === "ONLINE" ? 1 : 0)),
+  },
+  {
+    name: "pagedisk_replica_state",
+    help: "1 for the state the writer has the replica in, 0 for the others.",
+    labelNames: [...REPLICA_LABELS, "state"],
+    samples: (o) =>
+      o.replicas.flatMap((r) =>
+        REPLICA_USES.map(
+          (state) => [{ replica: r.id, pool: r.pool, state }, r.state === state ? 1 : 0] as const,
+        ),
+      ),
+  },
+  {
+    name: "pagedisk_replica_copy_progress",
+    help: "Fraction done (0 to 1) of the resync or rebuild of a replica being copied to.",
+    labelNames: REPLICA_LABELS,
+    samples: perReplica((r) => (COPYING.has(r.state) ? (r.progress ?? 0) / 100 : undefined)),
+  },
+  {
+    name: "pagedisk_replica_copied_bytes",
+    help: "Bytes the current resync or rebuild of the replica has copied.",
+    labelNames: REPLICA_LABELS,
+    samples: perReplica((r) => (COPYING.has(r.state) ? (r.copiedBytes ?? 0) : undefined)),
+  },
+  {
+    name: "pagedisk_replica_copy_total_bytes",
+    help: "Bytes the current resync or rebuild of the replica has to copy in all.",
+    labelNames: REPLICA_LABELS,
+    samples: perReplica((r) => (COPYING.has(r.state) ? r.totalBytes : undefined)),
+  },
+  {
+    name: "pagedisk_replica_dirty_bytes",
+    help: "Bytes written while the replica was offline, tracked for its resync.",
+    labelNames: REPLICA_LABELS,
+    samples: perReplica((r) => r.dirtyBytes ?? 0),
+  },
 ];
 
 const DURATION = "pagedisk_request_duration_seconds";
@@ -170,7 +230,12 @@ export function statusMetrics(source: StatusSource): StatusMetrics {
   const registry = new Registry();
   let current: Observed[] | undefined;
   const observe = (): Observed[] =>
-    current ?? source.volumes().map((volume) => ({ volume, metrics: volume.metrics() }));
+    current ??
+    source.volumes().map((volume) => ({
+      volume,
+      metrics: volume.metrics(),
+      replicas: volume.replicas?.() ?? [],
+    }));
 
   for (const family of COUNTERS) {
     new Counter({

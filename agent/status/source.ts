@@ -4,11 +4,29 @@
  * implements it; the status API only reads, and reads on every request, so
  * it never holds a stale copy.
  */
-import type { SERVING_STATES } from "../../contract/node.ts";
+import type { REPORTED_REPLICA_STATES, SERVING_STATES } from "../../contract/node.ts";
 import type { VolumeMetrics } from "../engine/volume.ts";
 
 /** How a volume is doing on this node (contract/node.ts `SERVING_STATES`). */
 export type ServingState = (typeof SERVING_STATES)[number];
+
+/** How the writer uses a replica (contract/node.ts `REPORTED_REPLICA_STATES`). */
+export type ReplicaUse = (typeof REPORTED_REPLICA_STATES)[number];
+
+/** One replica of a served volume, as its writer sees it now. */
+export interface ReplicaStatus {
+  id: string;
+  pool: string;
+  state: ReplicaUse;
+  /** Percent done of a resync or rebuild (RESYNCING, REBUILDING). */
+  progress?: number;
+  copiedBytes?: number;
+  totalBytes?: number;
+  /** Bytes written while it was offline and not yet copied to it. */
+  dirtyBytes?: number;
+  /** Why it is OFFLINE, or why its copy stopped. */
+  error?: string;
+}
 
 /** The agent itself. */
 export interface NodeStatus {
@@ -34,6 +52,8 @@ export interface ServedVolume {
   /** The kernel block device bound to it, e.g. /dev/nbd3; null when not bound. */
   device: string | null;
   metrics(): VolumeMetrics;
+  /** Its replicas; absent where the volume is served from one blob outside a cluster (`pagedisk serve`). */
+  replicas?(): ReplicaStatus[];
 }
 
 /** Everything the status API shows. */

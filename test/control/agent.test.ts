@@ -6,9 +6,10 @@
  * API says (log records, heartbeats), never on a timer.
  *
  * The cases run in order on one cluster: join, attach, I/O, detach, fencing,
- * control plane outage, restart, multi-replica refusal, removal.
+ * control plane outage, restart, a two-replica volume, removal.
  */
 import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { get as httpGet } from "node:http";
@@ -174,6 +175,9 @@ describe("pagedisk agent join", () => {
       [["agent", "run", ...base, "--heartbeat-interval", "soon"], /invalid duration/],
       [["agent", "run", ...base, "--heartbeat-interval", "10ms"], /between 100ms and 60s/],
       [["agent", "run", ...base, "--status-listen", "http://x"], /unix:PATH or tcp/],
+      [["agent", "run", ...base, "--dirty-granularity", "96KiB"], /power of two from 64KiB to 1GiB/],
+      [["agent", "run", ...base, "--dirty-granularity", "32KiB"], /power of two from 64KiB to 1GiB/],
+      [["agent", "run", ...base, "--dirty-granularity", "lots"], /invalid size/],
       [["agent", "join", "--control-plane", "ftp://x", "--state-dir", fresh], /must be http/],
       [["agent", "join", ...base, "--name", "Bad Name"], /invalid node name/],
       [["agent", "join", ...base], /join-token/],
@@ -311,15 +315,43 @@ describe("pagedisk agent run", () => {
     expect(await write("vol-b", 512, Buffer.alloc(512, 8))).toBe(0);
   });
 
-  it("refuses a volume with two online replicas: FAILED, with an event saying why", async () => {
+  it("serves a volume with two replicas: each write lands in both blobs, both reported ONLINE", async () => {
     const a = agent!;
-    await createVolume("vol-two", 2);
+    const v = await createVolume("vol-two", 2);
+    expect(new Set(v.status.replicas.map((r) => r.pool))).toEqual(new Set(["pa", "pb"]));
     const from = a.logs.length;
     const attached = await api.attachVolume("vol-two", NODE);
-    await a.waitForReport((v) => v.includes(`vol-two:${attached.epoch}:FAILED`), from);
-    expect(existsSync(socketOf("vol-two"))).toBe(false);
-    const events = await api.listEvents({ volume: "vol-two", type: "volume-failed" });
-    expect(events.items[0]?.message).toContain("arrives with issue 5");
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-two", from);
+
+    const data = randomBytes(64 * 1024);
+    expect(await write("vol-two", 192 * 1024, data)).toBe(0);
+    expect(await write("vol-two", 0, Buffer.alloc(512, 0x11))).toBe(0);
+    const [first, second] = await Promise.all([
+      blobOf(v, 0).downloadToBuffer(0, MiB),
+      blobOf(v, 1).downloadToBuffer(0, MiB),
+    ]);
+    expect(first.subarray(192 * 1024, 256 * 1024).equals(data)).toBe(true);
+    expect(first.subarray(0, 512).equals(Buffer.alloc(512, 0x11))).toBe(true);
+    expect(second.equals(first)).toBe(true);
+
+    await a.waitForReport((vols) => vols.includes(`vol-two:${attached.epoch}:SERVING`), from);
+    const node = await api.getNode(NODE);
+    const reported = node.volumes.find((r) => r.volume === "vol-two");
+    expect(reported?.replicas).toEqual(
+      expect.arrayContaining(v.status.replicas.map((r) => expect.objectContaining({ id: r.id, state: "ONLINE" }))),
+    );
+    expect(reported?.replicas).toHaveLength(2);
+    const status = (await statusGet("/volumes")) as { items: Array<{ name: string; replicas: unknown[] }> };
+    expect(status.items.find((i) => i.name === "vol-two")?.replicas).toEqual(
+      expect.arrayContaining(
+        v.status.replicas.map((r) => expect.objectContaining({ id: r.id, pool: r.pool, state: "ONLINE" })),
+      ),
+    );
+    expect((await api.listEvents({ volume: "vol-two", type: "storage-failure" })).items).toEqual([]);
+    // The replicas' metadata names no replica offline: nothing was missed.
+    for (const i of [0, 1]) {
+      expect((await blobOf(v, i).getProperties()).metadata).not.toHaveProperty("pagediskoffline");
+    }
   });
 
   it("stops with exit 3 and says why when the node is removed", async () => {

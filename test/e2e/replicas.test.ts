@@ -1,0 +1,529 @@
+/**
+ * Replicated volumes end to end, with real parts only: Azurite (blob +
+ * table), the control plane in process on a real port with its sweeper
+ * (pool health, repair), and `pagedisk agent run` as a child process. Each
+ * pool is a container of the one Azurite account reached through its own
+ * endpoint: pool pa directly, pools pb and pc through a fault proxy each,
+ * so that "a pool outage" is that proxy resetting every connection (the
+ * agent's and the control plane's alike). Data goes in with nbdcopy and
+ * qemu-io (clients nobody here wrote), which also read it back verifying;
+ * the blobs are compared byte for byte from outside with the SDK.
+ *
+ * (a) A one-replica volume under writes is given a second replica
+ *     (PATCH replicas=2): the agent rebuilds it on the running export; the
+ *     NBD connection writing all along stays up, the volume is never
+ *     detached or served anew.
+ *
+ * Then cases run in order on one two-replica volume:
+ * (b) pool pb cut: clients see no error, the volume is DEGRADED, the
+ *     replica OFFLINE, a storage-failure names the pool; pool back: the
+ *     control plane orders a resync and the agent copies only the regions
+ *     written meanwhile; the replicas end byte-equal.
+ * (c) pool pb lost for good (annotated health=bad): rebuilt onto pool pc,
+ *     progress seen on the way, byte-equal, the old replica retired.
+ * (d) pool pc cut, then back: the agent is killed mid-resync; restarted,
+ *     it resumes from its dirty-region log (copies the missed regions, not
+ *     the volume).
+ * (e) the agent restarts while pool pc is cut: it serves from pa, marks
+ *     pc's replica offline on pa before any write, and brings it back with
+ *     a full resync (nothing recorded what it missed).
+ *
+ * Every wait is on something a process says (log records, heartbeats,
+ * proxy requests), never on a timer.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { get as httpGet } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ReplicaReport, VolumeReport } from "../../contract/node.ts";
+import type { Volume } from "../../contract/volume.ts";
+import { ApiClient } from "../../agent/control/api-client.ts";
+import { exportUri } from "../../agent/host/fuse-loop-driver.ts";
+import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { type AgentProcess, startAgent } from "../control/agent-process.ts";
+import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
+import { runTool } from "../harness/tools.ts";
+import { ensureBundleBuilt } from "../infra/installer.ts";
+import { CMD, RawClient } from "../nbd/raw-client.ts";
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SIZE = 8 * MiB;
+/** The agent's dirty-log granularity here: writes of 64 KiB aligned to it dirty exactly their bytes. */
+const GRANULE = 64 * KiB;
+const NODE = "node-r";
+const VOLUME = "vol-r";
+
+let azurite: Azurite;
+let cp: LocalControlPlane;
+let api: ApiClient;
+let blobs: BlobServiceClient;
+let dir: string;
+let joinToken: string;
+let proxyB: FaultProxy;
+let proxyC: FaultProxy;
+let agent: AgentProcess | undefined;
+/** What the volume must hold: every acknowledged write applied in order. */
+const expected = Buffer.alloc(SIZE);
+
+beforeAll(async () => {
+  await ensureBundleBuilt();
+  dir = await mkdtemp(join(tmpdir(), "pagedisk-replicas-"));
+  azurite = await startAzurite({ table: true });
+  [proxyB, proxyC] = await Promise.all([
+    startFaultProxy(azurite.blobEndpoint),
+    startFaultProxy(azurite.blobEndpoint),
+  ]);
+  cp = await startLocalControlPlane({
+    connectionString: azurite.connectionString,
+    env: {
+      // A pool back after an outage is GOOD (and resynced to) two seconds after the last failure
+      // report; it never turns BAD on its own here: (c) says so with the annotation.
+      PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS: "2",
+      PAGEDISK_POOL_BAD_AFTER_SECONDS: "3600",
+      PAGEDISK_POOL_PERMANENT_AFTER_SECONDS: "7200",
+    },
+    port: 0,
+    stateDir: join(dir, "cp"),
+    sweepIntervalMs: 250,
+    log: () => {},
+  });
+  api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
+  blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  await api.createPool({ name: "pa", container: "pa-disks", auth: { kind: "connectionString", connectionString: azurite.connectionString } });
+  await api.createPool({ name: "pb", container: "pb-disks", auth: { kind: "connectionString", connectionString: via(proxyB) } });
+  joinToken = (await api.createToken()).token;
+  agent = await startAgent(agentArgs(), { PAGEDISK_JOIN_TOKEN: joinToken });
+  await agent.waitForReport(() => true);
+});
+
+afterAll(async () => {
+  await agent?.stop("SIGKILL");
+  await cp?.close();
+  await Promise.all([proxyB?.close(), proxyC?.close()]);
+  await azurite?.dispose();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** A connection string for the Azurite account whose blob endpoint is `proxy`. */
+function via(proxy: FaultProxy): string {
+  return (
+    `DefaultEndpointsProtocol=http;AccountName=${azurite.accountName};` +
+    `AccountKey=${azurite.accountKey};BlobEndpoint=${proxy.blobEndpoint};`
+  );
+}
+
+function stateDir(): string {
+  return join(dir, NODE);
+}
+
+function agentArgs(): string[] {
+  return [
+    "--control-plane",
+    new URL(cp.apiUrl).origin,
+    "--state-dir",
+    stateDir(),
+    "--name",
+    NODE,
+    "--kernel",
+    "none",
+    "--heartbeat-interval",
+    "200ms",
+    "--dirty-granularity",
+    "64KiB",
+  ];
+}
+
+function socketOf(volume: string): string {
+  return join(stateDir(), "sockets", `${volume}.sock`);
+}
+
+function uri(): string {
+  return exportUri(socketOf(VOLUME), VOLUME);
+}
+
+function blobOf(v: Volume, replicaId: string) {
+  const r = v.status.replicas.find((x) => x.id === replicaId)!;
+  return blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`);
+}
+
+async function blobBytes(v: Volume, replicaId: string): Promise<Buffer> {
+  return blobOf(v, replicaId).downloadToBuffer(0, SIZE);
+}
+
+/** The volume as the agent's status API shows it now. */
+function statusVolume(): Promise<{ state: string; replicas: Array<ReplicaReport & { pool: string }> } | undefined> {
+  return new Promise((done, fail) => {
+    const req = httpGet({ socketPath: join(stateDir(), "status.sock"), path: "/volumes" }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        text += chunk;
+      });
+      res.on("end", () => {
+        const body = JSON.parse(text) as { items: Array<{ name: string; state: string; replicas: Array<ReplicaReport & { pool: string }> }> };
+        done(body.items.find((i) => i.name === VOLUME));
+      });
+    });
+    req.on("error", fail);
+  });
+}
+
+/**
+ * Read `read()` after each heartbeat the agent gets answered until `done`
+ * holds: the control plane and the agent move on their own, and each
+ * heartbeat is a moment where something may have changed.
+ */
+async function untilBeat<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
+  const a = agent!;
+  let from = a.logs.length;
+  for (let beat = 0; beat < 600; beat++) {
+    const value = await read();
+    if (done(value)) return value;
+    from = a.logs.indexOf(await a.waitForReport(() => true, from)) + 1;
+  }
+  throw new Error(`still waiting for ${what} after 600 heartbeats`);
+}
+
+/** The volume as the control plane last heard of it from this node. */
+async function reported(volume = VOLUME): Promise<VolumeReport | undefined> {
+  return (await api.getNode(NODE)).volumes.find((v) => v.volume === volume);
+}
+
+/** Put Page bytes a proxy forwards while counting; Clear Pages are counted apart. */
+function countPages(proxy: FaultProxy) {
+  const counted = { putBytes: 0, clearBytes: 0 };
+  const stop = proxy.onRequest((req) => {
+    const range = /bytes=(\d+)-(\d+)/.exec(String(req.headers["x-ms-range"] ?? ""));
+    if (!range) return;
+    const bytes = Number(range[2]) - Number(range[1]) + 1;
+    if (req.kind === "putPage") counted.putBytes += bytes;
+    if (req.kind === "clearPages") counted.clearBytes += bytes;
+  });
+  return { counted, stop };
+}
+
+/** Write 64 KiB random regions at `offsets` through qemu-io, each read back and verified by it; recorded in `expected`. */
+async function writeRegions(offsets: number[]): Promise<void> {
+  const args = ["-f", "raw", uri()];
+  for (const [i, offset] of offsets.entries()) {
+    const seed = (randomBytes(1)[0]! % 200) + 1 + i;
+    args.push("-c", `write -P ${seed} ${offset} ${GRANULE}`, "-c", `read -P ${seed} ${offset} ${GRANULE}`);
+    expected.fill(seed, offset, offset + GRANULE);
+  }
+  args.push("-c", "flush");
+  const { stdout } = await runTool("qemu-io", args);
+  expect(stdout).not.toMatch(/fail|error|Pattern verification/i);
+}
+
+/** Every byte of the export through nbdcopy. */
+async function readExport(): Promise<Buffer> {
+  const file = join(dir, "read.img");
+  await writeFile(file, "");
+  await truncate(file, SIZE);
+  await runTool("nbdcopy", [uri(), file]);
+  const data = await readFile(file);
+  await rm(file);
+  return data;
+}
+
+async function patchPool(name: string, body: unknown): Promise<void> {
+  const res = await fetch(`${cp.apiUrl}/pools/${name}/annotations`, {
+    method: "PATCH",
+    headers: { authorization: `Bearer ${cp.adminKey}`, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  expect(res.status, await res.clone().text()).toBe(200);
+}
+
+const replicaIn = (v: VolumeReport | undefined, id: string) => v?.replicas.find((r) => r.id === id);
+
+describe("raising the replica count of an attached volume", () => {
+  it("(a) rebuilds the new replica on the running export while a client writes, never reopening it", async () => {
+    const a = agent!;
+    const name = "vol-one";
+    const content = Buffer.alloc(SIZE);
+    const volume = await api.createVolume({ name, sizeBytes: SIZE, replicas: 1 });
+    const first = volume.status.replicas[0]!;
+    const attachedFrom = a.logs.length;
+    await api.attachVolume(name, NODE);
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === name, attachedFrom);
+
+    // One NBD connection for the whole case: a reopen of the export would close it.
+    const client = await RawClient.connect(socketOf(name));
+    let closed = false;
+    void client.closed.then(() => (closed = true));
+    await client.handshake(name);
+    let handle = 0n;
+    const write = async (offset: number, data: Buffer): Promise<void> => {
+      const reply = await client.request({ type: CMD.WRITE, handle: ++handle, offset, payload: data });
+      expect(reply.error).toBe(0);
+      data.copy(content, offset);
+    };
+    // The first half written, the second a hole the writer below fills piecemeal.
+    for (let at = 0; at < SIZE / 2; at += MiB) await write(at, randomBytes(MiB));
+
+    // The rebuild stops halfway, at the pool behind proxy pb: writing the new
+    // replica there, or reading the old one there; so REBUILDING is seen.
+    const upperHalf = (req: { headers: Record<string, unknown> }) =>
+      Number(/bytes=(\d+)-/.exec(String(req.headers["x-ms-range"]))?.[1] ?? 0) >= SIZE / 2;
+    proxyB.inject({ fault: { type: "hang" }, only: [first.pool === "pb" ? "getBlob" : "putPage"], match: upperHalf });
+
+    let writing = true;
+    let writes = 0;
+    let wrote: (() => void) | undefined;
+    const writer = (async () => {
+      for (let i = 0; writing; i++) {
+        await write(((i * 5) % (SIZE / GRANULE)) * GRANULE, randomBytes(GRANULE));
+        writes++;
+        wrote?.();
+      }
+    })();
+
+    let from = a.logs.length;
+    await api.updateVolume(name, { replicas: 2 });
+    const started = await a.waitForLog((r) => r.msg === "replica copy started" && r.volume === name, from);
+    expect(started).toMatchObject({ kind: "rebuild" });
+    const added = started.replica as string;
+    expect(started.pool).not.toBe(first.pool);
+    const rebuilding = await untilBeat(
+      () => reported(name),
+      (v) => replicaIn(v, added)?.state === "REBUILDING",
+      "the new replica reported REBUILDING",
+    );
+    expect(rebuilding?.state).toBe("DEGRADED");
+    expect(replicaIn(rebuilding, first.id)?.state).toBe("ONLINE");
+    proxyB.clear();
+    await a.waitForLog((r) => r.msg === "replica online" && r.replica === added, from);
+    // More writes after it is ONLINE, through the same connection: both replicas take them.
+    const target = writes + 3;
+    await new Promise<void>((resolve) => {
+      wrote = () => {
+        if (writes >= target) resolve();
+      };
+    });
+    writing = false;
+    await writer;
+
+    const record = await untilBeat(
+      () => api.getVolume(name),
+      (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
+      "both replicas ONLINE in the record",
+    );
+    await untilBeat(() => reported(name), (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report");
+    expect(writes).toBeGreaterThan(3);
+    for (const r of record.status.replicas) expect((await blobBytes(record, r.id)).equals(content)).toBe(true);
+
+    // Never reopened: served once, never detached, the client still connected.
+    const own = a.logs.slice(attachedFrom).filter((r) => r.volume === name);
+    expect(own.filter((r) => r.msg === "volume serving")).toHaveLength(1);
+    expect(own.filter((r) => r.msg === "volume detached")).toEqual([]);
+    expect(closed).toBe(false);
+    const reply = await client.request({ type: CMD.READ, handle: ++handle, offset: 0, length: MiB });
+    expect(reply.data?.equals(content.subarray(0, MiB))).toBe(true);
+
+    client.close();
+    from = a.logs.length;
+    await api.detachVolume(name);
+    await a.waitForLog((r) => r.msg === "volume detached" && r.volume === name, from);
+  });
+});
+
+describe("a two-replica volume through pool outages", () => {
+  let volume: Volume;
+  let epoch: number;
+  let idA: string;
+  let idB: string;
+  let idC: string;
+
+  it("(b) keeps serving with pool pb cut, then resyncs only what pb missed", async () => {
+    const a = agent!;
+    volume = await api.createVolume({ name: VOLUME, sizeBytes: SIZE, replicas: 2 });
+    idA = volume.status.replicas.find((r) => r.pool === "pa")!.id;
+    idB = volume.status.replicas.find((r) => r.pool === "pb")!.id;
+    let from = a.logs.length;
+    epoch = (await api.attachVolume(VOLUME, NODE)).epoch;
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME, from);
+
+    // The whole volume, written and flushed; both replicas hold it.
+    randomBytes(SIZE).copy(expected);
+    const source = join(dir, "initial.img");
+    await writeFile(source, expected);
+    await runTool("nbdcopy", ["--flush", source, uri()]);
+    expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
+    expect((await blobBytes(volume, idB)).equals(expected)).toBe(true);
+
+    // Pool pb goes away: every connection to it is reset.
+    from = a.logs.length;
+    proxyB.inject({ fault: { type: "reset" } });
+    const outage = [1 * MiB, 3 * MiB + GRANULE, 6 * MiB];
+    await writeRegions(outage);
+    const offline = await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
+    expect(offline).toMatchObject({ pool: "pb" });
+    // Reports composed while the writes went on may show fewer dirty bytes: the one after them shows all.
+    const degraded = await untilBeat(
+      reported,
+      (v) => v?.state === "DEGRADED" && replicaIn(v, idB)?.dirtyBytes === outage.length * GRANULE,
+      "a DEGRADED report with every write of the outage dirty",
+    );
+    expect(replicaIn(degraded, idB)).toMatchObject({ state: "OFFLINE", error: expect.any(String) });
+    expect(replicaIn(degraded, idA)).toMatchObject({ state: "ONLINE" });
+    const failures = await untilBeat(
+      () => api.listEvents({ volume: VOLUME, type: "storage-failure" }),
+      (page) => page.items.length > 0,
+      "a storage-failure event",
+    );
+    expect(failures.items[0]).toMatchObject({ node: NODE, pool: "pb", data: expect.objectContaining({ replica: idB }) });
+    // The durable mark: pa's blob names pb's replica as missing writes.
+    expect((await blobOf(volume, idA).getProperties()).metadata).toMatchObject({
+      pagediskoffline: idB,
+      pagediskofflineepoch: String(epoch),
+    });
+    expect((await readExport()).equals(expected)).toBe(true);
+
+    // Pool pb is back: the control plane sees it GOOD and orders a resync.
+    const pages = countPages(proxyB);
+    from = a.logs.length;
+    proxyB.clear();
+    await a.waitForLog((r) => r.msg === "replica copy started" && r.replica === idB, from);
+    await a.waitForLog((r) => r.msg === "replica online" && r.replica === idB, from);
+    pages.stop();
+    expect(pages.counted.putBytes).toBe(outage.length * GRANULE);
+    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    const record = await untilBeat(
+      () => api.getVolume(VOLUME),
+      (v) => v.status.replicas.every((r) => r.state === "ONLINE"),
+      "both replicas ONLINE in the record",
+    );
+    expect(record.status.replicas.map((r) => r.id).sort()).toEqual([idA, idB].sort());
+    expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
+    expect((await blobBytes(volume, idB)).equals(expected)).toBe(true);
+    for (const id of [idA, idB]) {
+      expect((await blobOf(volume, id).getProperties()).metadata).not.toHaveProperty("pagediskoffline");
+    }
+  });
+
+  it("(c) rebuilds onto pool pc when pool pb is lost for good, showing progress, and retires the old replica", async () => {
+    const a = agent!;
+    await api.createPool({ name: "pc", container: "pc-disks", auth: { kind: "connectionString", connectionString: via(proxyC) } });
+    let from = a.logs.length;
+    proxyB.inject({ fault: { type: "reset" } });
+    await writeRegions([2 * MiB]);
+    await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
+
+    // The second half of the copy waits at pc's proxy, so the copy is seen half done.
+    proxyC.inject({
+      fault: { type: "hang" },
+      only: ["putPage"],
+      match: (req) => Number(/bytes=(\d+)-/.exec(String(req.headers["x-ms-range"]))?.[1] ?? 0) >= SIZE / 2,
+    });
+    from = a.logs.length;
+    await patchPool("pb", { health: "bad" });
+    const started = await a.waitForLog((r) => r.msg === "replica copy started" && r.pool === "pc", from);
+    idC = started.replica as string;
+    expect(started).toMatchObject({ kind: "rebuild" });
+    const seen: number[] = [];
+    const halfway = await untilBeat(
+      statusVolume,
+      (v) => {
+        const p = v?.replicas.find((r) => r.id === idC)?.progress;
+        if (p !== undefined) seen.push(p);
+        return p !== undefined && p > 0;
+      },
+      "rebuild progress",
+    );
+    expect(halfway!.replicas.find((r) => r.id === idC)).toMatchObject({ state: "REBUILDING", pool: "pc" });
+    expect(halfway!.state).toBe("DEGRADED");
+    // The control plane has the progress too.
+    await untilBeat(
+      () => api.getVolume(VOLUME),
+      (v) => (v.status.replicas.find((r) => r.id === idC)?.progress ?? 0) > 0,
+      "progress in the record",
+    );
+    proxyC.clear();
+    await a.waitForLog((r) => r.msg === "replica online" && r.replica === idC, from);
+    expect(seen).toEqual([...seen].sort((x, y) => x - y));
+    expect(Math.max(...seen)).toBeLessThan(100);
+
+    const record = await untilBeat(
+      () => api.getVolume(VOLUME),
+      (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
+      "pb's replica retired and pc's ONLINE",
+    );
+    volume = record;
+    expect(record.status.replicas.map((r) => r.pool).sort()).toEqual(["pa", "pc"]);
+    await a.waitForLog((r) => r.msg === "replica removed" && r.replica === idB, from);
+    await untilBeat(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
+    expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
+    expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
+    const retired = await api.listEvents({ volume: VOLUME, type: "replica-retired" });
+    expect(retired.items.length).toBeGreaterThan(0);
+    expect((await readExport()).equals(expected)).toBe(true);
+  });
+
+  it("(d) resumes a resync after the agent is killed in the middle of it, from the dirty-region log", async () => {
+    let a = agent!;
+    let from = a.logs.length;
+    proxyC.inject({ fault: { type: "reset" } });
+    const outage = [512 * KiB, 5 * MiB];
+    await writeRegions(outage);
+    await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idC, from);
+    await untilBeat(reported, (v) => replicaIn(v, idC)?.state === "OFFLINE", "pc's replica reported OFFLINE");
+
+    // Back, but every Put Page waits at the proxy: the resync starts and cannot finish.
+    proxyC.resetCounts();
+    proxyC.clear();
+    proxyC.inject({ fault: { type: "hang" }, only: ["putPage"] });
+    from = a.logs.length;
+    await a.waitForLog((r) => r.msg === "replica copy started" && r.replica === idC, from);
+    await proxyC.waitFor(() => proxyC.received("putPage") > 0);
+    expect(await a.stop("SIGKILL")).toBe("SIGKILL");
+    const logFile = join(stateDir(), "dirty", VOLUME, `${idC}.${epoch}.bitmap`);
+    expect(existsSync(logFile)).toBe(true);
+
+    const pages = countPages(proxyC);
+    proxyC.clear();
+    agent = a = await startAgent(agentArgs());
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME);
+    await a.waitForLog((r) => r.msg === "replica online" && r.replica === idC);
+    pages.stop();
+    // Only what was missed: the dirty regions, not the 8 MiB volume.
+    expect(pages.counted.putBytes).toBe(outage.length * GRANULE);
+    expect(pages.counted.clearBytes).toBe(0);
+    expect(existsSync(logFile)).toBe(false);
+    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
+    expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
+    expect((await readExport()).equals(expected)).toBe(true);
+  });
+
+  it("(e) opens with an ONLINE replica's pool unreachable: serves from the other, marks it, and a full resync brings it back", async () => {
+    let a = agent!;
+    proxyC.inject({ fault: { type: "reset" } });
+    expect(await a.stop("SIGTERM")).toBe(0);
+    agent = a = await startAgent(agentArgs());
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME);
+    expect(await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idC)).toMatchObject({ pool: "pc" });
+    // Marked on the reachable replica before the first write was taken.
+    expect((await blobOf(volume, idA).getProperties()).metadata).toMatchObject({ pagediskoffline: idC });
+    await writeRegions([7 * MiB]);
+    const degraded = await untilBeat(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
+    expect(replicaIn(degraded, idC)).toMatchObject({ state: "OFFLINE", error: expect.stringContaining("not reachable at open") });
+
+    // Back: no dirty log covers what it missed since the open, so the resync copies all the source holds.
+    const pages = countPages(proxyC);
+    const from = a.logs.length;
+    proxyC.clear();
+    await a.waitForLog((r) => r.msg === "replica online" && r.replica === idC, from);
+    pages.stop();
+    expect(pages.counted.putBytes).toBe(SIZE);
+    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
+    expect((await blobOf(volume, idA).getProperties()).metadata).not.toHaveProperty("pagediskoffline");
+  });
+});
