@@ -19,7 +19,9 @@
  *   otherwise it waits, and its message says for what;
  * - fewer replicas than `spec.replicas`: new CREATING ones; more: the
  *   surplus goes RETIRING, non-ONLINE first, then the least healthy pool;
- * - no ONLINE replica to copy from: `replica-repair-failed`, once.
+ * - no ONLINE replica to copy from: the OFFLINE replicas say so, and the
+ *   volume gets one `replica-repair-failed` (not one per replica, nor one
+ *   per pass: only when none of its replicas said so before).
  */
 import type { ControlPlaneEventType } from "../../contract/event.ts";
 import type { VolumeReport } from "../../contract/node.ts";
@@ -198,7 +200,7 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
   const added: Replica[] = [];
   replicas = replicas.map((r) => {
     if (r.state !== "OFFLINE" || isReplaced(replicas, r) || moved.has(r.id)) return r;
-    if (!hasSource) return withMessage(r, NO_SOURCE, true);
+    if (!hasSource) return withMessage(r, NO_SOURCE);
     const pool = inputs.pools.get(r.pool);
     if (isLostPool(pool, now, policy)) {
       const [target] = place(1, [...replicas, ...added]);
@@ -222,6 +224,17 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
     );
   });
   replicas = [...replicas, ...added];
+  // The volume as a whole has nothing to copy from: one event for it, when its replicas first say so.
+  const stranded = replicas.filter((r) => r.message === NO_SOURCE);
+  if (stranded.length > 0 && !v.status.replicas.some((r) => r.message === NO_SOURCE)) {
+    events.push({
+      type: "replica-repair-failed",
+      volume: v.name,
+      ...(owner ? { node: owner } : {}),
+      message: `volume ${v.name}: ${NO_SOURCE}; ${stranded.map((r) => `${r.id} on ${r.pool}`).join(", ")} cannot be repaired`,
+      data: { replicas: stranded.map((r) => r.id) },
+    });
+  }
 
   // 4. The replica count.
   const members = countMembers(replicas);

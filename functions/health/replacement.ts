@@ -23,7 +23,9 @@
  * cannot be moved (the moves already started go on, and are still shown),
  * RELEASED once none is left on it, and with the `removal=ready`
  * annotation a RELEASED pool is then removed (REMOVING -> REMOVED, the row
- * deleted, the container left alone).
+ * deleted, the container left alone). A removal interrupted at REMOVING is
+ * finished the same way; one that finds a replica on the pool (a creation
+ * racing it) puts the pool back RELEASED and is tried again next pass.
  *
  * The pool row is written (ETag-conditional) only when its release or
  * usage changes: progress is copied from the replica records, which are
@@ -116,8 +118,12 @@ export async function advanceRelease(
 ): Promise<Read<PoolRecord> | undefined> {
   const pool = read.value;
   if (pool.usage === "RELEASED" || pool.usage === "REMOVING") {
-    if (pool.annotations.removal === "ready") return remove(cp, pool.name, report);
-    return read;
+    if (pool.annotations.removal !== "ready") return read;
+    // A replica on a RELEASED pool is a creation racing its release, soon rolled back: wait
+    // for it without writing. A REMOVING one goes back to RELEASED by the removal itself.
+    const holding = all.some((v) => v.status.replicas.some((r) => r.pool === pool.name));
+    if (holding && pool.usage === "RELEASED") return read;
+    return remove(cp, pool.name, report);
   }
   if (pool.usage !== "RELEASING" && pool.usage !== "FAILED") return read;
 
@@ -361,12 +367,22 @@ async function noteProgress(
   }
 }
 
+/**
+ * Remove a RELEASED (or half-removed) pool; undefined once it is gone. A
+ * replica found on it after all puts it back as it was (remove-pool.ts),
+ * and the pool is returned as it now stands, for the next pass to retry.
+ */
 async function remove(
   cp: ControlPlane,
   name: string,
   report: ReplacementReport,
-): Promise<undefined> {
-  await removePool(cp, name);
+): Promise<Read<PoolRecord> | undefined> {
+  try {
+    await removePool(cp, name);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.code === "PoolInUse")) throw err;
+    return pools(cp.registry).get(name);
+  }
   report.removed.push(name);
   return undefined;
 }

@@ -20,9 +20,19 @@
  *    the volumes, whose repair (repair.ts) reads it: every other ATTACHED
  *    or DETACHED volume gets a repair pass, which reads its writer's
  *    report from the node rows listed in 1.
+ * 6. Pool releases are advanced last (replacement.ts): the moves they
+ *    start are carried on by the repair of later passes.
  *
- * Reads are four queries (nodes, pools, recent failure events, volumes)
- * and one probe per pool per pass; writes happen only where something
+ * What a pass reads: the nodes; the pools and the window of recent
+ * failure events (`suspectWindowMs`, one range query: reported-failures.ts);
+ * one probe per pool (Get Container Properties, `probeTimeoutMs` at most);
+ * the volumes; and for the releases the pools again, with the volumes again
+ * only when a pool has a release to advance (and once more for each move
+ * it starts: repair.ts `moveReplica`). That is five queries and the
+ * probes over a cluster with no release under way. Volumes acted on read
+ * more (fencing reads the pool of each replica, a resumed failover its
+ * latest `volume-fenced` event), and the repair calls a pool only for a
+ * replica it leases, makes or deletes. Writes happen only where something
  * changes, so a pass over a healthy cluster writes nothing and a second
  * pass right after any pass finds nothing to do.
  */

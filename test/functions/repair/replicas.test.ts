@@ -10,7 +10,6 @@ import type { Faults } from "../../../functions/control-plane.ts";
 import { moveReplica } from "../../../functions/health/repair.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
-import { replicaStates } from "../../../functions/registry/replica-states.ts";
 import { errorOf, jsonOf } from "../fixture.ts";
 import { POLICY, startWorld, type World } from "./world.ts";
 
@@ -38,16 +37,6 @@ async function allOnline(name: string): Promise<void> {
     },
   ]);
 }
-
-describe("replica states", () => {
-  it("allow only the design's moves", () => {
-    expect(replicaStates.allows("CREATING", "REBUILDING")).toBe(true);
-    expect(replicaStates.allows("OFFLINE", "RESYNCING")).toBe(true);
-    expect(replicaStates.allows("OFFLINE", "ONLINE")).toBe(false);
-    expect(replicaStates.allows("RETIRING", "ONLINE")).toBe(false);
-    expect(replicaStates.allows("ONLINE", "RESYNCING")).toBe(false);
-  });
-});
 
 describe("PATCH replicas", () => {
   it("raised: a new replica is made on another pool and rebuilt", async () => {

@@ -44,6 +44,8 @@ export interface World {
   /** One sweep pass, after a heartbeat of every node with its last reports. */
   pass(faults?: Faults): Promise<void>;
   join(node: string): Promise<void>;
+  /** `node` stops heartbeating (its agent died): later passes leave it silent. */
+  silence(node: string): void;
   /** Heartbeat `node` with these volume reports (kept for the next passes). */
   report(node: string, volumes: VolumeReport[]): Promise<void>;
   create(name: string, spec?: Record<string, unknown>): Promise<Volume>;
@@ -115,6 +117,9 @@ export async function startWorld(): Promise<World> {
       });
       credentials.set(node, (await jsonOf<JoinResponse>(res, 201)).credential);
       lastReports.set(node, []);
+    },
+    silence(node) {
+      lastReports.delete(node);
     },
     report,
     async create(name, spec = {}) {
