@@ -11,6 +11,9 @@
  *     Table transactions per heartbeat, sweeper cost for 1,000 nodes.
  * (e) Real agent processes (bench/agent.ts): start time, memory, attach
  *     latency to NBD answering, failover time, bundle size.
+ * (f) Replicas (bench/replicas.ts): write throughput with 2 replicas against
+ *     1, bytes resynced after an outage against bytes written during it,
+ *     rebuild MiB/s.
  *
  * Sections (a) and (c) run each workload ROUNDS times, ours and the peer
  * alternately, and report the median of each: the peer alone moves by a
@@ -19,7 +22,7 @@
  * Env: PAGEDISK_BENCH_SECONDS (default 5) per timed job;
  * PAGEDISK_BENCH_ROUNDS (default 3) for (a) and (c);
  * PAGEDISK_BENCH_ONLY=agent,control-plane runs only the sections named
- * (memory, azurite, control-plane, agent; default all).
+ * (memory, azurite, control-plane, agent, replicas; default all).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -33,6 +36,7 @@ import type { PageBlob } from "../agent/pageblob/page-blob.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
 import { type ServeProcess, startServe } from "../test/harness/serve.ts";
 import { agentSection } from "./agent.ts";
+import { replicasSection } from "./replicas.ts";
 import { controlPlaneSection } from "./control-plane.ts";
 import { closedLoop } from "./closed-loop.ts";
 import { type FioJob, type FioResult, runFio } from "./fio.ts";
@@ -41,7 +45,7 @@ import { percentile, type TextRow } from "./rows.ts";
 const SECONDS = Number(process.env.PAGEDISK_BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.PAGEDISK_BENCH_ROUNDS ?? 3);
 const MiB = 1024 * 1024;
-const SECTIONS = ["memory", "azurite", "control-plane", "agent"];
+const SECTIONS = ["memory", "azurite", "control-plane", "agent", "replicas"];
 const only = (process.env.PAGEDISK_BENCH_ONLY ?? "").split(",").map((s) => s.trim()).filter(Boolean);
 for (const name of only) {
   if (!SECTIONS.includes(name)) {
@@ -219,4 +223,5 @@ if (runs("memory")) await memorySection();
 if (runs("azurite")) await azuriteSection();
 if (runs("control-plane")) rows.push(...(await controlPlaneSection()));
 if (runs("agent")) rows.push(...(await agentSection()));
+if (runs("replicas")) rows.push(...(await replicasSection({ seconds: SECONDS, rounds: ROUNDS })));
 printTable();
