@@ -18,6 +18,7 @@ import { execFileSync } from "node:child_process";
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { build } from "esbuild";
+import { NODE_BUNDLE, REQUIRE_SHIM } from "./bundle-options.mjs";
 
 const repository = resolve(import.meta.dirname, "..");
 const staging = join(repository, "dist", "functions-package");
@@ -34,19 +35,11 @@ rmSync(zipFile, { force: true });
 await build({
   entryPoints: ["functions/index.ts"],
   outfile: join(staging, entry),
-  bundle: true,
-  platform: "node",
-  target: "node22",
-  format: "esm",
-  sourcemap: "linked",
-  legalComments: "none",
-  logLevel: "warning",
+  ...NODE_BUNDLE,
   // Not a package: the Functions worker hands it to @azure/functions through require().
   external: ["@azure/functions-core"],
-  banner: {
-    // CommonJS dependencies (and @azure/functions' require of the worker's core API) need a require().
-    js: "import { createRequire as __pagediskRequire } from 'node:module';\nconst require = __pagediskRequire(import.meta.url);",
-  },
+  // @azure/functions requires the worker's core API too.
+  banner: { js: REQUIRE_SHIM },
 });
 
 const project = JSON.parse(readFileSync("package.json", "utf8"));
