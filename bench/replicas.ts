@@ -10,8 +10,10 @@
  *   cost a full memcpy into the memory backend (1 MiB writes run at memory
  *   bandwidth, and a second copy halves them or worse), and every Azurite
  *   shares the same 2 cores with us. In Azure the replicas sit in separate
- *   accounts and the writes to them overlap; the 4 KiB row shows the
- *   per-request CPU cost of the second member.
+ *   accounts and the writes to them overlap; the latency-bound row shows
+ *   that overlap (each request held 50 ms at a proxy, so waiting, not CPU,
+ *   bounds it), and the 4 KiB row the per-request CPU cost of the second
+ *   member.
  * - Resync: one replica's pool cut (a fault proxy answering 403), writes
  *   made meanwhile, the pool back, `resync()`: bytes copied against bytes
  *   written during the outage, for sequential writes and for scattered
@@ -37,6 +39,8 @@ import { percentile, type TextRow } from "./rows.ts";
 const MiB = 1024 * 1024;
 const SIZE = 256 * MiB;
 const SECTION = "replicas: 2 / 1";
+/** Delay per request of the latency-bound row: far above Azurite's own time per 64 KiB write. */
+const LATENCY_MS = 50;
 
 type Open = (
   members: ReplicaMember[],
@@ -163,6 +167,34 @@ async function azuriteRows(
       }
     });
     rows.push(ratioRow("Azurite write-1m-qd8 (two accounts)", aw2, aw1, 0.8, fmtBw));
+
+    // Latency-bound: every request held LATENCY_MS at a proxy in front of each account, so
+    // the time goes to waiting as it does across a network, not to the emulators' CPU.
+    const delayed = await Promise.all(accounts.map((a) => startFaultProxy(a.blobEndpoint)));
+    try {
+      for (const p of delayed) p.inject({ fault: { type: "delay", ms: LATENCY_MS } });
+      const delayedMembers = async (n: 1 | 2): Promise<ReplicaMember[]> => {
+        const list: ReplicaMember[] = [];
+        for (let i = 0; i < n; i++) {
+          const a = accounts[i]!;
+          const pb = openPageBlob(`${delayed[i]!.blobEndpoint}/bench/r${blobs++}.vhd`, { connectionString: a.connectionString });
+          await pb.create(SIZE);
+          list.push({ id: `d${i}`, pool: `account-${i + 1}`, device: new PageBlobBackend(pb, SIZE) });
+        }
+        return list;
+      };
+      const [lw2, lw1] = await compare(async (n) => {
+        const vol = await open(await delayedMembers(n));
+        try {
+          return await randomWrites(vol, 64 * 1024, 8, opts.seconds);
+        } finally {
+          await vol.close();
+        }
+      });
+      rows.push(ratioRow(`Azurite +${LATENCY_MS} ms per request, randwrite-64k-qd8`, lw2, lw1, 0.8, fmtBw));
+    } finally {
+      for (const p of delayed) await p.close();
+    }
 
     // Resync after an outage of the second account, sequential then scattered writes.
     for (const kind of ["sequential 1 MiB", "scattered 64 KiB"] as const) {
