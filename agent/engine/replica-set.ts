@@ -232,8 +232,8 @@ export class ReplicaSet extends Layer implements BlockDevice {
       if (m.progress) {
         s.copiedBytes = m.progress.copiedBytes;
         s.totalBytes = m.progress.totalBytes;
-        const { copiedBytes, totalBytes } = m.progress;
-        s.progress = totalBytes === 0 ? 100 : Math.min(100, (100 * copiedBytes) / totalBytes);
+        // Until the plan exists (in-flight writes settling, the allocation being read) it is 0.
+        s.progress = m.progress instanceof Copy ? Math.min(100, m.progress.percent) : 0;
       }
       if (m.error !== undefined) s.error = m.error;
       return s;

@@ -27,6 +27,10 @@
  * (e) the agent restarts while pool pc is cut: it serves from pa, marks
  *     pc's replica offline on pa before any write, and brings it back with
  *     a full resync (nothing recorded what it missed).
+ * (f) pool pc lost for good, rebuilt onto pool pd: the agent is killed
+ *     mid-rebuild; restarted, it rebuilds again from the start (a rebuild
+ *     keeps no record of what it copied), the new replica ends byte-equal
+ *     and pc's is retired, its blob deleted.
  *
  * Every wait is on something a process says (log records, heartbeats,
  * proxy requests), never on a timer.
@@ -67,6 +71,7 @@ let dir: string;
 let joinToken: string;
 let proxyB: FaultProxy;
 let proxyC: FaultProxy;
+let proxyD: FaultProxy;
 let agent: AgentProcess | undefined;
 /** What the volume must hold: every acknowledged write applied in order. */
 const expected = Buffer.alloc(SIZE);
@@ -75,7 +80,8 @@ beforeAll(async () => {
   await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-replicas-"));
   azurite = await startAzurite({ table: true });
-  [proxyB, proxyC] = await Promise.all([
+  [proxyB, proxyC, proxyD] = await Promise.all([
+    startFaultProxy(azurite.blobEndpoint),
     startFaultProxy(azurite.blobEndpoint),
     startFaultProxy(azurite.blobEndpoint),
   ]);
@@ -105,7 +111,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await agent?.stop("SIGKILL");
   await cp?.close();
-  await Promise.all([proxyB?.close(), proxyC?.close()]);
+  await Promise.all([proxyB?.close(), proxyC?.close(), proxyD?.close()]);
   await azurite?.dispose();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
@@ -208,6 +214,11 @@ function countPages(proxy: FaultProxy) {
   return { counted, stop };
 }
 
+/** Whether a proxied request writes at or above the middle of the volume. */
+function upperHalf(req: { headers: Record<string, unknown> }): boolean {
+  return Number(/bytes=(\d+)-/.exec(String(req.headers["x-ms-range"]))?.[1] ?? 0) >= SIZE / 2;
+}
+
 /** Write 64 KiB random regions at `offsets` through qemu-io, each read back and verified by it; recorded in `expected`. */
 async function writeRegions(offsets: number[]): Promise<void> {
   const args = ["-f", "raw", uri()];
@@ -270,8 +281,6 @@ describe("raising the replica count of an attached volume", () => {
 
     // The rebuild stops halfway, at the pool behind proxy pb: writing the new
     // replica there, or reading the old one there; so REBUILDING is seen.
-    const upperHalf = (req: { headers: Record<string, unknown> }) =>
-      Number(/bytes=(\d+)-/.exec(String(req.headers["x-ms-range"]))?.[1] ?? 0) >= SIZE / 2;
     proxyB.inject({ fault: { type: "hang" }, only: [first.pool === "pb" ? "getBlob" : "putPage"], match: upperHalf });
 
     let writing = true;
@@ -417,11 +426,7 @@ describe("a two-replica volume through pool outages", () => {
     await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
 
     // The second half of the copy waits at pc's proxy, so the copy is seen half done.
-    proxyC.inject({
-      fault: { type: "hang" },
-      only: ["putPage"],
-      match: (req) => Number(/bytes=(\d+)-/.exec(String(req.headers["x-ms-range"]))?.[1] ?? 0) >= SIZE / 2,
-    });
+    proxyC.inject({ fault: { type: "hang" }, only: ["putPage"], match: upperHalf });
     from = a.logs.length;
     await patchPool("pb", { health: "bad" });
     const started = await a.waitForLog((r) => r.msg === "replica copy started" && r.pool === "pc", from);
@@ -525,5 +530,69 @@ describe("a two-replica volume through pool outages", () => {
     await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     expect((await blobOf(volume, idA).getProperties()).metadata).not.toHaveProperty("pagediskoffline");
+  });
+
+  it("(f) finishes a rebuild interrupted by kill -9 of the agent, and retires the replica it replaces", async () => {
+    let a = agent!;
+    // Where (e) leaves the volume; said at once should an earlier case have failed.
+    expect(await reported()).toMatchObject({ state: "SERVING" });
+    await api.createPool({ name: "pd", container: "pd-disks", auth: { kind: "connectionString", connectionString: via(proxyD) } });
+    let from = a.logs.length;
+    proxyC.inject({ fault: { type: "reset" } });
+    await writeRegions([4 * MiB + 2 * GRANULE]);
+    await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idC, from);
+
+    // The upper half of the rebuild waits at pd's proxy: the agent dies with the copy half done.
+    proxyD.inject({ fault: { type: "hang" }, only: ["putPage"], match: upperHalf });
+    from = a.logs.length;
+    await patchPool("pc", { health: "bad" });
+    const started = await a.waitForLog((r) => r.msg === "replica copy started" && r.pool === "pd", from);
+    expect(started).toMatchObject({ kind: "rebuild" });
+    const idD = started.replica as string;
+    const rebuilding = await untilBeat(
+      () => api.getVolume(VOLUME),
+      (v) => (v.status.replicas.find((r) => r.id === idD)?.progress ?? 0) > 0,
+      "rebuild progress in the record",
+    );
+    expect(rebuilding.status.replicas.find((r) => r.id === idD)).toMatchObject({ state: "REBUILDING", pool: "pd", replaces: idC });
+    await proxyD.waitFor(() => proxyD.received("putPage") > proxyD.forwarded("putPage"));
+    expect(await a.stop("SIGKILL")).toBe("SIGKILL");
+    // pc answers again, so that retiring its replica can delete the blob; the annotation keeps it out of use.
+    proxyC.clear();
+
+    // Restarted: the record still asks for the rebuild, and the agent starts it over.
+    const pages = countPages(proxyD);
+    agent = a = await startAgent(agentArgs());
+    await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME);
+    expect(await a.waitForLog((r) => r.msg === "replica copy started" && r.replica === idD)).toMatchObject({ kind: "rebuild" });
+    // The lower half, copied before the kill, is copied again before the held upper half is let through.
+    await proxyD.waitFor(() => pages.counted.putBytes > SIZE / 2);
+    proxyD.clear();
+    await a.waitForLog((r) => r.msg === "replica online" && r.replica === idD);
+    pages.stop();
+    // From the start: every allocated byte of the source (all of it) once more.
+    expect(pages.counted.putBytes).toBe(SIZE);
+    expect(pages.counted.clearBytes).toBe(0);
+
+    const record = await untilBeat(
+      () => api.getVolume(VOLUME),
+      (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
+      "pc's replica retired and pd's ONLINE",
+    );
+    volume = record;
+    expect(record.status.replicas.map((r) => r.id).sort()).toEqual([idA, idD].sort());
+    await a.waitForLog((r) => r.msg === "replica removed" && r.replica === idC);
+    // The record is written before the event is noted.
+    const retired = await untilBeat(
+      () => api.listEvents({ volume: VOLUME, type: "replica-retired" }),
+      (page) => page.items.some((e) => e.data?.replica === idC),
+      "pc's replica-retired event",
+    );
+    expect(retired.items.find((e) => e.data?.replica === idC)).toMatchObject({ pool: "pc", data: { blobDeleted: true } });
+    expect(await blobs.getContainerClient("pc-disks").getPageBlobClient(`${VOLUME}/${idC}`).exists()).toBe(false);
+    await untilBeat(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
+    expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
+    expect((await blobBytes(volume, idD)).equals(expected)).toBe(true);
+    expect((await readExport()).equals(expected)).toBe(true);
   });
 });

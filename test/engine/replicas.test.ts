@@ -41,6 +41,17 @@ class Persistent extends ProbeDevice {
   }
 }
 
+/** A device whose allocation answers wait on `hold` while it is set, as a slow Get Page Ranges does. */
+class HeldAllocation extends Persistent {
+  hold: Promise<void> | undefined;
+  asked = 0;
+  protected override handle<T>(call: Call, run: () => Promise<T>): Promise<T> {
+    if (call.op !== "blockStatus" || !this.hold) return super.handle(call, run);
+    this.asked++;
+    return this.hold.then(() => super.handle(call, run));
+  }
+}
+
 function memory(): MemoryBackend {
   return new MemoryBackend({ size: SIZE, chunkSize: 64 * KiB });
 }
@@ -303,6 +314,24 @@ describe("openReplicatedVolume over memory members", () => {
     expect(await sameBytes(mems[0]!, fresh)).toBe(true);
     expect(await fresh.blockStatus(0, SIZE)).toEqual(await mems[0]!.blockStatus(0, SIZE));
     expect(onlineCalls).toEqual([["r9", ["r0", "r1", "r9"]]]);
+  });
+
+  it("reports a copy at 0 percent until its plan exists, not 100", async () => {
+    const source = new HeldAllocation(mems[0]!);
+    vol = await openReplicatedVolume([{ id: "r0", pool: "pool0", device: source }], options());
+    await vol.write(0, pattern(3, 2 * MiB));
+    let answer!: () => void;
+    source.hold = new Promise((resolve) => (answer = resolve));
+    const fresh = memory();
+    const rebuild = vol.rebuild({ id: "r9", pool: "pool9", device: fresh });
+    await settle();
+    // The source's allocation answer is held: nothing is planned, nothing copied.
+    expect(source.asked).toBe(1);
+    expect(vol.replicas()[1]).toMatchObject({ id: "r9", state: "REBUILDING", progress: 0, copiedBytes: 0 });
+    answer();
+    await rebuild;
+    expect(vol.replicas()[1]).toEqual({ id: "r9", pool: "pool9", state: "ONLINE", dirtyBytes: 0 });
+    expect(await sameBytes(mems[0]!, fresh)).toBe(true);
   });
 
   it("resyncs a member opened offline without a log in full, clearing stale data in the source's holes", async () => {
