@@ -177,3 +177,20 @@ export async function allocation(
   }
   return { allocated, holes };
 }
+
+/** Where two sorted, disjoint range lists overlap. */
+export function intersect(a: CopyRange[], b: CopyRange[]): CopyRange[] {
+  const out: CopyRange[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i]!;
+    const y = b[j]!;
+    const start = Math.max(x.offset, y.offset);
+    const end = Math.min(x.offset + x.length, y.offset + y.length);
+    if (start < end) out.push({ offset: start, length: end - start });
+    if (x.offset + x.length <= y.offset + y.length) i++;
+    else j++;
+  }
+  return out;
+}

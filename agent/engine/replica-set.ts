@@ -44,6 +44,7 @@ import {
   type CopyRange,
   type CopySource,
   DEFAULT_CHUNK_BYTES,
+  intersect,
   type RangeLock,
 } from "./copy.ts";
 import { DEFAULT_GRANULARITY, DirtyLog, dirtyLogPath, removeStaleLogs } from "./dirty-log.ts";
@@ -702,16 +703,21 @@ export class ReplicaSet extends Layer implements BlockDevice {
         m.log ??= this.#openLog(m);
         plan = { ranges: [...(await m.log).regions()] };
       } else {
-        const { allocated, holes } = await allocation(this.#source, this.size);
-        // A new blob is all holes already; an old one may hold stale data in the source's holes.
-        plan = state === "RESYNCING" ? { ranges: allocated, holes } : { ranges: allocated };
+        // The target may hold data where the source has none: an old replica's
+        // stale bytes, or what an interrupted rebuild wrote before trims and
+        // zeroes reached only the source. Those are cleared; a new blob has none.
+        const [{ allocated, holes }, onTarget] = await Promise.all([
+          allocation(this.#source, this.size),
+          allocation(target, this.size),
+        ]);
+        plan = { ranges: allocated, holes: intersect(holes, onTarget.allocated) };
       }
       this.#stillCatchingUp(m, generation);
       copy = new Copy({
         ...plan,
         source: this.#source,
         target,
-        clearHoles: state === "RESYNCING",
+        clearHoles: state === "RESYNCING" || (plan.holes?.length ?? 0) > 0,
         lock: this.#lock,
         chunkBytes: this.#o.copyChunkBytes ?? DEFAULT_CHUNK_BYTES,
         ...(this.#o.copyConcurrency !== undefined ? { concurrency: this.#o.copyConcurrency } : {}),

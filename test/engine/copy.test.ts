@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { allocation, Copy, type RangeLock } from "../../agent/engine/copy.ts";
+import { allocation, Copy, intersect, type RangeLock } from "../../agent/engine/copy.ts";
 import { MemoryBackend } from "../../agent/engine/memory.ts";
 import { pattern } from "../conformance/block-device-suite.ts";
 import { ProbeDevice } from "./fixtures.ts";
@@ -66,5 +66,18 @@ describe("Copy", () => {
     const stopped = new Copy({ source, target, ranges: allocated, clearHoles: false, lock, signal: controller.signal });
     await expect(stopped.run()).rejects.toThrow("target offline");
     expect(stopped.copiedBytes).toBe(0);
+  });
+});
+
+describe("intersect", () => {
+  const r = (offset: number, length: number) => ({ offset, length });
+  it("keeps only where both lists cover, across partial and nested overlaps", () => {
+    expect(intersect([r(0, 10), r(20, 10), r(40, 5)], [r(5, 20), r(28, 30)])).toEqual([r(5, 5), r(20, 5), r(28, 2), r(40, 5)]);
+    expect(intersect([r(0, 100)], [r(10, 1), r(50, 2)])).toEqual([r(10, 1), r(50, 2)]);
+  });
+  it("is empty when either side is, or they only touch", () => {
+    expect(intersect([], [r(0, 10)])).toEqual([]);
+    expect(intersect([r(0, 10)], [])).toEqual([]);
+    expect(intersect([r(0, 10)], [r(10, 10)])).toEqual([]);
   });
 });

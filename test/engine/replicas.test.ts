@@ -334,6 +334,20 @@ describe("openReplicatedVolume over memory members", () => {
     expect(await sameBytes(mems[0]!, fresh)).toBe(true);
   });
 
+  it("clears on a rebuild's target what an earlier attempt left where the source is now a hole, and only that", async () => {
+    const v = await open(1);
+    await v.write(0, pattern(1, 2 * MiB));
+    // An interrupted rebuild copied 8 MiB..10 MiB; the source then zeroed it, and 4 MiB more the target never had.
+    const stale = memory();
+    await stale.write(0, pattern(1, 2 * MiB));
+    await stale.write(8 * MiB, pattern(2, 2 * MiB));
+    await v.writeZeroes(8 * MiB, 6 * MiB);
+    await v.rebuild({ id: "r9", pool: "pool9", device: stale });
+    expect(await sameBytes(mems[0]!, stale)).toBe(true);
+    expect(await stale.blockStatus(0, SIZE)).toEqual(await mems[0]!.blockStatus(0, SIZE));
+    expect(v.metrics().replication).toMatchObject({ copiedBytes: 2 * MiB, clearedBytes: 2 * MiB });
+  });
+
   it("resyncs a member opened offline without a log in full, clearing stale data in the source's holes", async () => {
     await mems[1]!.write(10 * MiB, pattern(7, 1 * MiB));
     await mems[0]!.write(0, pattern(8, 2 * MiB));
