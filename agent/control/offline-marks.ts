@@ -65,10 +65,15 @@ export class OfflineMarks {
     this.#blobs.set(id, blob);
   }
 
-  /** `id` left the volume: no more marks on its blob, and it is named nowhere. */
-  forget(id: string): void {
+  /**
+   * `id` left the volume: no more marks on its blob, and, if it was named,
+   * the marks are written without it on the replicas of `online`, so that
+   * no survivor names a replica that no longer exists.
+   */
+  async forget(id: string, online: readonly string[]): Promise<void> {
     this.#blobs.delete(id);
-    this.#marked.delete(id);
+    if (!this.#marked.delete(id)) return;
+    await this.#write(online, `drop the offline mark of retired replica ${id}`);
   }
 
   /**

@@ -341,14 +341,16 @@ export class ServedReplicas {
   #remove(id: string): void {
     this.#removed.add(id);
     const log = this.#o.log.child({ replica: id });
-    this.#volume.remove(id).then(
-      () => {
-        this.#marks.forget(id);
+    this.#volume
+      .remove(id)
+      .then(async () => {
         this.#errors.delete(id);
+        const online = this.#volume.replicas().flatMap((m) => (m.state === "ONLINE" ? [m.id] : []));
+        // A stale mark only costs a full copy of a replica that no longer exists: never fatal.
+        await this.#marks.forget(id, online).catch((err: unknown) => log.warn({ err }, "offline mark of a removed replica left"));
         log.info("replica removed");
-      },
-      (err: unknown) => log.warn({ err }, "replica could not be removed"),
-    );
+      })
+      .catch((err: unknown) => log.warn({ err }, "replica could not be removed"));
   }
 
   #onFailure(f: ReplicaFailure): void {

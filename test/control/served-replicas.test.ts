@@ -177,6 +177,28 @@ describe("ServedReplicas on Azurite", () => {
     expect(records.filter((r) => r.msg === "replica could not be taken offline")).toHaveLength(1);
   });
 
+  it("drops a retired replica's offline mark from the survivors' metadata", async () => {
+    const { log, waitFor } = recordingLog();
+    const a = await createBlob("vol-ret", "pa");
+    const c = await createBlob("vol-ret", "pc");
+    const b = await createBlob("vol-ret", "pb");
+    const volume = await open(desired("vol-ret", [[a, "ONLINE"], [c, "ONLINE"], [b, "ONLINE"]]), log);
+    await volume.write(0, pattern(4, GRANULE));
+    served!.update(desired("vol-ret", [[a, "ONLINE"], [c, "ONLINE"], [b, "OFFLINE"]]));
+    await waitFor((r) => r.msg === "replica taken offline as the control plane asks" && r.replica === b.id);
+    expect(await metadata(a)).toMatchObject({ pagediskoffline: b.id });
+    expect(await metadata(c)).toMatchObject({ pagediskoffline: b.id });
+
+    served!.update(desired("vol-ret", [[a, "ONLINE"], [c, "ONLINE"]]));
+    await waitFor((r) => r.msg === "replica removed" && r.replica === b.id);
+    for (const x of [a, c]) {
+      const left = await metadata(x);
+      expect(left).not.toHaveProperty("pagediskoffline");
+      expect(left).not.toHaveProperty("pagediskofflineepoch");
+      expect(left).toMatchObject({ pagediskvolume: "vol-ret", pagediskreplica: x.id });
+    }
+  });
+
   it("adds by a full resync a replica it could not sign for at attach, clearing its stale data", async () => {
     const { log, waitFor } = recordingLog();
     const a = await createBlob("vol-add", "pa");
