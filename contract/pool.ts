@@ -62,7 +62,7 @@ export type PoolAnnotationsPatch = z.infer<typeof PoolAnnotationsPatch>;
  *
  * - PENDING: its move is not started yet (or will be retried next pass);
  * - MOVING: a replica replacing it is being built on another pool;
- * - WAITING: as MOVING, but the volume is detached: its writer copies once it is attached;
+ * - WAITING: as MOVING, but the volume's writer is changing (attach, detach, failover);
  * - MOVED: no longer on the pool (moved, or its volume was deleted);
  * - FAILED: it cannot be moved (`message` says why).
  */

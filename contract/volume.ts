@@ -162,6 +162,11 @@ export const Replica = z.object({
   message: z.string().max(1024).optional(),
   /** The replica this one is being built to take the place of (retired once this is ONLINE). */
   replaces: ReplicaId.optional(),
+  /**
+   * The storage service's copy (Copy Blob) filling it, while its volume is
+   * DETACHED and the control plane resyncs or rebuilds it with no writer.
+   */
+  copyId: z.string().max(128).optional(),
 });
 export type Replica = z.infer<typeof Replica>;
 

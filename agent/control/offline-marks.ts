@@ -14,21 +14,11 @@
  * Concurrency: writes are serialized, so two replicas going offline at once
  * end with both named; each write sends the whole current set.
  */
+import { OFFLINE_EPOCH_KEY, OFFLINE_KEY } from "../../contract/replica-metadata.ts";
 import type { Logger } from "../log.ts";
 import type { BlobMetadata, PageBlob } from "../pageblob/page-blob.ts";
 
-export const OFFLINE_KEY = "pagediskoffline";
-export const OFFLINE_EPOCH_KEY = "pagediskofflineepoch";
-
-/** The replica ids a replica's metadata names as missing writes. */
-export function markedOffline(metadata: BlobMetadata): string[] {
-  const list = metadata[OFFLINE_KEY];
-  if (!list) return [];
-  return list
-    .split(",")
-    .map((id) => id.trim())
-    .filter((id) => id !== "");
-}
+export { markedOffline, OFFLINE_EPOCH_KEY, OFFLINE_KEY } from "../../contract/replica-metadata.ts";
 
 /** One replica blob the marks are written on, and its metadata as read at open. */
 export interface MarkedBlob {

@@ -6,7 +6,10 @@
  *    others re-read and are told who the owner is. The lease id is recorded
  *    before any lease exists, so a crash never leaves a lease nobody knows.
  * 2. Lease every replica under that id, breaking (period 0) any other lease:
- *    whoever wrote before is fenced by the storage service from here on.
+ *    whoever wrote before is fenced by the storage service from here on,
+ *    and so is the control plane's own server-side copying of a detached
+ *    volume, whose copies still pending are then stopped
+ *    (health/repair-detached.ts): the writer copies what they had left.
  * 3. ATTACHING -> ATTACHED.
  * 4. Bump the node's desired-state generation, so that its agent learns of
  *    the volume at once (arbiter/desired-generation.ts).
@@ -24,7 +27,9 @@
  */
 import { randomUUID } from "node:crypto";
 import type { Attachment } from "../../contract/attachment.ts";
+import type { Replica } from "../../contract/volume.ts";
 import type { ControlPlane } from "../control-plane.ts";
+import { stopServerCopies } from "../health/repair-detached.ts";
 import { ApiError } from "../http/api-error.ts";
 import { note } from "../lifecycle/note.ts";
 import { nodes } from "../registry/nodes.ts";
@@ -75,8 +80,11 @@ export async function completeAttach(
   const name = claim.value.name;
   const leaseId = claim.value.leaseId!;
   let unreachable: UnreachableReplica[];
+  let copied: Replica[];
   try {
     unreachable = await takeLeases(cp, claim.value, leaseId);
+    const skip = new Set(unreachable.map((u) => u.id));
+    copied = await stopServerCopies(cp, claim.value, leaseId, skip);
   } catch (err) {
     await rollBackAttach(cp, claim, leaseId);
     throw err;
@@ -84,14 +92,11 @@ export async function completeAttach(
 
   volumeStates.check("ATTACHING", "ATTACHED");
   const now = cp.now();
-  const replicas = withUnreachableOffline(
-    claim.value.status.replicas,
-    unreachable,
-    now,
-    "when attached",
-  );
+  const replicas = withUnreachableOffline(copied, unreachable, now, "when attached");
+  // The copies the control plane ran while the volume was detached are over: its lease is broken.
+  const { copyLeaseId: _over, ...claimed } = claim.value;
   const attached: VolumeRecord = {
-    ...claim.value,
+    ...claimed,
     status: withFailoverPending({ ...claim.value.status, state: "ATTACHED", replicas }, false),
     updatedAt: now.toISOString(),
   };

@@ -69,6 +69,8 @@ export interface RepairPlan {
 export const HEALTH_RANK: Record<PoolHealth, number> = { GOOD: 0, UNKNOWN: 1, SUSPECT: 2, BAD: 3 };
 const COPYING: readonly ReplicaState[] = ["RESYNCING", "REBUILDING"];
 export const NO_SOURCE = "repair failed: no ONLINE replica to copy from";
+/** How the message of a replica waiting for its lease starts. */
+export const LEASE_WAIT = "waiting: its lease could not be taken: ";
 
 /** OFFLINE replicas that may be resynced now, once their lease is taken. */
 export function resyncCandidates(
@@ -214,7 +216,7 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
       return move(r, "RESYNCING", "resync ordered");
     }
     const leaseError = inputs.leaseErrors.get(r.id);
-    if (leaseError) return withMessage(r, `waiting: its lease could not be taken: ${leaseError}`);
+    if (leaseError) return withMessage(r, `${LEASE_WAIT}${leaseError}`);
     const health = pool?.health ?? "unknown";
     return withMessage(
       r,

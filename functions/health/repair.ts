@@ -19,9 +19,9 @@
  *    pool keeps it, as an orphan for the reconciliation to report), and the
  *    replica is dropped from the record (`replica-retired`).
  *
- * A DETACHED volume is repaired by its writer once attached: its replicas
- * that are not ONLINE wait with a message saying so; RETIRING ones, which
- * need no writer, are dropped as in step 4.
+ * A DETACHED volume has no writer to copy: the same steps run under a
+ * lease of the control plane's own, and the storage service copies
+ * (repair-detached.ts).
  */
 import { randomBytes } from "node:crypto";
 import type { Replica } from "../../contract/volume.ts";
@@ -41,10 +41,8 @@ import { takeReplicaLease } from "../storage/replica-leases.ts";
 import { StorageFailure } from "../storage/storage-failure.ts";
 import { planRepair, resyncCandidates } from "./repair-plan.ts";
 import type { RepairPolicy } from "./repair-policy.ts";
+import { repairDetached } from "./repair-detached.ts";
 import { poolsForNewReplicas } from "./replica-placement.ts";
-
-/** What the replicas of a DETACHED volume wait for. */
-export const DETACHED_WAIT = "waiting: a detached volume is repaired by its writer once attached";
 
 /** What one pass knows of the cluster, read once for all volumes. */
 export interface RepairContext {
@@ -64,20 +62,25 @@ export async function repairVolume(
   ctx: RepairContext,
 ): Promise<boolean> {
   const state = read.value.status.state;
-  if (state === "DETACHED") return waitDetached(cp, read, ctx);
+  if (state === "DETACHED") return repairDetached(cp, read, ctx);
   if (state !== "ATTACHED" || read.value.leaseId === null) return false;
   const before = read.value;
-  let current = await applyPlan(cp, read, ctx);
-  current = await buildCreating(cp, current, ctx);
+  let current = await applyPlan(cp, read, ctx, read.value.leaseId);
+  current = await buildCreating(cp, current, ctx, read.value.leaseId);
   current = await dropRetiring(cp, current, ctx);
   return current.value !== before;
 }
 
-/** Steps 1 and 2. */
-async function applyPlan(
+/**
+ * Steps 1 and 2. Replicas to resync are leased under `leaseId`, breaking
+ * other leases when `breakOthers`; with no `leaseId` none is resynced.
+ */
+export async function applyPlan(
   cp: ControlPlane,
   read: Read<VolumeRecord>,
   ctx: RepairContext,
+  leaseId: string | undefined,
+  breakOthers = true,
 ): Promise<Read<VolumeRecord>> {
   const v = read.value;
   const now = cp.now();
@@ -86,10 +89,11 @@ async function applyPlan(
 
   const leased = new Set<string>();
   const leaseErrors = new Map<string, string>();
-  for (const r of resyncCandidates(v, ctx.pools, now, ctx.policy)) {
+  const candidates = leaseId === undefined ? [] : resyncCandidates(v, ctx.pools, now, ctx.policy);
+  for (const r of candidates) {
     try {
       cp.faults?.beforeStep(`repair-lease ${r.id}`);
-      await takeReplicaLease(ctx.pools.get(r.pool)!, v.name, r.id, v.leaseId!);
+      await takeReplicaLease(ctx.pools.get(r.pool)!, v.name, r.id, leaseId!, breakOthers);
       leased.add(r.id);
     } catch (err) {
       if (!(err instanceof StorageFailure)) throw err;
@@ -122,11 +126,12 @@ async function applyPlan(
   return { value: next, etag };
 }
 
-/** Step 3. */
-async function buildCreating(
+/** Step 3; new blobs are leased under `leaseId` (a new blob has no other lease to break). */
+export async function buildCreating(
   cp: ControlPlane,
   read: Read<VolumeRecord>,
   ctx: RepairContext,
+  leaseId: string,
 ): Promise<Read<VolumeRecord>> {
   const v = read.value;
   const creating = v.status.replicas.filter((r) => r.state === "CREATING");
@@ -140,7 +145,7 @@ async function buildCreating(
       cp.faults?.beforeStep(`create-replica-blob ${r.id}`);
       await createReplicaBlob(pool, v.name, r.id, v.spec.sizeBytes);
       cp.faults?.beforeStep(`repair-lease ${r.id}`);
-      await takeReplicaLease(pool, v.name, r.id, v.leaseId!);
+      await takeReplicaLease(pool, v.name, r.id, leaseId);
       const why = r.replaces ? `rebuild ordered, to replace ${r.replaces}` : "rebuild ordered";
       outcomes.set(r.id, movedReplica(r, "REBUILDING", now, why));
     } catch (err) {
@@ -170,8 +175,8 @@ async function buildCreating(
   return { value: next, etag };
 }
 
-/** Step 4 (also for DETACHED volumes). */
-async function dropRetiring(
+/** Step 4. */
+export async function dropRetiring(
   cp: ControlPlane,
   read: Read<VolumeRecord>,
   ctx: RepairContext,
@@ -219,30 +224,7 @@ async function dropRetiring(
   return { value: next, etag };
 }
 
-/** A DETACHED volume: say why its replicas wait, and drop retired ones. */
-async function waitDetached(
-  cp: ControlPlane,
-  read: Read<VolumeRecord>,
-  ctx: RepairContext,
-): Promise<boolean> {
-  const v = read.value;
-  const waiting = (r: Replica) =>
-    r.state !== "ONLINE" && r.state !== "RETIRING" && r.message !== DETACHED_WAIT;
-  let current = read;
-  if (v.status.replicas.some(waiting)) {
-    const next = withReplicas(
-      v,
-      v.status.replicas.map((r) => (waiting(r) ? { ...r, message: DETACHED_WAIT } : r)),
-      cp.now(),
-    );
-    cp.faults?.beforeStep("repair-record");
-    current = { value: next, etag: await volumes(cp.registry).replace(next, read.etag) };
-  }
-  current = await dropRetiring(cp, current, ctx);
-  return current.value !== v;
-}
-
-function withReplicas(v: VolumeRecord, replicas: Replica[], now: Date): VolumeRecord {
+export function withReplicas(v: VolumeRecord, replicas: Replica[], now: Date): VolumeRecord {
   return { ...v, status: { ...v.status, replicas }, updatedAt: now.toISOString() };
 }
 
@@ -255,8 +237,9 @@ async function tellOwner(cp: ControlPlane, v: VolumeRecord): Promise<void> {
  * Start replacing replica `replicaId` of `volume` with a new one on another
  * pool (for the release of its pool, say). Idempotent: if a replica with
  * `replaces === replicaId` exists, nothing new is made. The new replica is
- * recorded CREATING; the sweeper's repair makes its blob and has the writer
- * rebuild it once the volume is attached, and retires the old one when the
+ * recorded CREATING; the sweeper's repair makes its blob and has it rebuilt
+ * (by the writer, or by a server-side copy while the volume is detached),
+ * and retires the old one when the
  * new one is ONLINE. The move is done when `replicaId` is gone from the
  * record. Throws `VolumeNotFound`, and `InsufficientPools` when no pool
  * can take the replica.

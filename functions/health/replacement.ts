@@ -8,9 +8,9 @@
  * again):
  *
  * - one already being replaced (a replica with `replaces` = its id) is
- *   MOVING, or WAITING while its volume is detached (its writer copies
- *   once attached); the repair pass (repair.ts) carries the copy and
- *   retires the old replica;
+ *   MOVING, or WAITING while its volume's writer is changing (attaching,
+ *   detaching, fenced); the repair pass (repair.ts, repair-detached.ts for
+ *   a detached volume) carries the copy and retires the old replica;
  * - one not yet replaced is moved with `moveReplica` unless that is
  *   impossible: no ONLINE replica to copy from (the replica itself is not
  *   ONLINE and no other is), or the pool is BAD (computed or annotated)
@@ -48,10 +48,11 @@ import { type PoolRecord, pools } from "../registry/pools.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import type { Read } from "../registry/rows.ts";
 import { type VolumeRecord, volumes } from "../registry/volumes.ts";
-import { DETACHED_WAIT, moveReplica } from "./repair.ts";
+import { moveReplica } from "./repair.ts";
 
-/** What a replica of a detached volume waits for: the repair's own words. */
-export const WAITING_MESSAGE = DETACHED_WAIT;
+/** What a move waits for while its volume is neither ATTACHED nor DETACHED. */
+export const WAITING_MESSAGE =
+  "waiting: the volume's writer is changing (attach, detach or failover); the move goes on after";
 
 /** Messages kept per entry, so that `MAX_RELEASE_ENTRIES` of them fit one row property. */
 const MAX_ENTRY_MESSAGE = 120;
@@ -258,7 +259,7 @@ function following(v: VolumeRecord, r: Replica, successor: Replica): ReleaseEntr
     };
   }
   const progress = Math.max(0, Math.min(100, successor.progress ?? 0));
-  if (v.status.state !== "ATTACHED")
+  if (v.status.state !== "ATTACHED" && v.status.state !== "DETACHED")
     return { ...base, status: "WAITING", progress, message: WAITING_MESSAGE };
   return {
     ...base,
@@ -332,7 +333,7 @@ function messageOf(usage: PoolRecord["usage"], c: PoolRelease["counts"]): string
   const total = RELEASE_STATUSES.reduce((s, k) => s + c[k], 0);
   const parts = [`${c.MOVED} of ${total} replica(s) moved`];
   if (c.MOVING > 0) parts.push(`${c.MOVING} moving`);
-  if (c.WAITING > 0) parts.push(`${c.WAITING} waiting for their volume to be attached`);
+  if (c.WAITING > 0) parts.push(`${c.WAITING} waiting for their volume's writer to change`);
   if (c.PENDING > 0) parts.push(`${c.PENDING} pending`);
   if (c.FAILED > 0) parts.push(`${c.FAILED} cannot be moved`);
   const head =

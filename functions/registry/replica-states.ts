@@ -23,8 +23,8 @@ export const replicaStates = stateMachine<ReplicaState>("replica", {
 
 /**
  * `replica` moved to `state` at `at` (checked against the table), with
- * `message` as the why, or none. Copy progress belongs to the copy states
- * and is dropped on every move.
+ * `message` as the why, or none. Copy progress and a server-side copy's id
+ * belong to the copy states and are dropped on every move.
  */
 export function movedReplica(
   replica: Replica,
@@ -33,7 +33,7 @@ export function movedReplica(
   message?: string,
 ): Replica {
   replicaStates.check(replica.state, state);
-  const { progress: _progress, message: _message, ...rest } = replica;
+  const { progress: _progress, message: _message, copyId: _copyId, ...rest } = replica;
   return {
     ...rest,
     state,

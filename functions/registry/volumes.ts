@@ -16,6 +16,12 @@ export const VolumeRecord = z.object({
   status: VolumeStatus,
   /** Lease held on every replica for `status.ownerNode`; only the owner ever sees it. */
   leaseId: z.string().nullable(),
+  /**
+   * Lease the control plane holds on the replicas it copies while the
+   * volume is DETACHED (health/repair-detached.ts); absent otherwise. An
+   * attach breaks it with every other lease.
+   */
+  copyLeaseId: z.string().optional(),
   createdAt: Timestamp,
   updatedAt: Timestamp,
 });
@@ -38,6 +44,7 @@ export const volumeCodec: Codec<VolumeRecord> = {
     replicas: packJson("replicas", v.status.replicas),
     ...(v.status.failoverPending === true ? { failoverPending: true } : {}),
     ...(v.leaseId === null ? {} : { leaseId: v.leaseId }),
+    ...(v.copyLeaseId === undefined ? {} : { copyLeaseId: v.copyLeaseId }),
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
   }),
@@ -60,6 +67,7 @@ export const volumeCodec: Codec<VolumeRecord> = {
         ...(p.failoverPending === undefined ? {} : { failoverPending: p.failoverPending }),
       },
       leaseId: p.leaseId ?? null,
+      ...(p.copyLeaseId === undefined ? {} : { copyLeaseId: p.copyLeaseId }),
       createdAt: p.createdAt,
       updatedAt: p.updatedAt,
     }),

@@ -15,13 +15,16 @@ const TAKE_ATTEMPTS = 3;
 /**
  * Hold the replica's blob under `leaseId`, forever (until released or
  * broken). Any other lease is broken with period 0 first, which fences its
- * holder at once. Holding it already under `leaseId` is success.
+ * holder at once, unless `breakOthers` is false: then another lease is a
+ * failure (409 LeaseAlreadyPresent). Holding it already under `leaseId` is
+ * success.
  */
 export async function takeReplicaLease(
   pool: PoolLocation,
   volume: string,
   replicaId: string,
   leaseId: string,
+  breakOthers = true,
 ): Promise<void> {
   const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
   await onPool(pool.name, "take lease", async () => {
@@ -33,7 +36,7 @@ export async function takeReplicaLease(
       } catch (err) {
         // 409 LeaseAlreadyPresent: someone else's lease. Only the control plane takes leases, and a
         // stale step of its own must lose to the current epoch, so break it and take it.
-        if (restStatus(err) !== 409 || attempt >= TAKE_ATTEMPTS) throw err;
+        if (!breakOthers || restStatus(err) !== 409 || attempt >= TAKE_ATTEMPTS) throw err;
         await breakLease(blob.getBlobLeaseClient());
       }
     }
@@ -62,6 +65,27 @@ export async function dropReplicaLease(
       // 409: no lease (fine), or another id's lease (break it).
       if (status !== 409) throw err;
       await breakLease(blob.getBlobLeaseClient());
+    }
+  });
+}
+
+/**
+ * Release the replica's lease if it is held under `leaseId`; any other
+ * lease, or none, or no blob, is left as it is.
+ */
+export async function releaseReplicaLease(
+  pool: PoolLocation,
+  volume: string,
+  replicaId: string,
+  leaseId: string,
+): Promise<void> {
+  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  await onPool(pool.name, "release lease", async () => {
+    try {
+      await blob.getBlobLeaseClient(leaseId).releaseLease();
+    } catch (err) {
+      const status = restStatus(err);
+      if (status !== 404 && status !== 409) throw err;
     }
   });
 }

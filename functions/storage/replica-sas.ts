@@ -1,6 +1,7 @@
 /**
  * What a writer gets to reach a replica: the blob's URL with a SAS for that
- * one blob, read and write but not delete, valid for at most an hour
+ * one blob, read and write but not delete (read only for a copy's source),
+ * valid for at most an hour
  * (`PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, settings.ts).
  * Signed here, with the pool's account key (a service SAS) or, for a
  * managed-identity pool, with a user delegation key the account gave the
@@ -58,12 +59,13 @@ export async function signedReplicaUrl(
   uri: string,
   now: Date,
   expiresAt: Date,
+  permissions: "rw" | "r" = "rw",
 ): Promise<string | undefined> {
   const url = new URL(uri);
   const values: BlobSASSignatureValues = {
     containerName: pool.container,
     blobName: replicaBlobName(volume, replicaId),
-    permissions: BlobSASPermissions.parse("rw"),
+    permissions: BlobSASPermissions.parse(permissions),
     startsOn: new Date(now.getTime() - CLOCK_SKEW_MS),
     expiresOn: expiresAt,
     // Plain HTTP only where the pool itself is plain HTTP (Azurite).

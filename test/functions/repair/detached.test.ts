@@ -1,17 +1,30 @@
 /**
- * A DETACHED volume is repaired by its writer once attached: until then
- * its replicas that are not ONLINE wait with a message saying so, RETIRING
- * ones (which need no writer) are dropped, and nothing else happens, not
- * even on a pool that would call for a rebuild. After the attach the
- * repair goes on as for any attached volume.
+ * A DETACHED volume has no writer, so the control plane repairs it with
+ * server-side copies (health/repair-detached.ts), against Azurite's Copy
+ * Blob: an OFFLINE replica is resynced in full once its pool is GOOD, a
+ * pool's release moves a detached volume's replica (rebuild elsewhere, the
+ * old one retired), every copy is made under a lease of the control
+ * plane's own that an attach breaks, and a pass that dies between its
+ * steps is finished by the next.
+ *
+ * Azurite copies within one instance at once, so every copy here is done
+ * when it starts: a copy still pending (progress, an attach stopping it)
+ * is not reached.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Pool } from "../../../contract/pool.ts";
 import type { Replica } from "../../../contract/volume.ts";
-import { DETACHED_WAIT } from "../../../functions/health/repair.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { volumes } from "../../../functions/registry/volumes.ts";
+import { startReplicaCopy } from "../../../functions/storage/replica-copy.ts";
+import { StorageFailure } from "../../../functions/storage/storage-failure.ts";
+import { pattern } from "../../conformance/block-device-suite.ts";
 import { jsonOf } from "../fixture.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
+
+const KiB = 1024;
+const SIZE = 1024 * KiB;
 
 let w: World;
 beforeAll(async () => {
@@ -22,102 +35,213 @@ afterAll(() => w?.dispose());
 
 class SimulatedCrash extends Error {}
 
-const blobOf = (r: Replica) =>
-  w.fx.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`v-d/${r.id}`);
+const blobOf = (volume: string, r: Replica) =>
+  w.fx.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${volume}/${r.id}`);
+const bytesOf = (volume: string, r: Replica) => blobOf(volume, r).downloadToBuffer(0, SIZE);
+const detach = async (name: string) =>
+  jsonOf(await w.fx.call("POST", `/api/v1/volumes/${name}/detach`, {}), 200);
 
-describe("the replicas of a detached volume", () => {
-  let waiting: Replica;
-  let retiring: Replica;
+describe("an OFFLINE replica of a detached volume", () => {
+  let source: Replica;
+  let stale: Replica;
 
-  it("wait with the DETACHED message; a RETIRING one is dropped and its blob deleted", async () => {
-    const created = await w.create("v-d", { replicas: 3 });
-    expect(created.status.replicas.map((r) => r.pool)).toEqual(["pa", "pb", "pc"]);
-    await w.attach("v-d", "n-a");
+  it("waits, saying for what, while its pool may still fail", async () => {
+    const created = await w.create("v-r");
+    [source, stale] = created.status.replicas as [Replica, Replica];
+    expect([source.pool, stale.pool]).toEqual(["pa", "pb"]);
+    await w.attach("v-r", "n-a");
     await w.pass();
-    const epoch = (await w.record("v-d")).status.epoch;
+    const attached = await w.record("v-r");
+    const leaseId = attached.leaseId!;
+    // The writer wrote both, lost pb, marked it on pa and wrote on.
+    for (const r of [source, stale]) await blobOf("v-r", r).uploadPages(pattern(1, 256 * KiB), 0, 256 * KiB, { conditions: { leaseId } });
     await w.report("n-a", [
-      {
-        volume: "v-d",
-        epoch,
-        state: "DEGRADED",
-        replicas: created.status.replicas
-          .filter((r) => r.pool !== "pa")
-          .map((r) => ({ id: r.id, state: "OFFLINE" as const })),
-      },
+      { volume: "v-r", epoch: attached.status.epoch, state: "DEGRADED", replicas: [{ id: stale.id, state: "OFFLINE" }] },
     ]);
     await w.pass();
-    // The count lowered; the pass that retires one replica dies before deleting its blob.
-    await jsonOf(await w.fx.call("PATCH", "/api/v1/volumes/v-d", { replicas: 2 }), 200);
-    await w.pass({
-      beforeStep: (at) => {
-        if (at.startsWith("delete-replica-blob")) throw new SimulatedCrash(at);
-      },
-    });
-    expect(w.reported.splice(0)).toEqual([expect.any(SimulatedCrash)]);
-    let v = await w.record("v-d");
-    expect(v.status.replicas.map((r) => r.state).sort()).toEqual(["OFFLINE", "ONLINE", "RETIRING"]);
-    retiring = v.status.replicas.find((r) => r.state === "RETIRING")!;
-    waiting = v.status.replicas.find((r) => r.state === "OFFLINE")!;
-    expect(await blobOf(retiring).exists()).toBe(true);
-
-    await jsonOf(await w.fx.call("POST", "/api/v1/volumes/v-d/detach", {}), 200);
-    await w.pass();
-    v = await w.record("v-d");
-    expect(v.status.state).toBe("DETACHED");
-    expect(v.status.replicas.map((r) => [r.id, r.state, r.message])).toEqual(
-      created.status.replicas
-        .filter((r) => r.id !== retiring.id)
-        .map((r) =>
-          r.id === waiting.id ? [r.id, "OFFLINE", DETACHED_WAIT] : [r.id, "ONLINE", undefined],
-        ),
+    expect((await w.record("v-r")).status.replicas[1]).toMatchObject({ state: "OFFLINE" });
+    await blobOf("v-r", source).uploadPages(pattern(2, 128 * KiB), 512 * KiB, 128 * KiB, { conditions: { leaseId } });
+    await blobOf("v-r", source).setMetadata(
+      { pagediskvolume: "v-r", pagediskreplica: source.id, pagediskoffline: stale.id, pagediskofflineepoch: "1" },
+      { conditions: { leaseId } },
     );
-    expect(await blobOf(retiring).exists()).toBe(false);
-    const retired = await w.events("v-d", "replica-retired");
-    expect(retired.map((e) => e.data)).toEqual([{ replica: retiring.id, blobDeleted: true }]);
+    await w.report("n-a", []);
+    await detach("v-r");
+
+    await w.pass();
+    const v = await w.record("v-r");
+    expect(v.status.state).toBe("DETACHED");
+    expect(v.status.replicas[1]).toMatchObject({ state: "OFFLINE", message: "waiting: pool pb is SUSPECT" });
+    expect(v.copyLeaseId).toBeUndefined();
+    expect(await w.events("v-r", "replica-resync-started")).toHaveLength(0);
   });
 
-  it("nothing else happens until the volume is attached, whatever its pools' health", async () => {
-    // Its pool annotated bad: an attached volume would have it rebuilt elsewhere.
-    const table = pools(w.fx.registry);
-    const read = (await table.get(waiting.pool))!;
-    await table.replace({ ...read.value, annotations: { health: "bad" } }, read.etag);
-    w.clock.ms += REPAIR.suspectWindowMs + REPAIR.permanentAfterMs;
+  it("is resynced in full by a server-side copy once its pool is GOOD: byte-equal, marks cleared, leases let go", async () => {
+    w.clock.ms += REPAIR.suspectWindowMs + 1_000;
     await w.pass();
-    expect((await table.get(waiting.pool))!.value.health).toBe("BAD");
+    const v = await w.record("v-r");
+    expect(v.status.replicas.map((r) => [r.id, r.state])).toEqual([
+      [source.id, "ONLINE"],
+      [stale.id, "ONLINE"],
+    ]);
+    expect(v.status.replicas[1]).not.toHaveProperty("copyId");
+    expect(v.copyLeaseId).toBeUndefined();
+    expect((await bytesOf("v-r", stale)).equals(await bytesOf("v-r", source))).toBe(true);
+    expect((await bytesOf("v-r", stale)).subarray(512 * KiB, 640 * KiB).equals(pattern(2, 128 * KiB))).toBe(true);
+
+    // The copy has its own metadata, not the source's; the source names no replica now in sync.
+    const target = await blobOf("v-r", stale).getProperties();
+    expect(target.metadata).toEqual({ pagediskvolume: "v-r", pagediskreplica: stale.id });
+    expect((await blobOf("v-r", source).getProperties()).metadata).toEqual({ pagediskvolume: "v-r", pagediskreplica: source.id });
+    for (const r of [source, stale]) expect((await blobOf("v-r", r).getProperties()).leaseState).toBe("available");
+
+    expect((await w.events("v-r", "replica-resync-started")).map((e) => e.data)).toEqual([{ replica: stale.id }]);
+    const online = await w.events("v-r", "replica-online");
+    expect(online.map((e) => e.message)).toEqual([`volume v-r: replica ${stale.id} on pb is ONLINE: resync done (server-side copy)`]);
+    expect(w.reported).toEqual([]);
+
+    // A pass right after finds nothing to do.
+    await w.pass();
     const settled = await w.fx.snapshot();
     await sweep(w.cp(), POLICY);
     expect(await w.fx.snapshot()).toEqual(settled);
-    const v = await w.record("v-d");
-    expect(v.status.replicas.find((r) => r.id === waiting.id)).toMatchObject({
-      state: "OFFLINE",
-      message: DETACHED_WAIT,
-    });
-    expect(v.status.replicas).toHaveLength(2);
-    expect((await blobOf(waiting).getProperties()).leaseState).toBe("available");
+  });
+});
 
-    // Back to GOOD: still nothing, the volume being detached.
-    const again = (await table.get(waiting.pool))!;
-    await table.replace({ ...again.value, annotations: {} }, again.etag);
-    w.clock.ms += REPAIR.suspectWindowMs;
+describe("a volume detached while its writer was resyncing a replica", () => {
+  it("has the resync finished by a server-side copy, the replica leased for it first", async () => {
+    const created = await w.create("v-w", { pools: ["pa", "pc"] });
+    const [source, copying] = created.status.replicas as [Replica, Replica];
+    await w.attach("v-w", "n-a");
     await w.pass();
-    expect((await table.get(waiting.pool))!.value.health).toBe("GOOD");
-    expect((await w.record("v-d")).status.replicas).toEqual(v.status.replicas);
-    expect(await w.events("v-d", "replica-resync-started")).toHaveLength(0);
-    expect(await w.events("v-d", "replica-rebuild-started")).toHaveLength(0);
+    const attached = await w.record("v-w");
+    await blobOf("v-w", source).uploadPages(pattern(5, 64 * KiB), 128 * KiB, 64 * KiB, { conditions: { leaseId: attached.leaseId! } });
+    const report = (state: "OFFLINE" | "RESYNCING") => [
+      { volume: "v-w", epoch: attached.status.epoch, state: "DEGRADED" as const, replicas: [{ id: copying.id, state }] },
+    ];
+    await w.report("n-a", report("OFFLINE"));
+    await w.pass();
+    w.clock.ms += REPAIR.suspectWindowMs + 1_000;
+    await w.report("n-a", report("RESYNCING"));
+    await w.pass();
+    expect((await w.record("v-w")).status.replicas[1]).toMatchObject({ state: "RESYNCING" });
+    await w.report("n-a", []);
+    await detach("v-w");
+    expect((await blobOf("v-w", copying).getProperties()).leaseState).toBe("available");
+
+    await w.pass();
+    const v = await w.record("v-w");
+    expect(v.status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
+    expect(v.copyLeaseId).toBeUndefined();
+    expect((await bytesOf("v-w", copying)).equals(await bytesOf("v-w", source))).toBe(true);
+    expect(await w.events("v-w", "replica-offline")).toHaveLength(1);
+    expect(w.reported).toEqual([]);
+  });
+});
+
+describe("a pool released while a volume on it is detached", () => {
+  it("is emptied: the replica rebuilt on another pool by a server-side copy, the old one retired, the pool RELEASED", async () => {
+    const before = await w.record("v-r");
+    const [onA, onB] = before.status.replicas as [Replica, Replica];
+    const started = await jsonOf<Pool>(await w.fx.call("POST", "/api/v1/pools/pb/release"), 200);
+    expect(started.usage).toBe("RELEASING");
+    for (let i = 0; i < 4 && (await pools(w.fx.registry).get("pb"))!.value.usage !== "RELEASED"; i++) await w.pass();
+
+    const pb = (await pools(w.fx.registry).get("pb"))!.value;
+    expect(pb.usage).toBe("RELEASED");
+    expect(pb.release?.entries).toEqual([
+      expect.objectContaining({ volume: "v-r", replica: onB.id, status: "MOVED", progress: 100 }),
+    ]);
+    const v = await w.record("v-r");
+    expect(v.status.state).toBe("DETACHED");
+    expect(v.status.replicas.map((r) => [r.pool, r.state])).toEqual([
+      ["pa", "ONLINE"],
+      ["pc", "ONLINE"],
+    ]);
+    const onC = v.status.replicas[1]!;
+    expect(onC).not.toHaveProperty("replaces");
+    expect((await bytesOf("v-r", onC)).equals(await bytesOf("v-r", onA))).toBe(true);
+    expect(await blobOf("v-r", onB).exists()).toBe(false);
+    expect(v.copyLeaseId).toBeUndefined();
+    expect((await w.events("v-r", "replica-rebuild-started")).map((e) => e.data)).toEqual([
+      { replica: onC.id, replaces: onB.id },
+    ]);
+    expect((await w.events("v-r", "replica-retired")).map((e) => e.data)).toEqual([
+      { replica: onB.id, blobDeleted: true },
+    ]);
+    expect(w.reported).toEqual([]);
+    await jsonOf(await w.fx.call("PATCH", "/api/v1/pools/pb/annotations", { action: "add" }), 200);
+  });
+});
+
+describe("a detached volume's repair interrupted, then fenced by an attach", () => {
+  let stale: Replica;
+  let copyLeaseId: string;
+
+  it("is finished by the next pass after dying between starting a copy and recording it", async () => {
+    const created = await w.create("v-i", { pools: ["pa", "pc"] });
+    const source = created.status.replicas[0]!;
+    stale = created.status.replicas[1]!;
+    await w.attach("v-i", "n-a");
+    await w.pass();
+    const attached = await w.record("v-i");
+    await blobOf("v-i", source).uploadPages(pattern(3, 64 * KiB), 0, 64 * KiB, { conditions: { leaseId: attached.leaseId! } });
+    await w.report("n-a", [
+      { volume: "v-i", epoch: attached.status.epoch, state: "DEGRADED", replicas: [{ id: stale.id, state: "OFFLINE" }] },
+    ]);
+    await w.pass();
+    await w.report("n-a", []);
+    await detach("v-i");
+    w.clock.ms += REPAIR.suspectWindowMs + 1_000;
+
+    let copies = 0;
+    await w.pass({
+      beforeStep: (at) => {
+        if (at.startsWith("start-copy")) copies++;
+        if (at === "repair-record" && copies === 1) throw new SimulatedCrash(at);
+      },
+    });
+    expect(w.reported.splice(0)).toEqual([expect.any(SimulatedCrash)]);
+    const died = await w.record("v-i");
+    expect(died.status.replicas[1]).toMatchObject({ state: "RESYNCING", message: "resync ordered" });
+    expect(died.status.replicas[1]).not.toHaveProperty("copyId");
+    copyLeaseId = died.copyLeaseId!;
+    expect(copyLeaseId).toEqual(expect.any(String));
+    expect((await blobOf("v-i", stale).getProperties()).leaseState).toBe("leased");
+
+    await w.pass();
+    const done = await w.record("v-i");
+    expect(done.status.replicas[1]).toMatchObject({ id: stale.id, state: "ONLINE" });
+    expect(done.copyLeaseId).toBeUndefined();
+    expect((await bytesOf("v-i", stale)).equals(await bytesOf("v-i", source))).toBe(true);
+    expect(w.reported).toEqual([]);
   });
 
-  it("once attached, the repair proceeds: the waiting replica is leased and resynced", async () => {
-    await w.attach("v-d", "n-a");
-    await w.pass();
-    const v = await w.record("v-d");
-    expect(v.status.replicas.find((r) => r.id === waiting.id)).toMatchObject({
-      state: "RESYNCING",
-      message: "resync ordered",
-    });
-    expect(await w.events("v-d", "replica-resync-started")).toHaveLength(1);
-    await blobOf(waiting).uploadPages(Buffer.alloc(512), 0, 512, {
-      conditions: { leaseId: v.leaseId! },
-    });
+  it("holds no copy past an attach: the attach breaks the copy lease, and a copy started late under it is refused", async () => {
+    // Set up as a pass that died holding its copy lease on a replica to resync.
+    const source = (await w.record("v-i")).status.replicas[0]!;
+    await w.report("n-a", []);
+    const table = volumes(w.fx.registry);
+    const read = (await table.get("v-i"))!;
+    const replicas = read.value.status.replicas.map((r) => (r.id === stale.id ? { ...r, state: "RESYNCING" as const } : r));
+    await table.replace({ ...read.value, copyLeaseId, status: { ...read.value.status, replicas } }, read.etag);
+    await blobOf("v-i", stale).getBlobLeaseClient(copyLeaseId).acquireLease(-1);
+    const before = await bytesOf("v-i", stale);
+
+    await w.attach("v-i", "n-a");
+    const attached = await w.record("v-i");
+    expect(attached.copyLeaseId).toBeUndefined();
+    expect(attached.status.replicas[1]).toMatchObject({ state: "RESYNCING" });
+    const pa = (await pools(w.fx.registry).get("pa"))!.value;
+    const pc = (await pools(w.fx.registry).get("pc"))!.value;
+    const late = await startReplicaCopy("v-i", { pool: pa, id: source.id }, { pool: pc, id: stale.id }, copyLeaseId, new Date(w.clock.ms)).catch(
+      (err: unknown) => err,
+    );
+    expect(late).toBeInstanceOf(StorageFailure);
+    expect((late as StorageFailure).status).toBe(412);
+    expect(await bytesOf("v-i", stale)).toEqual(before);
+    // The writer's lease holds it now.
+    await blobOf("v-i", stale).uploadPages(Buffer.alloc(512), 0, 512, { conditions: { leaseId: attached.leaseId! } });
     expect(w.reported).toEqual([]);
   });
 });

@@ -248,9 +248,15 @@ describe("the release of a pool holding replicas", () => {
     const retried = await jsonOf<Pool>(await annotate("f1", { action: "remove" }), 200);
     expect(retried.usage).toBe("RELEASING");
     expect(retried.release?.startedAt).toBe(failed.release?.startedAt);
-    // Detached: its replacement waits for a writer.
+    // Detached: the repair copies it server-side (repair-detached.ts); here it is ordered only.
     expect(retried.release?.entries).toEqual([
-      { volume: "pinned", replica: old.id, status: "WAITING", progress: 0, message: WAITING_MESSAGE },
+      {
+        volume: "pinned",
+        replica: old.id,
+        status: "MOVING",
+        progress: 0,
+        message: expect.stringMatching(/^creating its blob, to replace /),
+      },
     ]);
     const replicas = (await getVolume("pinned")).status.replicas;
     expect(replicas).toHaveLength(2);
@@ -260,6 +266,18 @@ describe("the release of a pool holding replicas", () => {
     const settled = await fx.snapshot();
     await advanceReleases(cp);
     expect(await fx.snapshot()).toEqual(settled);
+
+    // While the volume's writer changes (an attach under way), the move waits, and says so.
+    const table = volumes(fx.registry);
+    const detached = (await table.get("pinned"))!;
+    const attaching = { ...detached.value, status: { ...detached.value.status, state: "ATTACHING" as const } };
+    const etag = await table.replace(attaching, detached.etag);
+    await advanceReleases(cp);
+    expect((await getPool("f1")).release?.entries).toEqual([
+      { volume: "pinned", replica: old.id, status: "WAITING", progress: 0, message: WAITING_MESSAGE },
+    ]);
+    expect((await getPool("f1")).release?.counts).toMatchObject({ MOVING: 0, WAITING: 1 });
+    await table.replace(detached.value, etag);
 
     // The volume goes away: nothing is left on f1, which is RELEASED.
     expect((await fx.call("DELETE", "/api/v1/volumes/pinned")).status).toBe(204);
@@ -304,7 +322,7 @@ describe("the release of a pool holding replicas", () => {
     const v = await createVolume("kept", ["c1", "c2"]);
     const started = await jsonOf<Pool>(await release("c1"), 200);
     expect(started.usage).toBe("RELEASING");
-    expect(started.release?.counts.WAITING).toBe(1);
+    expect(started.release?.counts).toMatchObject({ MOVING: 1, WAITING: 0 });
 
     const back = await jsonOf<Pool>(await annotate("c1", { action: "add" }), 200);
     expect(back.usage).toBe("IN_USE");
@@ -342,15 +360,15 @@ describe("the release of a pool holding replicas", () => {
     const failed = await jsonOf<Pool>(await release("h1"), 200);
     expect(failed.usage).toBe("FAILED");
     const byVolume = new Map(failed.release!.entries.map((e) => [e.volume, e]));
-    expect(byVolume.get("pair")).toMatchObject({ status: "WAITING", message: WAITING_MESSAGE });
+    expect(byVolume.get("pair")).toMatchObject({ status: "MOVING" });
     expect(byVolume.get("single")).toMatchObject({
       status: "FAILED",
       message: "no ONLINE replica to copy from: this one is OFFLINE and the volume has no other",
     });
     expect(failed.release?.counts).toEqual({
       PENDING: 0,
-      MOVING: 0,
-      WAITING: 1,
+      MOVING: 1,
+      WAITING: 0,
       MOVED: 0,
       FAILED: 1,
     });
