@@ -6,7 +6,9 @@
  *    its desired-state generation is bumped (should it still be alive, it
  *    learns to stop serving the volume).
  * 2. Drop the lease on every replica: the lost node's next write, which
- *    carries the old lease id, fails at the storage service.
+ *    carries the old lease id, fails at the storage service. Every ONLINE
+ *    replica but the first goes OFFLINE, to be resynced in full
+ *    (`withWriterLost`).
  * 3. With `failover: automatic` and an eligible node: FENCING -> ATTACHING
  *    (epoch + 1, that node, a fresh lease id), then the rest of attach.
  *    With `manual`: FENCING -> DETACHED. Automatic with no eligible node
@@ -36,10 +38,12 @@
  * `from` is null, as it is for a volume fenced with no owner.
  */
 import { randomUUID } from "node:crypto";
+import type { Replica } from "../../contract/volume.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { listEvents } from "../registry/events.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
+import { movedReplica } from "../registry/replica-states.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
@@ -47,6 +51,32 @@ import { completeAttach, noteOffline } from "./attach.ts";
 import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { chooseFailoverNode } from "./failover-placement.ts";
 import { dropReachableLeases, withUnreachableOffline } from "./replica-leases.ts";
+
+/** How the message of a replica put OFFLINE because its writer was lost starts. */
+export const WRITER_LOST = "its writer was lost";
+
+/**
+ * The replicas once their writer is lost: the first ONLINE one stays, the
+ * other ONLINE ones go OFFLINE, to be resynced from it in full. The lost
+ * writer may have died with writes in flight that reached some replicas
+ * and not others; nothing recorded which regions, so the replicas may
+ * differ anywhere, and a read must never return new data from one replica
+ * and later old data from another. The resync starts as soon as a writer
+ * is back (repair-plan.ts `resyncCandidates`): no pool is in doubt.
+ */
+export function withWriterLost(replicas: readonly Replica[], at: Date): Replica[] {
+  const kept = replicas.find((r) => r.state === "ONLINE");
+  return replicas.map((r) =>
+    r.state !== "ONLINE" || r === kept
+      ? r
+      : movedReplica(
+          r,
+          "OFFLINE",
+          at,
+          `${WRITER_LOST}: writes in flight may have reached some replicas only; resynced in full from ${kept!.id}`,
+        ),
+  );
+}
 
 /** What became of one volume, and where it went if it moved. */
 export type FenceOutcome =
@@ -91,15 +121,14 @@ export async function finishFencing(
   load: ReadonlyMap<string, number>,
 ): Promise<FenceOutcome> {
   const unreachable = await dropReachableLeases(cp, fencing.value, fencing.value.leaseId);
+  const now = cp.now();
   const v: VolumeRecord = {
     ...fencing.value,
     status: {
       ...fencing.value.status,
-      replicas: withUnreachableOffline(
-        fencing.value.status.replicas,
-        unreachable,
-        cp.now(),
-        "when fenced",
+      replicas: withWriterLost(
+        withUnreachableOffline(fencing.value.status.replicas, unreachable, now, "when fenced"),
+        now,
       ),
     },
   };

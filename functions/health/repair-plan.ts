@@ -27,6 +27,7 @@ import type { ControlPlaneEventType } from "../../contract/event.ts";
 import type { VolumeReport } from "../../contract/node.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
 import { MAX_REPLICA_SLOTS, type Replica, type ReplicaState } from "../../contract/volume.ts";
+import { WRITER_LOST } from "../arbiter/fence.ts";
 import { ApiError } from "../http/api-error.ts";
 import type { NewEvent } from "../registry/events.ts";
 import type { PoolRecord } from "../registry/pools.ts";
@@ -85,13 +86,11 @@ export function resyncCandidates(
     if (r.state !== "OFFLINE" || isReplaced(replicas, r)) return false;
     // Its going OFFLINE was itself a failure reported against the pool: a pool judged GOOD
     // before that report was recorded must not end its wait.
+    // One put OFFLINE because its writer was lost reported no failure: it need not wait.
     const offlineFor = now.getTime() - (r.since ? Date.parse(r.since) : 0);
+    const waited = offlineFor >= policy.suspectWindowMs || r.message?.startsWith(WRITER_LOST) === true;
     const pool = pools.get(r.pool);
-    return (
-      pool?.health === "GOOD" &&
-      offlineFor >= policy.suspectWindowMs &&
-      !isLostPool(pool, now, policy)
-    );
+    return pool?.health === "GOOD" && waited && !isLostPool(pool, now, policy);
   });
 }
 

@@ -1,13 +1,15 @@
 /**
  * Failures reported against pools recently: the agents' `storage-failure`
  * events naming a pool, and the control plane's own `replica-offline`
- * events (a writer took a replica of that pool out). One range query over
+ * events (a writer took a replica of that pool out; not those of a lost
+ * writer's replicas, which say nothing of the pool). One range query over
  * the newest events: the event log's keys are newest first (see
  * registry/events.ts: PartitionKey = 99999 - days since the epoch, RowKey
  * = 9999999999999 - ms since the epoch, then `-` and random hex), so only
  * the window's rows are read, however long the log.
  */
 import { odata } from "@azure/data-tables";
+import { WRITER_LOST } from "../arbiter/fence.ts";
 import type { Registry } from "../registry/tables.ts";
 
 const DAY_MS = 86_400_000;
@@ -43,6 +45,8 @@ export async function failuresReportedSince(
   });
   for await (const e of rows) {
     if (typeof e.pool !== "string" || typeof e.at !== "string") continue;
+    // Put offline because its writer was lost (arbiter/fence.ts): its pool did nothing wrong.
+    if (e.type === "replica-offline" && String(e.message).includes(`is OFFLINE: ${WRITER_LOST}`)) continue;
     const known = latest.get(e.pool);
     if (known && known.at >= e.at) continue;
     latest.set(e.pool, {

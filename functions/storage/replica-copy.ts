@@ -63,9 +63,9 @@ export async function startReplicaCopy(
   source: ReplicaBlobRef,
   target: ReplicaBlobRef,
   leaseId: string,
-  now: Date,
 ): Promise<ReplicaCopyState> {
-  const sourceUrl = await copySourceUrl(volume, source, now);
+  // Signed by the wall clock, not the control plane's: the storage service checks it at once, by its own.
+  const sourceUrl = await copySourceUrl(volume, source, new Date());
   const blob = poolContainer(target.pool).getPageBlobClient(replicaBlobName(volume, target.id));
   return onPool(target.pool.name, "start copy", async () => {
     try {

@@ -17,10 +17,12 @@ import type { Event, EventPage } from "../../../contract/event.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { attachVolume } from "../../../functions/arbiter/attach.ts";
+import { WRITER_LOST } from "../../../functions/arbiter/fence.ts";
 import { detachVolume } from "../../../functions/arbiter/detach.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
 import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
+import { pools } from "../../../functions/registry/pools.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
@@ -164,10 +166,15 @@ async function expectSettled(name: string, owner: string | null): Promise<void> 
   }
 }
 
-/** The repair: past the stuck timeout, one pass settles everything, and the next does nothing. */
+/**
+ * The repair: past the stuck timeout, two passes settle everything (the
+ * second resyncs the replica a lost writer left behind), and the next does
+ * nothing.
+ */
 async function repairAndCheck(name: string, owner: string | null): Promise<void> {
   nowMs += POLICY.stuckAfterMs! + 1_000;
   await heartbeat(...ALIVE);
+  await pass();
   await pass();
   const before = await fx.snapshot();
   expect(await pass()).toEqual(NOTHING_SWEPT);
@@ -326,6 +333,8 @@ describe("fence and automatic failover", () => {
     "mark-attached",
     "bump-generation attached",
     "note volume-failed-over",
+    // The second replica: its writer was lost (fence.ts withWriterLost).
+    "note replica-offline",
   ];
 
   it("goes through exactly these steps", async () => {
@@ -340,6 +349,16 @@ describe("fence and automatic failover", () => {
     await expectSettled(name, "n-b");
     expect(await generation(src)).toBe(fromBefore + 1);
     expect(await generation("n-b")).toBe(toBefore + 1);
+
+    // The lost writer may have left writes on one replica only: the second is resynced from the
+    // first in full, at once, and its pool is not held to blame.
+    const [kept, stale] = (await record(name)).status.replicas;
+    expect(kept).toMatchObject({ state: "ONLINE" });
+    expect(stale).toMatchObject({ state: "OFFLINE", message: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${kept!.id}$`)) });
+    await heartbeat(...ALIVE);
+    await pass();
+    expect((await record(name)).status.replicas[1]).toMatchObject({ state: "RESYNCING", message: "resync ordered" });
+    expect((await pools(fx.registry).get(stale!.pool))!.value.health).toBe("GOOD");
   });
 
   // Wherever it crashes, it ends ATTACHED to n-b. An interrupted failover attach is rolled
@@ -369,6 +388,8 @@ describe("fence with manual failover", () => {
     "drop-lease 0",
     "drop-lease 1",
     "mark-detached",
+    // The second replica: its writer was lost (fence.ts withWriterLost).
+    "note replica-offline",
     "note volume-detached",
   ];
 
@@ -517,8 +538,12 @@ describe("failover owed after an interrupted failover attach", () => {
     expect(cancelled!.message).toMatch(/failover set to manual/);
     expect(await eventsOf(name, "volume-updated")).toHaveLength(1);
 
-    // Nothing left for the sweeper, even with an eligible node back.
+    // Nothing left for the sweeper, even with an eligible node back, once it has resynced the
+    // replica the lost writer left OFFLINE (a server-side copy: the volume is detached).
     await heartbeat(spare);
+    expect((await record(name)).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "OFFLINE"]);
+    await pass();
+    expect((await record(name)).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
     const before = await fx.snapshot();
     const report = await pass();
     expect(report.failedOver).not.toContain(name);

@@ -234,7 +234,7 @@ describe("a detached volume's repair interrupted, then fenced by an attach", () 
     expect(attached.status.replicas[1]).toMatchObject({ state: "RESYNCING" });
     const pa = (await pools(w.fx.registry).get("pa"))!.value;
     const pc = (await pools(w.fx.registry).get("pc"))!.value;
-    const late = await startReplicaCopy("v-i", { pool: pa, id: source.id }, { pool: pc, id: stale.id }, copyLeaseId, new Date(w.clock.ms)).catch(
+    const late = await startReplicaCopy("v-i", { pool: pa, id: source.id }, { pool: pc, id: stale.id }, copyLeaseId).catch(
       (err: unknown) => err,
     );
     expect(late).toBeInstanceOf(StorageFailure);
