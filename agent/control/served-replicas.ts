@@ -25,6 +25,7 @@ import type {
   ReplicaReport,
   ReportedEvent,
 } from "../../contract/node.ts";
+import { WRITER_LOST } from "../../contract/volume.ts";
 import type { VolumeFailedEvent } from "../engine/failure.ts";
 import { PageBlobBackend } from "../engine/pageblob-backend.ts";
 import {
@@ -43,6 +44,7 @@ import { BlobTransport } from "../pageblob/transport.ts";
 import { serveVolume, type VolumeExport } from "../serve/export.ts";
 import type { ReplicaStatus } from "../status/source.ts";
 import { markedOffline, OfflineMarks } from "./offline-marks.ts";
+import { dropWritingMark, takeWritingMark } from "./writing-mark.ts";
 
 /** Longest `error` a replica report carries (contract/node.ts ReplicaReport). */
 const MAX_ERROR_CHARS = 160;
@@ -137,6 +139,7 @@ export class ServedReplicas {
       if (r.url !== null) members.set(r.id, member(r));
     }
     const closeAll = () => Promise.all([...members.values()].map((m) => m.blob.close().catch(() => {})));
+    let writing = false;
     try {
       const probed = await probe(want, members);
       const lost = probed.failed.find((f) => f.err instanceof StorageError && f.err.code === "LeaseLost");
@@ -179,8 +182,19 @@ export class ServedReplicas {
         if (!marked.has(id)) await marks.offline(id, online);
       }
 
+      // This node stopped while writing at this epoch (a crash, a kill): writes in flight may
+      // have reached some replicas only. The first stays; the others are copied from it in full.
+      const unclean = await takeWritingMark(opts.dirtyDir, want.epoch);
+      writing = true;
+      const unsynced = unclean ? online.slice(1) : [];
+      for (const id of unsynced) {
+        errors.set(id, `${WRITER_LOST}: this node stopped while writing; resynced in full from ${online[0]}`);
+        await marks.offline(id, [online[0]!]);
+      }
+      if (unsynced.length > 0) log.warn({ kept: online[0], unsynced }, "the last writer here stopped uncleanly");
+
       const listedOffline = want.replicas.filter((r) => r.state !== "ONLINE").map((r) => r.id);
-      const offline = new Set([...listedOffline, ...marked, ...probed.failed.map((f) => f.id)]);
+      const offline = new Set([...listedOffline, ...marked, ...probed.failed.map((f) => f.id), ...unsynced]);
       // REBUILDING ones join by a rebuild once serving (update()).
       const engaged = want.replicas.filter((r) => r.state !== "REBUILDING" && members.has(r.id));
       // Failures while the engine opens (loading its map) are told once the set exists.
@@ -219,6 +233,8 @@ export class ServedReplicas {
       return set;
     } catch (err) {
       await closeAll();
+      // Nothing was written: the mark would only cost the next open a needless full copy.
+      if (writing) await dropWritingMark(opts.dirtyDir, want.epoch).catch(() => {});
       throw err;
     }
   }
@@ -282,9 +298,14 @@ export class ServedReplicas {
     return this.reports().some((r) => r.state !== "ONLINE");
   }
 
-  /** After the export was drained or failed (which closed the engine and its devices): release our own clients. */
-  async close(): Promise<void> {
+  /**
+   * After the export was drained or failed (which closed the engine and its
+   * devices): release our own clients. `clean` when everything acknowledged
+   * was flushed: the writing mark goes.
+   */
+  async close(clean = true): Promise<void> {
     await Promise.all([...this.#members.values()].map((m) => m.blob.close().catch(() => {})));
+    if (clean) await dropWritingMark(this.#o.dirtyDir, this.#want.epoch);
   }
 
   #statuses(): Map<string, MemberStatus> {
@@ -427,7 +448,8 @@ function reportFailure(want: DesiredAttachment, opts: ServedReplicasOptions, f: 
 function report(s: MemberStatus, fallbackError: string | undefined): ReplicaReport {
   const copying = s.state === "RESYNCING" || s.state === "REBUILDING";
   let error = s.state === "OFFLINE" ? (s.error ?? fallbackError) : undefined;
-  if (s.state === "OFFLINE" && s.dirtyBytes === undefined) {
+  // One whose writer stopped uncleanly says so first: the control plane acts on those words.
+  if (s.state === "OFFLINE" && s.dirtyBytes === undefined && !error?.startsWith(WRITER_LOST)) {
     error = error ? `${NO_DIRTY_LOG}; ${error}` : NO_DIRTY_LOG;
   }
   return {

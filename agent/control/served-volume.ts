@@ -204,7 +204,7 @@ export class ServedVolume {
       await this.#unbind();
       const flushError = await this.#export?.drain();
       if (flushError) this.#ctx.log.error({ volume: this.name, err: flushError }, "final flush failed");
-      await this.#set?.close();
+      await this.#set?.close(!flushError && this.#state === "SERVING");
       if (this.#state === "SERVING") this.#state = "STOPPED";
       this.#ctx.log.info({ volume: this.name, epoch: this.epoch }, "volume detached");
     })();
@@ -219,7 +219,7 @@ export class ServedVolume {
     await this.#ended;
     const flushError = await this.#export?.drain();
     if (flushError) this.#ctx.log.error({ volume: this.name, err: flushError }, "final flush failed");
-    await this.#set?.close();
+    await this.#set?.close(!flushError && this.#state === "SERVING");
   }
 
   /** The volume for the next heartbeat; closes the statistics window. */

@@ -38,7 +38,7 @@
  * `from` is null, as it is for a volume fenced with no owner.
  */
 import { randomUUID } from "node:crypto";
-import type { Replica } from "../../contract/volume.ts";
+import { type Replica, WRITER_LOST } from "../../contract/volume.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { listEvents } from "../registry/events.ts";
@@ -51,9 +51,6 @@ import { completeAttach, noteOffline } from "./attach.ts";
 import { bumpDesiredGeneration } from "./desired-generation.ts";
 import { chooseFailoverNode } from "./failover-placement.ts";
 import { dropReachableLeases, withUnreachableOffline } from "./replica-leases.ts";
-
-/** How the message of a replica put OFFLINE because its writer was lost starts. */
-export const WRITER_LOST = "its writer was lost";
 
 /**
  * The replicas once their writer is lost: the first ONLINE one stays, the

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { DesiredAttachment, DesiredReplica, ReportedEvent } from "../../contract/node.ts";
+import { WRITER_LOST } from "../../contract/volume.ts";
 import { NO_DIRTY_LOG, ServedReplicas } from "../../agent/control/served-replicas.ts";
 import type { ReplicatedVolume } from "../../agent/engine/replicas.ts";
 import { pattern } from "../conformance/block-device-suite.ts";
@@ -197,6 +198,40 @@ describe("ServedReplicas on Azurite", () => {
       expect(left).not.toHaveProperty("pagediskofflineepoch");
       expect(left).toMatchObject({ pagediskvolume: "vol-ret", pagediskreplica: x.id });
     }
+  });
+
+  it("after an unclean stop at the same epoch keeps the first replica and resyncs the other in full; after a clean one, neither", async () => {
+    const { log, waitFor } = recordingLog();
+    const a = await createBlob("vol-crash", "pa");
+    const b = await createBlob("vol-crash", "pb");
+    const both = desired("vol-crash", [[a, "ONLINE"], [b, "ONLINE"]]);
+    let volume = await open(both, log);
+    await volume.write(0, pattern(6, GRANULE));
+    // A clean stop: drained, flushed, closed. The next open trusts both.
+    await served!.export.drain();
+    await served!.close();
+    served = undefined;
+    volume = await open(both, log);
+    expect(served!.reports().map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
+
+    // The agent dies while writing: a write lands on a only, and nothing is closed cleanly.
+    await fx.container.getPageBlobClient(a.name).uploadPages(pattern(7, GRANULE), GRANULE, GRANULE, { conditions: { leaseId } });
+    await served!.export.drain();
+    await served!.close(false);
+    served = undefined;
+    volume = await open(both, log);
+    expect(served!.reports().find((r) => r.id === b.id)).toMatchObject({
+      state: "OFFLINE",
+      error: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${a.id}$`)),
+    });
+    expect(await metadata(a)).toMatchObject({ pagediskoffline: b.id });
+    expect(events).toEqual([]);
+    served!.update(desired("vol-crash", [[a, "ONLINE"], [b, "RESYNCING"]]));
+    await waitFor((r) => r.msg === "replica online" && r.replica === b.id);
+    expect((await bytes(b)).equals(await bytes(a))).toBe(true);
+    expect((await bytes(b)).subarray(GRANULE, 2 * GRANULE).equals(pattern(7, GRANULE))).toBe(true);
+    await volume.write(3 * GRANULE, pattern(8, GRANULE));
+    expect((await bytes(b)).equals(await bytes(a))).toBe(true);
   });
 
   it("adds by a full resync a replica it could not sign for at attach, clearing its stale data", async () => {
