@@ -216,6 +216,8 @@ export class ServedReplicas {
           markOffline: (replica, stillOnline) => marks.offline(replica, stillOnline),
           markOnline: (replica, nowOnline) => marks.online(replica, nowOnline),
           onFailure: (failure) => onFailure(failure),
+          // A copy's checkpoint holds only if its target took every write: not after an unclean stop.
+          resumeCopies: !unclean,
         },
       );
       const exported = await serveVolume(volume, {

@@ -61,6 +61,10 @@ export interface CopyOptions {
   chunkBytes?: number;
   concurrency?: number;
   signal?: AbortSignal;
+  /** Ranges below this offset are on the target already (copy-checkpoint.ts): counted, not copied. */
+  skipBelow?: number;
+  /** Every byte of `ranges` below this offset is now copied (called as that offset advances). */
+  onDoneBelow?: (offset: number) => void;
 }
 
 /** One copy run: progress counters, then `run()`. */
@@ -89,11 +93,20 @@ export class Copy {
   /** Copy everything; rejects with the first failure or the signal's reason. */
   async run(): Promise<void> {
     const windows = this.#windows();
+    // Counted windows in the order they were taken, to know how far all of them are done.
+    const taken: Array<Window & { done?: boolean }> = [];
     const worker = async (): Promise<void> => {
       for (let w = windows.next(); !w.done; w = windows.next()) {
         this.#o.signal?.throwIfAborted();
-        await this.#window(w.value);
-        if (w.value.counted) this.copiedBytes += w.value.end - w.value.start;
+        const window: Window & { done?: boolean } = w.value;
+        if (window.counted) taken.push(window);
+        await this.#window(window);
+        if (!window.counted) continue;
+        this.copiedBytes += window.end - window.start;
+        window.done = true;
+        let below: number | undefined;
+        while (taken[0]?.done) below = taken.shift()!.end;
+        if (below !== undefined) this.#o.onDoneBelow?.(below);
       }
     };
     const n = Math.max(1, this.#o.concurrency ?? DEFAULT_COPY_CONCURRENCY);
@@ -103,7 +116,14 @@ export class Copy {
   }
 
   *#windows(): Generator<Window> {
-    for (const r of this.#o.ranges) yield* cut(r, this.#chunk, true, this.#o.clearHoles);
+    const skip = this.#o.skipBelow ?? 0;
+    for (const r of this.#o.ranges) {
+      const end = r.offset + r.length;
+      const from = Math.min(end, Math.max(r.offset, skip));
+      // What is below `skip` was copied before this run.
+      this.copiedBytes += from - r.offset;
+      if (from < end) yield* cut({ offset: from, length: end - from }, this.#chunk, true, this.#o.clearHoles);
+    }
     const holeWindow = this.#chunk * HOLE_WINDOW_CHUNKS;
     for (const r of this.#o.holes ?? []) yield* cut(r, holeWindow, false, true);
   }

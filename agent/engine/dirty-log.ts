@@ -56,7 +56,8 @@ export async function removeStaleLogs(dir: string, epoch: number): Promise<strin
   }
   const removed: string[] = [];
   for (const name of names) {
-    const m = /^(.+)\.(\d+)\.bitmap$/.exec(name);
+    // Dirty logs, and the checkpoints of full copies (copy-checkpoint.ts).
+    const m = /^(.+)\.(\d+)\.(bitmap|copied)$/.exec(name);
     if (!m || Number(m[2]) >= epoch) continue;
     await rm(join(dir, name), { force: true });
     removed.push(name);

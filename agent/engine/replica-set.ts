@@ -47,6 +47,7 @@ import {
   intersect,
   type RangeLock,
 } from "./copy.ts";
+import { CheckpointWriter, checkpointPath, readCheckpoint } from "./copy-checkpoint.ts";
 import { DEFAULT_GRANULARITY, DirtyLog, dirtyLogPath, removeStaleLogs } from "./dirty-log.ts";
 import type { FailureLatch } from "./failure.ts";
 import { Layer } from "./layer.ts";
@@ -112,6 +113,12 @@ export interface ReplicaSetOptions {
   onFailure?: (failure: ReplicaFailure) => void;
   copyChunkBytes?: number;
   copyConcurrency?: number;
+  /**
+   * Whether a full copy may resume from its checkpoint (copy-checkpoint.ts):
+   * false after an unclean stop, when the target may miss writes in flight.
+   * Default true.
+   */
+  resumeCopies?: boolean;
 }
 
 /** What the copies did since open (for metrics and the bench). */
@@ -694,6 +701,10 @@ export class ReplicaSet extends Layer implements BlockDevice {
     if (state === "RESYNCING") this.#stats.resyncs++;
     else this.#stats.rebuilds++;
     let copy: Copy | undefined;
+    const { dir, epoch } = this.#o.dirtyLog;
+    // Only a full copy keeps a checkpoint: a dirty log is itself the record of what is left.
+    const checkpoint = dirty ? undefined : new CheckpointWriter(checkpointPath(dir, m.id, epoch));
+    let keepCheckpoint = false;
     try {
       // Mutations in flight did not reach it: wait until they are in its log or on the source.
       await Promise.all([...this.#inflight].map((op) => op.done.catch(noop)));
@@ -712,6 +723,10 @@ export class ReplicaSet extends Layer implements BlockDevice {
         ]);
         plan = { ranges: allocated, holes: intersect(holes, onTarget.allocated) };
       }
+      const resumeFrom =
+        checkpoint && this.#o.resumeCopies !== false
+          ? await readCheckpoint(checkpointPath(dir, m.id, epoch))
+          : 0;
       this.#stillCatchingUp(m, generation);
       copy = new Copy({
         ...plan,
@@ -722,6 +737,8 @@ export class ReplicaSet extends Layer implements BlockDevice {
         chunkBytes: this.#o.copyChunkBytes ?? DEFAULT_CHUNK_BYTES,
         ...(this.#o.copyConcurrency !== undefined ? { concurrency: this.#o.copyConcurrency } : {}),
         signal: m.signal,
+        ...(resumeFrom > 0 ? { skipBelow: resumeFrom } : {}),
+        ...(checkpoint ? { onDoneBelow: (offset: number) => checkpoint.save(offset) } : {}),
       });
       m.progress = copy;
       await copy.run();
@@ -731,6 +748,8 @@ export class ReplicaSet extends Layer implements BlockDevice {
       this.#stillCatchingUp(m, generation);
     } catch (err) {
       const current = !m.removed && m.generation === generation && m.written;
+      // Stopped by the volume's close: the target took every write so far, and may resume.
+      keepCheckpoint = this.#closing !== undefined && current;
       if (current && !this.#closing && !this.#latch.failed) {
         this.#failed(m, err);
       }
@@ -742,6 +761,7 @@ export class ReplicaSet extends Layer implements BlockDevice {
         this.#stats.copiedBytes += copy.dataBytes;
         this.#stats.clearedBytes += copy.clearedBytes;
       }
+      await (keepCheckpoint ? checkpoint?.flush() : checkpoint?.drop())?.catch(noop);
     }
     m.state = "ONLINE";
     m.tracking = false;

@@ -68,6 +68,8 @@ export interface ReplicaOptions {
   copyChunkBytes?: number;
   /** Copy windows at once, default 4. */
   copyConcurrency?: number;
+  /** Whether full copies resume from their checkpoints (false after an unclean stop); default true. */
+  resumeCopies?: boolean;
 }
 
 export interface ReplicatedVolumeMetrics extends VolumeMetrics {
@@ -154,6 +156,7 @@ export async function openReplicatedVolume(
     ...(options.onFailure ? { onFailure: options.onFailure } : {}),
     ...(options.copyChunkBytes !== undefined ? { copyChunkBytes: options.copyChunkBytes } : {}),
     ...(options.copyConcurrency !== undefined ? { copyConcurrency: options.copyConcurrency } : {}),
+    ...(options.resumeCopies !== undefined ? { resumeCopies: options.resumeCopies } : {}),
   });
   const { top, parts } = stackAbove(set, latch, options, {
     backend: () => set.backendCounts(),

@@ -96,6 +96,7 @@ export interface Gate {
 export class GatedDevice extends ProbeDevice {
   readonly held: Gate[] = [];
   readonly #passThrough: ReadonlySet<OpName>;
+  #waiters: Array<() => void> = [];
 
   constructor(inner: BlockDevice, passThrough: OpName[] = ["read", "blockStatus", "close"]) {
     super(inner);
@@ -122,7 +123,13 @@ export class GatedDevice extends ProbeDevice {
         },
       };
       this.held.push(gate);
+      for (const wake of this.#waiters.splice(0)) wake();
     });
+  }
+
+  /** Resolves once at least `n` calls are held (at once, if they are already). */
+  async whenHeld(n = 1): Promise<void> {
+    while (this.held.length < n) await new Promise<void>((wake) => this.#waiters.push(wake));
   }
 
   /** Release every held call, oldest first; returns how many. */
