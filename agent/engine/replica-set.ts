@@ -154,6 +154,8 @@ export class ReplicaSet extends Layer implements BlockDevice {
   readonly #inflight = new Set<Mutation>();
   #locks: Lock[] = [];
   #closing: Promise<void> | undefined;
+  /** Mutations since open: a copy resumes from its checkpoint only if none came before it started. */
+  #mutations = 0;
   readonly #stats: ReplicationStats = { copiedBytes: 0, clearedBytes: 0, resyncs: 0, rebuilds: 0 };
   /** Throttle stats of stacks no longer in use, so the totals only grow. */
   readonly #retired: Omit<ThrottleStats, "paused"> = {
@@ -438,6 +440,7 @@ export class ReplicaSet extends Layer implements BlockDevice {
   }
 
   #mutate(start: number, end: number, run: (d: BlockDevice) => Promise<void>): Promise<void> {
+    this.#mutations++;
     if (this.#locks.length > 0 && this.#lockOver(start, end)) {
       return this.#afterLocks(start, end, run);
     }
@@ -692,6 +695,9 @@ export class ReplicaSet extends Layer implements BlockDevice {
 
   async #copy(m: Member, state: "RESYNCING" | "REBUILDING"): Promise<void> {
     const dirty = state === "RESYNCING" && m.tracking;
+    // A write since open did not reach the target (it is written from here on): what the
+    // checkpoint says is copied may be stale, so the copy starts over.
+    const resumable = this.#o.resumeCopies !== false && this.#mutations === 0;
     this.#retire(m);
     const target = this.#build(m);
     const generation = m.generation;
@@ -724,9 +730,7 @@ export class ReplicaSet extends Layer implements BlockDevice {
         plan = { ranges: allocated, holes: intersect(holes, onTarget.allocated) };
       }
       const resumeFrom =
-        checkpoint && this.#o.resumeCopies !== false
-          ? await readCheckpoint(checkpointPath(dir, m.id, epoch))
-          : 0;
+        checkpoint && resumable ? await readCheckpoint(checkpointPath(dir, m.id, epoch)) : 0;
       this.#stillCatchingUp(m, generation);
       copy = new Copy({
         ...plan,

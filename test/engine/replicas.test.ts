@@ -462,9 +462,13 @@ describe("openReplicatedVolume over memory members", () => {
     expect(await readdir(dir)).not.toContain(`r9.${EPOCH}.copied`);
   });
 
-  it("starts a full copy over when its checkpoint is not to be trusted, and drops it", async () => {
-    const v = await open(1, { copyChunkBytes: 1 * MiB, resumeCopies: false });
-    await v.write(0, pattern(1, 4 * MiB));
+  it.each([
+    ["after an unclean stop", { resumeCopies: false }, false],
+    ["after a write since open, which the target missed", {}, true],
+  ] as const)("starts a full copy over %s, and drops its checkpoint", async (_why, extra, writeFirst) => {
+    await mems[0]!.write(0, pattern(1, 4 * MiB));
+    const v = await open(1, { copyChunkBytes: 1 * MiB, ...extra });
+    if (writeFirst) await v.write(0, pattern(2, 4096));
     await writeFile(join(dir, `r9.${EPOCH}.copied`), String(2 * MiB));
     const fresh = memory();
     await v.rebuild({ id: "r9", pool: "pool9", device: fresh });
