@@ -731,6 +731,8 @@ export class ReplicaSet extends Layer implements BlockDevice {
       }
       const resumeFrom =
         checkpoint && resumable ? await readCheckpoint(checkpointPath(dir, m.id, epoch)) : 0;
+      // Starting over: an old checkpoint must not outlive this run should it stop before its first window.
+      if (checkpoint && resumeFrom === 0) await checkpoint.drop();
       this.#stillCatchingUp(m, generation);
       copy = new Copy({
         ...plan,

@@ -462,6 +462,21 @@ describe("openReplicatedVolume over memory members", () => {
     expect(await readdir(dir)).not.toContain(`r9.${EPOCH}.copied`);
   });
 
+  it("leaves no older checkpoint behind when a copy that starts over stops before its first window", async () => {
+    const v = await open(1, { copyChunkBytes: 1 * MiB, copyConcurrency: 1 });
+    await v.write(0, pattern(1, 4 * MiB));
+    await writeFile(join(dir, `r9.${EPOCH}.copied`), String(2 * MiB));
+    const gated = new GatedDevice(new Persistent(memory()));
+    const rebuild = v.rebuild({ id: "r9", pool: "pool9", device: gated }).catch((err: unknown) => err);
+    await gated.whenHeld();
+    const closing = v.close();
+    for (const g of gated.held.splice(0)) g.fail(new Error("stopped"));
+    await closing;
+    expect(await rebuild).toBeInstanceOf(ReplicaError);
+    vol = undefined;
+    expect(await readdir(dir)).not.toContain(`r9.${EPOCH}.copied`);
+  });
+
   it.each([
     ["after an unclean stop", { resumeCopies: false }, false],
     ["after a write since open, which the target missed", {}, true],
