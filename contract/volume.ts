@@ -170,13 +170,7 @@ export const Replica = z.object({
 });
 export type Replica = z.infer<typeof Replica>;
 
-/**
- * How the message of a replica taken OFFLINE because its writer stopped
- * uncleanly starts (a lost node, or an agent killed while writing): writes
- * in flight may have reached some replicas only, so it is resynced in full
- * from the one kept, at once, and its pool is not blamed.
- */
-export const WRITER_LOST = "its writer was lost";
+export { WRITER_LOST } from "./signals.ts";
 
 /** What the control plane observes and decides. */
 export const VolumeStatus = z.object({

@@ -25,7 +25,7 @@ import type {
   ReplicaReport,
   ReportedEvent,
 } from "../../contract/node.ts";
-import { WRITER_LOST } from "../../contract/volume.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
 import type { VolumeFailedEvent } from "../engine/failure.ts";
 import { PageBlobBackend } from "../engine/pageblob-backend.ts";
 import {
@@ -293,6 +293,11 @@ export class ServedReplicas {
       const error = r.url === null ? NO_SAS : this.#errors.get(r.id);
       return { id: r.id, pool: r.pool, state: "OFFLINE", ...(error ? { error: oneLine(error) } : {}) };
     });
+  }
+
+  /** Whether a write that failed the volume reached some replicas only: they may differ. */
+  diverged(): boolean {
+    return this.#volume.diverged;
   }
 
   /** Whether a replica the control plane lists is not ONLINE here. */

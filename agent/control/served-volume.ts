@@ -22,6 +22,7 @@
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
+import { REPLICAS_DIVERGED } from "../../contract/signals.ts";
 import type { DesiredAttachment, ReportedEvent, VolumeReport } from "../../contract/node.ts";
 import type { VolumeFailedEvent } from "../engine/failure.ts";
 import { StatsWindow } from "../engine/stats-window.ts";
@@ -272,7 +273,18 @@ export class ServedVolume {
     this.#ended ??= (async () => {
       await this.#export?.fail();
       await this.#unbind();
-      await this.#set?.close();
+      await this.#set?.close(false);
+      // Writes that reached some replicas only, when the volume was taken away mid-write:
+      // the control plane has them copied from one (functions/health/diverged.ts).
+      if (this.#set?.diverged()) {
+        ctx.log.warn({ volume: this.name, epoch: this.epoch }, "replicas may differ");
+        ctx.report({
+          type: REPLICAS_DIVERGED,
+          volume: this.name,
+          message: `volume ${this.name}: writes in flight when it failed on node ${ctx.node} reached some replicas only`,
+          data: { epoch: this.epoch },
+        });
+      }
     })();
   }
 

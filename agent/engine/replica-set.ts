@@ -156,6 +156,7 @@ export class ReplicaSet extends Layer implements BlockDevice {
   #closing: Promise<void> | undefined;
   /** Mutations since open: a copy resumes from its checkpoint only if none came before it started. */
   #mutations = 0;
+  #diverged = false;
   readonly #stats: ReplicationStats = { copiedBytes: 0, clearedBytes: 0, resyncs: 0, rebuilds: 0 };
   /** Throttle stats of stacks no longer in use, so the totals only grow. */
   readonly #retired: Omit<ThrottleStats, "paused"> = {
@@ -248,6 +249,15 @@ export class ReplicaSet extends Layer implements BlockDevice {
       if (m.error !== undefined) s.error = m.error;
       return s;
     });
+  }
+
+  /**
+   * A mutation reached some members and failed on another with an error
+   * that fails the volume (a lost lease: the control plane took the volume
+   * away mid-write). Nothing records where, so the members may differ.
+   */
+  get diverged(): boolean {
+    return this.#diverged;
   }
 
   get stats(): ReplicationStats {
@@ -519,7 +529,10 @@ export class ReplicaSet extends Layer implements BlockDevice {
         error ??= r.reason;
       }
     }
-    if (error !== undefined) throw error;
+    if (error !== undefined) {
+      if (mutation && took !== undefined && took.size > 0) this.#diverged = true;
+      throw error;
+    }
     // Nothing is acknowledged that no ONLINE replica holds: when every target's outcome was
     // set aside (the volume closing, a stack replaced meanwhile), the request failed.
     if (![...(took ?? [])].some((m) => m.state === "ONLINE")) {

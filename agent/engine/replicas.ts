@@ -92,6 +92,11 @@ export class ReplicatedVolume extends Volume {
     return this.#set.replicas();
   }
 
+  /** Whether a write that failed the volume reached some members only (ReplicaSet.diverged). */
+  get diverged(): boolean {
+    return this.#set.diverged;
+  }
+
   override metrics(): ReplicatedVolumeMetrics {
     return { ...super.metrics(), replicas: this.#set.replicas(), replication: this.#set.stats };
   }

@@ -5,7 +5,8 @@
  *
  * 1. the node's row was already read to check its credential (one read);
  * 2. one conditional write replaces it with the new time and reports;
- * 3. reported events, if any, go in one batch (one more transaction).
+ * 3. reported events, if any, go in one batch (one more transaction);
+ *    a `replicas-diverged` one is also acted on (diverged.ts).
  *
  * A conflict (the sweeper marking the node, or the arbiter bumping its
  * desired-state generation, at the same moment) re-reads and writes again;
@@ -13,6 +14,7 @@
  * heartbeat does not report, the generation above all, is copied from the
  * row it replaces, so no bump is ever lost.
  */
+import { REPLICAS_DIVERGED } from "../../contract/event.ts";
 import type { Heartbeat } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
@@ -21,6 +23,7 @@ import { nodeStates } from "../registry/node-states.ts";
 import { type NodeRecord, nodes } from "../registry/nodes.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
+import { replicasDiverged } from "./diverged.ts";
 
 export async function recordHeartbeat(
   cp: ControlPlane,
@@ -56,6 +59,11 @@ export async function recordHeartbeat(
     at,
     beat.events.map((event) => ({ ...event, node: name })),
   );
+  for (const event of beat.events) {
+    if (event.type !== REPLICAS_DIVERGED) continue;
+    // Recorded above whatever comes of it; a failure here must not fail the heartbeat.
+    await replicasDiverged(cp, name, event).catch((err: unknown) => cp.report(err));
+  }
   if (before.state !== after.state) {
     await note(cp, {
       type: "node-ready",

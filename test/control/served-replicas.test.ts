@@ -234,6 +234,21 @@ describe("ServedReplicas on Azurite", () => {
     expect((await bytes(b)).equals(await bytes(a))).toBe(true);
   });
 
+  it("says the replicas may differ when a write reached one and the other's lease was gone", async () => {
+    const { log } = recordingLog();
+    const a = await createBlob("vol-div", "pa");
+    const b = await createBlob("vol-div", "pb");
+    const volume = await open(desired("vol-div", [[a, "ONLINE"], [b, "ONLINE"]]), log);
+    await volume.write(0, pattern(1, GRANULE));
+    expect(served!.diverged()).toBe(false);
+    // The control plane takes the volume away: b's lease is broken first.
+    await fx.container.getPageBlobClient(b.name).getBlobLeaseClient().breakLease(0);
+    await expect(volume.write(GRANULE, pattern(2, GRANULE))).rejects.toMatchObject({ errno: "EIO" });
+    expect(served!.diverged()).toBe(true);
+    expect((await bytes(a)).subarray(GRANULE, 2 * GRANULE).equals(pattern(2, GRANULE))).toBe(true);
+    expect((await bytes(b)).subarray(GRANULE, 2 * GRANULE).equals(pattern(2, GRANULE))).toBe(false);
+  });
+
   it("adds by a full resync a replica it could not sign for at attach, clearing its stale data", async () => {
     const { log, waitFor } = recordingLog();
     const a = await createBlob("vol-add", "pa");

@@ -216,6 +216,16 @@ describe("openReplicatedVolume over memory members", () => {
     const calls = faulty[0]!.calls.length;
     await expect(v.write(MiB, pattern(2, 4096))).rejects.toMatchObject({ errno: "EIO" });
     expect(faulty[0]!.calls.length).toBe(calls);
+    // The first write reached r0 and not r1: they may differ, and the volume says so.
+    expect(v.diverged).toBe(true);
+  });
+
+  it("does not call the replicas diverged when a lost lease stopped a write on all of them", async () => {
+    const v = await open(2);
+    for (const f of faulty.slice(0, 2)) f.plan = (c) => (c.op === "write" ? leaseLost() : undefined);
+    await expect(v.write(0, pattern(1, 4096))).rejects.toMatchObject({ errno: "EIO" });
+    expect(failed).toHaveLength(1);
+    expect(v.diverged).toBe(false);
   });
 
   it("fails reads over to the next ONLINE member", async () => {

@@ -13,7 +13,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Pool } from "../../../contract/pool.ts";
-import type { Replica } from "../../../contract/volume.ts";
+import { REPLICAS_DIVERGED } from "../../../contract/event.ts";
+import { type Replica, WRITER_LOST } from "../../../contract/volume.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
@@ -242,6 +243,59 @@ describe("a detached volume's repair interrupted, then fenced by an attach", () 
     expect(await bytesOf("v-i", stale)).toEqual(before);
     // The writer's lease holds it now.
     await blobOf("v-i", stale).uploadPages(Buffer.alloc(512), 0, 512, { conditions: { leaseId: attached.leaseId! } });
+    expect(w.reported).toEqual([]);
+  });
+});
+
+describe("a writer reporting that its last writes reached some replicas only", () => {
+  const diverged = (epoch: number) => ({
+    type: REPLICAS_DIVERGED,
+    volume: "v-x",
+    message: "volume v-x: writes in flight when it failed reached some replicas only",
+    data: { epoch },
+  });
+
+  it("is heard only from the node that wrote the volume at that epoch, and only once it is detached", async () => {
+    await w.create("v-x", { pools: ["pa", "pc"] });
+    await w.attach("v-x", "n-a");
+    await w.pass();
+    const epoch = (await w.record("v-x")).status.epoch;
+    await w.join("n-z");
+    const table = volumes(w.fx.registry);
+    const attached = await table.get("v-x");
+    // Attached: a new writer's dirty log would know nothing of it; left for an operator.
+    await w.report("n-a", [], [diverged(epoch)]);
+    expect((await table.get("v-x"))!.etag).toBe(attached!.etag);
+
+    await detach("v-x");
+    const detached = await table.get("v-x");
+    // Another node never wrote it at that epoch.
+    await w.report("n-z", [], [diverged(epoch)]);
+    expect((await table.get("v-x"))!.etag).toBe(detached!.etag);
+    expect(await w.events("v-x", REPLICAS_DIVERGED)).toHaveLength(2);
+    expect(w.reported).toEqual([]);
+  });
+
+  it("from the writer of a detached volume: the second replica is copied in full from the first", async () => {
+    const before = await w.record("v-x");
+    const [kept, other] = before.status.replicas as [Replica, Replica];
+    // The old writer's last write reached the first replica only.
+    await blobOf("v-x", kept).uploadPages(pattern(9, 64 * KiB), 0, 64 * KiB);
+    const attachedAt = (await w.events("v-x", "volume-attached"))[0]!.data!.epoch as number;
+    await w.report("n-a", [], [diverged(attachedAt)]);
+    const v = await w.record("v-x");
+    expect(v.status.replicas[1]).toMatchObject({
+      id: other.id,
+      state: "OFFLINE",
+      message: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${kept.id}$`)),
+    });
+    expect((await w.events("v-x", "replica-offline")).map((e) => e.data)).toEqual([{ replica: other.id }]);
+
+    await w.pass();
+    expect((await w.record("v-x")).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
+    expect((await bytesOf("v-x", other)).equals(await bytesOf("v-x", kept))).toBe(true);
+    // Its pool is not blamed.
+    expect((await pools(w.fx.registry).get(other.pool))!.value.health).toBe("GOOD");
     expect(w.reported).toEqual([]);
   });
 });

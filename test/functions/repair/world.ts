@@ -8,7 +8,7 @@
  */
 import { expect } from "vitest";
 import type { Event } from "../../../contract/event.ts";
-import type { JoinResponse, VolumeReport } from "../../../contract/node.ts";
+import type { JoinResponse, ReportedEvent, VolumeReport } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { type ControlPlane, controlPlane, type Faults } from "../../../functions/control-plane.ts";
@@ -46,8 +46,8 @@ export interface World {
   join(node: string): Promise<void>;
   /** `node` stops heartbeating (its agent died): later passes leave it silent. */
   silence(node: string): void;
-  /** Heartbeat `node` with these volume reports (kept for the next passes). */
-  report(node: string, volumes: VolumeReport[]): Promise<void>;
+  /** Heartbeat `node` with these volume reports (kept for the next passes) and, once, these events. */
+  report(node: string, volumes: VolumeReport[], events?: ReportedEvent[]): Promise<void>;
   create(name: string, spec?: Record<string, unknown>): Promise<Volume>;
   attach(name: string, node: string): Promise<void>;
   record(name: string): Promise<VolumeRecord>;
@@ -86,7 +86,7 @@ export async function startWorld(): Promise<World> {
       ...(faults ? { faults } : {}),
     });
 
-  async function report(node: string, reports: VolumeReport[]): Promise<void> {
+  async function report(node: string, reports: VolumeReport[], events: ReportedEvent[] = []): Promise<void> {
     lastReports.set(node, reports);
     const res = await fx.app.request(`/api/v1/nodes/${node}/heartbeat`, {
       method: "POST",
@@ -94,7 +94,7 @@ export async function startWorld(): Promise<World> {
         authorization: `Bearer ${credentials.get(node)}`,
         "content-type": "application/json",
       },
-      body: JSON.stringify({ volumes: reports }),
+      body: JSON.stringify({ volumes: reports, events }),
     });
     expect(res.status, await res.clone().text()).toBe(200);
   }

@@ -1,0 +1,58 @@
+/**
+ * A writer reports `replicas-diverged` (contract/event.ts): its volume was
+ * taken away (detach, fencing) while writes were in flight, and some of
+ * them reached some replicas only. As for a lost writer (arbiter/fence.ts
+ * `withWriterLost`), every ONLINE replica but the first goes OFFLINE, to be
+ * copied from it in full: by the control plane while the volume is
+ * DETACHED (repair-detached.ts), by its next writer once attached.
+ *
+ * Only the node that wrote the volume at that epoch is heard (its
+ * `volume-attached` or `volume-failed-over` event says so), and only while
+ * the volume is DETACHED: once a new writer has it, a replica it serves
+ * ONLINE would be brought back from a dirty log that knows nothing of the
+ * old writer's last writes, so the report is left for an operator (it stays
+ * in the event log).
+ */
+import type { ReportedEvent } from "../../contract/node.ts";
+import { withWriterLost } from "../arbiter/fence.ts";
+import { noteOffline } from "../arbiter/attach.ts";
+import type { ControlPlane } from "../control-plane.ts";
+import { listEvents } from "../registry/events.ts";
+import { retryOnConflict } from "../registry/retry.ts";
+import { volumes } from "../registry/volumes.ts";
+
+/** What became of the report. */
+export type DivergedOutcome = "applied" | "not-the-writer" | "attached" | "nothing-to-do";
+
+export async function replicasDiverged(
+  cp: ControlPlane,
+  node: string,
+  event: ReportedEvent,
+): Promise<DivergedOutcome> {
+  const volume = event.volume;
+  const epoch = event.data?.epoch;
+  if (volume === undefined || typeof epoch !== "number") return "nothing-to-do";
+  if (!(await wroteAt(cp, node, volume, epoch))) return "not-the-writer";
+  return retryOnConflict(async () => {
+    const table = volumes(cp.registry);
+    const read = await table.get(volume);
+    if (!read) return "nothing-to-do";
+    const v = read.value;
+    if (v.status.state !== "DETACHED") return "attached";
+    const replicas = withWriterLost(v.status.replicas, cp.now());
+    if (replicas.every((r, i) => r === v.status.replicas[i])) return "nothing-to-do";
+    const next = { ...v, status: { ...v.status, replicas }, updatedAt: cp.now().toISOString() };
+    await table.replace(next, read.etag);
+    await noteOffline(cp, v, next);
+    return "applied";
+  });
+}
+
+/** Whether `node` was made the writer of `volume` at `epoch` (an attach or a failover). */
+async function wroteAt(cp: ControlPlane, node: string, volume: string, epoch: number): Promise<boolean> {
+  for (const type of ["volume-attached", "volume-failed-over"]) {
+    const page = await listEvents(cp.registry, { volume, node, type }, { limit: 100 });
+    if (page.items.some((e) => e.data?.epoch === epoch)) return true;
+  }
+  return false;
+}
