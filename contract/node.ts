@@ -187,6 +187,11 @@ export const DesiredReplica = z.object({
   state: ReplicaState,
   /** Read and write, no delete, for this blob, until `sasExpiresAt`; null if the pool cannot sign. */
   url: z.string().nullable(),
+  /**
+   * OFFLINE because its content is not trusted (its last writer was lost
+   * with writes in flight): no dirty log may bring it back, only a full copy.
+   */
+  stale: z.literal(true).optional(),
 });
 export type DesiredReplica = z.infer<typeof DesiredReplica>;
 

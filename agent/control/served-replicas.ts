@@ -259,7 +259,7 @@ export class ServedReplicas {
       }
       if (r.state === "OFFLINE") {
         const status = statuses.get(r.id);
-        if (status && status.state !== "OFFLINE") this.#takeOffline(r);
+        if (status && (status.state !== "OFFLINE" || (r.stale && status.dirtyBytes !== undefined))) this.#takeOffline(r);
         continue;
       }
       if (r.state !== "RESYNCING" && r.state !== "REBUILDING") continue;
@@ -355,7 +355,7 @@ export class ServedReplicas {
    */
   #takeOffline(r: DesiredReplica): void {
     const log = this.#o.log.child({ replica: r.id, pool: r.pool });
-    this.#volume.takeOffline(r.id).then(
+    this.#volume.takeOffline(r.id, r.stale ? { distrust: true } : {}).then(
       () => log.info("replica taken offline as the control plane asks"),
       (err: unknown) => {
         if (this.#refusedOffline.has(r.id)) return;

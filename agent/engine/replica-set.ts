@@ -353,21 +353,38 @@ export class ReplicaSet extends Layer implements BlockDevice {
    * seen here): from ONLINE it starts its dirty log and is marked offline on
    * the survivors, as when a failure takes it offline, but no failure is
    * reported; a copy onto it stops. Resolves once the mark is written.
-   * Never the last ONLINE one; a no-op for one already OFFLINE.
+   * Never the last ONLINE one; a no-op for one already OFFLINE. With
+   * `distrust` (its content is not trusted: a lost writer's last writes may
+   * be missing) it keeps no dirty log, so only a full copy brings it back.
    */
-  takeOffline(id: string): Promise<void> {
+  takeOffline(id: string, opts: { distrust?: boolean } = {}): Promise<void> {
     const m = this.#members.find((x) => x.id === id);
     if (!m) {
       return Promise.reject(new ReplicaError("UnknownReplica", `no replica ${id}`, { replica: id }));
     }
-    if (m.state === "OFFLINE") return RESOLVED;
+    if (m.state === "OFFLINE") return opts.distrust ? this.#distrust(m) : RESOLVED;
     if (m.state === "ONLINE" && this.#online() === 1) {
       const message = `replica ${id} is the last ONLINE one`;
       return Promise.reject(new ReplicaError("LastOnlineReplica", message, { replica: id }));
     }
     this.#takeOffline(m, "taken offline by the control plane");
+    const distrusted = opts.distrust ? this.#distrust(m) : RESOLVED;
     // The mark may have failed meanwhile; the next write asks again anyway.
-    return this.#offlineMark(m);
+    return Promise.all([this.#offlineMark(m), distrusted]).then(noop);
+  }
+
+  /**
+   * `m`'s content is not trusted beyond what its log says: no log, so only
+   * a full copy brings it back. Resolves once the log is gone from disk too,
+   * or a restart would resync it from the log alone.
+   */
+  async #distrust(m: Member): Promise<void> {
+    if (!m.tracking && !m.log) return;
+    m.tracking = false;
+    const log = m.log;
+    m.log = undefined;
+    m.openLog = undefined;
+    await log?.then((l) => l.remove()).catch(noop);
   }
 
   /** Add a member on a new blob (or restart one) and copy every allocated range onto it. */

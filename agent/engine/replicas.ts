@@ -119,8 +119,8 @@ export class ReplicatedVolume extends Volume {
    * Resolves once marked; rejects "LastOnlineReplica" for the last ONLINE
    * one, "UnknownReplica" for an unknown id. A no-op when already OFFLINE.
    */
-  takeOffline(id: string): Promise<void> {
-    return this.#set.takeOffline(id);
+  takeOffline(id: string, opts: { distrust?: boolean } = {}): Promise<void> {
+    return this.#set.takeOffline(id, opts);
   }
 
   /** Add a member on a new blob (REBUILDING, full copy). Resolves when ONLINE; idempotent per id. */

@@ -17,6 +17,7 @@ import type { Replica, ReplicaState } from "../../contract/volume.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
 
 export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<DesiredState> {
   const [owned, allPools] = await Promise.all([
@@ -44,7 +45,8 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
               cp.report(err);
               return undefined;
             }));
-          return { id: r.id, pool: r.pool, state: r.state, url: url ?? null };
+          const stale = r.state === "OFFLINE" && r.message?.startsWith(WRITER_LOST) === true;
+          return { id: r.id, pool: r.pool, state: r.state, url: url ?? null, ...(stale ? { stale } : {}) };
         }),
       ),
       sasExpiresAt: expiresAt.toISOString(),

@@ -249,6 +249,28 @@ describe("ServedReplicas on Azurite", () => {
     expect((await bytes(b)).subarray(GRANULE, 2 * GRANULE).equals(pattern(2, GRANULE))).toBe(false);
   });
 
+  it("takes a replica the control plane calls stale offline with no dirty log, and brings it back by a full copy", async () => {
+    const { log, waitFor } = recordingLog();
+    const a = await createBlob("vol-stale", "pa");
+    const b = await createBlob("vol-stale", "pb");
+    const volume = await open(desired("vol-stale", [[a, "ONLINE"], [b, "ONLINE"]]), log);
+    await volume.write(0, pattern(1, 3 * GRANULE));
+    const stale = desired("vol-stale", [[a, "ONLINE"], [b, "OFFLINE"]]);
+    stale.replicas[1]!.stale = true;
+    served!.update(stale);
+    await waitFor((r) => r.msg === "replica taken offline as the control plane asks" && r.replica === b.id);
+    await volume.write(8 * GRANULE, pattern(2, GRANULE));
+    expect(served!.reports().find((r) => r.id === b.id)).toMatchObject({ state: "OFFLINE", error: expect.stringContaining(NO_DIRTY_LOG) });
+    expect(served!.reports().find((r) => r.id === b.id)).not.toHaveProperty("dirtyBytes");
+
+    fx.proxy.resetCounts();
+    served!.update(desired("vol-stale", [[a, "ONLINE"], [b, "RESYNCING"]]));
+    await waitFor((r) => r.msg === "replica online" && r.replica === b.id);
+    // Every allocated byte of a (3 granules, then 1), not only the granule written while it was offline.
+    expect(fx.proxy.received("putPage")).toBe(2);
+    expect((await bytes(b)).equals(await bytes(a))).toBe(true);
+  });
+
   it("adds by a full resync a replica it could not sign for at attach, clearing its stale data", async () => {
     const { log, waitFor } = recordingLog();
     const a = await createBlob("vol-add", "pa");

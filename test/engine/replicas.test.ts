@@ -602,6 +602,24 @@ describe("openReplicatedVolume over memory members", () => {
     expect(target.calls.length).toBe(calls);
   });
 
+  it("keeps no dirty log for a member the control plane distrusts: only a full copy brings it back", async () => {
+    const v = await open(2);
+    await v.write(0, pattern(1, 2 * MiB));
+    // Offline first as any other (its log starts), then distrusted: the log goes, from disk too.
+    await v.takeOffline("r1");
+    await v.write(4 * MiB, pattern(2, 64 * KiB));
+    expect(v.replicas()[1]).toMatchObject({ state: "OFFLINE", dirtyBytes: 64 * KiB });
+    expect(await readdir(dir)).toContain(`r1.${EPOCH}.bitmap`);
+    await v.takeOffline("r1", { distrust: true });
+    expect(v.replicas()[1]).not.toHaveProperty("dirtyBytes");
+    expect(await readdir(dir)).not.toContain(`r1.${EPOCH}.bitmap`);
+    await v.write(6 * MiB, pattern(3, 64 * KiB));
+    await v.resync("r1");
+    // Everything allocated, not the 128 KiB written while it was offline.
+    expect(v.metrics().replication.copiedBytes).toBe(2 * MiB + 128 * KiB);
+    expect(await sameBytes(mems[0]!, mems[1]!)).toBe(true);
+  });
+
   it("names the replica and its pool in a member's throttle events", async () => {
     const events: Array<Record<string, unknown>> = [];
     const v = await open(2, {

@@ -14,8 +14,11 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Pool } from "../../../contract/pool.ts";
 import { REPLICAS_DIVERGED } from "../../../contract/event.ts";
+import type { DesiredState } from "../../../contract/node.ts";
 import { type Replica, WRITER_LOST } from "../../../contract/volume.ts";
+import { desiredState } from "../../../functions/arbiter/desired-state.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
+import { nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { startReplicaCopy } from "../../../functions/storage/replica-copy.ts";
@@ -248,52 +251,67 @@ describe("a detached volume's repair interrupted, then fenced by an attach", () 
 });
 
 describe("a writer reporting that its last writes reached some replicas only", () => {
-  const diverged = (epoch: number) => ({
+  const diverged = (volume: string, epoch: number) => ({
     type: REPLICAS_DIVERGED,
-    volume: "v-x",
-    message: "volume v-x: writes in flight when it failed reached some replicas only",
+    volume,
+    message: `volume ${volume}: writes in flight when it failed reached some replicas only`,
     data: { epoch },
   });
+  // What the node's agent fetches (GET .../desired, which takes the node's own credential).
+  const desiredOf = async (node: string): Promise<DesiredState> =>
+    desiredState(w.cp(), (await nodes(w.fx.registry).get(node))!.value);
 
-  it("is heard only from the node that wrote the volume at that epoch, and only once it is detached", async () => {
+  it("is heard only from the node that wrote the volume at that epoch", async () => {
     await w.create("v-x", { pools: ["pa", "pc"] });
     await w.attach("v-x", "n-a");
     await w.pass();
     const epoch = (await w.record("v-x")).status.epoch;
     await w.join("n-z");
     const table = volumes(w.fx.registry);
-    const attached = await table.get("v-x");
-    // Attached: a new writer's dirty log would know nothing of it; left for an operator.
-    await w.report("n-a", [], [diverged(epoch)]);
-    expect((await table.get("v-x"))!.etag).toBe(attached!.etag);
-
-    await detach("v-x");
-    const detached = await table.get("v-x");
-    // Another node never wrote it at that epoch.
-    await w.report("n-z", [], [diverged(epoch)]);
-    expect((await table.get("v-x"))!.etag).toBe(detached!.etag);
+    const before = await table.get("v-x");
+    await w.report("n-z", [], [diverged("v-x", epoch)]);
+    await w.report("n-a", [], [diverged("v-x", epoch + 5)]);
+    expect((await table.get("v-x"))!.etag).toBe(before!.etag);
     expect(await w.events("v-x", REPLICAS_DIVERGED)).toHaveLength(2);
     expect(w.reported).toEqual([]);
   });
 
-  it("from the writer of a detached volume: the second replica is copied in full from the first", async () => {
-    const before = await w.record("v-x");
-    const [kept, other] = before.status.replicas as [Replica, Replica];
-    // The old writer's last write reached the first replica only.
-    await blobOf("v-x", kept).uploadPages(pattern(9, 64 * KiB), 0, 64 * KiB);
-    const attachedAt = (await w.events("v-x", "volume-attached"))[0]!.data!.epoch as number;
-    await w.report("n-a", [], [diverged(attachedAt)]);
+  it("for an attached volume: the second replica OFFLINE and its writer told it is stale, for a full copy", async () => {
     const v = await w.record("v-x");
-    expect(v.status.replicas[1]).toMatchObject({
+    const [kept, other] = v.status.replicas as [Replica, Replica];
+    const generation = (await desiredOf("n-a")).generation;
+    await w.report("n-a", [], [diverged("v-x", v.status.epoch)]);
+    expect((await w.record("v-x")).status.replicas[1]).toMatchObject({
       id: other.id,
       state: "OFFLINE",
       message: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${kept.id}$`)),
     });
-    expect((await w.events("v-x", "replica-offline")).map((e) => e.data)).toEqual([{ replica: other.id }]);
+    const desired = await desiredOf("n-a");
+    expect(desired.generation).toBeGreaterThan(generation);
+    const replicas = desired.attachments.find((a) => a.volume === "v-x")!.replicas;
+    expect(replicas.map((r) => [r.id, r.state, r.stale ?? false])).toEqual([
+      [kept.id, "ONLINE", false],
+      [other.id, "OFFLINE", true],
+    ]);
+    await detach("v-x");
+  });
+
+  it("for a detached volume: the second replica is copied in full from the first, server-side", async () => {
+    await w.create("v-y", { pools: ["pa", "pc"] });
+    await w.attach("v-y", "n-a");
+    await w.pass();
+    const epoch = (await w.record("v-y")).status.epoch;
+    await detach("v-y");
+    const [kept, other] = (await w.record("v-y")).status.replicas as [Replica, Replica];
+    // The old writer's last write reached the first replica only.
+    await blobOf("v-y", kept).uploadPages(pattern(9, 64 * KiB), 0, 64 * KiB);
+    await w.report("n-a", [], [diverged("v-y", epoch)]);
+    expect((await w.record("v-y")).status.replicas[1]).toMatchObject({ id: other.id, state: "OFFLINE" });
+    expect((await w.events("v-y", "replica-offline")).map((e) => e.data)).toEqual([{ replica: other.id }]);
 
     await w.pass();
-    expect((await w.record("v-x")).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
-    expect((await bytesOf("v-x", other)).equals(await bytesOf("v-x", kept))).toBe(true);
+    expect((await w.record("v-y")).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
+    expect((await bytesOf("v-y", other)).equals(await bytesOf("v-y", kept))).toBe(true);
     // Its pool is not blamed.
     expect((await pools(w.fx.registry).get(other.pool))!.value.health).toBe("GOOD");
     expect(w.reported).toEqual([]);
