@@ -197,6 +197,8 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
   };
   const withMessage = (r: Replica, message: string, failed = false): Replica => {
     if (r.message === message) return r;
+    // A lost writer's replica keeps saying so while it waits: its writer is told it is stale by it.
+    if (message.startsWith("waiting:") && r.message?.startsWith(WRITER_LOST)) return r;
     if (failed) event("replica-repair-failed", r, message);
     return { ...r, message };
   };

@@ -293,6 +293,21 @@ describe("a writer reporting that its last writes reached some replicas only", (
       [kept.id, "ONLINE", false],
       [other.id, "OFFLINE", true],
     ]);
+
+    // Waiting for its pool (annotated suspect) it keeps saying why it is OFFLINE, and stays stale.
+    const table = pools(w.fx.registry);
+    const read = (await table.get(other.pool))!;
+    await table.replace({ ...read.value, annotations: { health: "suspect" } }, read.etag);
+    await w.pass();
+    expect((await table.get(other.pool))!.value.health).toBe("SUSPECT");
+    expect((await w.record("v-x")).status.replicas[1]).toMatchObject({
+      state: "OFFLINE",
+      message: expect.stringMatching(new RegExp(`^${WRITER_LOST}`)),
+    });
+    const still = (await desiredOf("n-a")).attachments.find((a) => a.volume === "v-x")!.replicas;
+    expect(still[1]).toMatchObject({ id: other.id, stale: true });
+    const back = (await table.get(other.pool))!;
+    await table.replace({ ...back.value, annotations: {} }, back.etag);
     await detach("v-x");
   });
 
