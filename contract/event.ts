@@ -47,8 +47,6 @@ export const CONTROL_PLANE_EVENTS = [
 ] as const;
 export type ControlPlaneEventType = (typeof CONTROL_PLANE_EVENTS)[number];
 
-export { REPLICAS_DIVERGED } from "./signals.ts";
-
 export const Event = z.object({
   /** Unique, and ordered newest first. */
   id: z.string(),

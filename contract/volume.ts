@@ -170,8 +170,6 @@ export const Replica = z.object({
 });
 export type Replica = z.infer<typeof Replica>;
 
-export { WRITER_LOST } from "./signals.ts";
-
 /** What the control plane observes and decides. */
 export const VolumeStatus = z.object({
   state: VolumeState,

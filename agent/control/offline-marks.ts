@@ -18,8 +18,6 @@ import { OFFLINE_EPOCH_KEY, OFFLINE_KEY } from "../../contract/replica-metadata.
 import type { Logger } from "../log.ts";
 import type { BlobMetadata, PageBlob } from "../pageblob/page-blob.ts";
 
-export { markedOffline, OFFLINE_EPOCH_KEY, OFFLINE_KEY } from "../../contract/replica-metadata.ts";
-
 /** One replica blob the marks are written on, and its metadata as read at open. */
 export interface MarkedBlob {
   blob: PageBlob;

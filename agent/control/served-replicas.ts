@@ -25,6 +25,7 @@ import type {
   ReplicaReport,
   ReportedEvent,
 } from "../../contract/node.ts";
+import { markedOffline, REPLICA_KEY, VOLUME_KEY } from "../../contract/replica-metadata.ts";
 import { WRITER_LOST } from "../../contract/signals.ts";
 import type { VolumeFailedEvent } from "../engine/failure.ts";
 import { PageBlobBackend } from "../engine/pageblob-backend.ts";
@@ -43,7 +44,7 @@ import { ReplaceableSas } from "../pageblob/sas.ts";
 import { BlobTransport } from "../pageblob/transport.ts";
 import { serveVolume, type VolumeExport } from "../serve/export.ts";
 import type { ReplicaStatus } from "../status/source.ts";
-import { markedOffline, OfflineMarks } from "./offline-marks.ts";
+import { OfflineMarks } from "./offline-marks.ts";
 import { dropWritingMark, takeWritingMark } from "./writing-mark.ts";
 
 /** Longest `error` a replica report carries (contract/node.ts ReplicaReport). */
@@ -402,7 +403,7 @@ function device(m: Member, size: number, leaseId: string): ReplicaMember {
 
 /** What functions/storage/replica-blobs.ts writes at creation. */
 function baseMetadata(volume: string, replica: string): BlobMetadata {
-  return { pagediskvolume: volume, pagediskreplica: replica };
+  return { [VOLUME_KEY]: volume, [REPLICA_KEY]: replica };
 }
 
 interface Probed {

@@ -13,11 +13,11 @@ import type { DesiredAttachment, DesiredState } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
 import type { Replica, ReplicaState } from "../../contract/volume.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
-import { WRITER_LOST } from "../../contract/signals.ts";
 
 export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<DesiredState> {
   const [owned, allPools] = await Promise.all([

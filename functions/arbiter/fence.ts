@@ -38,7 +38,8 @@
  * `from` is null, as it is for a volume fenced with no owner.
  */
 import { randomUUID } from "node:crypto";
-import { type Replica, WRITER_LOST } from "../../contract/volume.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
+import type { Replica } from "../../contract/volume.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { listEvents } from "../registry/events.ts";

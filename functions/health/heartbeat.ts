@@ -14,8 +14,8 @@
  * heartbeat does not report, the generation above all, is copied from the
  * row it replaces, so no bump is ever lost.
  */
-import { REPLICAS_DIVERGED } from "../../contract/event.ts";
 import type { Heartbeat } from "../../contract/node.ts";
+import { REPLICAS_DIVERGED } from "../../contract/signals.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { recordEvents } from "../registry/events.ts";

@@ -26,12 +26,8 @@
 import type { ControlPlaneEventType } from "../../contract/event.ts";
 import type { VolumeReport } from "../../contract/node.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
-import {
-  MAX_REPLICA_SLOTS,
-  type Replica,
-  type ReplicaState,
-  WRITER_LOST,
-} from "../../contract/volume.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
+import { MAX_REPLICA_SLOTS, type Replica, type ReplicaState } from "../../contract/volume.ts";
 import { ApiError } from "../http/api-error.ts";
 import type { NewEvent } from "../registry/events.ts";
 import type { PoolRecord } from "../registry/pools.ts";

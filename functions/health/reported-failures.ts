@@ -9,7 +9,7 @@
  * the window's rows are read, however long the log.
  */
 import { odata } from "@azure/data-tables";
-import { WRITER_LOST } from "../../contract/volume.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
 import type { Registry } from "../registry/tables.ts";
 
 const DAY_MS = 86_400_000;

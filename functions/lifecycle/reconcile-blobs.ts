@@ -26,6 +26,7 @@ import type {
   PoolScan,
   Reconciliation,
 } from "../../contract/reconciliation.ts";
+import { REPLICA_KEY, VOLUME_KEY } from "../../contract/replica-metadata.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
@@ -139,8 +140,8 @@ export function orphanOf(
 
 /** The volume and replica a blob says it belongs to: its metadata, else its name. */
 function ownerOf(blob: PoolBlob): { volume: string; replica: string | null } | undefined {
-  const volume = blob.metadata.pagediskvolume;
-  if (volume) return { volume, replica: blob.metadata.pagediskreplica ?? null };
+  const volume = blob.metadata[VOLUME_KEY];
+  if (volume) return { volume, replica: blob.metadata[REPLICA_KEY] ?? null };
   const m = REPLICA_BLOB_NAME.exec(blob.name);
   return m ? { volume: m[1]!, replica: m[2]! } : undefined;
 }

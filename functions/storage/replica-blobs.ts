@@ -3,6 +3,8 @@
  * crash. Blobs are named `<volume>/<replica id>` and tagged with metadata
  * so that an orphan can be traced back to the volume that made it.
  */
+import type { PageBlobClient } from "@azure/storage-blob";
+import { REPLICA_KEY, VOLUME_KEY } from "../../contract/replica-metadata.ts";
 import { restCode, restStatus } from "../rest-error.ts";
 import { type PoolLocation, poolContainer } from "./pool-container.ts";
 import { onPool } from "./storage-failure.ts";
@@ -11,11 +13,14 @@ export function replicaBlobName(volume: string, replicaId: string): string {
   return `${volume}/${replicaId}`;
 }
 
+/** A client for the replica's page blob, with the pool's credentials. */
+export function replicaBlob(pool: PoolLocation, volume: string, replicaId: string): PageBlobClient {
+  return poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+}
+
 /** URL of a replica's blob, without credentials. */
 export function replicaUri(pool: PoolLocation, volume: string, replicaId: string): string {
-  const url = new URL(
-    poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId)).url,
-  );
+  const url = new URL(replicaBlob(pool, volume, replicaId).url);
   // A SAS connection string puts its signature on every URL; a replica URI must carry none.
   url.search = "";
   return url.toString();
@@ -32,17 +37,17 @@ export async function createReplicaBlob(
   replicaId: string,
   sizeBytes: number,
 ): Promise<void> {
-  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "create page blob", async () => {
     try {
       await blob.create(sizeBytes, {
         conditions: { ifNoneMatch: "*" },
-        metadata: { pagediskvolume: volume, pagediskreplica: replicaId },
+        metadata: { [VOLUME_KEY]: volume, [REPLICA_KEY]: replicaId },
       });
     } catch (err) {
       if (restStatus(err) !== 409) throw err;
       const existing = await blob.getProperties();
-      if (existing.metadata?.pagediskreplica !== replicaId || existing.contentLength !== sizeBytes)
+      if (existing.metadata?.[REPLICA_KEY] !== replicaId || existing.contentLength !== sizeBytes)
         throw err;
     }
   });
@@ -57,7 +62,7 @@ export async function deleteReplicaBlob(
   volume: string,
   replicaId: string,
 ): Promise<void> {
-  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  const blob = replicaBlob(pool, volume, replicaId);
   const deleteBlob = async () => {
     try {
       await blob.delete({ deleteSnapshots: "include" });

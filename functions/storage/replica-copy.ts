@@ -25,9 +25,9 @@ import {
   VOLUME_KEY,
 } from "../../contract/replica-metadata.ts";
 import { restCode, restStatus } from "../rest-error.ts";
-import { type PoolLocation, poolContainer } from "./pool-container.ts";
-import { replicaBlobName } from "./replica-blobs.ts";
-import { signedReplicaUrl } from "./replica-sas.ts";
+import type { PoolLocation } from "./pool-container.ts";
+import { replicaBlob, replicaUri } from "./replica-blobs.ts";
+import { replicaSasExpiry, signedReplicaUrl } from "./replica-sas.ts";
 import { onPool } from "./storage-failure.ts";
 
 /** How long the source's SAS lives: a copy still running when it ends may fail, and is then started again. */
@@ -66,7 +66,7 @@ export async function startReplicaCopy(
 ): Promise<ReplicaCopyState> {
   // Signed by the wall clock, not the control plane's: the storage service checks it at once, by its own.
   const sourceUrl = await copySourceUrl(volume, source, new Date());
-  const blob = poolContainer(target.pool).getPageBlobClient(replicaBlobName(volume, target.id));
+  const blob = replicaBlob(target.pool, volume, target.id);
   return onPool(target.pool.name, "start copy", async () => {
     try {
       const poller = await blob.beginCopyFromURL(sourceUrl, {
@@ -94,7 +94,7 @@ export async function replicaCopyState(
   volume: string,
   target: ReplicaBlobRef,
 ): Promise<ReplicaCopyState> {
-  const blob = poolContainer(target.pool).getPageBlobClient(replicaBlobName(volume, target.id));
+  const blob = replicaBlob(target.pool, volume, target.id);
   return onPool(target.pool.name, "read copy state", async () => stateOf(await blob.getProperties()));
 }
 
@@ -111,7 +111,7 @@ export async function stopReplicaCopy(
   leaseId: string,
   sizeBytes: number,
 ): Promise<boolean> {
-  const blob = poolContainer(target.pool).getPageBlobClient(replicaBlobName(volume, target.id));
+  const blob = replicaBlob(target.pool, volume, target.id);
   return onPool(target.pool.name, "stop copy", async () => {
     try {
       await blob.abortCopyFromURL(copyId, { conditions: { leaseId } });
@@ -137,7 +137,7 @@ export async function clearOfflineMarks(
   replica: ReplicaBlobRef,
   inSync: ReadonlySet<string>,
 ): Promise<boolean> {
-  const blob = poolContainer(replica.pool).getPageBlobClient(replicaBlobName(volume, replica.id));
+  const blob = replicaBlob(replica.pool, volume, replica.id);
   return onPool(replica.pool.name, "clear offline marks", async () => {
     const props = await blob.getProperties();
     const metadata = { ...props.metadata };
@@ -155,21 +155,11 @@ export async function clearOfflineMarks(
 }
 
 async function copySourceUrl(volume: string, source: ReplicaBlobRef, now: Date): Promise<string> {
-  const client = poolContainer(source.pool).getPageBlobClient(replicaBlobName(volume, source.id));
-  const plain = new URL(client.url);
-  plain.search = "";
-  const expiresAt = new Date(Math.floor((now.getTime() + COPY_SOURCE_SAS_LIFETIME_MS) / 1000) * 1000);
-  const signed = await signedReplicaUrl(
-    source.pool,
-    volume,
-    source.id,
-    plain.toString(),
-    now,
-    expiresAt,
-    "r",
-  );
+  const uri = replicaUri(source.pool, volume, source.id);
+  const expiresAt = replicaSasExpiry(now, COPY_SOURCE_SAS_LIFETIME_MS);
+  const signed = await signedReplicaUrl(source.pool, volume, source.id, uri, now, expiresAt, "r");
   // Unsigned: the pool's connection string is a SAS, which the client's URL carries.
-  return signed ?? client.url;
+  return signed ?? replicaBlob(source.pool, volume, source.id).url;
 }
 
 function stateOf(props: {

@@ -5,8 +5,8 @@
  */
 import type { BlobLeaseClient } from "@azure/storage-blob";
 import { restStatus } from "../rest-error.ts";
-import { type PoolLocation, poolContainer } from "./pool-container.ts";
-import { replicaBlobName } from "./replica-blobs.ts";
+import type { PoolLocation } from "./pool-container.ts";
+import { replicaBlob } from "./replica-blobs.ts";
 import { onPool } from "./storage-failure.ts";
 
 /** A foreign lease is broken and the acquire retried at most this often before giving up. */
@@ -26,7 +26,7 @@ export async function takeReplicaLease(
   leaseId: string,
   breakOthers = true,
 ): Promise<void> {
-  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "take lease", async () => {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -54,7 +54,7 @@ export async function dropReplicaLease(
   replicaId: string,
   leaseId: string | null,
 ): Promise<void> {
-  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "drop lease", async () => {
     if (leaseId === null) return breakLease(blob.getBlobLeaseClient());
     try {
@@ -79,7 +79,7 @@ export async function releaseReplicaLease(
   replicaId: string,
   leaseId: string,
 ): Promise<void> {
-  const blob = poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "release lease", async () => {
     try {
       await blob.getBlobLeaseClient(leaseId).releaseLease();

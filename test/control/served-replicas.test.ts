@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { DesiredAttachment, DesiredReplica, ReportedEvent } from "../../contract/node.ts";
-import { WRITER_LOST } from "../../contract/volume.ts";
+import { WRITER_LOST } from "../../contract/signals.ts";
 import { NO_DIRTY_LOG, ServedReplicas } from "../../agent/control/served-replicas.ts";
 import type { ReplicatedVolume } from "../../agent/engine/replicas.ts";
 import { pattern } from "../conformance/block-device-suite.ts";

@@ -17,7 +17,7 @@ import type { Event, EventPage } from "../../../contract/event.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { attachVolume } from "../../../functions/arbiter/attach.ts";
-import { WRITER_LOST } from "../../../contract/volume.ts";
+import { WRITER_LOST } from "../../../contract/signals.ts";
 import { detachVolume } from "../../../functions/arbiter/detach.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
 import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";

@@ -12,10 +12,10 @@
  * is not reached.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Pool } from "../../../contract/pool.ts";
-import { REPLICAS_DIVERGED } from "../../../contract/event.ts";
 import type { DesiredState } from "../../../contract/node.ts";
-import { type Replica, WRITER_LOST } from "../../../contract/volume.ts";
+import type { Pool } from "../../../contract/pool.ts";
+import { REPLICAS_DIVERGED, WRITER_LOST } from "../../../contract/signals.ts";
+import type { Replica } from "../../../contract/volume.ts";
 import { desiredState } from "../../../functions/arbiter/desired-state.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
