@@ -38,11 +38,10 @@ import { randomUUID } from "node:crypto";
 import type { Replica, ReplicaState } from "../../contract/volume.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
-import type { PoolRecord } from "../registry/pools.ts";
 import { pools } from "../registry/pools.ts";
 import { movedReplica } from "../registry/replica-states.ts";
 import type { Read } from "../registry/rows.ts";
-import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import type { VolumeRecord } from "../registry/volumes.ts";
 import {
   clearOfflineMarks,
   type ReplicaBlobRef,
@@ -58,6 +57,7 @@ import {
   buildCreating,
   dropRetiring,
   type RepairContext,
+  replaceRecord,
   withReplicas,
 } from "./repair.ts";
 import { LEASE_WAIT, planRepair, type RepairEvent, resyncCandidates } from "./repair-plan.ts";
@@ -126,8 +126,7 @@ function hasCopyWork(v: VolumeRecord, ctx: RepairContext, now: Date): boolean {
 /** Step 1. */
 async function withCopyLease(cp: ControlPlane, read: Read<VolumeRecord>): Promise<Read<VolumeRecord>> {
   const next: VolumeRecord = { ...read.value, copyLeaseId: randomUUID(), updatedAt: cp.now().toISOString() };
-  cp.faults?.beforeStep("repair-record");
-  return { value: next, etag: await volumes(cp.registry).replace(next, read.etag) };
+  return replaceRecord(cp, read, next);
 }
 
 /** Step 3. */
@@ -246,9 +245,7 @@ async function endCopyLease(
   // Best effort: a mark left only costs the next writer a full copy of an in-sync replica.
   await Promise.allSettled(online.map((r) => clearOfflineMarks(v.name, ref(ctx, r), inSync)));
   const { copyLeaseId: _done, ...rest } = v;
-  const next: VolumeRecord = { ...rest, updatedAt: cp.now().toISOString() };
-  cp.faults?.beforeStep("repair-record");
-  return { value: next, etag: await volumes(cp.registry).replace(next, read.etag) };
+  return replaceRecord(cp, read, { ...rest, updatedAt: cp.now().toISOString() });
 }
 
 async function write(
@@ -264,10 +261,9 @@ async function write(
     v.status.replicas.map((r) => outcomes.get(r.id) ?? r),
     cp.now(),
   );
-  cp.faults?.beforeStep("repair-record");
-  const etag = await volumes(cp.registry).replace(next, read.etag);
+  const written = await replaceRecord(cp, read, next);
   for (const e of events) await note(cp, e);
-  return { value: next, etag };
+  return written;
 }
 
 function ref(ctx: RepairContext, r: Replica): ReplicaBlobRef {
@@ -316,7 +312,7 @@ export async function stopServerCopies(
       try {
         const pool = (await pools(cp.registry).get(r.pool))?.value;
         if (!pool) return;
-        const target = { pool: pool as PoolRecord, id: r.id };
+        const target = { pool, id: r.id };
         const state = await replicaCopyState(v.name, target);
         const pending = state.status === "pending" && state.copyId !== undefined;
         if (pending) await stopReplicaCopy(v.name, target, state.copyId!, leaseId, v.spec.sizeBytes);

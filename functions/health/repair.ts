@@ -115,15 +115,14 @@ export async function applyPlan(
   });
   if (!plan.changed) return read;
   const next = withReplicas(v, plan.replicas, now);
-  cp.faults?.beforeStep("repair-record");
-  const etag = await volumes(cp.registry).replace(next, read.etag);
+  const written = await replaceRecord(cp, read, next);
   for (const r of plan.replicas) {
     if (!v.status.replicas.some((o) => o.id === r.id))
       ctx.load.set(r.pool, (ctx.load.get(r.pool) ?? 0) + 1);
   }
   for (const event of plan.events) await note(cp, event);
   if (plan.statesChanged) await tellOwner(cp, next);
-  return { value: next, etag };
+  return written;
 }
 
 /** Step 3; new blobs are leased under `leaseId` (a new blob has no other lease to break). */
@@ -158,8 +157,7 @@ export async function buildCreating(
     v.status.replicas.map((r) => outcomes.get(r.id) ?? r),
     now,
   );
-  cp.faults?.beforeStep("repair-record");
-  const etag = await volumes(cp.registry).replace(next, read.etag);
+  const written = await replaceRecord(cp, read, next);
   for (const r of outcomes.values()) {
     if (r.state !== "REBUILDING") continue;
     await note(cp, {
@@ -172,7 +170,7 @@ export async function buildCreating(
     });
   }
   await tellOwner(cp, next);
-  return { value: next, etag };
+  return written;
 }
 
 /** Step 4. */
@@ -206,8 +204,7 @@ export async function dropRetiring(
       return rest;
     });
   const next = withReplicas(v, replicas, cp.now());
-  cp.faults?.beforeStep("repair-record");
-  const etag = await volumes(cp.registry).replace(next, read.etag);
+  const written = await replaceRecord(cp, read, next);
   for (const r of retiring) {
     ctx.load.set(r.pool, Math.max(0, (ctx.load.get(r.pool) ?? 1) - 1));
     const orphaned = left.get(r.id);
@@ -221,7 +218,17 @@ export async function dropRetiring(
       data: { replica: r.id, blobDeleted: orphaned === undefined },
     });
   }
-  return { value: next, etag };
+  return written;
+}
+
+/** Write `next` over `read`, conditional on its ETag: every repair write goes through here. */
+export async function replaceRecord(
+  cp: ControlPlane,
+  read: Read<VolumeRecord>,
+  next: VolumeRecord,
+): Promise<Read<VolumeRecord>> {
+  cp.faults?.beforeStep("repair-record");
+  return { value: next, etag: await volumes(cp.registry).replace(next, read.etag) };
 }
 
 export function withReplicas(v: VolumeRecord, replicas: Replica[], now: Date): VolumeRecord {
