@@ -15,34 +15,31 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 
-export function checkpointPath(dir: string, replica: string, epoch: number): string {
-  return join(dir, `${replica}.${epoch}.copied`);
-}
-
-/** The offset a copy may resume from: 0 when there is no checkpoint or it is unreadable. */
-export async function readCheckpoint(path: string): Promise<number> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return 0;
-    throw err;
-  }
-  const offset = Number(text.trim());
-  return Number.isSafeInteger(offset) && offset > 0 ? offset : 0;
-}
-
-/** Saves the offsets a copy reports, one write at a time, the newest winning. */
-export class CheckpointWriter {
+/** The checkpoint of `replica`'s copy at `epoch`: read once, then saved as the copy goes. */
+export class CopyCheckpoint {
   readonly #path: string;
   #next: number | undefined;
   #writing: Promise<void> = Promise.resolve();
   #running = false;
 
-  constructor(path: string) {
-    this.#path = path;
+  constructor(dir: string, replica: string, epoch: number) {
+    this.#path = join(dir, `${replica}.${epoch}.copied`);
   }
 
+  /** The offset a copy may resume from: 0 when there is no checkpoint or it is unreadable. */
+  async read(): Promise<number> {
+    let text: string;
+    try {
+      text = await readFile(this.#path, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return 0;
+      throw err;
+    }
+    const offset = Number(text.trim());
+    return Number.isSafeInteger(offset) && offset > 0 ? offset : 0;
+  }
+
+  /** Save `offset` (after the saves before it; a newer one overtakes those not yet written). */
   save(offset: number): void {
     this.#next = offset;
     if (this.#running) return;

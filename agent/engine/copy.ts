@@ -78,11 +78,21 @@ export class Copy {
   clearedBytes = 0;
   readonly #o: CopyOptions;
   readonly #chunk: number;
+  /** `ranges` from `skipBelow` on: what this run copies. */
+  readonly #todo: CopyRange[] = [];
 
   constructor(opts: CopyOptions) {
     this.#o = opts;
     this.#chunk = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.totalBytes = opts.ranges.reduce((n, r) => n + r.length, 0);
+    const skip = opts.skipBelow ?? 0;
+    for (const r of opts.ranges) {
+      const end = r.offset + r.length;
+      const from = Math.min(end, Math.max(r.offset, skip));
+      // What is below `skip` was copied before this run.
+      this.copiedBytes += from - r.offset;
+      if (from < end) this.#todo.push({ offset: from, length: end - from });
+    }
   }
 
   /** Percent done, 0..100. */
@@ -94,11 +104,11 @@ export class Copy {
   async run(): Promise<void> {
     const windows = this.#windows();
     // Counted windows in the order they were taken, to know how far all of them are done.
-    const taken: Array<Window & { done?: boolean }> = [];
+    const taken: Window[] = [];
     const worker = async (): Promise<void> => {
       for (let w = windows.next(); !w.done; w = windows.next()) {
         this.#o.signal?.throwIfAborted();
-        const window: Window & { done?: boolean } = w.value;
+        const window = w.value;
         if (window.counted) taken.push(window);
         await this.#window(window);
         if (!window.counted) continue;
@@ -116,14 +126,7 @@ export class Copy {
   }
 
   *#windows(): Generator<Window> {
-    const skip = this.#o.skipBelow ?? 0;
-    for (const r of this.#o.ranges) {
-      const end = r.offset + r.length;
-      const from = Math.min(end, Math.max(r.offset, skip));
-      // What is below `skip` was copied before this run.
-      this.copiedBytes += from - r.offset;
-      if (from < end) yield* cut({ offset: from, length: end - from }, this.#chunk, true, this.#o.clearHoles);
-    }
+    for (const r of this.#todo) yield* cut(r, this.#chunk, true, this.#o.clearHoles);
     const holeWindow = this.#chunk * HOLE_WINDOW_CHUNKS;
     for (const r of this.#o.holes ?? []) yield* cut(r, holeWindow, false, true);
   }
@@ -168,6 +171,8 @@ interface Window {
   /** Counts towards the progress. */
   counted: boolean;
   clear: boolean;
+  /** Copied (counted windows only). */
+  done?: boolean;
 }
 
 function* cut(r: CopyRange, size: number, counted: boolean, clear: boolean): Generator<Window> {

@@ -47,7 +47,7 @@ import {
   intersect,
   type RangeLock,
 } from "./copy.ts";
-import { CheckpointWriter, checkpointPath, readCheckpoint } from "./copy-checkpoint.ts";
+import { CopyCheckpoint } from "./copy-checkpoint.ts";
 import { DEFAULT_GRANULARITY, DirtyLog, dirtyLogPath, removeStaleLogs } from "./dirty-log.ts";
 import type { FailureLatch } from "./failure.ts";
 import { Layer } from "./layer.ts";
@@ -739,7 +739,7 @@ export class ReplicaSet extends Layer implements BlockDevice {
     let copy: Copy | undefined;
     const { dir, epoch } = this.#o.dirtyLog;
     // Only a full copy keeps a checkpoint: a dirty log is itself the record of what is left.
-    const checkpoint = dirty ? undefined : new CheckpointWriter(checkpointPath(dir, m.id, epoch));
+    const checkpoint = dirty ? undefined : new CopyCheckpoint(dir, m.id, epoch);
     let keepCheckpoint = false;
     try {
       // Mutations in flight did not reach it: wait until they are in its log or on the source.
@@ -759,8 +759,7 @@ export class ReplicaSet extends Layer implements BlockDevice {
         ]);
         plan = { ranges: allocated, holes: intersect(holes, onTarget.allocated) };
       }
-      const resumeFrom =
-        checkpoint && resumable ? await readCheckpoint(checkpointPath(dir, m.id, epoch)) : 0;
+      const resumeFrom = checkpoint && resumable ? await checkpoint.read() : 0;
       // Starting over: an old checkpoint must not outlive this run should it stop before its first window.
       if (checkpoint && resumeFrom === 0) await checkpoint.drop();
       this.#stillCatchingUp(m, generation);
