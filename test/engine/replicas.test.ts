@@ -46,9 +46,13 @@ class Persistent extends ProbeDevice {
 class HeldAllocation extends Persistent {
   hold: Promise<void> | undefined;
   asked = 0;
+  #asked: () => void = () => {};
+  /** Resolves when the next allocation question is held. */
+  readonly whenAsked = (): Promise<void> => new Promise((resolve) => (this.#asked = resolve));
   protected override handle<T>(call: Call, run: () => Promise<T>): Promise<T> {
     if (call.op !== "blockStatus" || !this.hold) return super.handle(call, run);
     this.asked++;
+    this.#asked();
     return this.hold.then(() => super.handle(call, run));
   }
 }
@@ -334,8 +338,9 @@ describe("openReplicatedVolume over memory members", () => {
     let answer!: () => void;
     source.hold = new Promise((resolve) => (answer = resolve));
     const fresh = memory();
+    const asked = source.whenAsked();
     const rebuild = vol.rebuild({ id: "r9", pool: "pool9", device: fresh });
-    await settle();
+    await asked;
     // The source's allocation answer is held: nothing is planned, nothing copied.
     expect(source.asked).toBe(1);
     expect(vol.replicas()[1]).toMatchObject({ id: "r9", state: "REBUILDING", progress: 0, copiedBytes: 0 });
