@@ -22,22 +22,19 @@
  */
 import { execFile } from "node:child_process";
 import { constants } from "node:fs";
-import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { open, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { BlobServiceClient } from "@azure/storage-blob";
+import type { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VolumeReport } from "../../contract/node.ts";
 import type { Volume } from "../../contract/volume.ts";
-import { ApiClient } from "../../agent/control/api-client.ts";
+import type { ApiClient } from "../../agent/control/api-client.ts";
 import { exportUri } from "../../agent/host/fuse-loop-driver.ts";
-import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { type AgentProcess, startAgent } from "../control/agent-process.ts";
-import { type Azurite, startAzurite } from "../harness/azurite.ts";
-import { type FaultProxy, type ProxiedRequest, startFaultProxy } from "../harness/fault-proxy.ts";
+import type { FaultProxy, ProxiedRequest } from "../harness/fault-proxy.ts";
 import { toolPath } from "../harness/tools.ts";
-import { ensureBundleBuilt } from "../infra/installer.ts";
+import { type ReplicaCluster, startReplicaCluster } from "./replica-cluster.ts";
 
 const exec = promisify(execFile);
 
@@ -53,8 +50,7 @@ const CUT_AFTER_BYTES = 12 * MiB;
 const NODE = "node-f";
 const VOLUME = "vol-fio";
 
-let azurite: Azurite;
-let cp: LocalControlPlane;
+let cluster: ReplicaCluster;
 let api: ApiClient;
 let blobs: BlobServiceClient;
 let dir: string;
@@ -64,48 +60,10 @@ let agent: AgentProcess | undefined;
 let fifo: string | undefined;
 
 beforeAll(async () => {
-  await ensureBundleBuilt();
-  dir = await mkdtemp(join(tmpdir(), "pagedisk-replicas-fio-"));
-  azurite = await startAzurite({ table: true });
-  proxyB = await startFaultProxy(azurite.blobEndpoint);
-  cp = await startLocalControlPlane({
-    connectionString: azurite.connectionString,
-    // pb back after the cut is GOOD, and resynced to, two seconds after the last failure report.
-    env: {
-      PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS: "2",
-      PAGEDISK_POOL_BAD_AFTER_SECONDS: "3600",
-      PAGEDISK_POOL_PERMANENT_AFTER_SECONDS: "7200",
-    },
-    port: 0,
-    stateDir: join(dir, "cp"),
-    sweepIntervalMs: 250,
-    log: () => {},
-  });
-  api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
-  blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
-  const viaB =
-    `DefaultEndpointsProtocol=http;AccountName=${azurite.accountName};` +
-    `AccountKey=${azurite.accountKey};BlobEndpoint=${proxyB.blobEndpoint};`;
-  await api.createPool({ name: "pa", container: "pa-disks", auth: { kind: "connectionString", connectionString: azurite.connectionString } });
-  await api.createPool({ name: "pb", container: "pb-disks", auth: { kind: "connectionString", connectionString: viaB } });
-  const { token } = await api.createToken();
-  agent = await startAgent(
-    [
-      "--control-plane",
-      new URL(cp.apiUrl).origin,
-      "--state-dir",
-      join(dir, NODE),
-      "--name",
-      NODE,
-      "--kernel",
-      "none",
-      "--heartbeat-interval",
-      "200ms",
-      "--dirty-granularity",
-      "64KiB",
-    ],
-    { PAGEDISK_JOIN_TOKEN: token },
-  );
+  cluster = await startReplicaCluster("pagedisk-replicas-fio-", NODE, 1);
+  ({ api, blobs, dir } = cluster);
+  proxyB = cluster.proxies[0]!;
+  agent = await startAgent(cluster.agentArgs(), { PAGEDISK_JOIN_TOKEN: cluster.joinToken });
   await agent.waitForReport(() => true);
 });
 
@@ -113,10 +71,7 @@ afterAll(async () => {
   // A test writing the FIFO after fio died would wait for a reader for ever.
   if (fifo) await (await open(fifo, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined))?.close();
   await agent?.stop("SIGKILL");
-  await cp?.close();
-  await proxyB?.close();
-  await azurite?.dispose();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await cluster?.close();
 });
 
 interface FioJob {
@@ -136,7 +91,7 @@ function jobFile(phase: "write" | "verify", waitOn?: string): string {
   return [
     "[global]",
     "ioengine=nbd",
-    `uri=${exportUri(join(dir, NODE, "sockets", `${VOLUME}.sock`), VOLUME)}`,
+    `uri=${exportUri(join(cluster.stateDir, "sockets", `${VOLUME}.sock`), VOLUME)}`,
     "rw=randwrite",
     `bs=${BLOCK}`,
     "iodepth=4",

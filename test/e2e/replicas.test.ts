@@ -37,23 +37,20 @@
  */
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { get as httpGet } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BlobServiceClient } from "@azure/storage-blob";
+import type { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ReplicaReport, VolumeReport } from "../../contract/node.ts";
 import type { Volume } from "../../contract/volume.ts";
-import { ApiClient } from "../../agent/control/api-client.ts";
+import type { ApiClient } from "../../agent/control/api-client.ts";
 import { exportUri } from "../../agent/host/fuse-loop-driver.ts";
-import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { type AgentProcess, startAgent } from "../control/agent-process.ts";
-import { type Azurite, startAzurite } from "../harness/azurite.ts";
-import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
+import type { FaultProxy } from "../harness/fault-proxy.ts";
 import { runTool } from "../harness/tools.ts";
-import { ensureBundleBuilt } from "../infra/installer.ts";
 import { CMD, RawClient } from "../nbd/raw-client.ts";
+import { type ReplicaCluster, startReplicaCluster } from "./replica-cluster.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -63,12 +60,9 @@ const GRANULE = 64 * KiB;
 const NODE = "node-r";
 const VOLUME = "vol-r";
 
-let azurite: Azurite;
-let cp: LocalControlPlane;
+let cluster: ReplicaCluster;
 let api: ApiClient;
 let blobs: BlobServiceClient;
-let dir: string;
-let joinToken: string;
 let proxyB: FaultProxy;
 let proxyC: FaultProxy;
 let proxyD: FaultProxy;
@@ -77,76 +71,20 @@ let agent: AgentProcess | undefined;
 const expected = Buffer.alloc(SIZE);
 
 beforeAll(async () => {
-  await ensureBundleBuilt();
-  dir = await mkdtemp(join(tmpdir(), "pagedisk-replicas-"));
-  azurite = await startAzurite({ table: true });
-  [proxyB, proxyC, proxyD] = await Promise.all([
-    startFaultProxy(azurite.blobEndpoint),
-    startFaultProxy(azurite.blobEndpoint),
-    startFaultProxy(azurite.blobEndpoint),
-  ]);
-  cp = await startLocalControlPlane({
-    connectionString: azurite.connectionString,
-    env: {
-      // A pool back after an outage is GOOD (and resynced to) two seconds after the last failure
-      // report; it never turns BAD on its own here: (c) says so with the annotation.
-      PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS: "2",
-      PAGEDISK_POOL_BAD_AFTER_SECONDS: "3600",
-      PAGEDISK_POOL_PERMANENT_AFTER_SECONDS: "7200",
-    },
-    port: 0,
-    stateDir: join(dir, "cp"),
-    sweepIntervalMs: 250,
-    log: () => {},
-  });
-  api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
-  blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
-  await api.createPool({ name: "pa", container: "pa-disks", auth: { kind: "connectionString", connectionString: azurite.connectionString } });
-  await api.createPool({ name: "pb", container: "pb-disks", auth: { kind: "connectionString", connectionString: via(proxyB) } });
-  joinToken = (await api.createToken()).token;
-  agent = await startAgent(agentArgs(), { PAGEDISK_JOIN_TOKEN: joinToken });
+  cluster = await startReplicaCluster("pagedisk-replicas-", NODE, 3);
+  ({ api, blobs } = cluster);
+  [proxyB, proxyC, proxyD] = cluster.proxies as [FaultProxy, FaultProxy, FaultProxy];
+  agent = await startAgent(cluster.agentArgs(), { PAGEDISK_JOIN_TOKEN: cluster.joinToken });
   await agent.waitForReport(() => true);
 });
 
 afterAll(async () => {
   await agent?.stop("SIGKILL");
-  await cp?.close();
-  await Promise.all([proxyB?.close(), proxyC?.close(), proxyD?.close()]);
-  await azurite?.dispose();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await cluster?.close();
 });
 
-/** A connection string for the Azurite account whose blob endpoint is `proxy`. */
-function via(proxy: FaultProxy): string {
-  return (
-    `DefaultEndpointsProtocol=http;AccountName=${azurite.accountName};` +
-    `AccountKey=${azurite.accountKey};BlobEndpoint=${proxy.blobEndpoint};`
-  );
-}
-
-function stateDir(): string {
-  return join(dir, NODE);
-}
-
-function agentArgs(): string[] {
-  return [
-    "--control-plane",
-    new URL(cp.apiUrl).origin,
-    "--state-dir",
-    stateDir(),
-    "--name",
-    NODE,
-    "--kernel",
-    "none",
-    "--heartbeat-interval",
-    "200ms",
-    "--dirty-granularity",
-    "64KiB",
-  ];
-}
-
 function socketOf(volume: string): string {
-  return join(stateDir(), "sockets", `${volume}.sock`);
+  return join(cluster.stateDir, "sockets", `${volume}.sock`);
 }
 
 function uri(): string {
@@ -165,7 +103,7 @@ async function blobBytes(v: Volume, replicaId: string): Promise<Buffer> {
 /** The volume as the agent's status API shows it now. */
 function statusVolume(): Promise<{ state: string; replicas: Array<ReplicaReport & { pool: string }> } | undefined> {
   return new Promise((done, fail) => {
-    const req = httpGet({ socketPath: join(stateDir(), "status.sock"), path: "/volumes" }, (res) => {
+    const req = httpGet({ socketPath: join(cluster.stateDir, "status.sock"), path: "/volumes" }, (res) => {
       let text = "";
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
@@ -234,7 +172,7 @@ async function writeRegions(offsets: number[]): Promise<void> {
 
 /** Every byte of the export through nbdcopy. */
 async function readExport(): Promise<Buffer> {
-  const file = join(dir, "read.img");
+  const file = join(cluster.dir, "read.img");
   await writeFile(file, "");
   await truncate(file, SIZE);
   await runTool("nbdcopy", [uri(), file]);
@@ -244,6 +182,7 @@ async function readExport(): Promise<Buffer> {
 }
 
 async function patchPool(name: string, body: unknown): Promise<void> {
+  const { cp } = cluster;
   const res = await fetch(`${cp.apiUrl}/pools/${name}/annotations`, {
     method: "PATCH",
     headers: { authorization: `Bearer ${cp.adminKey}`, "content-type": "application/json" },
@@ -361,7 +300,7 @@ describe("a two-replica volume through pool outages", () => {
 
     // The whole volume, written and flushed; both replicas hold it.
     randomBytes(SIZE).copy(expected);
-    const source = join(dir, "initial.img");
+    const source = join(cluster.dir, "initial.img");
     await writeFile(source, expected);
     await runTool("nbdcopy", ["--flush", source, uri()]);
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
@@ -419,7 +358,7 @@ describe("a two-replica volume through pool outages", () => {
 
   it("(c) rebuilds onto pool pc when pool pb is lost for good, showing progress, and retires the old replica", async () => {
     const a = agent!;
-    await api.createPool({ name: "pc", container: "pc-disks", auth: { kind: "connectionString", connectionString: via(proxyC) } });
+    await api.createPool({ name: "pc", container: "pc-disks", auth: { kind: "connectionString", connectionString: cluster.via(proxyC) } });
     let from = a.logs.length;
     proxyB.inject({ fault: { type: "reset" } });
     await writeRegions([2 * MiB]);
@@ -488,12 +427,12 @@ describe("a two-replica volume through pool outages", () => {
     await a.waitForLog((r) => r.msg === "replica copy started" && r.replica === idC, from);
     await proxyC.waitFor(() => proxyC.received("putPage") > 0);
     expect(await a.stop("SIGKILL")).toBe("SIGKILL");
-    const logFile = join(stateDir(), "dirty", VOLUME, `${idC}.${epoch}.bitmap`);
+    const logFile = join(cluster.stateDir, "dirty", VOLUME, `${idC}.${epoch}.bitmap`);
     expect(existsSync(logFile)).toBe(true);
 
     const pages = countPages(proxyC);
     proxyC.clear();
-    agent = a = await startAgent(agentArgs());
+    agent = a = await startAgent(cluster.agentArgs());
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME);
     await a.waitForLog((r) => r.msg === "replica online" && r.replica === idC);
     pages.stop();
@@ -511,7 +450,7 @@ describe("a two-replica volume through pool outages", () => {
     let a = agent!;
     proxyC.inject({ fault: { type: "reset" } });
     expect(await a.stop("SIGTERM")).toBe(0);
-    agent = a = await startAgent(agentArgs());
+    agent = a = await startAgent(cluster.agentArgs());
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME);
     expect(await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idC)).toMatchObject({ pool: "pc" });
     // Marked on the reachable replica before the first write was taken.
@@ -536,7 +475,7 @@ describe("a two-replica volume through pool outages", () => {
     let a = agent!;
     // Where (e) leaves the volume; said at once should an earlier case have failed.
     expect(await reported()).toMatchObject({ state: "SERVING" });
-    await api.createPool({ name: "pd", container: "pd-disks", auth: { kind: "connectionString", connectionString: via(proxyD) } });
+    await api.createPool({ name: "pd", container: "pd-disks", auth: { kind: "connectionString", connectionString: cluster.via(proxyD) } });
     let from = a.logs.length;
     proxyC.inject({ fault: { type: "reset" } });
     await writeRegions([4 * MiB + 2 * GRANULE]);
@@ -562,7 +501,7 @@ describe("a two-replica volume through pool outages", () => {
 
     // Restarted: the record still asks for the rebuild, and the agent starts it over.
     const pages = countPages(proxyD);
-    agent = a = await startAgent(agentArgs());
+    agent = a = await startAgent(cluster.agentArgs());
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME);
     expect(await a.waitForLog((r) => r.msg === "replica copy started" && r.replica === idD)).toMatchObject({ kind: "rebuild" });
     // The lower half, copied before the kill, is copied again before the held upper half is let through.

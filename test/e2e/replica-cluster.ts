@@ -1,0 +1,99 @@
+/**
+ * The cluster the replica end-to-end tests run on: Azurite; the control
+ * plane in process, its sweeper every 250 ms, pools GOOD again two seconds
+ * after the last failure report and never BAD on their own; pool pa reached
+ * directly and pool pb through the first of the fault proxies; a join token
+ * for one agent, whose arguments give it fast heartbeats and 64 KiB
+ * dirty-log granules. The agent itself is the caller's to start and stop.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { ApiClient } from "../../agent/control/api-client.ts";
+import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
+import { ensureBundleBuilt } from "../infra/installer.ts";
+
+export interface ReplicaCluster {
+  dir: string;
+  azurite: Azurite;
+  cp: LocalControlPlane;
+  api: ApiClient;
+  /** Straight to Azurite, for reading blobs behind the agent's back. */
+  blobs: BlobServiceClient;
+  proxies: FaultProxy[];
+  joinToken: string;
+  /** The agent's state directory. */
+  stateDir: string;
+  /** A connection string for the Azurite account whose blob endpoint is `proxy`. */
+  via(proxy: FaultProxy): string;
+  /** `pagedisk agent run` arguments for the node. */
+  agentArgs(): string[];
+  /** Proxies, control plane, Azurite and the directory (the agent must be stopped first). */
+  close(): Promise<void>;
+}
+
+export async function startReplicaCluster(
+  prefix: string,
+  node: string,
+  proxyCount: number,
+): Promise<ReplicaCluster> {
+  await ensureBundleBuilt();
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  const azurite = await startAzurite({ table: true });
+  const proxies = await Promise.all(
+    Array.from({ length: proxyCount }, () => startFaultProxy(azurite.blobEndpoint)),
+  );
+  const cp = await startLocalControlPlane({
+    connectionString: azurite.connectionString,
+    env: {
+      PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS: "2",
+      PAGEDISK_POOL_BAD_AFTER_SECONDS: "3600",
+      PAGEDISK_POOL_PERMANENT_AFTER_SECONDS: "7200",
+    },
+    port: 0,
+    stateDir: join(dir, "cp"),
+    sweepIntervalMs: 250,
+    log: () => {},
+  });
+  const api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
+  const via = (proxy: FaultProxy) =>
+    `DefaultEndpointsProtocol=http;AccountName=${azurite.accountName};` +
+    `AccountKey=${azurite.accountKey};BlobEndpoint=${proxy.blobEndpoint};`;
+  await api.createPool({ name: "pa", container: "pa-disks", auth: { kind: "connectionString", connectionString: azurite.connectionString } });
+  await api.createPool({ name: "pb", container: "pb-disks", auth: { kind: "connectionString", connectionString: via(proxies[0]!) } });
+  const stateDir = join(dir, node);
+  return {
+    dir,
+    azurite,
+    cp,
+    api,
+    blobs: BlobServiceClient.fromConnectionString(azurite.connectionString),
+    proxies,
+    joinToken: (await api.createToken()).token,
+    stateDir,
+    via,
+    agentArgs: () => [
+      "--control-plane",
+      new URL(cp.apiUrl).origin,
+      "--state-dir",
+      stateDir,
+      "--name",
+      node,
+      "--kernel",
+      "none",
+      "--heartbeat-interval",
+      "200ms",
+      "--dirty-granularity",
+      "64KiB",
+    ],
+    async close() {
+      await cp.close();
+      await Promise.all(proxies.map((p) => p.close()));
+      await azurite.dispose();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
