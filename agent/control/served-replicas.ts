@@ -456,9 +456,9 @@ function reportFailure(want: DesiredAttachment, opts: ServedReplicasOptions, f: 
 function report(s: MemberStatus, fallbackError: string | undefined): ReplicaReport {
   const copying = s.state === "RESYNCING" || s.state === "REBUILDING";
   let error = s.state === "OFFLINE" ? (s.error ?? fallbackError) : undefined;
-  // One whose writer stopped uncleanly says so first: the control plane acts on those words.
-  if (s.state === "OFFLINE" && s.dirtyBytes === undefined && !error?.startsWith(WRITER_LOST)) {
-    error = error ? `${NO_DIRTY_LOG}; ${error}` : NO_DIRTY_LOG;
+  // Its cause first (the control plane acts on some, a lost writer's above all), then the consequence.
+  if (s.state === "OFFLINE" && s.dirtyBytes === undefined) {
+    error = error ? `${error}; ${NO_DIRTY_LOG}` : NO_DIRTY_LOG;
   }
   return {
     id: s.id,
