@@ -167,6 +167,13 @@ export const Replica = z.object({
    * DETACHED and the control plane resyncs or rebuilds it with no writer.
    */
   copyId: z.string().max(128).optional(),
+  /**
+   * OFFLINE because its content is not trusted: its last writer stopped
+   * with writes in flight that may have reached other replicas only. It is
+   * resynced in full at once (no dirty log may bring it back), and its pool
+   * is not blamed. Dropped when it moves on.
+   */
+  stale: z.literal(true).optional(),
 });
 export type Replica = z.infer<typeof Replica>;
 

@@ -13,7 +13,6 @@ import type { DesiredAttachment, DesiredState } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
-import { WRITER_LOST } from "../../contract/signals.ts";
 import type { Replica, ReplicaState } from "../../contract/volume.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
@@ -45,7 +44,7 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
               cp.report(err);
               return undefined;
             }));
-          const stale = r.state === "OFFLINE" && r.message?.startsWith(WRITER_LOST) === true;
+          const stale = r.state === "OFFLINE" && r.stale === true;
           return { id: r.id, pool: r.pool, state: r.state, url: url ?? null, ...(stale ? { stale } : {}) };
         }),
       ),

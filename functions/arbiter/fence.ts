@@ -67,12 +67,15 @@ export function withWriterLost(replicas: readonly Replica[], at: Date): Replica[
   return replicas.map((r) =>
     r.state !== "ONLINE" || r === kept
       ? r
-      : movedReplica(
-          r,
-          "OFFLINE",
-          at,
-          `${WRITER_LOST}: writes in flight may have reached some replicas only; resynced in full from ${kept!.id}`,
-        ),
+      : {
+          ...movedReplica(
+            r,
+            "OFFLINE",
+            at,
+            `${WRITER_LOST}: writes in flight may have reached some replicas only; resynced in full from ${kept!.id}`,
+          ),
+          stale: true,
+        },
   );
 }
 

@@ -86,9 +86,9 @@ export function resyncCandidates(
     if (r.state !== "OFFLINE" || isReplaced(replicas, r)) return false;
     // Its going OFFLINE was itself a failure reported against the pool: a pool judged GOOD
     // before that report was recorded must not end its wait.
-    // One put OFFLINE because its writer was lost reported no failure: it need not wait.
+    // A stale one (its writer was lost) was not taken out by a failure of its pool: it need not wait.
     const offlineFor = now.getTime() - (r.since ? Date.parse(r.since) : 0);
-    const waited = offlineFor >= policy.suspectWindowMs || r.message?.startsWith(WRITER_LOST) === true;
+    const waited = offlineFor >= policy.suspectWindowMs || r.stale === true;
     const pool = pools.get(r.pool);
     return pool?.health === "GOOD" && waited && !isLostPool(pool, now, policy);
   });
@@ -125,7 +125,9 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
     if (r.state === "ONLINE" && seen.state === "OFFLINE") {
       const why = seen.error ?? "taken offline by its writer";
       event("replica-offline", r, `is OFFLINE: ${why}`, { error: seen.error ?? null });
-      return move(r, "OFFLINE", why);
+      // The agent's words for a replica its own unclean stop left behind (served-replicas.ts).
+      const stale = seen.error?.startsWith(WRITER_LOST) === true;
+      return stale ? { ...move(r, "OFFLINE", why), stale } : move(r, "OFFLINE", why);
     }
     if (!COPYING.includes(r.state)) return r;
     const verb = r.state === "RESYNCING" ? "resync" : "rebuild";
@@ -193,8 +195,6 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
   };
   const withMessage = (r: Replica, message: string, failed = false): Replica => {
     if (r.message === message) return r;
-    // A lost writer's replica keeps saying so while it waits: its writer is told it is stale by it.
-    if (message.startsWith("waiting:") && r.message?.startsWith(WRITER_LOST)) return r;
     if (failed) event("replica-repair-failed", r, message);
     return { ...r, message };
   };

@@ -23,8 +23,9 @@ export const replicaStates = stateMachine<ReplicaState>("replica", {
 
 /**
  * `replica` moved to `state` at `at` (checked against the table), with
- * `message` as the why, or none. Copy progress and a server-side copy's id
- * belong to the copy states and are dropped on every move.
+ * `message` as the why, or none. Copy progress, a server-side copy's id
+ * and the stale mark belong to the state they were set in and are dropped
+ * on every move.
  */
 export function movedReplica(
   replica: Replica,
@@ -33,7 +34,7 @@ export function movedReplica(
   message?: string,
 ): Replica {
   replicaStates.check(replica.state, state);
-  const { progress: _progress, message: _message, copyId: _copyId, ...rest } = replica;
+  const { progress: _progress, message: _message, copyId: _copyId, stale: _stale, ...rest } = replica;
   return {
     ...rest,
     state,

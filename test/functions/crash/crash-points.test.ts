@@ -354,7 +354,11 @@ describe("fence and automatic failover", () => {
     // first in full, at once, and its pool is not held to blame.
     const [kept, stale] = (await record(name)).status.replicas;
     expect(kept).toMatchObject({ state: "ONLINE" });
-    expect(stale).toMatchObject({ state: "OFFLINE", message: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${kept!.id}$`)) });
+    expect(stale).toMatchObject({
+      state: "OFFLINE",
+      stale: true,
+      message: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${kept!.id}$`)),
+    });
     await heartbeat(...ALIVE);
     await pass();
     expect((await record(name)).status.replicas[1]).toMatchObject({ state: "RESYNCING", message: "resync ordered" });

@@ -293,6 +293,7 @@ describe("a writer reporting that its last writes reached some replicas only", (
     expect((await w.record("v-x")).status.replicas[1]).toMatchObject({
       id: other.id,
       state: "OFFLINE",
+      stale: true,
       message: expect.stringMatching(new RegExp(`^${WRITER_LOST}: .* from ${kept.id}$`)),
     });
     const desired = await desiredOf("n-a");
@@ -303,7 +304,7 @@ describe("a writer reporting that its last writes reached some replicas only", (
       [other.id, "OFFLINE", true],
     ]);
 
-    // Waiting for its pool (annotated suspect) it keeps saying why it is OFFLINE, and stays stale.
+    // Waiting for its pool (annotated suspect) it stays stale.
     const table = pools(w.fx.registry);
     const read = (await table.get(other.pool))!;
     await table.replace({ ...read.value, annotations: { health: "suspect" } }, read.etag);
@@ -311,13 +312,35 @@ describe("a writer reporting that its last writes reached some replicas only", (
     expect((await table.get(other.pool))!.value.health).toBe("SUSPECT");
     expect((await w.record("v-x")).status.replicas[1]).toMatchObject({
       state: "OFFLINE",
-      message: expect.stringMatching(new RegExp(`^${WRITER_LOST}`)),
+      stale: true,
+      message: `waiting: pool ${other.pool} is SUSPECT`,
     });
     const still = (await desiredOf("n-a")).attachments.find((a) => a.volume === "v-x")!.replicas;
     expect(still[1]).toMatchObject({ id: other.id, stale: true });
     const back = (await table.get(other.pool))!;
     await table.replace({ ...back.value, annotations: {} }, back.etag);
     await detach("v-x");
+  });
+
+  it("from an agent that found its own unclean stop: stale, resynced at once, its pool not blamed", async () => {
+    await w.create("v-s", { pools: ["pa", "pc"] });
+    await w.attach("v-s", "n-a");
+    await w.pass();
+    const v = await w.record("v-s");
+    const other = v.status.replicas[1]!;
+    const error = `${WRITER_LOST}: this node stopped while writing; resynced in full from ${v.status.replicas[0]!.id}`;
+    await w.report("n-a", [
+      { volume: "v-s", epoch: v.status.epoch, state: "DEGRADED", replicas: [{ id: other.id, state: "OFFLINE", error }] },
+    ]);
+    await w.pass();
+    expect((await w.record("v-s")).status.replicas[1]).toMatchObject({ state: "OFFLINE", stale: true, message: error });
+    // No suspect window to wait out: the next pass orders the resync.
+    await w.pass();
+    expect((await w.record("v-s")).status.replicas[1]).toMatchObject({ state: "RESYNCING", message: "resync ordered" });
+    expect((await w.record("v-s")).status.replicas[1]).not.toHaveProperty("stale");
+    expect((await pools(w.fx.registry).get(other.pool))!.value.health).toBe("GOOD");
+    await w.report("n-a", []);
+    await detach("v-s");
   });
 
   it("for a detached volume: the second replica is copied in full from the first, server-side", async () => {
