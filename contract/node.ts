@@ -172,6 +172,12 @@ export const Heartbeat = z
     events: z.array(ReportedEvent).max(MAX_REPORTED_EVENTS).default([]),
     /** Replaces the facts recorded at join (or by an earlier heartbeat) when given. */
     facts: NodeFacts.optional(),
+    /**
+     * The newest desired-state generation the agent has applied: every
+     * volume that generation no longer lists is drained, flushed and closed.
+     * A detach waits for it (functions/arbiter/detach-drain.ts).
+     */
+    appliedGeneration: z.int().min(0).optional(),
   })
   .superRefine((h, ctx) => {
     const names = h.volumes.map((v) => v.volume);

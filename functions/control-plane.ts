@@ -7,6 +7,9 @@ import type { ReportError } from "./http/errors.ts";
 import type { Registry } from "./registry/tables.ts";
 import { MAX_REPLICA_SAS_LIFETIME_MS } from "./storage/replica-sas.ts";
 
+/** A detach's longest wait for the owner's drain: a throttle pause or two, and a flush. */
+export const DEFAULT_DETACH_DRAIN_MS = 15_000;
+
 export interface ControlPlane {
   readonly registry: Registry;
   /** The clock; tests pass a fixed or stepping one. */
@@ -14,6 +17,8 @@ export interface ControlPlane {
   readonly report: ReportError;
   /** How long the SAS handed to agents is valid (settings' `replicaSasLifetimeMs`). */
   readonly replicaSasLifetimeMs: number;
+  /** Longest a detach waits for the owner to drain the volume (settings' `detachDrainMs`). */
+  readonly detachDrainMs: number;
   /** Tests only: crash injection between the steps of attach, detach and fencing. */
   readonly faults?: Faults;
 }
@@ -38,6 +43,8 @@ export interface ControlPlaneOptions {
   report?: ReportError;
   /** Lifetime of agents' SAS; defaults to the longest, an hour. */
   replicaSasLifetimeMs?: number;
+  /** Longest a detach waits for the owner's drain; defaults to DEFAULT_DETACH_DRAIN_MS. */
+  detachDrainMs?: number;
   /** Crash injection, for tests only. */
   faults?: Faults;
 }
@@ -49,6 +56,7 @@ export function controlPlane(options: ControlPlaneOptions): ControlPlane {
     now: options.now ?? (() => new Date()),
     report: options.report ?? ((err) => console.error("pagedisk control plane:", err)),
     replicaSasLifetimeMs: options.replicaSasLifetimeMs ?? MAX_REPLICA_SAS_LIFETIME_MS,
+    detachDrainMs: options.detachDrainMs ?? DEFAULT_DETACH_DRAIN_MS,
     ...(options.faults ? { faults: options.faults } : {}),
   };
 }

@@ -42,6 +42,7 @@ export async function openRuntime(
   const cp = controlPlane({
     registry,
     replicaSasLifetimeMs: settings.replicaSasLifetimeMs,
+    detachDrainMs: settings.detachDrainMs,
     ...cpOptions,
   });
   const { adminKey } = settings;

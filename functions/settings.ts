@@ -5,6 +5,7 @@
  */
 import { accountUrlProblem } from "../contract/pool.ts";
 import { resolve } from "node:path";
+import { DEFAULT_DETACH_DRAIN_MS } from "./control-plane.ts";
 import { DEFAULT_REPAIR_POLICY, type RepairPolicy } from "./health/repair-policy.ts";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
 import { DEFAULT_ORPHAN_GRACE_MS } from "./lifecycle/reconcile-blobs.ts";
@@ -28,6 +29,8 @@ export interface Settings {
   replicaSasLifetimeMs: number;
   /** A blob younger than this is a `recent` orphan, never deleted (lifecycle/reconcile-blobs.ts). */
   orphanGraceMs: number;
+  /** Longest a detach waits for the owner to drain the volume (arbiter/detach-drain.ts). */
+  detachDrainMs: number;
 }
 
 /**
@@ -54,6 +57,9 @@ export interface Settings {
  * - `PAGEDISK_ORPHAN_GRACE_SECONDS` (default 600): a blob no volume claims
  *   that is younger than this may be a creation in flight; it is reported
  *   as `recent` and not deleted
+ * - `PAGEDISK_DETACH_DRAIN_SECONDS` (default 15): how long a detach waits
+ *   for the volume's owner to say it has drained and closed it before the
+ *   leases are dropped anyway
  * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
  *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
  *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
@@ -84,6 +90,7 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     },
     replicaSasLifetimeMs,
     orphanGraceMs: seconds(env, "PAGEDISK_ORPHAN_GRACE_SECONDS", DEFAULT_ORPHAN_GRACE_MS),
+    detachDrainMs: seconds(env, "PAGEDISK_DETACH_DRAIN_SECONDS", DEFAULT_DETACH_DRAIN_MS),
   };
 }
 

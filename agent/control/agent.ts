@@ -106,10 +106,18 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
   const refused = new Promise<ApiClientError>((res) => {
     rejected = res;
   });
+  // The newest desired-state generation applied: heartbeats carry it, and a change goes at once,
+  // since a detach waits for it to know the volumes it took away are drained.
+  let appliedGeneration: number | undefined;
   const desired = new DesiredLoop({
     client,
     intervalMs: opts.heartbeatIntervalMs,
     apply: (state) => reconciler.apply(state),
+    applied: (generation) => {
+      if (generation === appliedGeneration) return;
+      appliedGeneration = generation;
+      heartbeat.soon();
+    },
     onRejected: (err) => rejected(err),
     log,
   });
@@ -119,6 +127,7 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     agentVersion: AGENT_VERSION,
     facts: hostFacts(),
     volumes: () => reconciler.reports(),
+    appliedGeneration: () => appliedGeneration,
     delivered: (sent) => reconciler.delivered(sent),
     events,
     onAnswer: (node: Node) => desired.nudge(node.desiredGeneration),

@@ -119,7 +119,8 @@ export class ApiClient {
       `/volumes/${seg(name)}/attach`,
       node === undefined ? {} : { node },
     );
-  detachVolume = (name: string) => this.#call<Volume>("POST", `/volumes/${seg(name)}/detach`);
+  detachVolume = (name: string, force = false) =>
+    this.#call<Volume>("POST", `/volumes/${seg(name)}/detach${force ? "?force=true" : ""}`);
 
   listNodes = () => this.#call<NodeList>("GET", "/nodes");
   getNode = (name: string) => this.#call<Node>("GET", `/nodes/${seg(name)}`);

@@ -25,6 +25,8 @@ export interface DesiredLoopOptions {
   /** Fewest milliseconds between two fetches that were answered at once. */
   intervalMs: number;
   apply(desired: DesiredState): Promise<void>;
+  /** A pass over generation `generation` has ended (also when it failed: it will not be retried as such). */
+  applied?(generation: number): void;
   onRejected(err: ApiClientError): void;
   log: Logger;
   now?: () => number;
@@ -113,6 +115,7 @@ export class DesiredLoop {
       } catch (err) {
         o.log.error({ err }, "reconcile failed");
       }
+      o.applied?.(desired.generation);
       // An answer given at once with nothing new (a control plane that does not
       // hold, or SAS tokens that are all short) must not turn into a busy loop.
       if (!changed && now() - started < o.intervalMs) {

@@ -26,6 +26,8 @@ export interface HeartbeatLoopOptions {
   facts: Facts;
   /** Volume reports as of now. */
   volumes(): VolumeReport[];
+  /** The newest desired-state generation applied (see Heartbeat.appliedGeneration). */
+  appliedGeneration?(): number | undefined;
   /** A heartbeat carrying `sent` succeeded. */
   delivered(sent: VolumeReport[]): void;
   events: EventQueue;
@@ -44,6 +46,8 @@ export class HeartbeatLoop {
   #running: Promise<void> | undefined;
   #connected = false;
   #lastHeartbeatAt: string | null = null;
+  /** soon() was called: the next beat goes without waiting for the interval. */
+  #soon = false;
 
   constructor(opts: HeartbeatLoopOptions) {
     this.#o = opts;
@@ -63,6 +67,16 @@ export class HeartbeatLoop {
     this.#running ??= this.#run();
   }
 
+  /**
+   * Beat now rather than at the interval (a detach waits for the node to
+   * say it has drained a volume); while the control plane does not answer,
+   * the backoff still applies.
+   */
+  soon(): void {
+    this.#soon = true;
+    if (this.#connected) this.#pause.wake();
+  }
+
   async stop(): Promise<void> {
     this.#abort.abort();
     this.#pause.wake();
@@ -75,8 +89,10 @@ export class HeartbeatLoop {
     let failures = 0;
     let factsSent = false;
     while (!signal.aborted) {
+      this.#soon = false;
       const volumes = o.volumes();
       const events = o.events.peek();
+      const appliedGeneration = o.appliedGeneration?.();
       const sentAt = new Date().toISOString();
       try {
         const node = await o.client.heartbeat(
@@ -85,6 +101,7 @@ export class HeartbeatLoop {
             volumes,
             events,
             ...(factsSent ? {} : { facts: o.facts }),
+            ...(appliedGeneration === undefined ? {} : { appliedGeneration }),
           },
           signal,
         );
@@ -117,6 +134,7 @@ export class HeartbeatLoop {
         }
         this.#connected = false;
       }
+      if (this.#soon && failures === 0) continue;
       await this.#pause.wait(nextDelay(failures, { intervalMs: o.intervalMs, maxMs: MAX_BACKOFF_MS }, o.random));
     }
   }

@@ -201,6 +201,7 @@ export class ServedVolume {
   /** No longer desired: unbind, drain and flush the export, close. */
   detach(): Promise<void> {
     this.#ended ??= (async () => {
+      this.#ctx.log.info({ volume: this.name, epoch: this.epoch }, "volume draining");
       // The kernel device goes first: unbinding flushes its dirty pages through the export.
       await this.#unbind();
       const flushError = await this.#export?.drain();

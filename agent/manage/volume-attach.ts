@@ -33,10 +33,13 @@ export function attachCommands(volume: Command): void {
   apiCommand(
     volume
       .command("detach")
-      .description("leave the volume with no writer (every replica's lease released)")
-      .argument("<name>", "volume name"),
-    async ({ api, json }, [name]) => {
-      const v = await api.detachVolume(name!);
+      .description(
+        "leave the volume with no writer: its node drains it, then every replica's lease is released",
+      )
+      .argument("<name>", "volume name")
+      .option("--force", "release the leases at once, without waiting for the node to drain the volume"),
+    async ({ api, json }, [name], opts) => {
+      const v = await api.detachVolume(name!, opts.force === true);
       if (json) return printJson(v);
       print(`volume ${v.name} detached (${v.status.state})`);
     },

@@ -4,6 +4,10 @@
  * waiting in this process. Bumps made by other Functions instances are not
  * seen here; the waiting request finds those by re-reading the node row.
  *
+ * The same kind of wake-up serves a detach waiting for its volume's owner
+ * to drain (detach-drain.ts): `heartbeatsRecorded` is notified by every
+ * heartbeat this process records.
+ *
  * One set of waiters per registry object. The app and the timers of one
  * host share their registry (runtime.ts), so a failover by this host's
  * sweeper wakes the agents' held requests; apps built over other registry
@@ -11,7 +15,7 @@
  */
 import type { Registry } from "../registry/tables.ts";
 
-export interface DesiredChanges {
+export interface NodeWakeups {
   /** Wake every request of `node` waiting in this process. */
   notify(node: string): void;
   /** Call `wake` at every later `notify(node)` until the returned function is called. */
@@ -20,19 +24,29 @@ export interface DesiredChanges {
   waiting(node: string): number;
 }
 
-const byRegistry = new WeakMap<Registry, DesiredChanges>();
+const changesByRegistry = new WeakMap<Registry, NodeWakeups>();
+const heartbeatsByRegistry = new WeakMap<Registry, NodeWakeups>();
 
-/** The waiters of `registry`, made on first use. */
-export function desiredChanges(registry: Registry): DesiredChanges {
-  let changes = byRegistry.get(registry);
-  if (!changes) {
-    changes = newDesiredChanges();
-    byRegistry.set(registry, changes);
-  }
-  return changes;
+/** The desired-state waiters of `registry`, made on first use. */
+export function desiredChanges(registry: Registry): NodeWakeups {
+  return wakeupsOf(changesByRegistry, registry);
 }
 
-function newDesiredChanges(): DesiredChanges {
+/** Waiters woken by every heartbeat of a node recorded in this process, made on first use. */
+export function heartbeatsRecorded(registry: Registry): NodeWakeups {
+  return wakeupsOf(heartbeatsByRegistry, registry);
+}
+
+function wakeupsOf(all: WeakMap<Registry, NodeWakeups>, registry: Registry): NodeWakeups {
+  let wakeups = all.get(registry);
+  if (!wakeups) {
+    wakeups = newWakeups();
+    all.set(registry, wakeups);
+  }
+  return wakeups;
+}
+
+function newWakeups(): NodeWakeups {
   const waiters = new Map<string, Set<() => void>>();
   return {
     notify(node) {

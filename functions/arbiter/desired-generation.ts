@@ -25,27 +25,29 @@ export type GenerationCause = "attached" | "detached" | "fenced" | "replicas";
 /**
  * Bump `node`'s generation (conditionally, retried on conflict with
  * heartbeats and the sweeper) and wake its requests waiting in this
- * process. A node no longer registered has nothing to learn.
+ * process. A node no longer registered has nothing to learn. Returns the
+ * new generation; undefined when there was no node or the bump failed.
  */
 export async function bumpDesiredGeneration(
   cp: ControlPlane,
   node: string,
   cause: GenerationCause,
-): Promise<void> {
+): Promise<number | undefined> {
   cp.faults?.beforeStep(`bump-generation ${cause}`);
   const table = nodes(cp.registry);
+  let generation: number | undefined;
   try {
     await retryOnConflict(async () => {
       const read = await table.get(node);
       if (!read) return;
-      await table.replace(
-        { ...read.value, desiredGeneration: generationOf(read.value) + 1 },
-        read.etag,
-      );
+      const next = generationOf(read.value) + 1;
+      await table.replace({ ...read.value, desiredGeneration: next }, read.etag);
+      generation = next;
     });
   } catch (err) {
     cp.report(err);
-    return;
+    return undefined;
   }
   desiredChanges(cp.registry).notify(node);
+  return generation;
 }

@@ -2,13 +2,20 @@
  * Detach: leave a volume with no writer.
  *
  * 1. ATTACHED -> DETACHING with epoch + 1, by conditional write;
- * 2. drop the lease on every replica (release ours, break any other), which
+ * 2. wait for the former owner to drain the volume (detach-drain.ts), unless
+ *    `force`;
+ * 3. drop the lease on every replica (release ours, break any other), which
  *    fences the former owner at its next write;
- * 3. DETACHING -> DETACHED.
+ * 4. DETACHING -> DETACHED.
  *
  * Right after 1 the former owner's desired-state generation is bumped: the
- * volume left its desired state with that write, and the agent should stop
- * serving it before its writes start failing at the storage service.
+ * volume left its desired state with that write, and the agent stops
+ * serving it: it lets the requests in flight finish on every replica,
+ * flushes and closes the export, and says so in its next heartbeat, which
+ * is what 2 waits for (at most `cp.detachDrainMs`). Dropping the leases
+ * under writes in flight would leave replicas that differ where those
+ * writes reached some and not others. The `volume-detached` event says
+ * whether the drain was confirmed, and if not, why.
  *
  * A DETACHING record (storage failure or crash in 2) is resumed by the next
  * detach; detaching a DETACHED volume is a no-op, except that it clears the
@@ -25,9 +32,19 @@ import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { bumpDesiredGeneration } from "./desired-generation.ts";
+import { awaitDrain, type DrainOutcome } from "./detach-drain.ts";
 import { dropLeases } from "./replica-leases.ts";
 
-export async function detachVolume(cp: ControlPlane, name: string): Promise<VolumeRecord> {
+export interface DetachOptions {
+  /** Drop the leases at once, without waiting for the owner to drain; the reason is recorded. */
+  skipDrain?: string;
+}
+
+export async function detachVolume(
+  cp: ControlPlane,
+  name: string,
+  options: DetachOptions = {},
+): Promise<VolumeRecord> {
   const { claim, failoverCancelled } = await retryOnConflict(() => claimVolume(cp, name));
   if (failoverCancelled) {
     await note(cp, {
@@ -40,7 +57,14 @@ export async function detachVolume(cp: ControlPlane, name: string): Promise<Volu
   if (claim.value.status.state === "DETACHED") return claim.value;
   const owner = claim.value.status.ownerNode;
   // Also when resuming a DETACHING left by a crash, which may have come before the bump.
-  if (owner !== null) await bumpDesiredGeneration(cp, owner, "detached");
+  let drain: DrainOutcome | undefined;
+  if (owner !== null) {
+    const generation = await bumpDesiredGeneration(cp, owner, "detached");
+    drain =
+      options.skipDrain !== undefined
+        ? { drained: false, reason: options.skipDrain, waitedMs: 0 }
+        : await awaitDrain(cp, owner, name, generation);
+  }
 
   await dropLeases(cp, claim.value, claim.value.leaseId);
 
@@ -60,7 +84,12 @@ export async function detachVolume(cp: ControlPlane, name: string): Promise<Volu
     type: "volume-detached",
     volume: name,
     ...(owner === null ? {} : { node: owner }),
-    message: `volume ${name} detached${owner === null ? "" : ` from ${owner}`}`,
+    message:
+      `volume ${name} detached${owner === null ? "" : ` from ${owner}`}` +
+      (drain === undefined || drain.drained
+        ? ""
+        : ` without its drain confirmed (${drain.reason}): writes in flight may have reached some replicas only`),
+    ...(drain === undefined ? {} : { data: { ...drain } }),
   });
   return detached;
 }

@@ -16,6 +16,7 @@
  */
 import type { Heartbeat } from "../../contract/node.ts";
 import { REPLICAS_DIVERGED } from "../../contract/signals.ts";
+import { heartbeatsRecorded } from "../arbiter/desired-changes.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { recordEvents } from "../registry/events.ts";
@@ -47,12 +48,15 @@ export async function recordHeartbeat(
       state: "READY",
       agentVersion: beat.agentVersion ?? node.agentVersion,
       facts: beat.facts ?? node.facts,
+      ...(beat.appliedGeneration === undefined ? {} : { appliedGeneration: beat.appliedGeneration }),
       volumes: beat.volumes,
       lastHeartbeatAt: at.toISOString(),
     };
     await table.replace(next, fresh.etag);
     return { before: node, after: next };
   });
+  // A detach waiting in this process for this node to drain looks at the row now.
+  heartbeatsRecorded(cp.registry).notify(name);
   // Written after the row: if this fails the agent sends the events again with its next beat.
   await recordEvents(
     cp.registry,

@@ -166,7 +166,8 @@ export async function sweep(
       } else if (owedFailover(v)) {
         tally(report, v.name, await resumeFailover(cp, read, candidates, load), v, load);
       } else if (v.status.state === "DETACHING" && stuck) {
-        await detachVolume(cp, v.name);
+        // The detach that left it had its chance to wait for the owner; a sweep does not wait.
+        await detachVolume(cp, v.name, { skipDrain: "a stuck detach finished by the sweeper" });
         report.recovered.push(v.name);
       } else if (poolsNow.size > 0) {
         await repairVolume(cp, read, repair);

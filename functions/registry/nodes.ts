@@ -25,6 +25,12 @@ export const NodeRecord = z.object({
    * rows written before it existed stay valid.
    */
   desiredGeneration: z.int().min(0).optional(),
+  /**
+   * The newest generation the agent says it has applied (heartbeat's
+   * `appliedGeneration`). Absent for an agent that does not say, which a
+   * detach then does not wait for.
+   */
+  appliedGeneration: z.int().min(0).optional(),
   /** SHA-256 (hex) of the node's credential; never rendered. */
   credentialSha256: z.string().regex(/^[0-9a-f]{64}$/),
   joinedAt: Timestamp,
@@ -88,17 +94,19 @@ export const nodeCodec: Codec<NodeRecord> = {
     facts,
     volumes,
     desiredGeneration,
+    appliedGeneration,
     ...rest
   }) => ({
     ...rest,
     facts: packJson("facts", facts),
     ...packReports(volumes),
     ...(desiredGeneration === undefined ? {} : { desiredGeneration: int64(desiredGeneration) }),
+    ...(appliedGeneration === undefined ? {} : { appliedGeneration: int64(appliedGeneration) }),
     ...(agentVersion === null ? {} : { agentVersion }),
     // Kept as its own property so that the sweeper can query for silent nodes.
     ...(lastHeartbeatAt === null ? {} : { lastHeartbeatAt }),
   }),
-  decode: (name, { desiredGeneration, ...p }) =>
+  decode: (name, { desiredGeneration, appliedGeneration, ...p }) =>
     NodeRecord.parse({
       ...p,
       name,
@@ -107,6 +115,9 @@ export const nodeCodec: Codec<NodeRecord> = {
       ...(desiredGeneration === undefined
         ? {}
         : { desiredGeneration: fromInt64(desiredGeneration) }),
+      ...(appliedGeneration === undefined
+        ? {}
+        : { appliedGeneration: fromInt64(appliedGeneration) }),
       agentVersion: p.agentVersion ?? null,
       lastHeartbeatAt: p.lastHeartbeatAt ?? null,
     }),

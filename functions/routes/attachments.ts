@@ -12,6 +12,13 @@ import { type Operation, operation } from "../http/operation.ts";
 import { volumeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: VolumeName });
+const DetachQuery = z.strictObject({
+  /** `true` drops the leases at once, without waiting for the owner to drain the volume. */
+  force: z
+    .enum(["true", "false"], { error: "force must be true or false" })
+    .default("false")
+    .transform((v) => v === "true"),
+});
 
 export function attachmentOperations(cp: ControlPlane): Operation[] {
   return [
@@ -45,12 +52,17 @@ export function attachmentOperations(cp: ControlPlane): Operation[] {
       method: "post",
       path: "/volumes/:name/detach",
       operationId: "detachVolume",
-      summary: "Leave the volume with no writer: every replica's lease dropped",
+      summary:
+        "Leave the volume with no writer: the owner drains it (up to PAGEDISK_DETACH_DRAIN_SECONDS, skipped with force=true), then every replica's lease is dropped",
       access: "admin",
       params: ByName,
+      query: DetachQuery,
       success: { status: 200, description: "the volume, DETACHED", schema: Volume },
       errors: ["VolumeNotFound", "VolumeBusy", "Conflict", "StorageFailed"],
-      handle: async ({ params }) => volumeView(await detachVolume(cp, params.name)),
+      handle: async ({ params, query }) =>
+        volumeView(
+          await detachVolume(cp, params.name, query.force ? { skipDrain: "force=true" } : {}),
+        ),
     }),
   ];
 }

@@ -3,7 +3,8 @@
  * drive the sweeper; and the report of a sweep pass that found nothing to do.
  */
 import { expect } from "vitest";
-import type { JoinResponse } from "../../contract/node.ts";
+import type { z } from "zod";
+import type { Heartbeat, JoinResponse } from "../../contract/node.ts";
 import type { SweepReport } from "../../functions/health/sweep.ts";
 import { type ControlPlaneFixture, jsonOf } from "./fixture.ts";
 
@@ -33,19 +34,22 @@ export function agentNodes(fixture: () => ControlPlaneFixture, joinToken: () => 
     credentials.set(name, (await jsonOf<JoinResponse>(res, 201)).credential);
   }
 
-  async function heartbeat(...names: string[]): Promise<void> {
-    for (const name of names) {
-      const res = await fixture().app.request(`/api/v1/nodes/${name}/heartbeat`, {
-        method: "POST",
-        headers: {
-          authorization: `Bearer ${credentials.get(name)}`,
-          "content-type": "application/json",
-        },
-        body: "{}",
-      });
-      expect(res.status).toBe(200);
-    }
+  /** One heartbeat of `name` with `body` (a Heartbeat); answered 200. */
+  async function beat(name: string, body: z.input<typeof Heartbeat>): Promise<void> {
+    const res = await fixture().app.request(`/api/v1/nodes/${name}/heartbeat`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${credentials.get(name)}`,
+        "content-type": "application/json",
+      },
+      body: JSON.stringify(body),
+    });
+    expect(res.status).toBe(200);
   }
 
-  return { join, heartbeat };
+  async function heartbeat(...names: string[]): Promise<void> {
+    for (const name of names) await beat(name, {});
+  }
+
+  return { join, heartbeat, beat };
 }

@@ -46,6 +46,8 @@ export const EPOCH_MS = Date.UTC(2025, 0, 1);
 export interface FixtureOptions {
   /** The app's clock; by default one that starts at `EPOCH_MS` and advances a second per reading. */
   now?: () => Date;
+  /** The longest a detach waits for the owner's drain (ControlPlane.detachDrainMs). */
+  detachDrainMs?: number;
 }
 
 export async function startControlPlane(
@@ -59,6 +61,7 @@ export async function startControlPlane(
     registry,
     now: options.now ?? (() => new Date(EPOCH_MS + 1000 * tick++)),
     report: (err) => reported.push(err),
+    ...(options.detachDrainMs === undefined ? {} : { detachDrainMs: options.detachDrainMs }),
   });
   const { key } = await issueAdminKey(registry, new Date(EPOCH_MS));
   const tables = TableServiceClient.fromConnectionString(azurite.connectionString, {

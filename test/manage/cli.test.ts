@@ -185,6 +185,16 @@ describe("pagedisk volume", () => {
     expect(detach.stdout).toBe("volume db detached (DETACHED)\n");
     const detached = Volume.parse(await json("volume", "show", "db"));
     expect(detached.status).toMatchObject({ state: "DETACHED", ownerNode: null });
+
+    // --force: the leases go without waiting for the node's drain, and the event says so.
+    expect((await cli("volume", "attach", "db", "--node", "vm-1")).stderr).toBe("");
+    const forced = await cli("volume", "detach", "db", "--force");
+    expect(forced.stdout).toBe("volume db detached (DETACHED)\n");
+    const events = await fetch(`${local.apiUrl}/events?volume=db&type=volume-detached`, {
+      headers: { authorization: `Bearer ${local.adminKey}` },
+    });
+    const page = (await events.json()) as { items: Array<{ data?: Record<string, unknown> }> };
+    expect(page.items[0]?.data).toMatchObject({ drained: false, reason: "force=true" });
   });
 
   it("updates placement rules, and refuses an update that changes nothing (exit 2)", async () => {

@@ -69,6 +69,7 @@ describe("repair and reconciliation settings", () => {
       PAGEDISK_POOL_PROBE_TIMEOUT_SECONDS: "3",
       PAGEDISK_REPORT_GRACE_SECONDS: "7",
       PAGEDISK_ORPHAN_GRACE_SECONDS: "3600",
+      PAGEDISK_DETACH_DRAIN_SECONDS: "40",
     });
     expect(settings.sweep.repair).toEqual({
       suspectWindowMs: 20_000,
@@ -79,10 +80,16 @@ describe("repair and reconciliation settings", () => {
     });
     expect(settings.orphanGraceMs).toBe(3_600_000);
     expect(settingsFrom(base).orphanGraceMs).toBe(10 * 60_000);
+    expect(settings.detachDrainMs).toBe(40_000);
+    expect(settingsFrom(base).detachDrainMs).toBe(15_000);
   });
 
   it("refuse a threshold that is not a whole number of seconds, naming it", () => {
-    for (const name of ["PAGEDISK_POOL_PERMANENT_AFTER_SECONDS", "PAGEDISK_ORPHAN_GRACE_SECONDS"]) {
+    for (const name of [
+      "PAGEDISK_POOL_PERMANENT_AFTER_SECONDS",
+      "PAGEDISK_ORPHAN_GRACE_SECONDS",
+      "PAGEDISK_DETACH_DRAIN_SECONDS",
+    ]) {
       expect(() => settingsFrom({ ...base, [name]: "1.5" })).toThrow(name);
       expect(() => settingsFrom({ ...base, [name]: "0" })).toThrow(name);
     }
