@@ -151,7 +151,7 @@ async function startCopies(
       // Ours already if this pass ordered it; not if its writer was copying when it was detached.
       await takeReplicaLease(target.pool, v.name, r.id, leaseId, false);
       cp.faults?.beforeStep(`start-copy ${r.id}`);
-      const started = await startReplicaCopy(v.name, ref(ctx, source), target, leaseId);
+      const started = await startReplicaCopy(v.name, ref(ctx, source), target, leaseId, v.spec.sizeBytes);
       const from = `server-side copy from ${source.id} on ${source.pool}`;
       outcomes.set(r.id, settle(v, r, started, from, now, events));
     } catch (err) {

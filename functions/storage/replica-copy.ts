@@ -11,8 +11,14 @@
  * stopped only with the blob's current lease id (the attach's).
  *
  * The source is read through a read-only SAS the control plane signs for
- * that one blob (`COPY_SOURCE_SAS_LIFETIME_MS`); a pool whose connection
- * string is itself a SAS lends that SAS, which stays inside Azure Storage.
+ * that one blob, valid for as long as the copy may take
+ * (`copySourceSasLifetime`): a copy between accounts runs in the
+ * background at no promised speed, and one whose source SAS ends before it
+ * does fails, to be started again from the beginning; a fixed hour would
+ * never see a large replica through. A pool whose connection string is
+ * itself a SAS lends that SAS, which stays inside Azure Storage. The
+ * service records the source URL in the target's properties, which only
+ * the volume's own writers can read, and they may read that replica anyway.
  * The copy carries the target's own metadata, never the source's offline
  * marks.
  */
@@ -30,8 +36,24 @@ import { replicaBlob, replicaUri } from "./replica-blobs.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "./replica-sas.ts";
 import { onPool } from "./storage-failure.ts";
 
-/** How long the source's SAS lives: a copy still running when it ends may fail, and is then started again. */
-export const COPY_SOURCE_SAS_LIFETIME_MS = 60 * 60 * 1000;
+/** The least a copy's source SAS lives, however small the blob. */
+export const MIN_COPY_SOURCE_SAS_LIFETIME_MS = 60 * 60 * 1000;
+/**
+ * The most: a user delegation key (what signs a managed-identity pool's
+ * SAS) lives at most 7 days, less a margin for the clocks.
+ */
+export const MAX_COPY_SOURCE_SAS_LIFETIME_MS = 7 * 24 * 60 * 60 * 1000 - 60 * 60 * 1000;
+/**
+ * The slowest copy the lifetime allows for, in bytes per second. At this
+ * rate the largest page blob (8 TiB) takes about 6 days, within the most.
+ */
+export const COPY_RATE_FLOOR = 16 * 1024 * 1024;
+
+/** How long the source SAS of a copy of `sizeBytes` lives: an hour, plus the copy at the floor rate. */
+export function copySourceSasLifetime(sizeBytes: number): number {
+  const ms = MIN_COPY_SOURCE_SAS_LIFETIME_MS + Math.ceil((sizeBytes / COPY_RATE_FLOOR) * 1000);
+  return Math.min(MAX_COPY_SOURCE_SAS_LIFETIME_MS, ms);
+}
 
 export type CopyStatus = "pending" | "success" | "failed" | "aborted";
 
@@ -54,18 +76,20 @@ export interface ReplicaBlobRef {
 
 /**
  * Start copying `source` onto `target` (which exists, leased under
- * `leaseId`). A copy already pending there (this call repeated after a
- * crash) is adopted rather than refused. Resolves with the copy's state
- * right after the start: a copy within one account may already be done.
+ * `leaseId`); both hold `sizeBytes`. A copy already pending there (this
+ * call repeated after a crash) is adopted rather than refused. Resolves
+ * with the copy's state right after the start: a copy within one account
+ * may already be done.
  */
 export async function startReplicaCopy(
   volume: string,
   source: ReplicaBlobRef,
   target: ReplicaBlobRef,
   leaseId: string,
+  sizeBytes: number,
 ): Promise<ReplicaCopyState> {
   // Signed by the wall clock, not the control plane's: the storage service checks it at once, by its own.
-  const sourceUrl = await copySourceUrl(volume, source, new Date());
+  const sourceUrl = await copySourceUrl(volume, source, new Date(), copySourceSasLifetime(sizeBytes));
   const blob = replicaBlob(target.pool, volume, target.id);
   return onPool(target.pool.name, "start copy", async () => {
     try {
@@ -154,9 +178,14 @@ export async function clearOfflineMarks(
   });
 }
 
-async function copySourceUrl(volume: string, source: ReplicaBlobRef, now: Date): Promise<string> {
+async function copySourceUrl(
+  volume: string,
+  source: ReplicaBlobRef,
+  now: Date,
+  lifetimeMs: number,
+): Promise<string> {
   const uri = replicaUri(source.pool, volume, source.id);
-  const expiresAt = replicaSasExpiry(now, COPY_SOURCE_SAS_LIFETIME_MS);
+  const expiresAt = replicaSasExpiry(now, lifetimeMs);
   const signed = await signedReplicaUrl(source.pool, volume, source.id, uri, now, expiresAt, "r");
   // Unsigned: the pool's connection string is a SAS, which the client's URL carries.
   return signed ?? replicaBlob(source.pool, volume, source.id).url;

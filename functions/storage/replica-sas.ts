@@ -90,14 +90,17 @@ async function sign(
     if (!(credential instanceof StorageSharedKeyCredential)) return undefined;
     return generateBlobSASQueryParameters(values, credential);
   }
-  const key = await poolIdentity().delegationKeys.get(pool.accountUrl, now, (startsOn, expiresOn) =>
+  const fetchKey = (startsOn: Date, expiresOn: Date) =>
     onPool(pool.name, "get user delegation key", () =>
       service.getUserDelegationKey(startsOn, expiresOn),
-    ),
-  );
-  // The service refuses a user delegation SAS that outlives its key; the cache renews well before.
-  if (values.expiresOn! > key.signedExpiresOn)
-    throw new RangeError(`SAS for ${values.blobName} would outlive its delegation key`);
+    );
+  let key = await poolIdentity().delegationKeys.get(pool.accountUrl, now, fetchKey);
+  // The service refuses a user delegation SAS that outlives its key. The cached key outlives
+  // any agent's SAS (the cache renews well before); a copy's source SAS may need days, so it
+  // gets a key of its own, asked for just as long.
+  if (values.expiresOn! > key.signedExpiresOn) {
+    key = await fetchKey(new Date(now.getTime() - CLOCK_SKEW_MS), values.expiresOn!);
+  }
   return generateBlobSASQueryParameters(
     { ...values, version: DELEGATION_SAS_VERSION },
     key,

@@ -206,7 +206,12 @@ class AzuriteProcesses implements Azurite {
       // Its own process group: a terminal's Ctrl-C reaches our stop(), which
       // stops Azurite last, not Azurite directly before the agent has drained.
       detached: true,
-      env: { ...process.env, ...(this.#opts.location ? { PAGEDISK_AZURITE_KEEP: "1" } : {}) },
+      env: {
+        ...process.env,
+        ...(this.#opts.location ? { PAGEDISK_AZURITE_KEEP: "1" } : {}),
+        // Azurite checks a copy's source by calling itself: over HTTPS it must trust its own certificate.
+        ...(this.#opts.tls ? { NODE_EXTRA_CA_CERTS: this.#opts.tls.cert } : {}),
+      },
     });
     this.#children.push(child);
     let output = "";

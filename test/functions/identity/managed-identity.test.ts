@@ -3,7 +3,8 @@
  * `--oauth basic`: the registry opened with a token credential
  * (PAGEDISK_REGISTRY_ACCOUNT_URL), a pool registered by account URL and
  * reached with the same credential, and agents handed user delegation SAS
- * URLs that allow exactly read and write of their one blob.
+ * URLs that allow exactly read and write of their one blob; a server-side
+ * copy's source read through a user delegation SAS as long as the copy.
  */
 import { randomBytes } from "node:crypto";
 import { TableClient } from "@azure/data-tables";
@@ -17,13 +18,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DesiredState, JoinResponse } from "../../../contract/node.ts";
 import type { Pool } from "../../../contract/pool.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
-import type { Volume } from "../../../contract/volume.ts";
+import type { Replica, Volume } from "../../../contract/volume.ts";
 import { openPageBlob } from "../../../agent/pageblob/connect.ts";
 import { isStorageError } from "../../../agent/pageblob/errors.ts";
+import { pools } from "../../../functions/registry/pools.ts";
 import { openRegistry } from "../../../functions/registry/tables.ts";
 import { restCode, restStatus } from "../../../functions/rest-error.ts";
 import { openRuntime, type Runtime } from "../../../functions/runtime.ts";
 import { settingsFrom } from "../../../functions/settings.ts";
+import { startReplicaCopy } from "../../../functions/storage/replica-copy.ts";
 import { type Azurite, startAzurite } from "../../harness/azurite.ts";
 import { errorOf, jsonOf } from "../fixture.ts";
 import { makeTestCertificate, type TestCertificate, trustInThisProcess } from "./https.ts";
@@ -226,6 +229,48 @@ describe("managed identity", () => {
     } finally {
       await foreign.close();
     }
+    expect(reported).toEqual([]);
+  });
+
+  it("signs a long copy's source SAS with a key of its own that outlives it, and the copy reads through it", async () => {
+    await jsonOf<Pool>(await registerMi("mi2", "mi2-disks", `${azurite.blobEndpoint}/`), 201);
+    const v = await jsonOf<Volume>(
+      await call("POST", "/api/v1/volumes", { name: "copied", sizeBytes: 1 << 20, replicas: 2, pools: ["mi", "mi2"] }),
+      201,
+    );
+    const [source, target] = v.status.replicas as [Replica, Replica];
+    const owner = BlobServiceClient.fromConnectionString(azurite.connectionString);
+    const blobOf = (r: Replica) => owner.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`copied/${r.id}`);
+    const data = randomBytes(8192);
+    await blobOf(source).uploadPages(data, 0, data.length);
+    const leaseId = "00000000-0000-4000-8000-0000000c0de1";
+    await blobOf(target).getBlobLeaseClient(leaseId).acquireLease(-1);
+    const table = pools(runtime.cp.registry);
+    const from = Date.now();
+    const started = await startReplicaCopy(
+      "copied",
+      { pool: (await table.get(source.pool))!.value, id: source.id },
+      { pool: (await table.get(target.pool))!.value, id: target.id },
+      leaseId,
+      1024 ** 4,
+    );
+    expect(started.status).toBe("success");
+    expect((await blobOf(target).downloadToBuffer(0, data.length)).equals(data)).toBe(true);
+
+    const sas = new URL((await blobOf(target).getProperties()).copySource!).searchParams;
+    expect(sas.get("skoid")).toBe(identity.objectId);
+    expect(sas.get("sp")).toBe("r");
+    // 1 TiB at the 16 MiB/s floor, plus an hour: past the cached key's hours, so a key of its own.
+    const hours = (Date.parse(sas.get("se")!) - from) / 3_600_000;
+    expect(hours).toBeGreaterThan(1 + 65_536 / 3600 - 0.02);
+    expect(Date.parse(sas.get("ske")!)).toBeGreaterThanOrEqual(Date.parse(sas.get("se")!));
+    // The agents' key is still the cached one, which the long one did not replace.
+    const again = await jsonOf<DesiredState>(
+      await call("GET", "/api/v1/nodes/vm-1/desired", undefined, credential),
+      200,
+    );
+    const agentKey = new URL(again.attachments[0]!.replicas[0]!.url!).searchParams;
+    expect(agentKey.get("ske")).toBe(new URL(desired.attachments[0]!.replicas[0]!.url!).searchParams.get("ske"));
     expect(reported).toEqual([]);
   });
 });

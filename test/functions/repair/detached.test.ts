@@ -247,7 +247,7 @@ describe("a detached volume's repair interrupted, then fenced by an attach", () 
     expect(attached.status.replicas[1]).toMatchObject({ state: "RESYNCING" });
     const pa = (await pools(w.fx.registry).get("pa"))!.value;
     const pc = (await pools(w.fx.registry).get("pc"))!.value;
-    const late = await startReplicaCopy("v-i", { pool: pa, id: source.id }, { pool: pc, id: stale.id }, copyLeaseId).catch(
+    const late = await startReplicaCopy("v-i", { pool: pa, id: source.id }, { pool: pc, id: stale.id }, copyLeaseId, SIZE).catch(
       (err: unknown) => err,
     );
     expect(late).toBeInstanceOf(StorageFailure);
@@ -255,6 +255,45 @@ describe("a detached volume's repair interrupted, then fenced by an attach", () 
     expect(await bytesOf("v-i", stale)).toEqual(before);
     // The writer's lease holds it now.
     await blobOf("v-i", stale).uploadPages(Buffer.alloc(512), 0, 512, { conditions: { leaseId: attached.leaseId! } });
+    expect(w.reported).toEqual([]);
+  });
+});
+
+describe("the source of a server-side copy", () => {
+  it("is read through a read-only SAS for that blob that lives as long as a copy of the replica's size may take", async () => {
+    const created = await w.create("v-sas", { pools: ["pa", "pc"] });
+    const [source, target] = created.status.replicas as [Replica, Replica];
+    const pa = (await pools(w.fx.registry).get("pa"))!.value;
+    const pc = (await pools(w.fx.registry).get("pc"))!.value;
+    const leaseId = "00000000-0000-4000-8000-00000000c0de";
+    await blobOf("v-sas", target).getBlobLeaseClient(leaseId).acquireLease(-1);
+    const sasOf = async () => {
+      const props = await blobOf("v-sas", target).getProperties();
+      return new URL(props.copySource!).searchParams;
+    };
+    const hours = (params: URLSearchParams, from: number) => (Date.parse(params.get("se")!) - from) / 3_600_000;
+
+    // A small replica: an hour, at least.
+    let from = Date.now();
+    await startReplicaCopy("v-sas", { pool: pa, id: source.id }, { pool: pc, id: target.id }, leaseId, SIZE);
+    let sas = await sasOf();
+    expect(sas.get("sp")).toBe("r");
+    expect(sas.get("sr")).toBe("b");
+    expect(hours(sas, from)).toBeGreaterThan(0.98);
+    expect(hours(sas, from)).toBeLessThan(1.02);
+
+    // 1 TiB: an hour plus 1 TiB at 16 MiB/s (65,536 s), about 19.2 hours.
+    from = Date.now();
+    await startReplicaCopy("v-sas", { pool: pa, id: source.id }, { pool: pc, id: target.id }, leaseId, 1024 ** 4);
+    sas = await sasOf();
+    expect(hours(sas, from)).toBeGreaterThan(1 + 65_536 / 3600 - 0.02);
+    expect(hours(sas, from)).toBeLessThan(1 + 65_536 / 3600 + 0.02);
+
+    // 8 TiB, the largest page blob: capped below the 7 days a delegation key may live.
+    from = Date.now();
+    await startReplicaCopy("v-sas", { pool: pa, id: source.id }, { pool: pc, id: target.id }, leaseId, 8 * 1024 ** 4);
+    expect(hours(await sasOf(), from)).toBeLessThan(7 * 24);
+    expect(hours(await sasOf(), from)).toBeGreaterThan(6 * 24);
     expect(w.reported).toEqual([]);
   });
 });
