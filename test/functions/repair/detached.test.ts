@@ -7,9 +7,13 @@
  * plane's own that an attach breaks, and a pass that dies between its
  * steps is finished by the next.
  *
- * Azurite copies within one instance at once, so every copy here is done
- * when it starts: a copy still pending (progress, an attach stopping it)
- * is not reached.
+ * Azurite copies within one instance at once, so every copy it makes is
+ * done when it starts. A copy between accounts in Azure runs in the
+ * background; that case (progress, a copy that fails and is started again,
+ * an attach stopping one still pending) is played by pool pb's fault proxy
+ * answering Copy Blob, Get Blob Properties and Abort Copy Blob for the one
+ * target blob as the service does for a pending copy, with Azure's headers
+ * (the proxy's canned replies are for exactly such behaviour Azurite lacks).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DesiredState } from "../../../contract/node.ts";
@@ -21,6 +25,7 @@ import { sweep } from "../../../functions/health/sweep.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
+import { COPY_STOPPED } from "../../../functions/health/repair-detached.ts";
 import { startReplicaCopy } from "../../../functions/storage/replica-copy.ts";
 import { StorageFailure } from "../../../functions/storage/storage-failure.ts";
 import { pattern } from "../../conformance/block-device-suite.ts";
@@ -400,6 +405,127 @@ describe("a writer reporting that its last writes reached some replicas only", (
     expect((await bytesOf("v-y", other)).equals(await bytesOf("v-y", kept))).toBe(true);
     // Its pool is not blamed.
     expect((await pools(w.fx.registry).get(other.pool))!.value.health).toBe("GOOD");
+    expect(w.reported).toEqual([]);
+  });
+});
+
+describe("a server-side copy that runs in the background, as between accounts in Azure", () => {
+  /** Headers of the service's answers about a copy onto the target. */
+  const copyHeaders = (copyId: string, status: string, extra: Record<string, string> = {}) => ({
+    "x-ms-copy-id": copyId,
+    "x-ms-copy-status": status,
+    etag: '"0x8DD00000000C0DE"',
+    "last-modified": new Date().toUTCString(),
+    "x-ms-request-id": "00000000-0000-0000-0000-000000000000",
+    "x-ms-version": "2025-11-05",
+    ...extra,
+  });
+
+  it("shows progress, starts a failed copy again, and is stopped by an attach with the writer's lease", async () => {
+    const created = await w.create("v-p", { pools: ["pa", "pb"] });
+    const source = created.status.replicas.find((r) => r.pool === "pa")!;
+    const target = created.status.replicas.find((r) => r.pool === "pb")!;
+    const at = created.status.replicas.indexOf(target);
+    await blobOf("v-p", source).uploadPages(pattern(7, 64 * KiB), 0, 64 * KiB);
+    // Its pb replica went OFFLINE while it was attached elsewhere, as far as the record says.
+    const table = volumes(w.fx.registry);
+    const read = (await table.get("v-p"))!;
+    const replicas = read.value.status.replicas.map((r) =>
+      r.id === target.id ? { ...r, state: "OFFLINE" as const, message: "no answer for 5 s" } : r,
+    );
+    await table.replace({ ...read.value, status: { ...read.value.status, replicas } }, read.etag);
+
+    const onTarget = (req: { url: URL }) => req.url.pathname.endsWith(`/pb-disks/v-p/${target.id}`);
+    const isCopy = (req: { url: URL; headers: Record<string, unknown> }) => onTarget(req) && req.headers["x-ms-copy-source"] !== undefined;
+    /** pb answers a Copy Blob onto the target with `copyId` pending, and its properties with `status`. */
+    const service = (copyId: string, status: string, extra: Record<string, string> = {}) => {
+      w.proxy.clear();
+      w.proxy.inject({ fault: { type: "reply", status: 202, headers: copyHeaders(copyId, "pending"), body: "" }, only: ["other"], match: isCopy });
+      w.proxy.inject({
+        fault: {
+          type: "reply",
+          status: 200,
+          headers: copyHeaders(copyId, status, {
+            "x-ms-blob-type": "PageBlob",
+            "content-length": String(SIZE),
+            "x-ms-lease-state": "leased",
+            "x-ms-lease-status": "locked",
+            "x-ms-lease-duration": "infinite",
+            ...extra,
+          }),
+          body: "",
+        },
+        only: ["properties"],
+        match: onTarget,
+      });
+    };
+    const copySources: string[] = [];
+    const aborts: Array<{ copyId: string | null; leaseId: unknown }> = [];
+    const stop = w.proxy.onRequest((req) => {
+      if (isCopy(req)) copySources.push(String(req.headers["x-ms-copy-source"]));
+      if (onTarget(req) && req.url.searchParams.get("comp") === "copy") {
+        aborts.push({ copyId: req.url.searchParams.get("copyid"), leaseId: req.headers["x-ms-lease-id"] });
+      }
+    });
+    try {
+      // Started, and already a quarter through when polled.
+      service("copy-1", "pending", { "x-ms-copy-progress": `${SIZE / 4}/${SIZE}` });
+      await w.pass();
+      let v = await w.record("v-p");
+      // The record's OFFLINE replica is a failure the pass has just heard of: it waits the suspect window.
+      expect(copySources).toEqual([]);
+      expect(v.status.replicas[at]!.message).toMatch(/^waiting: pool pb/);
+      w.clock.ms += REPAIR.suspectWindowMs + 1_000;
+      await w.pass();
+      v = await w.record("v-p");
+      expect(copySources).toHaveLength(1);
+      expect(new URL(copySources[0]!).pathname).toMatch(new RegExp(`/pa-disks/v-p/${source.id}$`));
+      expect(v.copyLeaseId).toBeDefined();
+      expect(v.status.replicas[at]).toMatchObject({ state: "RESYNCING", copyId: "copy-1", progress: 25 });
+      expect(v.status.replicas[at]!.message).toBe(`resync: 25% (${SIZE / 4} of ${SIZE} bytes), server-side copy`);
+
+      // Further on: the percentage moves.
+      service("copy-1", "pending", { "x-ms-copy-progress": `${(3 * SIZE) / 4}/${SIZE}` });
+      await w.pass();
+      v = await w.record("v-p");
+      expect(v.status.replicas[at]).toMatchObject({ state: "RESYNCING", copyId: "copy-1", progress: 75 });
+
+      // It fails (its source SAS ended, say): OFFLINE, with the service's words, then started again.
+      service("copy-1", "failed", { "x-ms-copy-status-description": "500 InternalError Copy failed." });
+      await w.pass();
+      v = await w.record("v-p");
+      expect(v.status.replicas[at]).toMatchObject({ state: "OFFLINE" });
+      expect(v.status.replicas[at]!.message).toBe("resync failed: its server-side copy failed: 500 InternalError Copy failed.");
+      const offline = await w.events("v-p", "replica-offline");
+      expect(offline.map((e) => e.data)).toEqual([
+        { replica: target.id, error: "resync failed: its server-side copy failed: 500 InternalError Copy failed." },
+      ]);
+      service("copy-2", "pending", { "x-ms-copy-progress": `0/${SIZE}` });
+      await w.pass();
+      v = await w.record("v-p");
+      // The failure counts against pb for the suspect window, as any report would; then the copy starts over.
+      expect(copySources).toHaveLength(1);
+      expect(v.status.replicas[at]).toMatchObject({ state: "OFFLINE" });
+      expect(v.status.replicas[at]!.message).toMatch(/^waiting: pool pb/);
+      w.clock.ms += REPAIR.suspectWindowMs + 1_000;
+      await w.pass();
+      v = await w.record("v-p");
+      expect(copySources).toHaveLength(2);
+      expect(v.status.replicas[at]).toMatchObject({ state: "RESYNCING", copyId: "copy-2", progress: 0 });
+
+      // An attach stops it, under the writer's lease, and leaves the replica to its writer.
+      expect(aborts).toEqual([]);
+      await w.attach("v-p", "n-a");
+      const attached = await w.record("v-p");
+      expect(aborts).toEqual([{ copyId: "copy-2", leaseId: attached.leaseId }]);
+      expect(attached.copyLeaseId).toBeUndefined();
+      expect(attached.status.replicas[at]).toMatchObject({ state: "RESYNCING", message: COPY_STOPPED });
+      expect(attached.status.replicas[at]).not.toHaveProperty("copyId");
+      expect(attached.status.replicas[at]).not.toHaveProperty("progress");
+    } finally {
+      stop();
+      w.proxy.clear();
+    }
     expect(w.reported).toEqual([]);
   });
 });
