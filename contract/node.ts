@@ -90,6 +90,12 @@ export const ReplicaReport = z.strictObject({
   /** Bytes marked dirty (written while OFFLINE), by the writer's dirty-region log. */
   dirtyBytes: Amount.optional(),
   /**
+   * OFFLINE because this node stopped while writing (a crash, a kill) with
+   * writes in flight that may have reached some replicas only: its content
+   * is not trusted, it is resynced in full, and its pool is not at fault.
+   */
+  stale: z.literal(true).optional(),
+  /**
    * Why it is OFFLINE, or why its copy stopped: one printable line, short,
    * so that 64 volumes of these still fit one heartbeat and one node row.
    */

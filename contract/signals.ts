@@ -8,7 +8,9 @@
  * How the message of a replica taken OFFLINE because its writer stopped
  * uncleanly starts (a lost node, or an agent killed while writing): writes
  * in flight may have reached some replicas only, so it is resynced in full
- * from the one kept, at once, and its pool is not blamed.
+ * from the one kept, at once, and its pool is not blamed. Words for people:
+ * what the code acts on is the `stale` flag beside them (ReplicaReport,
+ * Replica, the `replica-offline` event's data).
  */
 export const WRITER_LOST = "its writer was lost";
 

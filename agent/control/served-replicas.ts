@@ -101,6 +101,8 @@ export class ServedReplicas {
   #want: DesiredAttachment;
   /** Why a replica is OFFLINE, by id, as far as the engine does not say. */
   readonly #errors = new Map<string, string>();
+  /** OFFLINE because this node's last writer here stopped uncleanly (ReplicaReport.stale), until copied. */
+  readonly #stale = new Set<string>();
   readonly #copies = new Map<string, Promise<void>>();
   readonly #removed = new Set<string>();
   /** Replicas the control plane wants OFFLINE that the engine would not stop writing (the last ONLINE). */
@@ -114,6 +116,7 @@ export class ServedReplicas {
     size: number;
     want: DesiredAttachment;
     errors: Map<string, string>;
+    stale: readonly string[];
     opts: ServedReplicasOptions;
   }) {
     this.export = init.exported;
@@ -125,6 +128,7 @@ export class ServedReplicas {
     this.#leaseId = init.want.leaseId;
     this.#o = init.opts;
     for (const [id, message] of init.errors) this.#errors.set(id, message);
+    for (const id of init.stale) this.#stale.add(id);
   }
 
   /**
@@ -230,7 +234,7 @@ export class ServedReplicas {
         await volume.close().catch(() => {});
         throw err;
       });
-      const set = new ServedReplicas({ exported, volume, members, marks, size, want, errors, opts });
+      const set = new ServedReplicas({ exported, volume, members, marks, size, want, errors, stale: unsynced, opts });
       onFailure = (failure) => set.#onFailure(failure);
       for (const f of early) set.#onFailure(f);
       return set;
@@ -287,12 +291,18 @@ export class ServedReplicas {
     const statuses = this.#statuses();
     return this.#want.replicas.map((r): ReplicaStatus => {
       const s = statuses.get(r.id);
-      if (s) return { ...report(s, this.#errors.get(r.id)), pool: r.pool };
+      if (s) return { ...report(s, this.#errors.get(r.id), this.#stale.has(r.id)), pool: r.pool };
       if (this.#copies.has(r.id)) {
         return { id: r.id, pool: r.pool, state: r.state === "REBUILDING" ? "REBUILDING" : "RESYNCING", progress: 0 };
       }
       const error = r.url === null ? NO_SAS : this.#errors.get(r.id);
-      return { id: r.id, pool: r.pool, state: "OFFLINE", ...(error ? { error: oneLine(error) } : {}) };
+      return {
+        id: r.id,
+        pool: r.pool,
+        state: "OFFLINE",
+        ...(error ? { error: oneLine(error) } : {}),
+        ...(this.#stale.has(r.id) ? { stale: true as const } : {}),
+      };
     });
   }
 
@@ -335,6 +345,7 @@ export class ServedReplicas {
     const run = started.then(
       () => {
         this.#errors.delete(r.id);
+        this.#stale.delete(r.id);
         log.info({ kind }, "replica online");
       },
       (err: unknown) => {
@@ -374,6 +385,7 @@ export class ServedReplicas {
       .remove(id)
       .then(async () => {
         this.#errors.delete(id);
+        this.#stale.delete(id);
         const online = this.#volume.replicas().flatMap((m) => (m.state === "ONLINE" ? [m.id] : []));
         // A stale mark only costs a full copy of a replica that no longer exists: never fatal.
         await this.#marks.forget(id, online).catch((err: unknown) => log.warn({ err }, "offline mark of a removed replica left"));
@@ -453,7 +465,7 @@ function reportFailure(want: DesiredAttachment, opts: ServedReplicasOptions, f: 
  * what it missed: "0 dirty bytes" would read as "nothing to copy", so the
  * error says a full copy is needed instead (first, so the cut keeps it).
  */
-function report(s: MemberStatus, fallbackError: string | undefined): ReplicaReport {
+function report(s: MemberStatus, fallbackError: string | undefined, stale: boolean): ReplicaReport {
   const copying = s.state === "RESYNCING" || s.state === "REBUILDING";
   let error = s.state === "OFFLINE" ? (s.error ?? fallbackError) : undefined;
   // Its cause first (the control plane acts on some, a lost writer's above all), then the consequence.
@@ -468,6 +480,7 @@ function report(s: MemberStatus, fallbackError: string | undefined): ReplicaRepo
     ...(copying && s.totalBytes !== undefined ? { totalBytes: s.totalBytes } : {}),
     ...(s.dirtyBytes !== undefined ? { dirtyBytes: s.dirtyBytes } : {}),
     ...(error ? { error: oneLine(error) } : {}),
+    ...(stale && s.state === "OFFLINE" ? { stale: true as const } : {}),
   };
 }
 

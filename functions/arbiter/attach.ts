@@ -134,7 +134,8 @@ export async function noteOffline(
       pool: r.pool,
       ...(after.status.ownerNode === null ? {} : { node: after.status.ownerNode }),
       message: `volume ${after.name}: replica ${r.id} on ${r.pool} is OFFLINE: ${r.message ?? ""}`,
-      data: { replica: r.id },
+      // Stale: put OFFLINE because its writer was lost (fence.ts), not for anything its pool did.
+      data: { replica: r.id, ...(r.stale ? { stale: true } : {}) },
     });
   }
 }

@@ -26,7 +26,6 @@
 import type { ControlPlaneEventType } from "../../contract/event.ts";
 import type { VolumeReport } from "../../contract/node.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
-import { WRITER_LOST } from "../../contract/signals.ts";
 import { MAX_REPLICA_SLOTS, type Replica, type ReplicaState } from "../../contract/volume.ts";
 import { ApiError } from "../http/api-error.ts";
 import type { NewEvent } from "../registry/events.ts";
@@ -124,9 +123,9 @@ export function planRepair(inputs: RepairInputs): RepairPlan {
     if (!seen) return r;
     if (r.state === "ONLINE" && seen.state === "OFFLINE") {
       const why = seen.error ?? "taken offline by its writer";
-      event("replica-offline", r, `is OFFLINE: ${why}`, { error: seen.error ?? null });
-      // The agent's words for a replica its own unclean stop left behind (served-replicas.ts).
-      const stale = seen.error?.startsWith(WRITER_LOST) === true;
+      // Stale: left behind by the agent's own unclean stop (served-replicas.ts), not by its pool.
+      const stale = seen.stale === true;
+      event("replica-offline", r, `is OFFLINE: ${why}`, { error: seen.error ?? null, ...(stale ? { stale } : {}) });
       return stale ? { ...move(r, "OFFLINE", why), stale } : move(r, "OFFLINE", why);
     }
     if (!COPYING.includes(r.state)) return r;

@@ -9,7 +9,7 @@
  * the window's rows are read, however long the log.
  */
 import { odata } from "@azure/data-tables";
-import { WRITER_LOST } from "../../contract/signals.ts";
+import { unpackJson } from "../registry/fields.ts";
 import type { Registry } from "../registry/tables.ts";
 
 const DAY_MS = 86_400_000;
@@ -41,12 +41,12 @@ export async function failuresReportedSince(
     ` and (${types})`;
   const latest = new Map<string, ReportedFailure>();
   const rows = registry.events.listEntities<Record<string, unknown>>({
-    queryOptions: { filter, select: ["pool", "at", "type", "node", "message"] },
+    queryOptions: { filter, select: ["pool", "at", "type", "node", "message", "data"] },
   });
   for await (const e of rows) {
     if (typeof e.pool !== "string" || typeof e.at !== "string") continue;
-    // Put offline because its writer was lost (arbiter/fence.ts): its pool did nothing wrong.
-    if (e.type === "replica-offline" && String(e.message).includes(`is OFFLINE: ${WRITER_LOST}`)) continue;
+    // Put offline because its writer was lost (arbiter/fence.ts, or the agent's own unclean stop): its pool did nothing wrong.
+    if (e.type === "replica-offline" && isStale(e.data)) continue;
     const known = latest.get(e.pool);
     if (known && known.at >= e.at) continue;
     latest.set(e.pool, {
@@ -57,4 +57,15 @@ export async function failuresReportedSince(
     });
   }
   return latest;
+}
+
+/** Whether an event's `data` (a JSON string property) says `stale: true`. */
+function isStale(data: unknown): boolean {
+  if (typeof data !== "string") return false;
+  try {
+    const parsed = unpackJson(data);
+    return typeof parsed === "object" && parsed !== null && (parsed as { stale?: unknown }).stale === true;
+  } catch {
+    return false;
+  }
 }

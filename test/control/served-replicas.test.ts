@@ -223,6 +223,7 @@ describe("ServedReplicas on Azurite", () => {
     expect(served!.reports().find((r) => r.id === b.id)).toMatchObject({
       state: "OFFLINE",
       error: `${WRITER_LOST}: this node stopped while writing; resynced in full from ${a.id}; ${NO_DIRTY_LOG}`,
+      stale: true,
     });
     expect(await metadata(a)).toMatchObject({ pagediskoffline: b.id });
     expect(events).toEqual([]);

@@ -374,10 +374,11 @@ describe("a writer reporting that its last writes reached some replicas only", (
     const other = v.status.replicas[1]!;
     const error = `${WRITER_LOST}: this node stopped while writing; resynced in full from ${v.status.replicas[0]!.id}`;
     await w.report("n-a", [
-      { volume: "v-s", epoch: v.status.epoch, state: "DEGRADED", replicas: [{ id: other.id, state: "OFFLINE", error }] },
+      { volume: "v-s", epoch: v.status.epoch, state: "DEGRADED", replicas: [{ id: other.id, state: "OFFLINE", error, stale: true }] },
     ]);
     await w.pass();
     expect((await w.record("v-s")).status.replicas[1]).toMatchObject({ state: "OFFLINE", stale: true, message: error });
+    expect((await w.events("v-s", "replica-offline")).map((e) => e.data)).toEqual([{ replica: other.id, error, stale: true }]);
     // No suspect window to wait out: the next pass orders the resync.
     await w.pass();
     expect((await w.record("v-s")).status.replicas[1]).toMatchObject({ state: "RESYNCING", message: "resync ordered" });
@@ -398,7 +399,7 @@ describe("a writer reporting that its last writes reached some replicas only", (
     await blobOf("v-y", kept).uploadPages(pattern(9, 64 * KiB), 0, 64 * KiB);
     await w.report("n-a", [], [diverged("v-y", epoch)]);
     expect((await w.record("v-y")).status.replicas[1]).toMatchObject({ id: other.id, state: "OFFLINE" });
-    expect((await w.events("v-y", "replica-offline")).map((e) => e.data)).toEqual([{ replica: other.id }]);
+    expect((await w.events("v-y", "replica-offline")).map((e) => e.data)).toEqual([{ replica: other.id, stale: true }]);
 
     await w.pass();
     expect((await w.record("v-y")).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
