@@ -9,6 +9,12 @@ import { MAX_REPLICA_SAS_LIFETIME_MS } from "./storage/replica-sas.ts";
 
 /** A detach's longest wait for the owner's drain: a throttle pause or two, and a flush. */
 export const DEFAULT_DETACH_DRAIN_MS = 15_000;
+/**
+ * The most it may be set to: well under the minute after which the sweeper
+ * takes a DETACHING volume for a detach that died and finishes it without
+ * waiting (health/sweep.ts).
+ */
+export const MAX_DETACH_DRAIN_MS = 45_000;
 
 export interface ControlPlane {
   readonly registry: Registry;

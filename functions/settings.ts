@@ -5,7 +5,7 @@
  */
 import { accountUrlProblem } from "../contract/pool.ts";
 import { resolve } from "node:path";
-import { DEFAULT_DETACH_DRAIN_MS } from "./control-plane.ts";
+import { DEFAULT_DETACH_DRAIN_MS, MAX_DETACH_DRAIN_MS } from "./control-plane.ts";
 import { DEFAULT_REPAIR_POLICY, type RepairPolicy } from "./health/repair-policy.ts";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
 import { DEFAULT_ORPHAN_GRACE_MS } from "./lifecycle/reconcile-blobs.ts";
@@ -57,9 +57,9 @@ export interface Settings {
  * - `PAGEDISK_ORPHAN_GRACE_SECONDS` (default 600): a blob no volume claims
  *   that is younger than this may be a creation in flight; it is reported
  *   as `recent` and not deleted
- * - `PAGEDISK_DETACH_DRAIN_SECONDS` (default 15): how long a detach waits
- *   for the volume's owner to say it has drained and closed it before the
- *   leases are dropped anyway
+ * - `PAGEDISK_DETACH_DRAIN_SECONDS` (default 15, at most 45): how long a
+ *   detach waits for the volume's owner to say it has drained and closed it
+ *   before the leases are dropped anyway
  * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
  *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
  *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
@@ -90,7 +90,7 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     },
     replicaSasLifetimeMs,
     orphanGraceMs: seconds(env, "PAGEDISK_ORPHAN_GRACE_SECONDS", DEFAULT_ORPHAN_GRACE_MS),
-    detachDrainMs: seconds(env, "PAGEDISK_DETACH_DRAIN_SECONDS", DEFAULT_DETACH_DRAIN_MS),
+    detachDrainMs: detachDrainFrom(env),
   };
 }
 
@@ -118,6 +118,18 @@ export function replicaSasLifetimeFrom(env: Record<string, string | undefined>):
   if (ms < MIN_REPLICA_SAS_LIFETIME_MS || ms > MAX_REPLICA_SAS_LIFETIME_MS) {
     throw new Error(
       `${name} must be between ${MIN_REPLICA_SAS_LIFETIME_MS / 1000} and ${MAX_REPLICA_SAS_LIFETIME_MS / 1000} seconds, got ${env[name]}`,
+    );
+  }
+  return ms;
+}
+
+/** `PAGEDISK_DETACH_DRAIN_SECONDS`, at most MAX_DETACH_DRAIN_MS (the sweeper's patience with a DETACHING volume). */
+function detachDrainFrom(env: Record<string, string | undefined>): number {
+  const name = "PAGEDISK_DETACH_DRAIN_SECONDS";
+  const ms = seconds(env, name, DEFAULT_DETACH_DRAIN_MS);
+  if (ms > MAX_DETACH_DRAIN_MS) {
+    throw new Error(
+      `${name} must be at most ${MAX_DETACH_DRAIN_MS / 1000} seconds (a detach still waiting after a minute is finished by the sweeper without it), got ${env[name]}`,
     );
   }
   return ms;

@@ -82,6 +82,9 @@ describe("repair and reconciliation settings", () => {
     expect(settingsFrom(base).orphanGraceMs).toBe(10 * 60_000);
     expect(settings.detachDrainMs).toBe(40_000);
     expect(settingsFrom(base).detachDrainMs).toBe(15_000);
+    expect(() => settingsFrom({ ...base, PAGEDISK_DETACH_DRAIN_SECONDS: "46" })).toThrow(
+      /PAGEDISK_DETACH_DRAIN_SECONDS must be at most 45 seconds/,
+    );
   });
 
   it("refuse a threshold that is not a whole number of seconds, naming it", () => {
