@@ -17,8 +17,11 @@
  * writes reached some and not others. The `volume-detached` event says
  * whether the drain was confirmed, and if not, why.
  *
- * A DETACHING record (storage failure or crash in 2) is resumed by the next
- * detach; detaching a DETACHED volume is a no-op, except that it clears the
+ * A DETACHING record (storage failure or crash in 2 or 3) is resumed by the
+ * next detach. Two detaches of one volume at once (a second request while
+ * the first waits for the drain) both wait, and the one that finds the
+ * other has finished answers with its result. Detaching a DETACHED volume
+ * is a no-op, except that it clears the
  * failover mark (`status.failoverPending`): an operator who detaches a
  * volume wants it left detached, so the sweeper stops placing it. That is
  * recorded as a `volume-failover-cancelled` event, so the log says why a
@@ -27,6 +30,7 @@
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { note } from "../lifecycle/note.ts";
+import { isRegistryError } from "../registry/registry-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
@@ -79,7 +83,16 @@ export async function detachVolume(
     updatedAt: cp.now().toISOString(),
   };
   cp.faults?.beforeStep("mark-detached");
-  await volumes(cp.registry).replace(detached, claim.etag);
+  const table = volumes(cp.registry);
+  try {
+    await table.replace(detached, claim.etag);
+  } catch (err) {
+    if (!isRegistryError(err, "Conflict")) throw err;
+    // Another detach of the same claim got there first: its outcome is ours.
+    const now = (await table.get(name))?.value;
+    if (now?.status.state === "DETACHED" && now.status.epoch === claim.value.status.epoch) return now;
+    throw err;
+  }
   await note(cp, {
     type: "volume-detached",
     volume: name,

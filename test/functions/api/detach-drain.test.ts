@@ -132,6 +132,27 @@ describe("detach waits for the owner's drain", () => {
     expect((await detachedEvent(fx, "gone-from-report")).data).toMatchObject({ drained: true });
   });
 
+  it("two detaches at once both wait, and both answer DETACHED; one event", async () => {
+    await attachedVolume(fx, "twice", "vm-1");
+    let bumps = 0;
+    let bothWaiting: () => void = () => {};
+    const waiting = new Promise<void>((res) => (bothWaiting = res));
+    const stop = desiredChanges(fx.registry).subscribe("vm-1", () => {
+      if (++bumps === 2) bothWaiting();
+    });
+    const first = fx.call("POST", "/api/v1/volumes/twice/detach");
+    const second = fx.call("POST", "/api/v1/volumes/twice/detach");
+    await waiting;
+    stop();
+    expect((await volumes(fx.registry).get("twice"))!.value.status.state).toBe("DETACHING");
+    const generation = generationOf((await nodes(fx.registry).get("vm-1"))!.value);
+    await agents.beat("vm-1", { appliedGeneration: generation, volumes: [] });
+    const answers = await Promise.all([first, second].map(async (r) => jsonOf<Volume>(await r, 200)));
+    expect(answers.map((v) => v.status.state)).toEqual(["DETACHED", "DETACHED"]);
+    expect(answers[0]!.status.epoch).toBe(answers[1]!.status.epoch);
+    expect((await detachedEvent(fx, "twice")).data).toMatchObject({ drained: true });
+  });
+
   it("force=true drops the leases at once and records that the drain was skipped", async () => {
     const v = await attachedVolume(fx, "forced", "vm-1");
     const detached = await jsonOf<Volume>(
