@@ -5,9 +5,11 @@
  * in this process; no NBD, so the numbers are the replica path's own.
  *
  * - Write throughput, 2 replicas / 1, target >= 0.8, where the replicas are
- *   held by services that do not share this machine's CPU, as storage
- *   accounts in Azure do not: each account's Azurite behind a proxy that
- *   holds every request 50 ms, so waiting, not this machine, bounds them.
+ *   held by services that do not share the writer's CPU, as storage
+ *   accounts in Azure do not: each account's Azurite on a core of its own,
+ *   every request to it held 50 ms before it is sent (a layer in front of
+ *   each member's device, as nbdkit's delay filter does), so waiting, not
+ *   this machine, bounds them.
  * - The agent's own cost: its CPU time per MiB written over page blobs with
  *   1 and 2 replicas (this process only; the Azurites are other processes),
  *   and what that leaves per core against a standard page blob's target
@@ -16,7 +18,8 @@
  * - Shown without a target, because on this 2-core machine a second replica
  *   doubles the very work that bounds them: over memory backends (each
  *   replica a copy in this process's RAM: one more memcpy per write), and
- *   over two Azurites at full speed (both emulators share our 2 cores).
+ *   over two Azurites at full speed (each saturates its core, and this
+ *   process, which sends twice the bytes, shares those two cores with them).
  * - Resync: one replica's pool cut (a fault proxy answering 403), writes
  *   made meanwhile, the pool back, `resync()`: bytes copied against bytes
  *   written during the outage, for sequential writes and for scattered
@@ -166,7 +169,8 @@ function median(samples: Rate[]): Rate {
 
 async function azuriteRows(opts: Options, open: Open, compare: Compare): Promise<TextRow[]> {
   const rows: TextRow[] = [];
-  const accounts: Azurite[] = [await startAzurite({ inMemory: true }), await startAzurite({ inMemory: true })];
+  // A core each: storage accounts do not share the writer's CPU, nor each other's.
+  const accounts: Azurite[] = [await startAzurite({ inMemory: true, cpu: 0 }), await startAzurite({ inMemory: true, cpu: 1 })];
   const proxy = await startFaultProxy(accounts[1]!.blobEndpoint);
   let blobs = 0;
   try {
@@ -185,38 +189,29 @@ async function azuriteRows(opts: Options, open: Open, compare: Compare): Promise
       return list;
     };
 
-    // Latency-bound first (the target rows): every request held LATENCY_MS at a proxy in front
-    // of each account, so the time goes to waiting as it does across a network, not to the
-    // emulators' CPU.
-    const delayed = await Promise.all(accounts.map((a) => startFaultProxy(a.blobEndpoint)));
-    try {
-      for (const p of delayed) p.inject({ fault: { type: "delay", ms: LATENCY_MS } });
-      const delayedMembers = async (n: 1 | 2): Promise<ReplicaMember[]> => {
-        const list: ReplicaMember[] = [];
-        for (let i = 0; i < n; i++) {
-          const a = accounts[i]!;
-          const pb = openPageBlob(`${delayed[i]!.blobEndpoint}/bench/r${blobs++}.vhd`, { connectionString: a.connectionString });
-          await pb.create(SIZE);
-          list.push({ id: `d${i}`, pool: `account-${i + 1}`, device: new PageBlobBackend(pb, SIZE) });
-        }
-        return list;
-      };
-      const onDelayed = (run: (vol: ReplicatedVolume) => Promise<Rate>) => async (n: 1 | 2) => {
-        const vol = await open(await delayedMembers(n));
-        try {
-          return await run(vol);
-        } finally {
-          await vol.close();
-        }
-      };
-      // Depth 4 at 1 MiB keeps both emulators well under a core each, so the delay still bounds it.
-      const [ls2, ls1] = await compare(onDelayed((vol) => sequentialWrites(vol, MiB, 4, opts.seconds)));
-      rows.push(ratioRow(`Azurite +${LATENCY_MS} ms per request, write-1m-qd4`, ls2.bytesPerSec, ls1.bytesPerSec, 0.8, fmtBw));
-      const [lw2, lw1] = await compare(onDelayed((vol) => randomWrites(vol, 64 * 1024, 8, opts.seconds)));
-      rows.push(ratioRow(`Azurite +${LATENCY_MS} ms per request, randwrite-64k-qd8`, lw2.bytesPerSec, lw1.bytesPerSec, 0.8, fmtBw));
-    } finally {
-      for (const p of delayed) await p.close();
-    }
+    // Latency-bound first (the target rows): every request to each account held LATENCY_MS
+    // before it is sent, as a network between the writer and its accounts would (nbdkit's
+    // delay filter does the same), so the time goes to waiting, not to the emulators' CPU.
+    const delayedMembers = async (n: 1 | 2): Promise<ReplicaMember[]> => {
+      const list: ReplicaMember[] = [];
+      for (let i = 0; i < n; i++) {
+        list.push({ id: `d${i}`, pool: `account-${i + 1}`, device: withLatency(await blob(i as 0 | 1), LATENCY_MS) });
+      }
+      return list;
+    };
+    const onDelayed = (run: (vol: ReplicatedVolume) => Promise<Rate>) => async (n: 1 | 2) => {
+      const vol = await open(await delayedMembers(n));
+      try {
+        return await run(vol);
+      } finally {
+        await vol.close();
+      }
+    };
+    // Depth 4 at 1 MiB keeps each emulator well under its core, so the delay still bounds it.
+    const [ls2, ls1] = await compare(onDelayed((vol) => sequentialWrites(vol, MiB, 4, opts.seconds)));
+    rows.push(ratioRow(`Azurite +${LATENCY_MS} ms per request, write-1m-qd4`, ls2.bytesPerSec, ls1.bytesPerSec, 0.8, fmtBw));
+    const [lw2, lw1] = await compare(onDelayed((vol) => randomWrites(vol, 64 * 1024, 8, opts.seconds)));
+    rows.push(ratioRow(`Azurite +${LATENCY_MS} ms per request, randwrite-64k-qd8`, lw2.bytesPerSec, lw1.bytesPerSec, 0.8, fmtBw));
 
     // Full speed: bound by the two emulators sharing 2 cores, so shown without a target; the
     // agent's own CPU per MiB comes from these runs.
@@ -296,4 +291,23 @@ async function azuriteRows(opts: Options, open: Open, compare: Compare): Promise
     for (const a of accounts) await a.dispose();
   }
   return rows;
+}
+
+/** Requests that reach storage: each is held `ms` before it goes down. */
+const DELAYED = new Set<PropertyKey>(["read", "write", "flush", "trim", "writeZeroes", "blockStatus"]);
+
+/** `device` with every request held `ms` first, as a network in front of its account would. */
+function withLatency(device: BlockDevice, ms: number): BlockDevice {
+  return new Proxy(device, {
+    get(target, prop) {
+      const value: unknown = Reflect.get(target, prop, target);
+      if (typeof value !== "function") return value;
+      const fn = value as (...args: unknown[]) => unknown;
+      if (!DELAYED.has(prop)) return fn.bind(target);
+      return async (...args: unknown[]) => {
+        await new Promise((res) => setTimeout(res, ms));
+        return fn.apply(target, args);
+      };
+    },
+  });
 }

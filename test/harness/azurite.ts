@@ -38,6 +38,12 @@ export interface AzuriteOptions {
    */
   tls?: { cert: string; key: string };
   /**
+   * Run it on this CPU only (taskset, util-linux). The bench gives each
+   * emulated storage account a core of its own, as accounts in Azure do not
+   * share the writer's machine or each other's.
+   */
+  cpu?: number;
+  /**
    * Also accept Entra ID bearer tokens (`--oauth basic`, needs `tls`):
    * Azurite checks their audience, issuer and lifetime, not their
    * signature, and hands out user delegation keys.
@@ -201,7 +207,10 @@ class AzuriteProcesses implements Azurite {
     args: string[],
   ): { listening: Promise<void>; exited: Promise<never> } {
     const main = join(azuriteDir, "dist", "src", service, "main.js");
-    const child = spawn(process.execPath, ["-e", WATCHDOG, main, ...args], {
+    const command = [process.execPath, "-e", WATCHDOG, main, ...args];
+    // taskset execs the command: the child's pid, signals and exit are Azurite's own.
+    const pinned = this.#opts.cpu === undefined ? command : ["taskset", "-c", String(this.#opts.cpu), ...command];
+    const child = spawn(pinned[0]!, pinned.slice(1), {
       stdio: ["pipe", "pipe", "pipe"],
       // Its own process group: a terminal's Ctrl-C reaches our stop(), which
       // stops Azurite last, not Azurite directly before the agent has drained.
@@ -227,7 +236,9 @@ class AzuriteProcesses implements Azurite {
     child.stdout!.on("data", keep);
     child.stderr!.on("data", keep);
     const exited = new Promise<never>((_, reject) => {
-      child.once("error", reject);
+      child.once("error", (err) =>
+        reject(this.#opts.cpu === undefined ? err : new Error(`${err.message} (taskset: apt-get install util-linux)`)),
+      );
       child.once("exit", (code, signal) =>
         reject(new Error(`azurite ${service} exited (${code ?? signal}):\n${output}`)),
       );
