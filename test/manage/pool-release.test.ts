@@ -160,12 +160,14 @@ describe("pagedisk pool release", () => {
   });
 
   it("--watch follows a move line by line as the writer copies, and exits 0 once RELEASED", async () => {
+    // Pools of equal health and load are chosen by name: "old" before "spare", whether or not
+    // the sweeper has probed them yet (a pool probed GOOD only ever ranks higher).
     await addPool("old");
-    await addPool("new");
+    await addPool("spare");
     const v = await api<Volume>("POST", "/volumes", {
       name: "moved",
       sizeBytes: 1024 * 1024,
-      pools: ["old", "new"],
+      pools: ["old", "spare"],
     });
     expect(v.status.replicas[0]!.pool).toBe("old");
     const token = await api<IssuedToken>("POST", "/tokens", {});
@@ -234,6 +236,6 @@ describe("pagedisk pool release", () => {
       await beating;
     }
     const after = await api<Volume>("GET", "/volumes/moved");
-    expect(after.status.replicas.map((r) => [r.pool, r.state])).toEqual([["new", "ONLINE"]]);
+    expect(after.status.replicas.map((r) => [r.pool, r.state])).toEqual([["spare", "ONLINE"]]);
   });
 });
