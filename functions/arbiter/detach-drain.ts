@@ -56,9 +56,15 @@ export async function awaitDrain(
   const deadline = started + cp.detachDrainMs;
 
   let wake: (() => void) | undefined;
-  const unsubscribe = heartbeatsRecorded(cp.registry).subscribe(owner, () => wake?.());
+  // A heartbeat recorded while the row is being read is not missed: the next wait is skipped.
+  let heard = false;
+  const unsubscribe = heartbeatsRecorded(cp.registry).subscribe(owner, () => {
+    heard = true;
+    wake?.();
+  });
   try {
     for (;;) {
+      heard = false;
       const node = (await table.get(owner))?.value;
       const verdict = node ? drainState(node, volume, generation) : `node ${owner} is no longer registered`;
       if (verdict === "drained") return outcome();
@@ -67,6 +73,7 @@ export async function awaitDrain(
       if (left <= 0) {
         return outcome(`node ${owner} did not confirm the drain within ${cp.detachDrainMs / 1000} s`);
       }
+      if (heard) continue;
       await new Promise<void>((res) => {
         const timer = setTimeout(done, Math.min(recheckMs, left));
         function done(): void {

@@ -17,8 +17,9 @@
  * does fails, to be started again from the beginning; a fixed hour would
  * never see a large replica through. A pool whose connection string is
  * itself a SAS lends that SAS, which stays inside Azure Storage. The
- * service records the source URL in the target's properties, which only
- * the volume's own writers can read, and they may read that replica anyway.
+ * service records the source URL in the target's properties, which the
+ * volume's writers (and the account's owners) can read; a writer may read
+ * that replica anyway.
  * The copy carries the target's own metadata, never the source's offline
  * marks.
  */
