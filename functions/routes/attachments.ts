@@ -9,16 +9,12 @@ import { attachVolume } from "../arbiter/attach.ts";
 import { detachVolume } from "../arbiter/detach.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { type Operation, operation } from "../http/operation.ts";
+import { ForceQuery } from "./force-query.ts";
 import { volumeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: VolumeName });
-const DetachQuery = z.strictObject({
-  /** `true` drops the leases at once, without waiting for the owner to drain the volume. */
-  force: z
-    .enum(["true", "false"], { error: "force must be true or false" })
-    .default("false")
-    .transform((v) => v === "true"),
-});
+/** `force=true` drops the leases at once, without waiting for the owner to drain the volume. */
+const DetachQuery = ForceQuery;
 
 export function attachmentOperations(cp: ControlPlane): Operation[] {
   return [

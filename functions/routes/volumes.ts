@@ -11,16 +11,12 @@ import { createVolume } from "../lifecycle/create-volume.ts";
 import { deleteVolume } from "../lifecycle/delete-volume.ts";
 import { updateVolume } from "../lifecycle/update-volume.ts";
 import { volumes } from "../registry/volumes.ts";
+import { ForceQuery } from "./force-query.ts";
 import { volumeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: VolumeName });
-const DeleteQuery = z.strictObject({
-  /** `true` deletes even an attached volume, fencing its writer. */
-  force: z
-    .enum(["true", "false"], { error: "force must be true or false" })
-    .default("false")
-    .transform((v) => v === "true"),
-});
+/** `force=true` deletes even an attached volume, fencing its writer. */
+const DeleteQuery = ForceQuery;
 
 export function volumeOperations(cp: ControlPlane): Operation[] {
   return [
