@@ -42,6 +42,7 @@ import { openReplicatedVolume, type ReplicaMember, type ReplicatedVolume } from 
 import { openPageBlob } from "../agent/pageblob/connect.ts";
 import type { BlockDevice } from "../agent/nbd/device.ts";
 import { type Azurite, startAzurite } from "../test/harness/azurite.ts";
+import { DelayedDevice } from "../test/engine/fixtures.ts";
 import { startFaultProxy } from "../test/harness/fault-proxy.ts";
 import { closedLoop } from "./closed-loop.ts";
 import { percentile, type TextRow } from "./rows.ts";
@@ -195,7 +196,7 @@ async function azuriteRows(opts: Options, open: Open, compare: Compare): Promise
     const delayedMembers = async (n: 1 | 2): Promise<ReplicaMember[]> => {
       const list: ReplicaMember[] = [];
       for (let i = 0; i < n; i++) {
-        list.push({ id: `d${i}`, pool: `account-${i + 1}`, device: withLatency(await blob(i as 0 | 1), LATENCY_MS) });
+        list.push({ id: `d${i}`, pool: `account-${i + 1}`, device: new DelayedDevice(await blob(i as 0 | 1), LATENCY_MS) });
       }
       return list;
     };
@@ -291,23 +292,4 @@ async function azuriteRows(opts: Options, open: Open, compare: Compare): Promise
     for (const a of accounts) await a.dispose();
   }
   return rows;
-}
-
-/** Requests that reach storage: each is held `ms` before it goes down. */
-const DELAYED = new Set<PropertyKey>(["read", "write", "flush", "trim", "writeZeroes", "blockStatus"]);
-
-/** `device` with every request held `ms` first, as a network in front of its account would. */
-function withLatency(device: BlockDevice, ms: number): BlockDevice {
-  return new Proxy(device, {
-    get(target, prop) {
-      const value: unknown = Reflect.get(target, prop, target);
-      if (typeof value !== "function") return value;
-      const fn = value as (...args: unknown[]) => unknown;
-      if (!DELAYED.has(prop)) return fn.bind(target);
-      return async (...args: unknown[]) => {
-        await new Promise((res) => setTimeout(res, ms));
-        return fn.apply(target, args);
-      };
-    },
-  });
 }

@@ -167,6 +167,25 @@ export class FaultyDevice extends ProbeDevice {
 }
 
 /**
+ * Holds every request but `close` `ms` before it goes down, as nbdkit's
+ * delay filter does: a network between a writer and its storage, for the
+ * bench. It records nothing (a bench sends too many payloads to keep).
+ */
+export class DelayedDevice extends ProbeDevice {
+  readonly #ms: number;
+
+  constructor(inner: BlockDevice, ms: number) {
+    super(inner);
+    this.#ms = ms;
+  }
+
+  protected override async handle<T>(call: Call, run: () => Promise<T>): Promise<T> {
+    if (call.op !== "close") await new Promise((res) => setTimeout(res, this.#ms));
+    return run();
+  }
+}
+
+/**
  * Let every pending promise continuation run: a macrotask turn drains the
  * microtask queue completely. Not a sleep: nothing here waits on I/O or time.
  * Uses node:timers directly so it still works under vi.useFakeTimers().
