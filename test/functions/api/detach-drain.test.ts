@@ -25,9 +25,15 @@ const SHORT_DRAIN_MS = 300;
 let fx: ControlPlaneFixture;
 let short: ControlPlaneFixture;
 let token: IssuedToken;
+let shortToken: IssuedToken;
 const agents = agentNodes(
   () => fx,
   () => token.token,
+);
+/** Nodes of the control plane with the short deadline. */
+const shortAgents = agentNodes(
+  () => short,
+  () => shortToken.token,
 );
 
 beforeAll(async () => {
@@ -39,6 +45,7 @@ beforeAll(async () => {
     for (const name of ["pa", "pb"]) await f.addPool(name, `${name}-disks`);
   }
   token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
+  shortToken = await jsonOf<IssuedToken>(await short.call("POST", "/api/v1/tokens", {}), 201);
   await agents.join("vm-1");
 });
 afterAll(async () => {
@@ -177,24 +184,10 @@ describe("detach waits for the owner's drain", () => {
 });
 
 describe("detach does not wait", () => {
-  /** A node row as an older agent leaves it: no applied generation. */
-  async function insertNode(f: ControlPlaneFixture, name: string, state: "READY" | "SUSPECT", applied?: number) {
-    await nodes(f.registry).insert({
-      name,
-      state,
-      cordoned: false,
-      agentVersion: null,
-      facts: {},
-      volumes: [],
-      ...(applied === undefined ? {} : { appliedGeneration: applied }),
-      credentialSha256: "0".repeat(64),
-      joinedAt: "2025-01-01T00:00:00.000Z",
-      lastHeartbeatAt: null,
-    });
-  }
-
   it("for an agent that does not report its applied generation", async () => {
-    await insertNode(short, "old-agent", "READY");
+    // An older agent: it heartbeats without saying which generation it applied.
+    await shortAgents.join("old-agent");
+    await shortAgents.beat("old-agent", { volumes: [] });
     await attachedVolume(short, "old", "old-agent");
     expect((await jsonOf<Volume>(await short.call("POST", "/api/v1/volumes/old/detach"), 200)).status.state).toBe(
       "DETACHED",
@@ -206,7 +199,8 @@ describe("detach does not wait", () => {
   });
 
   it("for an owner that is not READY", async () => {
-    await insertNode(short, "doubtful", "READY", 0);
+    await shortAgents.join("doubtful");
+    await shortAgents.beat("doubtful", { appliedGeneration: 0, volumes: [] });
     await attachedVolume(short, "on-suspect", "doubtful");
     const table = nodes(short.registry);
     const read = (await table.get("doubtful"))!;
@@ -221,7 +215,8 @@ describe("detach does not wait", () => {
   });
 
   it("past the deadline: an owner that never confirms does not keep the volume attached", async () => {
-    await insertNode(short, "silent", "READY", 0);
+    await shortAgents.join("silent");
+    await shortAgents.beat("silent", { appliedGeneration: 0, volumes: [] });
     const v = await attachedVolume(short, "unconfirmed", "silent");
     const detached = await jsonOf<Volume>(await short.call("POST", "/api/v1/volumes/unconfirmed/detach"), 200);
     expect(detached.status.state).toBe("DETACHED");
