@@ -13,8 +13,6 @@ import { ForceQuery } from "./force-query.ts";
 import { volumeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: VolumeName });
-/** `force=true` drops the leases at once, without waiting for the owner to drain the volume. */
-const DetachQuery = ForceQuery;
 
 export function attachmentOperations(cp: ControlPlane): Operation[] {
   return [
@@ -52,7 +50,8 @@ export function attachmentOperations(cp: ControlPlane): Operation[] {
         "Leave the volume with no writer: the owner drains it (up to PAGEDISK_DETACH_DRAIN_SECONDS, skipped with force=true), then every replica's lease is dropped",
       access: "admin",
       params: ByName,
-      query: DetachQuery,
+      // force=true drops the leases at once, without waiting for the owner to drain the volume.
+      query: ForceQuery,
       success: { status: 200, description: "the volume, DETACHED", schema: Volume },
       errors: ["VolumeNotFound", "VolumeBusy", "Conflict", "StorageFailed"],
       handle: async ({ params, query }) =>

@@ -15,8 +15,6 @@ import { ForceQuery } from "./force-query.ts";
 import { volumeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: VolumeName });
-/** `force=true` deletes even an attached volume, fencing its writer. */
-const DeleteQuery = ForceQuery;
 
 export function volumeOperations(cp: ControlPlane): Operation[] {
   return [
@@ -86,7 +84,8 @@ export function volumeOperations(cp: ControlPlane): Operation[] {
       summary: "Delete a volume and its blobs; refused while attached unless force=true",
       access: "admin",
       params: ByName,
-      query: DeleteQuery,
+      // force=true deletes even an attached volume, fencing its writer.
+      query: ForceQuery,
       success: { status: 204, description: "deleted" },
       errors: ["VolumeNotFound", "VolumeAttached", "VolumeBusy", "StorageFailed", "Conflict"],
       handle: ({ params, query }) => deleteVolume(cp, params.name, query.force),
