@@ -1,6 +1,6 @@
 /**
  * Azurite for tests: the real Blob (and optionally Table) service as a child
- * process on free loopback ports, with its data in a temp dir. `stop()` keeps
+ * process on free loopback ports (below the ephemeral range), with its data in a temp dir. `stop()` keeps
  * the data so `start()` can bring the same account back on the same ports
  * (outage tests); `dispose()` stops it and removes the data.
  *
@@ -10,8 +10,9 @@
  * `npm start` uses it too, with a kept data dir and fixed ports.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { randomInt } from "node:crypto";
 import { once } from "node:events";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -28,7 +29,7 @@ export interface AzuriteOptions {
    * `dispose()` and the death of the calling process (the local stack).
    */
   location?: string;
-  /** Fixed ports instead of free ones the OS hands out. */
+  /** Fixed ports instead of free ones chosen here (see `freePort`). */
   blobPort?: number;
   tablePort?: number;
   /**
@@ -93,17 +94,26 @@ const azuriteDir = dirname(createRequire(import.meta.url).resolve("azurite/packa
 /** Start Azurite and resolve once every service says it is listening. */
 export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> {
   const location = opts.location ?? (await mkdtemp(join(tmpdir(), "pagedisk-azurite-")));
-  const blobPort = opts.blobPort ?? (await freePort());
-  const tablePort = opts.table ? (opts.tablePort ?? (await freePort())) : undefined;
-  const az = new AzuriteProcesses(location, blobPort, tablePort, opts);
-  try {
-    await az.start();
-  } catch (err) {
-    await az.dispose();
-    throw err;
+  // Ports we chose can still be taken before Azurite binds them (another
+  // worker's pick): then choose again. Ports the caller fixed fail at once.
+  const chosen = opts.blobPort === undefined && !(opts.table && opts.tablePort !== undefined);
+  for (let attempt = 1; ; attempt++) {
+    const blobPort = opts.blobPort ?? (await freePort());
+    const tablePort = opts.table ? (opts.tablePort ?? (await freePort())) : undefined;
+    const az = new AzuriteProcesses(location, blobPort, tablePort, opts);
+    try {
+      await az.start();
+      return az;
+    } catch (err) {
+      const taken = err instanceof Error && err.message.includes("EADDRINUSE");
+      if (chosen && taken && attempt < PORT_ATTEMPTS) continue; // start() has stopped what it spawned
+      await az.dispose();
+      throw err;
+    }
   }
-  return az;
 }
+
+const PORT_ATTEMPTS = 5;
 
 class AzuriteProcesses implements Azurite {
   readonly accountName = DEV_ACCOUNT_NAME;
@@ -249,8 +259,49 @@ class AzuriteProcesses implements Azurite {
   }
 }
 
-/** A port the OS just handed out for 127.0.0.1 (Azurite cannot take port 0 itself). */
+/**
+ * A loopback port free right now (Azurite cannot take port 0 itself). Picked
+ * at random below the kernel's ephemeral range, where outgoing connections
+ * never take their source ports: an OS-given port could be handed to some
+ * client's connect() between our probe and Azurite's bind.
+ */
 export async function freePort(): Promise<number> {
+  const ceiling = await ephemeralLow();
+  for (let i = 0; i < 64 && ceiling - PICK_FLOOR >= 1024; i++) {
+    const port = PICK_FLOOR + randomInt(ceiling - PICK_FLOOR);
+    if (await canListen(port)) return port;
+  }
+  return osPort();
+}
+
+/** Below the usual service ports (Azurite's own 10000-10002 among them). */
+const PICK_FLOOR = 20_000;
+
+/** First port of the ephemeral range; the range's usual start if unknown. */
+async function ephemeralLow(): Promise<number> {
+  try {
+    const range = await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8");
+    const low = Number(range.trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > 0 ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+async function canListen(port: number): Promise<boolean> {
+  const srv = createServer();
+  const ok = await new Promise<boolean>((res) => {
+    srv.once("error", () => res(false));
+    srv.listen({ port, host: HOST, exclusive: true }, () => res(true));
+  });
+  if (ok) {
+    srv.close();
+    await once(srv, "close");
+  }
+  return ok;
+}
+
+async function osPort(): Promise<number> {
   const srv = createServer();
   srv.listen(0, HOST);
   await once(srv, "listening");

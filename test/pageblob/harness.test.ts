@@ -1,8 +1,10 @@
-import { access } from "node:fs/promises";
+import { once } from "node:events";
+import { access, readFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { openPageBlob } from "../../agent/pageblob/connect.ts";
 import { DEFAULT_RETRY } from "../../agent/pageblob/retry.ts";
-import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type Azurite, freePort, startAzurite } from "../harness/azurite.ts";
 import { instantClock, pattern } from "./fixture.ts";
 
 const started: Azurite[] = [];
@@ -44,5 +46,30 @@ describe("Azurite harness", () => {
     await az.dispose();
     await expect(access(az.location)).rejects.toMatchObject({ code: "ENOENT" });
     expect(az.running).toBe(false);
+  });
+
+  it("chooses ports below the ephemeral range, where no client connect() takes its source port", async () => {
+    const low = Number((await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8")).split(/\s+/)[0]);
+    const ports = await Promise.all(Array.from({ length: 8 }, () => freePort()));
+    for (const port of ports) {
+      expect(port).toBeGreaterThanOrEqual(20_000);
+      expect(port).toBeLessThan(low);
+      const srv = createServer().listen(port, "127.0.0.1");
+      await once(srv, "listening");
+      srv.close();
+      await once(srv, "close");
+    }
+  });
+
+  it("fails at once, with Azurite's EADDRINUSE, when a fixed port is taken (chosen ports are chosen again)", async () => {
+    const port = await freePort();
+    const squatter = createServer().listen(port, "127.0.0.1");
+    await once(squatter, "listening");
+    try {
+      await expect(startAzurite({ blobPort: port, inMemory: true })).rejects.toThrow(/EADDRINUSE/);
+    } finally {
+      squatter.close();
+      await once(squatter, "close");
+    }
   });
 });
