@@ -1,8 +1,9 @@
 /**
  * Azurite for tests: the real Blob (and optionally Table) service as a child
- * process on free loopback ports (below the ephemeral range), with its data in a temp dir. `stop()` keeps
- * the data so `start()` can bring the same account back on the same ports
- * (outage tests); `dispose()` stops it and removes the data.
+ * process on free loopback ports (below the ephemeral range), with its data
+ * in a temp dir. `stop()` keeps the data so `start()` can bring the same
+ * account back on the same ports (outage tests); `dispose()` stops it and
+ * removes the data.
  *
  *   const azurite = await startAzurite();
  *   afterAll(() => azurite.dispose());
