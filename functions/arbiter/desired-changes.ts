@@ -13,6 +13,8 @@
  * sweeper wakes the agents' held requests; apps built over other registry
  * objects (tests build several in one process) never wake each other's.
  */
+import type { ControlPlane } from "../control-plane.ts";
+import { type NodeRecord, nodes } from "../registry/nodes.ts";
 import type { Registry } from "../registry/tables.ts";
 
 export interface NodeWakeups {
@@ -65,4 +67,65 @@ function newWakeups(): NodeWakeups {
     },
     waiting: (node) => waiters.get(node)?.size ?? 0,
   };
+}
+
+export interface NodeWatch {
+  /** Longest the watch lasts. */
+  timeoutMs: number;
+  /** How often the row is re-read: the longest a change made by another Functions instance goes unseen. */
+  recheckMs: number;
+  /** Ends the watch early (a client gone away). */
+  signal?: AbortSignal;
+}
+
+/**
+ * Read node `name`'s row (undefined once it is removed) until `settle`
+ * returns a result, and resolve with it; undefined when the watch timed out
+ * or was aborted first. The row is read again at once when `wakeups`
+ * notifies the node in this process, else every `recheckMs`. Subscribed
+ * before the first read, so a notification while a read is on its way is
+ * not missed.
+ */
+export async function watchNode<T>(
+  cp: ControlPlane,
+  wakeups: NodeWakeups,
+  name: string,
+  watch: NodeWatch,
+  settle: (node: NodeRecord | undefined) => T | undefined,
+): Promise<T | undefined> {
+  const { signal } = watch;
+  const deadline = Date.now() + watch.timeoutMs;
+  const table = nodes(cp.registry);
+  let heard = false;
+  let wake: (() => void) | undefined;
+  const unsubscribe = wakeups.subscribe(name, () => {
+    heard = true;
+    wake?.();
+  });
+  const onAbort = () => wake?.();
+  signal?.addEventListener("abort", onAbort);
+  try {
+    for (;;) {
+      heard = false;
+      const result = settle((await table.get(name))?.value);
+      if (result !== undefined) return result;
+      const left = deadline - Date.now();
+      if (left <= 0 || signal?.aborted) return undefined;
+      if (!heard) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, Math.min(watch.recheckMs, left));
+          function done(): void {
+            clearTimeout(timer);
+            wake = undefined;
+            resolve();
+          }
+          wake = done;
+        });
+      }
+      if (signal?.aborted) return undefined;
+    }
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    unsubscribe();
+  }
 }

@@ -10,9 +10,9 @@
  * an agent may see a change before its bump, never a bump before its change.
  */
 import type { ControlPlane } from "../control-plane.ts";
-import { generationOf, type NodeRecord, nodes } from "../registry/nodes.ts";
+import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { Read } from "../registry/rows.ts";
-import { desiredChanges } from "./desired-changes.ts";
+import { desiredChanges, watchNode } from "./desired-changes.ts";
 
 /** How often a held request re-reads its node: the longest a bump made elsewhere goes unseen. */
 export const DESIRED_RECHECK_MS = 5_000;
@@ -38,43 +38,19 @@ export async function awaitDesiredChange(
   if (after === undefined || waitMs === 0 || generationOf(node) !== after || signal.aborted)
     return node;
 
-  const table = nodes(cp.registry);
-  let woken = false;
-  let expired = false;
-  let wake: (() => void) | undefined;
-  let recheck: ReturnType<typeof setTimeout> | undefined;
-  const unsubscribe = desiredChanges(cp.registry).subscribe(node.name, () => {
-    woken = true;
-    wake?.();
-  });
-  const onAbort = () => wake?.();
-  signal.addEventListener("abort", onAbort);
-  const deadline = setTimeout(() => {
-    expired = true;
-    wake?.();
-  }, waitMs);
-  try {
-    // Subscribed first, then read: a bump is either in this read or wakes the wait.
-    let fresh = await table.get(node.name);
-    while (fresh && generationOf(fresh.value) === after && !expired && !signal.aborted) {
-      node = fresh.value;
-      await new Promise<void>((resolve) => {
-        if (woken || expired || signal.aborted) return resolve();
-        wake = resolve;
-        recheck = setTimeout(resolve, wait.recheckMs ?? DESIRED_RECHECK_MS);
-      });
-      clearTimeout(recheck);
-      wake = undefined;
-      woken = false;
-      if (signal.aborted) return node;
-      fresh = await table.get(node.name);
-    }
-    // A node removed meanwhile is answered as last seen; its credential no longer works anyway.
-    return fresh?.value ?? node;
-  } finally {
-    clearTimeout(deadline);
-    clearTimeout(recheck);
-    signal.removeEventListener("abort", onAbort);
-    unsubscribe();
-  }
+  // A node removed meanwhile is answered as last seen; its credential no longer works anyway.
+  const changed = await watchNode(
+    cp,
+    desiredChanges(cp.registry),
+    node.name,
+    { timeoutMs: waitMs, recheckMs: wait.recheckMs ?? DESIRED_RECHECK_MS, signal },
+    (fresh) => {
+      if (fresh && generationOf(fresh) === after) {
+        node = fresh;
+        return undefined;
+      }
+      return fresh ?? node;
+    },
+  );
+  return changed ?? node;
 }

@@ -18,8 +18,8 @@
  * row every `DRAIN_RECHECK_MS`.
  */
 import type { ControlPlane } from "../control-plane.ts";
-import { type NodeRecord, nodes } from "../registry/nodes.ts";
-import { heartbeatsRecorded } from "./desired-changes.ts";
+import type { NodeRecord } from "../registry/nodes.ts";
+import { heartbeatsRecorded, watchNode } from "./desired-changes.ts";
 
 /** How often a waiting detach re-reads the owner's row. */
 export const DRAIN_RECHECK_MS = 500;
@@ -43,7 +43,6 @@ export async function awaitDrain(
   owner: string,
   volume: string,
   generation: number | undefined,
-  options: { recheckMs?: number } = {},
 ): Promise<DrainOutcome> {
   const started = Date.now();
   const outcome = (reason?: string): DrainOutcome =>
@@ -51,42 +50,18 @@ export async function awaitDrain(
       ? { drained: true, waitedMs: Date.now() - started }
       : { drained: false, reason, waitedMs: Date.now() - started };
   if (generation === undefined) return outcome("the owner's desired state could not be changed");
-  const table = nodes(cp.registry);
-  const recheckMs = options.recheckMs ?? DRAIN_RECHECK_MS;
-  const deadline = started + cp.detachDrainMs;
-
-  let wake: (() => void) | undefined;
-  // A heartbeat recorded while the row is being read is not missed: the next wait is skipped.
-  let heard = false;
-  const unsubscribe = heartbeatsRecorded(cp.registry).subscribe(owner, () => {
-    heard = true;
-    wake?.();
-  });
-  try {
-    for (;;) {
-      heard = false;
-      const node = (await table.get(owner))?.value;
-      const verdict = node ? drainState(node, volume, generation) : `node ${owner} is no longer registered`;
-      if (verdict === "drained") return outcome();
-      if (verdict !== "waiting") return outcome(verdict);
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        return outcome(`node ${owner} did not confirm the drain within ${cp.detachDrainMs / 1000} s`);
-      }
-      if (heard) continue;
-      await new Promise<void>((res) => {
-        const timer = setTimeout(done, Math.min(recheckMs, left));
-        function done(): void {
-          clearTimeout(timer);
-          wake = undefined;
-          res();
-        }
-        wake = done;
-      });
-    }
-  } finally {
-    unsubscribe();
-  }
+  const verdict = await watchNode(
+    cp,
+    heartbeatsRecorded(cp.registry),
+    owner,
+    { timeoutMs: cp.detachDrainMs, recheckMs: DRAIN_RECHECK_MS },
+    (node) => {
+      const state = node ? drainState(node, volume, generation) : `node ${owner} is no longer registered`;
+      return state === "waiting" ? undefined : state;
+    },
+  );
+  if (verdict === "drained") return outcome();
+  return outcome(verdict ?? `node ${owner} did not confirm the drain within ${cp.detachDrainMs / 1000} s`);
 }
 
 /** Where the owner stands: drained, still to wait for, or why the wait is pointless. */
