@@ -64,8 +64,11 @@ export async function awaitDrain(
   return outcome(verdict ?? `node ${owner} did not confirm the drain within ${cp.detachDrainMs / 1000} s`);
 }
 
-/** Where the owner stands: drained, still to wait for, or why the wait is pointless. */
-function drainState(node: NodeRecord, volume: string, generation: number): "drained" | "waiting" | string {
+/**
+ * Where the owner stands on the drain of `volume` ordered by `generation`:
+ * drained, still to wait for, or why waiting is pointless.
+ */
+export function drainState(node: NodeRecord, volume: string, generation: number): "drained" | "waiting" | string {
   if (node.state !== "READY") return `node ${node.name} is ${node.state}`;
   if (node.appliedGeneration === undefined) {
     return `node ${node.name}'s agent does not report the generation it applied`;

@@ -4,7 +4,9 @@
  * owner applied the generation that took the volume away and no longer
  * serves it; not at all for `force=true`, an owner that is not READY or an
  * agent that does not report its applied generation; at most the deadline.
- * The `volume-detached` event records which.
+ * The `volume-detached` event records which. That a heartbeat which must
+ * not end the wait does not is certain only in drain-state.test.ts: here
+ * the check after such a beat can run before the woken wait's re-read.
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
