@@ -190,11 +190,10 @@ describe("pagedisk volume", () => {
     expect((await cli("volume", "attach", "db", "--node", "vm-1")).stderr).toBe("");
     const forced = await cli("volume", "detach", "db", "--force");
     expect(forced.stdout).toBe("volume db detached (DETACHED)\n");
-    const events = await fetch(`${local.apiUrl}/events?volume=db&type=volume-detached`, {
-      headers: { authorization: `Bearer ${local.adminKey}` },
-    });
-    const page = (await events.json()) as { items: Array<{ data?: Record<string, unknown> }> };
-    expect(page.items[0]?.data).toMatchObject({ drained: false, reason: "force=true" });
+    // Newest first: the forced detach, then the first one.
+    const page = EventPage.parse(await json("events", "--volume", "db", "--type", "volume-detached"));
+    expect(page.items).toHaveLength(2);
+    expect(page.items[0]!.data).toMatchObject({ drained: false, reason: "force=true" });
   });
 
   it("updates placement rules, and refuses an update that changes nothing (exit 2)", async () => {
