@@ -16,6 +16,7 @@ import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
 import { nodes } from "../../functions/registry/nodes.ts";
 import { openRegistry } from "../../functions/registry/tables.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { nodeRecord } from "./node-record.ts";
 
 type Entry = typeof import("../../functions/index.ts");
 
@@ -146,17 +147,7 @@ describe("timer trigger", () => {
   it("sweeps: a node silent for an hour becomes LOST, and the pass is logged", async () => {
     const registry = await openRegistry(azurite.connectionString, { prefix: "fn" });
     const anHourAgo = new Date(Date.now() - 3600_000).toISOString();
-    await nodes(registry).insert({
-      name: "vm-silent",
-      state: "READY",
-      cordoned: false,
-      agentVersion: null,
-      facts: {},
-      volumes: [],
-      credentialSha256: "0".repeat(64),
-      joinedAt: anHourAgo,
-      lastHeartbeatAt: anHourAgo,
-    });
+    await nodes(registry).insert(nodeRecord("vm-silent", { joinedAt: anHourAgo, lastHeartbeatAt: anHourAgo }));
     const logged: unknown[][] = [];
     const ctx = new InvocationContext({
       functionName: "sweep",

@@ -12,6 +12,7 @@ import { nodes } from "../../../functions/registry/nodes.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
+import { nodeRecord } from "../node-record.ts";
 
 const RACERS = 50;
 let cp: ControlPlaneFixture;
@@ -23,17 +24,7 @@ beforeAll(async () => {
   }
   const table = nodes(cp.registry);
   const node = (name: string, state: NodeState = "READY", cordoned = false) =>
-    table.insert({
-      name,
-      state,
-      cordoned,
-      agentVersion: null,
-      facts: {},
-      volumes: [],
-      credentialSha256: "0".repeat(64),
-      joinedAt: "2025-01-01T00:00:00.000Z",
-      lastHeartbeatAt: null,
-    });
+    table.insert(nodeRecord(name, { state, cordoned }));
   for (let i = 0; i < RACERS; i++) await node(`vm-${i}`);
   await node("vm-cordoned", "READY", true);
   await node("vm-lost", "LOST");

@@ -9,6 +9,7 @@ import type { NodeState } from "../../../contract/node.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
+import { nodeRecord } from "../node-record.ts";
 
 let fx: ControlPlaneFixture;
 
@@ -16,17 +17,7 @@ beforeAll(async () => {
   fx = await startControlPlane();
   await fx.addPool("pa", "pa-disks");
   const node = (name: string, state: NodeState = "READY", cordoned = false) =>
-    nodes(fx.registry).insert({
-      name,
-      state,
-      cordoned,
-      agentVersion: null,
-      facts: {},
-      volumes: [],
-      credentialSha256: "0".repeat(64),
-      joinedAt: "2025-01-01T00:00:00.000Z",
-      lastHeartbeatAt: null,
-    });
+    nodes(fx.registry).insert(nodeRecord(name, { state, cordoned }));
   await node("n-a");
   await node("n-b");
   await node("n-c", "READY", true);

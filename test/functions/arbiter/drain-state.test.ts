@@ -8,25 +8,12 @@ import { describe, expect, it } from "vitest";
 import type { VolumeReport } from "../../../contract/node.ts";
 import { drainState } from "../../../functions/arbiter/detach-drain.ts";
 import type { NodeRecord } from "../../../functions/registry/nodes.ts";
+import { nodeRecord } from "../node-record.ts";
 
-const AT = "2026-01-01T00:00:00.000Z";
 /** The generation of the bump that took the volume away. */
 const BUMP = 7;
 
-function node(extra: Partial<NodeRecord>): NodeRecord {
-  return {
-    name: "vm-1",
-    state: "READY",
-    cordoned: false,
-    agentVersion: null,
-    facts: {},
-    volumes: [],
-    credentialSha256: "0".repeat(64),
-    joinedAt: AT,
-    lastHeartbeatAt: AT,
-    ...extra,
-  };
-}
+const node = (extra: Partial<NodeRecord>): NodeRecord => nodeRecord("vm-1", extra);
 
 const serving = (state: VolumeReport["state"], volume = "v"): VolumeReport => ({
   volume,

@@ -2,23 +2,12 @@ import { describe, expect, it } from "vitest";
 import { chooseFailoverNode } from "../../../functions/arbiter/failover-placement.ts";
 import type { NodeRecord } from "../../../functions/registry/nodes.ts";
 import type { VolumeRecord } from "../../../functions/registry/volumes.ts";
+import { nodeRecord } from "../node-record.ts";
 
 const AT = "2025-01-01T00:00:00.000Z";
 
-function node(name: string, extra: Partial<NodeRecord> = {}): NodeRecord {
-  return {
-    name,
-    state: "READY",
-    cordoned: false,
-    agentVersion: null,
-    facts: {},
-    volumes: [],
-    credentialSha256: "0".repeat(64),
-    joinedAt: AT,
-    lastHeartbeatAt: AT,
-    ...extra,
-  };
-}
+const node = (name: string, extra: Partial<NodeRecord> = {}): NodeRecord =>
+  nodeRecord(name, { joinedAt: AT, lastHeartbeatAt: AT, ...extra });
 
 function volume(requiredNodes: string[] = [], preferredNodes: string[] = []): VolumeRecord {
   return {
