@@ -2,13 +2,15 @@
  * The agent section of `npm run bench` (issue 4, "Benchmark"): real agent
  * processes (`dist/pagedisk.mjs agent run --kernel none`, spawned as the
  * tests spawn them) against the control plane in process and Azurite (Blob
- * + Table, in memory), every setting at its default: heartbeat 2 s, sweep
- * 2 s, SUSPECT after 6 s, LOST after 10 s.
+ * + Table, in memory), every setting at its default: heartbeats every 2 s
+ * to the liveness table, a sweeper pass every 7.5 s, SUSPECT after 4 s,
+ * LOST after 8 s.
  *
  * 1. Agent start: spawn to the "running" line, node.json already saved (no join).
  * 2. Resident memory of an idle agent, then with `RSS_VOLUMES` volumes served.
  * 3. Attach latency: from `POST /volumes/{name}/attach` to an NBD handshake
- *    (OPT_GO) succeeding on the export's unix socket (target p50 <= 1 s),
+ *    (OPT_GO) succeeding on the export's unix socket (targets p50 <= 1.5 s,
+ *    p99 <= 3 s: the agent hears of it at its next beat, within 2 s),
  *    detached in between. Peer: a managed data disk, 10-15 s (documented).
  * 4. Failover: the owner is frozen with SIGSTOP; from its last heartbeat as
  *    the control plane recorded it to a FUA write through the other node's
@@ -19,7 +21,7 @@
  * directory, with short retries besides: a bench may poll, a test may not.
  *
  * Env: PAGEDISK_BENCH_AGENT_STARTS (default 5), PAGEDISK_BENCH_AGENT_ATTACHES
- * (20), PAGEDISK_BENCH_AGENT_FAILOVERS (3).
+ * (50), PAGEDISK_BENCH_AGENT_FAILOVERS (3).
  */
 import { existsSync, type FSWatcher, watch } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -35,10 +37,11 @@ import { CMD, FLAG, RawClient } from "../test/nbd/raw-client.ts";
 import { ms, percentile, sectionRows, type TextRow } from "./rows.ts";
 
 const STARTS = Number(process.env.PAGEDISK_BENCH_AGENT_STARTS ?? 5);
-const ATTACHES = Number(process.env.PAGEDISK_BENCH_AGENT_ATTACHES ?? 20);
+const ATTACHES = Number(process.env.PAGEDISK_BENCH_AGENT_ATTACHES ?? 50);
 const FAILOVERS = Number(process.env.PAGEDISK_BENCH_AGENT_FAILOVERS ?? 3);
 const RSS_VOLUMES = 10;
-const ATTACH_P50_TARGET_MS = 1000;
+const ATTACH_P50_TARGET_MS = 1500;
+const ATTACH_P99_TARGET_MS = 3000;
 const FAILOVER_TARGET_MS = 15_000;
 const SECTION = "agent (Azurite, --kernel none)";
 const MiB = 1024 * 1024;
@@ -59,7 +62,7 @@ export async function agentSection(): Promise<TextRow[]> {
   const azurite = await startAzurite({ table: true, inMemory: true });
   const dir = await mkdtemp(join(tmpdir(), "pagedisk-bench-agent-"));
   const errors: string[] = [];
-  // Default settings: the sweeper every 2 s, SUSPECT after 6 s, LOST after 10 s.
+  // Default settings: beats every 2 s, a pass every 7.5 s, SUSPECT after 4 s, LOST after 8 s.
   const cp = await startLocalControlPlane({
     connectionString: azurite.connectionString,
     env: {},
@@ -137,12 +140,13 @@ export async function agentSection(): Promise<TextRow[]> {
         `attach to NBD answering, p50 (n=${attaches.length})`,
         p50,
         `${ms(p50)} (API ${ms(percentile(answered, 50))})`,
-        "1 s",
+        "1.5 s",
         ATTACH_P50_TARGET_MS,
         "managed data disk 10-15 s (documented)",
       ),
     );
-    rows.push(reported(`attach to NBD answering, p99 (n=${attaches.length})`, ms(percentile(attaches, 99))));
+    const p99 = percentile(attaches, 99);
+    rows.push(atMost(`attach to NBD answering, p99 (n=${attaches.length})`, p99, ms(p99), "3 s", ATTACH_P99_TARGET_MS));
 
     // --- 2b. memory with RSS_VOLUMES volumes served, each written once
     console.error(`agent: ${RSS_VOLUMES} volumes attached`);
@@ -164,7 +168,7 @@ export async function agentSection(): Promise<TextRow[]> {
     await a.waitForReport((v) => v.length === 0, drained);
 
     // --- 4. failover, alternating the frozen owner between two nodes
-    console.error(`agent: ${FAILOVERS} failovers (about 12 s each)`);
+    console.error(`agent: ${FAILOVERS} failovers (about 11 s each)`);
     await start("bench-b", token);
     await api.createVolume({ name: "fo", sizeBytes: VOLUME_BYTES });
     await api.attachVolume("fo", "bench-a");
@@ -182,7 +186,7 @@ export async function agentSection(): Promise<TextRow[]> {
       victim.proc.kill("SIGSTOP");
       await answers(other, "fo", true);
       const writableAt = Date.now();
-      // Read afterwards: a heartbeat in flight when the owner froze may still have landed.
+      // Read afterwards: a beat in flight when the owner froze may still have landed.
       const lastBeat = (await api.getNode(owner)).lastHeartbeatAt;
       if (lastBeat === null) throw new Error(`${owner} never heartbeat`);
       failovers.push(writableAt - Date.parse(lastBeat));

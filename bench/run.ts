@@ -7,10 +7,13 @@
  *     straight to the same Azurite with our undici client at the same
  *     concurrency.
  *
- * (d) The control plane on Azurite (bench/control-plane.ts): attach latency,
- *     Table transactions per heartbeat, sweeper cost for 1,000 nodes.
+ * (d) The control plane on Azurite (bench/control-plane.ts): the API's
+ *     attach latency and what an attach costs in Table transactions.
  * (e) Real agent processes (bench/agent.ts): start time, memory, attach
  *     latency to NBD answering, failover time, bundle size.
+ * (g) Serverless (bench/serverless.ts): Functions requests and seconds and
+ *     Table transactions per idle node-minute, the sweeper's pass at 3 to
+ *     10,000 nodes, and the monthly bill they make, printed after the table.
  * (f) Replicas (bench/replicas.ts): write throughput with 2 replicas against
  *     1, bytes resynced after an outage against bytes written during it,
  *     rebuild MiB/s.
@@ -22,7 +25,7 @@
  * Env: PAGEDISK_BENCH_SECONDS (default 5) per timed job;
  * PAGEDISK_BENCH_ROUNDS (default 3) for (a) and (c);
  * PAGEDISK_BENCH_ONLY=agent,control-plane runs only the sections named
- * (memory, azurite, control-plane, agent, replicas; default all).
+ * (memory, azurite, control-plane, agent, replicas, serverless; default all).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -38,6 +41,7 @@ import { type ServeProcess, startServe } from "../test/harness/serve.ts";
 import { agentSection } from "./agent.ts";
 import { replicasSection } from "./replicas.ts";
 import { controlPlaneSection } from "./control-plane.ts";
+import { serverlessSection } from "./serverless.ts";
 import { closedLoop } from "./closed-loop.ts";
 import { type FioJob, type FioResult, runFio } from "./fio.ts";
 import { percentile, type TextRow } from "./rows.ts";
@@ -45,7 +49,7 @@ import { percentile, type TextRow } from "./rows.ts";
 const SECONDS = Number(process.env.PAGEDISK_BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.PAGEDISK_BENCH_ROUNDS ?? 3);
 const MiB = 1024 * 1024;
-const SECTIONS = ["memory", "azurite", "control-plane", "agent", "replicas"];
+const SECTIONS = ["memory", "azurite", "control-plane", "agent", "replicas", "serverless"];
 const only = (process.env.PAGEDISK_BENCH_ONLY ?? "").split(",").map((s) => s.trim()).filter(Boolean);
 for (const name of only) {
   if (!SECTIONS.includes(name)) {
@@ -224,4 +228,10 @@ if (runs("azurite")) await azuriteSection();
 if (runs("control-plane")) rows.push(...(await controlPlaneSection()));
 if (runs("agent")) rows.push(...(await agentSection()));
 if (runs("replicas")) rows.push(...(await replicasSection({ seconds: SECONDS, rounds: ROUNDS })));
+const serverless = runs("serverless") ? await serverlessSection() : undefined;
+if (serverless) rows.push(...serverless.rows);
 printTable();
+if (serverless) {
+  console.log("\nThe control plane's bill per month (bench/cost-model.ts, prices in bench/prices.json):\n");
+  console.log(serverless.costs);
+}

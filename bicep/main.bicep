@@ -1,11 +1,19 @@
 // pagedisk control plane on Azure: a Flex Consumption Function App (Linux,
 // Node.js 22) with a system-assigned managed identity, the registry storage
 // account (its tables, the host's own state and the deployment container),
+// the liveness account (the table agents write their heartbeats to),
 // Application Insights on a Log Analytics workspace, the role assignments the
 // identity needs, and optionally a first pool account.
 //
-// No account key is used anywhere: the host, the deployment and the registry
-// reach storage with the identity; agents get user delegation SAS tokens.
+// One account key is used, the liveness account's, and nothing else: the
+// host, the deployment, the registry and the pools are reached with the
+// identity, with shared key access off on their accounts. Agents beat with a
+// Table SAS, which only an account key can sign (Table Storage has no user
+// delegation SAS), so the liveness table has an account of its own; the
+// control plane gets that account's connection string as an app setting, and
+// agents get SAS tokens for their own row, never the key. A leaked key opens
+// heartbeats only (docs/liveness.md). For volumes, agents get user
+// delegation SAS tokens.
 //
 // The ARM template beside this file (azuredeploy.json, behind the Deploy to
 // Azure button) is generated from it:
@@ -35,24 +43,29 @@ param createPool bool = true
 ])
 param poolSku string = 'Premium_LRS'
 
-@description('Most instances the app scales out to.')
-@minValue(40)
+@description('Most instances the app scales out to. 10,000 idle agents make about 22 API requests/s (~0.13 a node-minute), about 1.1 in flight at ~50 ms, one instance; after an API outage every agent fetches its desired state within 8 s of jittered backoff, ~1,250 requests/s, ~63 in flight, about 4 instances at concurrency 16. The sweeper (8 passes a minute) runs on instances of its own. 40 is the least every region accepts; the cap bounds a runaway, it costs nothing while unused.')
+@minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Memory of each instance, in MB.')
+@description('Memory of each instance, in MB. 512, the smallest: instances are billed memory x active seconds, at least 1 s per activity period, and the sweeper alone opens 8 periods a minute (one per pass, each under 0.4 s at 10,000 nodes), so the timer costs a quarter of what it does at 2048; the API is I/O-bound (Table Storage) and idle for idle agents (~0.13 requests a node-minute).')
 @allowed([
   512
   2048
   4096
 ])
-param instanceMemoryMB int = 2048
+param instanceMemoryMB int = 512
+
+@description('Concurrent HTTP executions per instance (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency). 16, set explicitly because the default follows instance memory (4 at 512 MB): API requests are short (~50 ms) and wait on Table Storage, so 16 in flight fit one 512 MB instance, and the API load of 10,000 idle agents (~22 requests/s, ~1.1 in flight) stays on one instance.')
+@minValue(1)
+param httpPerInstanceConcurrency int = 16
 
 var suffix = uniqueString(resourceGroup().id, namePrefix)
 // Storage account names: 3-24 lowercase letters and digits, unique in Azure.
 var compactPrefix = take(replace(toLower(namePrefix), '-', ''), 7)
 var registryAccountName = '${compactPrefix}reg${suffix}'
 var poolAccountName = '${compactPrefix}pool${suffix}'
+var livenessAccountName = '${compactPrefix}live${suffix}'
 var functionAppName = '${namePrefix}-${suffix}'
 var deploymentContainerName = 'app-package'
 var poolContainerName = 'pagedisk'
@@ -111,6 +124,26 @@ resource registryBlobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-0
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: registryBlobs
   name: deploymentContainerName
+}
+
+// The liveness table (docs/liveness.md), made by the control plane on its
+// first request. Shared key access stays on here, and only here: agents write
+// their heartbeats with a Table SAS, and a Table SAS can only be signed with
+// the account key (there is no user delegation SAS for tables). Nothing else
+// lives in this account, so its key opens heartbeats and nothing more.
+resource liveness 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: livenessAccountName
+  location: location
+  sku: {
+    name: 'Standard_LRS'
+  }
+  kind: 'StorageV2'
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: true
+  }
 }
 
 resource pool 'Microsoft.Storage/storageAccounts@2023-05-01' = if (createPool) {
@@ -182,6 +215,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           value: adminKey
         }
         {
+          // The liveness account's key, read at deployment. Bicep has no
+          // secure marker for a resource property: the value is never an
+          // output, and deployment history keeps parameters and outputs,
+          // not resource bodies.
+          name: 'PAGEDISK_LIVENESS_CONNECTION_STRING'
+          value: 'DefaultEndpointsProtocol=https;AccountName=${liveness.name};AccountKey=${liveness.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
+        }
+        {
           name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
           value: insights.properties.ConnectionString
         }
@@ -197,9 +238,16 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           }
         }
       }
+      // Sized for 10,000 idle nodes (see the parameters' descriptions and the
+      // README's "Sizing for 10,000 nodes").
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'node'
@@ -253,6 +301,9 @@ output deployCommand string = 'az functionapp deployment source config-zip --res
 
 @description('Prints the admin key (PAGEDISK_API_KEY); it is an app setting, never an output.')
 output adminKeyCommand string = 'az functionapp config appsettings list --resource-group ${resourceGroup().name} --name ${functionApp.name} --query "[?name==\'PAGEDISK_ADMIN_KEY\'].value" --output tsv'
+
+@description('Name of the liveness account (the one account with shared key access; its key is the app setting PAGEDISK_LIVENESS_CONNECTION_STRING, never an output).')
+output livenessAccountName string = liveness.name
 
 @description('Blob endpoint of the pool account created here, or empty.')
 output poolAccountUrl string = createPool ? pool.properties.primaryEndpoints.blob : ''

@@ -1,13 +1,14 @@
 /**
- * Nodes: VMs running the agent, how they join, what they report in their
- * heartbeats and what they are told to serve.
+ * Nodes: VMs running the agent, how they join, what they report when
+ * something changes, and what they are told to serve (with where to send
+ * their heartbeats, which go to Table Storage, not to this API).
  */
 import { z } from "zod";
 import { EventType } from "./event.ts";
 import { NodeName, PoolName, Timestamp, VolumeName } from "./names.ts";
 import { MAX_REPLICA_SLOTS, ReplicaId, ReplicaState, SizeBytes } from "./volume.ts";
 
-/** Health from heartbeats; the allowed moves are in functions/registry/node-states.ts. */
+/** Health judged from heartbeats; the allowed moves are in functions/registry/node-states.ts. */
 export const NODE_STATES = ["READY", "SUSPECT", "LOST"] as const;
 export const NodeState = z.enum(NODE_STATES);
 export type NodeState = z.infer<typeof NodeState>;
@@ -20,7 +21,7 @@ const MAX_FACTS = 32;
 const MAX_FACTS_JSON_CHARS = 8 * 1024;
 /** Volumes one node reports on; far above what one VM's nbd devices serve. */
 export const MAX_REPORTED_VOLUMES = 64;
-/** Events per heartbeat; they are written in one Table transaction, which holds 100. */
+/** Events per report; they are written in one Table transaction per partition, which holds 100. */
 export const MAX_REPORTED_EVENTS = 20;
 
 /**
@@ -51,9 +52,10 @@ export const LatencyPercentiles = z.strictObject({ p50: Amount, p99: Amount });
 export type LatencyPercentiles = z.infer<typeof LatencyPercentiles>;
 
 /**
- * How a volume's I/O is going on the node that serves it. Counters are
- * cumulative since the volume was opened on this node, so a lost heartbeat
- * loses no counts; latencies cover the requests since the previous heartbeat.
+ * How a volume's I/O is going on the node that serves it, as of its last
+ * report. Counters are cumulative since the volume was opened on this
+ * node, so a lost report loses no counts; latencies cover the requests
+ * since the previous report.
  */
 export const VolumeStats = z.strictObject({
   readOps: Amount,
@@ -63,7 +65,7 @@ export const VolumeStats = z.strictObject({
   errors: Amount,
   /** Times the volume paused I/O because the storage service throttled it. */
   throttlePauses: Amount,
-  /** Requests in flight when the heartbeat was taken. */
+  /** Requests in flight when the report was taken. */
   queueDepth: Amount,
   readLatencyMs: LatencyPercentiles,
   writeLatencyMs: LatencyPercentiles,
@@ -74,7 +76,7 @@ export type VolumeStats = z.infer<typeof VolumeStats>;
 export const REPORTED_REPLICA_STATES = ["ONLINE", "OFFLINE", "RESYNCING", "REBUILDING"] as const;
 
 /**
- * One replica in a heartbeat. ONLINE while the control plane says
+ * One replica in a report. ONLINE while the control plane says
  * RESYNCING or REBUILDING means the copy is done and the replica is in
  * sync: the control plane then records it ONLINE.
  */
@@ -97,7 +99,7 @@ export const ReplicaReport = z.strictObject({
   stale: z.literal(true).optional(),
   /**
    * Why it is OFFLINE, or why its copy stopped: one printable line, short,
-   * so that 64 volumes of these still fit one heartbeat and one node row.
+   * so that 64 volumes of these still fit one report and one node row.
    */
   error: z
     .string()
@@ -108,7 +110,7 @@ export const ReplicaReport = z.strictObject({
 });
 export type ReplicaReport = z.infer<typeof ReplicaReport>;
 
-/** One volume in a heartbeat. */
+/** One volume in a report. */
 export const VolumeReport = z.strictObject({
   volume: VolumeName,
   /** The epoch of the attachment the agent serves (from its desired state). */
@@ -139,15 +141,19 @@ export const Node = z.object({
   cordoned: z.boolean(),
   agentVersion: z.string().max(64).nullable(),
   facts: NodeFacts,
-  /** The volumes as of the last heartbeat. */
+  /** The volumes as of the last report. */
   volumes: z.array(VolumeReport),
   /**
    * Bumped whenever the set of volumes the node must serve, or the lease
-   * and epoch of one of them, changes; `GET .../desired?after=` waits on it.
+   * and epoch of one of them, changes; the bump rings the node's liveness
+   * row, which sends its agent to fetch the desired state.
    */
   desiredGeneration: z.int().min(0),
   joinedAt: Timestamp,
+  /** The node's last heartbeat (in the liveness table); null before the first. */
   lastHeartbeatAt: Timestamp.nullable(),
+  /** When the agent's last report (volumes, events) was recorded. */
+  lastReportAt: Timestamp.nullable(),
 });
 export type Node = z.infer<typeof Node>;
 
@@ -170,13 +176,17 @@ export const JoinResponse = z.object({
 });
 export type JoinResponse = z.infer<typeof JoinResponse>;
 
-/** `POST /api/v1/nodes/{name}/heartbeat`, authenticated by the node's credential. */
-export const Heartbeat = z
+/**
+ * `POST /api/v1/nodes/{name}/report`, authenticated by the node's
+ * credential: sent when what the agent reports changed (a volume's state,
+ * a replica, events, the generation applied), not on a timer.
+ */
+export const NodeReport = z
   .strictObject({
     agentVersion: AgentVersion.optional(),
     volumes: z.array(VolumeReport).max(MAX_REPORTED_VOLUMES).default([]),
     events: z.array(ReportedEvent).max(MAX_REPORTED_EVENTS).default([]),
-    /** Replaces the facts recorded at join (or by an earlier heartbeat) when given. */
+    /** Replaces the facts recorded at join (or by an earlier report) when given. */
     facts: NodeFacts.optional(),
     /**
      * The newest desired-state generation the agent has applied: every
@@ -190,7 +200,14 @@ export const Heartbeat = z
     if (new Set(names).size !== names.length)
       ctx.addIssue({ code: "custom", path: ["volumes"], message: "a volume is reported twice" });
   });
-export type Heartbeat = z.infer<typeof Heartbeat>;
+export type NodeReport = z.infer<typeof NodeReport>;
+
+/**
+ * The answer to a report: the node's desired generation, so that an agent
+ * that missed a ring (its row was rung while it could not beat) fetches.
+ */
+export const ReportAnswer = z.object({ desiredGeneration: z.int().min(0) });
+export type ReportAnswer = z.infer<typeof ReportAnswer>;
 
 /** A replica as its writer reaches it: the blob URL with a SAS for that blob only. */
 export const DesiredReplica = z.object({
@@ -228,31 +245,42 @@ function wholeNumber(max: number) {
     .pipe(z.int().max(max));
 }
 
-/** Longest a desired-state request may be held waiting for a change. */
-export const MAX_DESIRED_WAIT_SECONDS = 25;
-
 /**
- * `GET /api/v1/nodes/{name}/desired?after=G&waitSeconds=S`: with the node's
- * generation still `G`, hold the answer up to `S` seconds for a change.
+ * `GET /api/v1/nodes/{name}/desired` answers at once: nothing holds a
+ * Functions execution open. Agents before 0.2 still send `after` and
+ * `waitSeconds` (they held the request open); both are accepted and
+ * ignored, so such an agent keeps working until it is upgraded.
  */
 export const DesiredStateQuery = z.strictObject({
-  /** The `generation` of the desired state the agent last applied. */
   after: wholeNumber(Number.MAX_SAFE_INTEGER)
     .optional()
-    .describe("the generation the agent has; without it the answer comes at once"),
-  waitSeconds: wholeNumber(MAX_DESIRED_WAIT_SECONDS)
-    .default(0)
-    .describe(`0 to ${MAX_DESIRED_WAIT_SECONDS} (default 0): how long to hold for a change`),
+    .describe("ignored (sent by agents before 0.2)"),
+  waitSeconds: wholeNumber(25).optional().describe("ignored (sent by agents before 0.2)"),
 });
 export type DesiredStateQuery = z.infer<typeof DesiredStateQuery>;
+
+/**
+ * Where and how often the node sends its heartbeats: a MERGE of its own
+ * row in the liveness table, conditional on `etag`. A 412 means the row was
+ * rung (the desired state changed): fetch it again.
+ */
+export const LivenessTarget = z.object({
+  /** The row's URL with a SAS: update only, that row only, revocable at once. */
+  url: z.string(),
+  /** The row's ETag when this desired state was read; the first beat is conditional on it. */
+  etag: z.string(),
+  intervalMs: z.int().min(100),
+});
+export type LivenessTarget = z.infer<typeof LivenessTarget>;
 
 /** `GET /api/v1/nodes/{name}/desired`: everything the node should serve now. */
 export const DesiredState = z.object({
   node: NodeName,
-  /** The node's `desiredGeneration` when this was read; pass it back as `after`. */
+  /** The node's `desiredGeneration` when this was read; reported back as `appliedGeneration`. */
   generation: z.int().min(0),
   state: NodeState,
   cordoned: z.boolean(),
   attachments: z.array(DesiredAttachment),
+  liveness: LivenessTarget,
 });
 export type DesiredState = z.infer<typeof DesiredState>;

@@ -194,8 +194,17 @@ export const VolumeStatus = z.object({
    * Absent means false (rows written before the field existed).
    */
   failoverPending: z.boolean().optional(),
+  /**
+   * The nodes that wrote the volume, newest first, with the epoch of each
+   * attachment (at most `MAX_WRITERS`): whose report about which epoch is
+   * heard (a `replicas-diverged` report may come long after its attach, and
+   * the events that said so expire). Absent on records written before it.
+   */
+  writers: z.array(z.object({ node: NodeName, epoch: z.int().min(1) })).max(4).optional(),
 });
 export type VolumeStatus = z.infer<typeof VolumeStatus>;
+/** Writers a volume's status remembers. */
+export const MAX_WRITERS = 4;
 
 export const Volume = z.object({
   name: VolumeName,

@@ -31,12 +31,12 @@ export const API_PREFIX = "/api/v1";
 /** Largest request body accepted; API documents are small, so anything bigger is a mistake or abuse. */
 export const DEFAULT_BODY_LIMIT_BYTES = 64 * 1024;
 /**
- * Largest heartbeat: 64 volume reports with stats, device names and six
+ * Largest agent report: 64 volume reports with stats, device names and six
  * replica reports reach 330 KB of JSON at the contract's bounds, and
- * events come on top.
+ * events come on top. (`heartbeat` is where agents before 0.2 send it.)
  */
-export const HEARTBEAT_BODY_LIMIT_BYTES = 512 * 1024;
-const HEARTBEAT_PATH = new RegExp(`^${API_PREFIX}/nodes/[^/]+/heartbeat$`);
+export const REPORT_BODY_LIMIT_BYTES = 512 * 1024;
+const REPORT_PATH = new RegExp(`^${API_PREFIX}/nodes/[^/]+/(?:report|heartbeat)$`);
 
 export interface AppOptions extends ControlPlaneOptions {
   bodyLimitBytes?: number;
@@ -59,7 +59,7 @@ export function createApp(options: AppOptions): Hono {
       },
     });
   const limitBody = limitTo(maxSize);
-  const limitHeartbeat = limitTo(Math.max(maxSize, HEARTBEAT_BODY_LIMIT_BYTES));
+  const limitReport = limitTo(Math.max(maxSize, REPORT_BODY_LIMIT_BYTES));
   const auth: Authenticator = {
     registry: cp.registry,
     now: cp.now,
@@ -70,7 +70,7 @@ export function createApp(options: AppOptions): Hono {
   app.onError(errorResponder(cp.report));
   app.notFound(notFound);
   app.use(`${API_PREFIX}/*`, function limitRequestBody(c, next) {
-    return (HEARTBEAT_PATH.test(c.req.path) ? limitHeartbeat : limitBody)(c, next);
+    return (REPORT_PATH.test(c.req.path) ? limitReport : limitBody)(c, next);
   });
   const operations: Operation[] = [
     ...poolOperations(cp),

@@ -3,7 +3,9 @@
  * unexpected errors are reported. Built once per app by `createApp`, and
  * once per host for the timers.
  */
+import { DEFAULT_HEARTBEAT_INTERVAL_MS } from "./health/liveness-judge.ts";
 import type { ReportError } from "./http/errors.ts";
+import { DEFAULT_EVENT_RETENTION_DAYS } from "./registry/events.ts";
 import type { Registry } from "./registry/tables.ts";
 import { MAX_REPLICA_SAS_LIFETIME_MS } from "./storage/replica-sas.ts";
 
@@ -25,6 +27,10 @@ export interface ControlPlane {
   readonly replicaSasLifetimeMs: number;
   /** Longest a detach waits for the owner to drain the volume (settings' `detachDrainMs`). */
   readonly detachDrainMs: number;
+  /** How often agents are told to beat (settings' sweep policy). */
+  readonly heartbeatIntervalMs: number;
+  /** Days of events listed and kept (settings' `eventRetentionDays`). */
+  readonly eventRetentionDays: number;
   /** Tests only: crash injection between the steps of attach, detach and fencing. */
   readonly faults?: Faults;
 }
@@ -51,6 +57,10 @@ export interface ControlPlaneOptions {
   replicaSasLifetimeMs?: number;
   /** Longest a detach waits for the owner's drain; defaults to DEFAULT_DETACH_DRAIN_MS. */
   detachDrainMs?: number;
+  /** How often agents beat; defaults to DEFAULT_HEARTBEAT_INTERVAL_MS. */
+  heartbeatIntervalMs?: number;
+  /** Days of events listed and kept; defaults to DEFAULT_EVENT_RETENTION_DAYS. */
+  eventRetentionDays?: number;
   /** Crash injection, for tests only. */
   faults?: Faults;
 }
@@ -63,6 +73,8 @@ export function controlPlane(options: ControlPlaneOptions): ControlPlane {
     report: options.report ?? ((err) => console.error("pagedisk control plane:", err)),
     replicaSasLifetimeMs: options.replicaSasLifetimeMs ?? MAX_REPLICA_SAS_LIFETIME_MS,
     detachDrainMs: options.detachDrainMs ?? DEFAULT_DETACH_DRAIN_MS,
+    heartbeatIntervalMs: options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
+    eventRetentionDays: options.eventRetentionDays ?? DEFAULT_EVENT_RETENTION_DAYS,
     ...(options.faults ? { faults: options.faults } : {}),
   };
 }

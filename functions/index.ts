@@ -14,18 +14,13 @@ import {
   type InvocationContext,
   type Timer,
 } from "@azure/functions";
-import { sweep } from "./health/sweep.ts";
+import { SWEEP_SCHEDULE, sweep } from "./health/sweep.ts";
 import { forwardTo } from "./http/functions-adapter.ts";
 import { openRuntime, type Runtime } from "./runtime.ts";
 import { settingsFrom } from "./settings.ts";
 
-/**
- * Every 2 s, as often as agents heartbeat: a silent node is judged within
- * one beat of `lostAfter`, which keeps failover within 15 s of its last
- * heartbeat with the default policy (health/sweep.ts). A pass over a
- * healthy cluster costs two queries and writes nothing.
- */
-export const SWEEP_SCHEDULE = "*/2 * * * * *";
+/** The timer's schedule (health/sweep.ts says why this one). */
+export { SWEEP_SCHEDULE };
 
 let runtime: Promise<Runtime> | undefined;
 
@@ -51,7 +46,9 @@ export function httpTrigger(
 export async function sweepTrigger(_timer: Timer, context: InvocationContext): Promise<void> {
   const { cp, settings } = await ready();
   const report = await sweep(cp, settings.sweep);
-  if (Object.values(report).some((names) => names.length > 0)) context.log(report);
+  // Quiet passes log nothing; a pass that moved something, or judged nobody and says why, does.
+  const { path, ...moved } = report;
+  if (path !== undefined || Object.values(moved).some((names) => names.length > 0)) context.log(report);
 }
 
 // Bodies stream through to the app, whose body limit then bounds what is read.

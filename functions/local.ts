@@ -18,7 +18,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { serve } from "@hono/node-server";
 import { API_PREFIX } from "./app.ts";
-import { sweep } from "./health/sweep.ts";
+import { DEFAULT_SWEEP_POLICY, sweep } from "./health/sweep.ts";
 import { issueAdminKey, verifyAdminKey } from "./registry/admin-keys.ts";
 import { openRuntime, type Runtime } from "./runtime.ts";
 import { type Settings, settingsFrom } from "./settings.ts";
@@ -27,7 +27,7 @@ import { type Settings, settingsFrom } from "./settings.ts";
 export const LOCAL_PORT = 7071;
 const LOCAL_HOST = "127.0.0.1";
 /** Sweep this often locally, as the timer trigger's schedule does in Azure (index.ts). */
-export const LOCAL_SWEEP_INTERVAL_MS = 2_000;
+export const LOCAL_SWEEP_INTERVAL_MS = DEFAULT_SWEEP_POLICY.sweepIntervalMs;
 const DEFAULT_STATE_DIR = resolve(import.meta.dirname, "..", ".pagedisk");
 
 export interface LocalOptions {
@@ -52,6 +52,8 @@ export interface LocalControlPlane {
   readonly apiUrl: string;
   readonly adminKey: string;
   readonly runtime: Runtime;
+  /** Resolves when the next sweep pass to start has ended. */
+  nextPass(): Promise<void>;
   /** Stop the sweeper, then the server (waiting for requests in flight). */
   close(): Promise<void>;
 }
@@ -94,18 +96,27 @@ export async function startLocalControlPlane(opts: LocalOptions = {}): Promise<L
 
   // One sweep at a time: a slow one is not overtaken by the next tick.
   let sweeping: Promise<unknown> | undefined;
+  // Settled when the next pass to start has ended.
+  let endNext = () => {};
+  let next = new Promise<void>((resolve) => (endNext = resolve));
+  const interval = opts.sweepIntervalMs ?? LOCAL_SWEEP_INTERVAL_MS;
   const timer = setInterval(() => {
-    sweeping ??= sweep(runtime.cp, settings.sweep)
+    if (sweeping) return;
+    const ended = endNext;
+    next = new Promise<void>((resolve) => (endNext = resolve));
+    sweeping = sweep(runtime.cp, { ...settings.sweep, sweepIntervalMs: interval })
       .catch(runtime.cp.report)
       .finally(() => {
         sweeping = undefined;
+        ended();
       });
-  }, opts.sweepIntervalMs ?? LOCAL_SWEEP_INTERVAL_MS);
+  }, interval);
 
   return {
     apiUrl,
     adminKey,
     runtime,
+    nextPass: () => next,
     async close() {
       clearInterval(timer);
       await sweeping;

@@ -38,11 +38,18 @@ export async function openRuntime(
     "tableUrl" in settings.registry
       ? { tableUrl: settings.registry.tableUrl, credential: poolIdentity().credential }
       : settings.registry.connectionString;
-  const registry = await openRegistry(account, { prefix: settings.tablePrefix });
+  const registry = await openRegistry(account, {
+    prefix: settings.tablePrefix,
+    ...(settings.livenessConnectionString === undefined
+      ? {}
+      : { liveness: settings.livenessConnectionString }),
+  });
   const cp = controlPlane({
     registry,
     replicaSasLifetimeMs: settings.replicaSasLifetimeMs,
     detachDrainMs: settings.detachDrainMs,
+    heartbeatIntervalMs: settings.sweep.heartbeatIntervalMs,
+    eventRetentionDays: settings.eventRetentionDays,
     ...cpOptions,
   });
   const { adminKey } = settings;

@@ -9,6 +9,7 @@ import { DEFAULT_DETACH_DRAIN_MS, MAX_DETACH_DRAIN_MS } from "./control-plane.ts
 import { DEFAULT_REPAIR_POLICY, type RepairPolicy } from "./health/repair-policy.ts";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
 import { DEFAULT_ORPHAN_GRACE_MS } from "./lifecycle/reconcile-blobs.ts";
+import { DEFAULT_EVENT_RETENTION_DAYS } from "./registry/events.ts";
 import { type AgentFiles, DEFAULT_AGENT_FILES } from "./routes/agent-download.ts";
 import {
   MAX_REPLICA_SAS_LIFETIME_MS,
@@ -18,6 +19,12 @@ import {
 export interface Settings {
   /** The registry's storage account (Table service). */
   registry: RegistryAccountSetting;
+  /**
+   * Connection string of the account holding the liveness table (with its
+   * key: agents' Table SAS are signed with it); undefined means the
+   * registry's own, which then must be reached by connection string.
+   */
+  livenessConnectionString: string | undefined;
   /** Prefix of every registry table name. */
   tablePrefix: string;
   /** An admin key accepted besides those in the registry; unset locally. */
@@ -31,6 +38,8 @@ export interface Settings {
   orphanGraceMs: number;
   /** Longest a detach waits for the owner to drain the volume (arbiter/detach-drain.ts). */
   detachDrainMs: number;
+  /** Days of events listed and kept (registry/event-retention.ts). */
+  eventRetentionDays: number;
 }
 
 /**
@@ -40,9 +49,14 @@ export interface Settings {
  *   `PAGEDISK_REGISTRY_ACCOUNT_URL` (Table endpoint, under the managed identity),
  *   `PAGEDISK_REGISTRY_CONNECTION_STRING`, else the Function App's own
  *   `AzureWebJobsStorage` or `AzureWebJobsStorage__tableServiceUri` / `__accountName`
+ * - `PAGEDISK_LIVENESS_CONNECTION_STRING`: the account of the liveness table,
+ *   where agents write their heartbeats with a Table SAS (so its key is
+ *   needed); default the registry's connection string
  * - `PAGEDISK_TABLE_PREFIX` (default none)
  * - `PAGEDISK_ADMIN_KEY` (optional)
- * - `PAGEDISK_SUSPECT_AFTER_SECONDS`, `PAGEDISK_LOST_AFTER_SECONDS` (default 6 and 10)
+ * - `PAGEDISK_HEARTBEAT_INTERVAL_SECONDS` (default 2): how often agents beat;
+ *   `PAGEDISK_SUSPECT_AFTER_SECONDS`, `PAGEDISK_LOST_AFTER_SECONDS` (default
+ *   4 and 8): silence before a node is SUSPECT, then LOST
  * - pool health and repair (health/repair-policy.ts):
  *   `PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS` (default 60): a failure reported
  *   against a pool keeps it SUSPECT this long, so no resync starts;
@@ -60,12 +74,26 @@ export interface Settings {
  * - `PAGEDISK_DETACH_DRAIN_SECONDS` (default 15, at most 45): how long a
  *   detach waits for the volume's owner to say it has drained and closed it
  *   before the leases are dropped anyway
+ * - `PAGEDISK_EVENT_RETENTION_DAYS` (default 30, at least 1): events older
+ *   than this many days are no longer listed, and their day's table may be
+ *   deleted
  * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
  *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
  *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
  */
 export function settingsFrom(env: Record<string, string | undefined>): Settings {
   const registry = registryAccountFrom(env);
+  const livenessConnectionString = env.PAGEDISK_LIVENESS_CONNECTION_STRING || undefined;
+  if (livenessConnectionString === undefined && !("connectionString" in registry)) {
+    throw new Error(
+      "set PAGEDISK_LIVENESS_CONNECTION_STRING: agents write their heartbeats to a liveness table with a Table SAS, which is signed with an account key, and the registry is reached with the managed identity (no key)",
+    );
+  }
+  const heartbeatIntervalMs = seconds(
+    env,
+    "PAGEDISK_HEARTBEAT_INTERVAL_SECONDS",
+    DEFAULT_SWEEP_POLICY.heartbeatIntervalMs,
+  );
   const suspectAfterMs = seconds(
     env,
     "PAGEDISK_SUSPECT_AFTER_SECONDS",
@@ -77,12 +105,29 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
       "PAGEDISK_LOST_AFTER_SECONDS must be longer than PAGEDISK_SUSPECT_AFTER_SECONDS",
     );
   }
+  if (lostAfterMs <= 3 * heartbeatIntervalMs) {
+    throw new Error(
+      "PAGEDISK_LOST_AFTER_SECONDS must be longer than three PAGEDISK_HEARTBEAT_INTERVAL_SECONDS: with no beat from any node for three intervals the sweeper judges nobody, and that must come before anyone is LOST",
+    );
+  }
+  if (suspectAfterMs < 2 * heartbeatIntervalMs) {
+    throw new Error(
+      "PAGEDISK_SUSPECT_AFTER_SECONDS must be at least twice PAGEDISK_HEARTBEAT_INTERVAL_SECONDS: one late beat must not make a node suspect",
+    );
+  }
   const replicaSasLifetimeMs = replicaSasLifetimeFrom(env);
   return {
     registry,
+    livenessConnectionString,
     tablePrefix: env.PAGEDISK_TABLE_PREFIX ?? "",
     adminKey: env.PAGEDISK_ADMIN_KEY || undefined,
-    sweep: { suspectAfterMs, lostAfterMs, repair: repairPolicyFrom(env) },
+    sweep: {
+      ...DEFAULT_SWEEP_POLICY,
+      heartbeatIntervalMs,
+      suspectAfterMs,
+      lostAfterMs,
+      repair: repairPolicyFrom(env),
+    },
     agentFiles: {
       // Resolved now, so a relative path means the same whatever the working directory becomes.
       bundle: resolve(env.PAGEDISK_AGENT_BUNDLE || DEFAULT_AGENT_FILES.bundle),
@@ -91,6 +136,7 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     replicaSasLifetimeMs,
     orphanGraceMs: seconds(env, "PAGEDISK_ORPHAN_GRACE_SECONDS", DEFAULT_ORPHAN_GRACE_MS),
     detachDrainMs: detachDrainFrom(env),
+    eventRetentionDays: days(env, "PAGEDISK_EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION_DAYS),
   };
 }
 
@@ -146,6 +192,15 @@ function seconds(
   if (!Number.isInteger(n) || n < 1)
     throw new Error(`${name} must be a whole number of seconds, got ${text}`);
   return n * 1000;
+}
+
+function days(env: Record<string, string | undefined>, name: string, fallback: number): number {
+  const text = env[name];
+  if (text === undefined || text === "") return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(`${name} must be a whole number of days, at least 1, got ${text}`);
+  return n;
 }
 
 /**

@@ -1,7 +1,9 @@
 /**
  * `pagedisk agent run`: the daemon of one VM. It joins once (node.json),
- * then heartbeats, learns its desired state, and serves every volume the
- * control plane gives it, straight to the page blobs.
+ * then beats to the control plane's liveness table, learns its desired
+ * state when that table says it changed, reports when its volumes change,
+ * and serves every volume the control plane gives it, straight to the page
+ * blobs. Nothing it does steadily holds a Functions execution open.
  *
  * The data path never depends on the control plane: while it is away the
  * volumes keep serving, and the agent never releases a volume on its own nor
@@ -11,17 +13,17 @@
  * happens with no flush (the binder replaces bindings it cannot reuse).
  */
 import { join } from "node:path";
-import type { Node } from "../../contract/node.ts";
 import type { KernelBinder } from "../host/binding.ts";
 import type { Logger } from "../log.ts";
 import type { ApiClientError } from "./api-client.ts";
-import { DesiredLoop } from "./desired-loop.ts";
 import { EventQueue } from "./event-queue.ts";
 import { hostFacts } from "./facts.ts";
-import { HeartbeatLoop } from "./heartbeat-loop.ts";
 import { joinCluster } from "./join.ts";
+import { LivenessLoop } from "./liveness-loop.ts";
 import { NodeClient } from "./node-client.ts";
+import { readLivenessTarget, saveLivenessTarget } from "./node-file.ts";
 import { Reconciler } from "./reconcile.ts";
+import { ReportLoop } from "./report-loop.ts";
 import type { ServedVolume } from "./served-volume.ts";
 import type { ServedVolume as StatusVolume, StatusSource } from "../status/source.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -49,7 +51,6 @@ export interface AgentOptions {
   kernel: KernelMode;
   /** `unix:PATH` or `tcp:127.0.0.1:PORT`. */
   statusListen: string;
-  heartbeatIntervalMs: number;
   /** Bytes per bit of the dirty-region logs of replicated volumes; the engine's default when undefined. */
   dirtyGranularity?: number | undefined;
   log: Logger;
@@ -94,7 +95,10 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     dirtyGranularity: opts.dirtyGranularity,
     binder,
     log,
-    report: (event) => events.push(event),
+    report: (event) => {
+      events.push(event);
+      reports.soon();
+    },
   });
   const client = new NodeClient({
     apiUrl: identity.controlPlane,
@@ -106,31 +110,34 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
   const refused = new Promise<ApiClientError>((res) => {
     rejected = res;
   });
-  // The newest desired-state generation applied: heartbeats carry it, and a change goes at once,
+  // The newest desired-state generation applied: reports carry it, and a change goes at once,
   // since a detach waits for it to know the volumes it took away are drained.
   let appliedGeneration: number | undefined;
-  const desired = new DesiredLoop({
+  const liveness = new LivenessLoop({
     client,
-    intervalMs: opts.heartbeatIntervalMs,
+    target: await readLivenessTarget(opts.stateDir),
+    saveTarget: (target) => saveLivenessTarget(opts.stateDir, target),
     apply: (state) => reconciler.apply(state),
     applied: (generation) => {
       if (generation === appliedGeneration) return;
       appliedGeneration = generation;
-      heartbeat.soon();
+      reports.soon();
     },
     onRejected: (err) => rejected(err),
     log,
   });
-  const heartbeat = new HeartbeatLoop({
+  const reports = new ReportLoop({
     client,
-    intervalMs: opts.heartbeatIntervalMs,
     agentVersion: AGENT_VERSION,
     facts: hostFacts(),
-    volumes: () => reconciler.reports(),
+    volumes: (withStats) => reconciler.reports(withStats),
     appliedGeneration: () => appliedGeneration,
     delivered: (sent) => reconciler.delivered(sent),
     events,
-    onAnswer: (node: Node) => desired.nudge(node.desiredGeneration),
+    // A generation this agent has not fetched (a ring it has yet to hear): fetch now.
+    onAnswer: ({ desiredGeneration }) => {
+      if (appliedGeneration !== undefined && desiredGeneration > appliedGeneration) liveness.refresh();
+    },
     onRejected: (err) => rejected(err),
     log,
   });
@@ -141,15 +148,15 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
         name: identity.node,
         version: AGENT_VERSION,
         controlPlane: identity.controlPlane,
-        connected: heartbeat.connected,
-        lastHeartbeatAt: heartbeat.lastHeartbeatAt,
+        connected: liveness.connected,
+        lastHeartbeatAt: liveness.lastHeartbeatAt,
       }),
       volumes: () => reconciler.volumes().flatMap(statusOf),
     },
     opts.statusListen,
   );
-  heartbeat.start();
-  desired.start();
+  liveness.start();
+  reports.start();
   log.info(
     { node: identity.node, controlPlane: identity.controlPlane, kernel, status: status?.address },
     "agent running",
@@ -164,8 +171,8 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     typeof outcome === "string" ? { signal: outcome } : { code: outcome.code },
     "agent stopping: draining exports, keeping kernel bindings",
   );
-  await desired.stop();
-  await heartbeat.stop();
+  await liveness.stop();
+  await reports.stop();
   await reconciler.stop();
   await status?.close().catch((err: unknown) => log.warn({ err }, "status API close failed"));
   await binder?.close().catch((err: unknown) => log.warn({ err }, "kernel binder close failed"));

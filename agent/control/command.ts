@@ -9,7 +9,7 @@ import type { Command } from "commander";
 import { createLogger, type Logger } from "../log.ts";
 import { usage } from "../manage/args.ts";
 import { group } from "../manage/command.ts";
-import { parseDuration, parseListen, parseSize, UsageError } from "../serve/args.ts";
+import { parseListen, parseSize, UsageError } from "../serve/args.ts";
 import { AGENT_EXIT, type AgentParts, type KernelMode, runAgent } from "./agent.ts";
 import { ApiClientError } from "./api-client.ts";
 import { controlPlaneApiUrl } from "./control-plane-url.ts";
@@ -17,8 +17,6 @@ import { checkNodeName, joinCluster } from "./join.ts";
 import { NodeFileError } from "./node-file.ts";
 
 const KERNEL_MODES: KernelMode[] = ["auto", "nbd", "fuse", "none"];
-const MIN_INTERVAL_MS = 100;
-const MAX_INTERVAL_MS = 60_000;
 /** Dirty-log granularity bounds (design: a power of two, at least 64 KiB). */
 const MIN_DIRTY_GRANULARITY = 64 * 1024;
 const MAX_DIRTY_GRANULARITY = 1024 ** 3;
@@ -57,7 +55,6 @@ export function agentCommand(parts: AgentParts): Command {
         .default("auto"),
     )
     .option("--status-listen <address>", "status API: unix:PATH or tcp:127.0.0.1:PORT (default unix:DIR/status.sock)", asListen)
-    .option("--heartbeat-interval <duration>", "time between heartbeats", asInterval, 2_000)
     .option(
       "--dirty-granularity <size>",
       "bytes tracked per bit of a replica's dirty-region log: a power of two, 64KiB..1GiB (default 1MiB)",
@@ -75,7 +72,6 @@ export function agentCommand(parts: AgentParts): Command {
             name: o.name as string | undefined,
             kernel: o.kernel as KernelMode,
             statusListen: (o.statusListen as string | undefined) ?? `unix:${stateDir}/status.sock`,
-            heartbeatIntervalMs: o.heartbeatInterval as number,
             dirtyGranularity: o.dirtyGranularity as number | undefined,
             log,
             print: (line) => process.stdout.write(`${line}\n`),
@@ -117,16 +113,6 @@ function asListen(text: string): string {
   return usage(() => {
     parseListen(text);
     return text;
-  });
-}
-
-function asInterval(text: string): number {
-  return usage(() => {
-    const ms = parseDuration(text);
-    if (ms < MIN_INTERVAL_MS || ms > MAX_INTERVAL_MS) {
-      throw new UsageError(`invalid heartbeat interval "${text}": between 100ms and 60s`);
-    }
-    return ms;
   });
 }
 

@@ -1,14 +1,14 @@
 /**
- * Events waiting for a heartbeat to carry them (volume-failed, ...). An
- * event leaves the queue only once a heartbeat that carried it succeeded, so
+ * Events waiting for a report to carry them (volume-failed, ...). An
+ * event leaves the queue only once a report that carried it succeeded, so
  * an outage of the control plane delays events but does not lose them;
  * the queue is bounded, and when full the oldest events are dropped (and
  * counted) so that a long outage cannot eat the VM's memory.
  */
 import type { ReportedEvent } from "../../contract/node.ts";
 
-/** Events one heartbeat may carry (contract/node.ts MAX_REPORTED_EVENTS). */
-export const EVENTS_PER_HEARTBEAT = 20;
+/** Events one report may carry (contract/node.ts MAX_REPORTED_EVENTS). */
+export const EVENTS_PER_REPORT = 20;
 const DEFAULT_CAPACITY = 500;
 
 export class EventQueue {
@@ -28,12 +28,12 @@ export class EventQueue {
     }
   }
 
-  /** The oldest events, at most what one heartbeat carries; they stay queued. */
+  /** The oldest events, at most what one report carries; they stay queued. */
   peek(): ReportedEvent[] {
-    return this.#events.slice(0, EVENTS_PER_HEARTBEAT);
+    return this.#events.slice(0, EVENTS_PER_REPORT);
   }
 
-  /** The heartbeat that carried `sent` (from peek()) succeeded: forget them. */
+  /** The report that carried `sent` (from peek()) succeeded: forget them. */
   delivered(sent: ReportedEvent[]): void {
     // Events dropped for capacity meanwhile may have taken some of `sent` already.
     const gone = new Set(sent);

@@ -1,12 +1,14 @@
 /**
  * The agent's client of the control plane: join (with a join token), then
- * heartbeat and desired state (with the node's credential, for itself only).
- * Node's global `fetch`, typed with `contract/` (types only: zod stays out of
- * the agent bundle; the server validates every request).
+ * reports and desired state (with the node's credential, for itself only).
+ * Heartbeats do not come here: they go to the liveness table
+ * (liveness-beat.ts). Node's global `fetch`, typed with `contract/` (types
+ * only: zod stays out of the agent bundle; the server validates every
+ * request). No request is held open by the control plane.
  *
  *   const client = new NodeClient({ apiUrl, node, credential });
- *   const node = await client.heartbeat({ agentVersion, volumes, events });
- *   const desired = await client.desired({ after: 3, waitSeconds: 20, signal });
+ *   const node = await client.report({ agentVersion, volumes, events });
+ *   const desired = await client.desired({ signal });
  *
  * Every failure is an `ApiClientError` (the admin client's class) with the
  * API's stable `code`; `isCredentialRejected()` tells the ones that mean the
@@ -15,20 +17,18 @@
 import type { z } from "zod";
 import type {
   DesiredState,
-  Heartbeat,
   JoinRequest,
   JoinResponse,
-  Node,
+  NodeReport,
+  ReportAnswer,
 } from "../../contract/node.ts";
 import { ApiClientError, requestApi } from "./api-client.ts";
 
 export type JoinBody = z.input<typeof JoinRequest>;
-export type HeartbeatBody = z.input<typeof Heartbeat>;
+export type ReportBody = z.input<typeof NodeReport>;
 
-/** A heartbeat or a plain fetch that takes longer than this is given up (and retried). */
+/** A report or a fetch that takes longer than this is given up (and retried). */
 const DEFAULT_TIMEOUT_MS = 15_000;
-/** Added to a long poll's own wait before the request is given up on. */
-const LONG_POLL_SLACK_MS = 10_000;
 
 export interface NodeClientOptions {
   /** The API's root, e.g. `http://127.0.0.1:7071/api/v1`. */
@@ -40,10 +40,6 @@ export interface NodeClientOptions {
 }
 
 export interface DesiredQuery {
-  /** The generation the agent has; the answer is held while the node's is the same. */
-  after?: number | undefined;
-  /** How long the control plane may hold the answer (0..25). */
-  waitSeconds?: number | undefined;
   signal?: AbortSignal | undefined;
 }
 
@@ -65,11 +61,11 @@ export class NodeClient {
     return this.#call<JoinResponse>("POST", "/nodes/join", token, body, this.#timeoutMs, signal);
   }
 
-  /** Report; the answer is the node as recorded (with its desired generation). */
-  heartbeat(body: HeartbeatBody, signal?: AbortSignal): Promise<Node> {
-    return this.#call<Node>(
+  /** Report; the answer is the node's desired generation. */
+  report(body: ReportBody, signal?: AbortSignal): Promise<ReportAnswer> {
+    return this.#call<ReportAnswer>(
       "POST",
-      `/nodes/${this.#self()}/heartbeat`,
+      `/nodes/${this.#self()}/report`,
       this.#secret(),
       body,
       this.#timeoutMs,
@@ -77,19 +73,14 @@ export class NodeClient {
     );
   }
 
-  /** What the node should serve; held by the control plane while nothing changed. */
+  /** What the node should serve now, and where its heartbeats go. */
   desired(query: DesiredQuery = {}): Promise<DesiredState> {
-    const params = new URLSearchParams();
-    if (query.after !== undefined) params.set("after", String(query.after));
-    if (query.waitSeconds !== undefined) params.set("waitSeconds", String(query.waitSeconds));
-    const qs = params.size > 0 ? `?${params}` : "";
-    const timeoutMs = this.#timeoutMs + (query.waitSeconds ?? 0) * 1000 + LONG_POLL_SLACK_MS;
     return this.#call<DesiredState>(
       "GET",
-      `/nodes/${this.#self()}/desired${qs}`,
+      `/nodes/${this.#self()}/desired`,
       this.#secret(),
       undefined,
-      timeoutMs,
+      this.#timeoutMs,
       query.signal,
     );
   }

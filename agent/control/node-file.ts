@@ -7,6 +7,7 @@
  */
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { LivenessTarget } from "../../contract/node.ts";
 import { writeStateFile } from "../host/state-file.ts";
 
 /** What `node.json` holds. */
@@ -60,4 +61,29 @@ export async function saveNodeIdentity(stateDir: string, identity: NodeIdentity)
   // `mode` applies only to directories mkdir creates; an existing one may be laxer.
   await chmod(stateDir, 0o700);
   await writeStateFile(nodeFilePath(stateDir), `${JSON.stringify(identity, null, 2)}\n`);
+}
+
+/**
+ * `<stateDir>/liveness.json`: where the node's heartbeats go, as its last
+ * desired state said, so that an agent restarted while the API is away
+ * still beats. It holds a SAS, so it is 0600 like node.json.
+ */
+export function livenessFilePath(stateDir: string): string {
+  return join(stateDir, "liveness.json");
+}
+
+export async function readLivenessTarget(stateDir: string): Promise<LivenessTarget | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(livenessFilePath(stateDir), "utf8")) as Partial<LivenessTarget>;
+    const { url, etag, intervalMs } = parsed ?? {};
+    if (typeof url !== "string" || typeof etag !== "string" || typeof intervalMs !== "number") return undefined;
+    return { url, etag, intervalMs };
+  } catch {
+    // Missing or unreadable: the first fetch of the desired state brings a new one.
+    return undefined;
+  }
+}
+
+export async function saveLivenessTarget(stateDir: string, target: LivenessTarget): Promise<void> {
+  await writeStateFile(livenessFilePath(stateDir), `${JSON.stringify(target)}\n`);
 }

@@ -48,14 +48,14 @@ export class Reconciler {
     return this.#pass;
   }
 
-  /** What the next heartbeat says about volumes, STOPPED ones included. */
-  reports(): VolumeReport[] {
-    const served = [...this.#served.values()].map((v) => v.report());
+  /** What the next report says about volumes, STOPPED ones included; `withStats`: see ServedVolume.report. */
+  reports(withStats: boolean): VolumeReport[] {
+    const served = [...this.#served.values()].map((v) => v.report(withStats));
     const names = new Set(served.map((r) => r.volume));
     return [...served, ...this.#stopped.filter((r) => !names.has(r.volume))];
   }
 
-  /** A heartbeat carrying `sent` succeeded: STOPPED reports in it are done. */
+  /** A report carrying `sent` succeeded: STOPPED reports in it are done. */
   delivered(sent: VolumeReport[]): void {
     const done = new Set(sent.filter((r) => r.state === "STOPPED"));
     this.#stopped = this.#stopped.filter((r) => !done.has(r));
@@ -103,7 +103,7 @@ export class Reconciler {
       if (want && served.matches(want)) continue;
       await served.detach();
       this.#served.delete(name);
-      if (!want && served.state === "STOPPED") this.#stopped.push(served.report());
+      if (!want && served.state === "STOPPED") this.#stopped.push(served.report(true));
     }
     if (!this.#adopted) await this.#dropStaleBindings(wanted);
     let retry = false;

@@ -47,7 +47,7 @@ export interface ServeContext {
   /** Undefined: exports only, no kernel device (`--kernel none`). */
   binder: KernelBinder | undefined;
   log: Logger;
-  /** An event for the control plane (queued for the next heartbeat). */
+  /** An event for the control plane (queued for the next report). */
   report(event: ReportedEvent): void;
 }
 
@@ -70,7 +70,7 @@ export class ServedVolume {
   #state: ServingState;
   #device: string | null = null;
   #export: VolumeExport | undefined;
-  /** Heartbeat statistics: each report() closes one window. */
+  /** Report statistics: each report that carries them closes one window. */
   #stats: StatsWindow | undefined;
   /** What serves the replicas; undefined until opened (and when refused). */
   #set: ServedReplicas | undefined;
@@ -224,16 +224,19 @@ export class ServedVolume {
     await this.#set?.close(!flushError && this.#state === "SERVING");
   }
 
-  /** The volume for the next heartbeat; closes the statistics window. */
-  report(): VolumeReport {
+  /**
+   * The volume for a report; with `withStats` its statistics since the
+   * last report that carried them, which closes their window.
+   */
+  report(withStats: boolean): VolumeReport {
     return {
       volume: this.name,
       epoch: this.epoch,
       state: this.state,
-      // The heartbeat's replica reports name no pool: the control plane knows it.
+      // A report's replicas name no pool: the control plane knows it.
       replicas: this.replicas().map(({ pool: _pool, ...r }) => r),
       ...(this.#device ? { device: this.#device } : {}),
-      ...(this.#stats ? { stats: this.#stats.take() } : {}),
+      ...(withStats && this.#stats ? { stats: this.#stats.take() } : {}),
     };
   }
 

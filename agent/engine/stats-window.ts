@@ -1,12 +1,12 @@
 /**
- * A volume's numbers for one heartbeat: counters cumulative since open,
+ * A volume's numbers for one report: counters cumulative since open,
  * latency percentiles over the requests completed since the previous take.
  *
  * The shape is contract/node.ts `VolumeStats`, imported as a type only: the
  * agent bundle carries no zod. Percentiles are 0 for a window without
  * requests, and 60000 (the highest bucket bound) for ones slower than that.
  *
- * Concurrency: take() is synchronous; one reader per window (two heartbeat
+ * Concurrency: take() is synchronous; one reader per window (two report
  * loops sharing a window would split the requests between them).
  */
 import type { VolumeStats } from "../../contract/node.ts";
@@ -18,7 +18,7 @@ export type { VolumeStats };
 /** The counters of a volume's stats: cumulative since open, plus the queue depth now. */
 export type IoTotals = Omit<VolumeStats, "readLatencyMs" | "writeLatencyMs">;
 
-/** The counters out of a metrics snapshot, for heartbeats and the status API alike. */
+/** The counters out of a metrics snapshot, for reports and the status API alike. */
 export function ioTotals(m: VolumeMetrics): IoTotals {
   return {
     readOps: m.client.reads,

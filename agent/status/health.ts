@@ -62,7 +62,7 @@ export function healthReport(source: StatusSource): HealthReport {
   if (node.controlPlane !== "" && !node.connected) {
     problems.push({
       code: "ControlPlaneUnreachable",
-      message: `the control plane at ${node.controlPlane} did not answer the last heartbeat${
+      message: `the last heartbeat to the control plane at ${node.controlPlane} did not land${
         node.lastHeartbeatAt ? ` (last accepted ${node.lastHeartbeatAt})` : ""
       }`,
     });

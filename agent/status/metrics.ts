@@ -272,7 +272,7 @@ export function statusMetrics(source: StatusSource): StatusMetrics {
   }
   new Gauge({
     name: "pagedisk_control_plane_connected",
-    help: "1 when the last heartbeat reached the control plane.",
+    help: "1 when the last heartbeat landed in the control plane's liveness table.",
     registers: [registry],
     collect() {
       this.set(source.node().connected ? 1 : 0);

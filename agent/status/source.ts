@@ -35,9 +35,9 @@ export interface NodeStatus {
   version: string;
   /** Base URL of the control plane; "" when the agent runs without one. */
   controlPlane: string;
-  /** Whether the last heartbeat reached the control plane. */
+  /** Whether the last heartbeat landed in the control plane's liveness table. */
   connected: boolean;
-  /** ISO time of the last heartbeat the control plane accepted. */
+  /** ISO time of the last heartbeat that landed. */
   lastHeartbeatAt: string | null;
 }
 

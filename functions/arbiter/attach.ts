@@ -37,6 +37,7 @@ import { isRegistryError } from "../registry/registry-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { ATTACHED_STATES, volumeStates } from "../registry/volume-states.ts";
+import { MAX_WRITERS } from "../../contract/volume.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
 import { placeAttachment } from "./attach-placement.ts";
 import { bumpDesiredGeneration } from "./desired-generation.ts";
@@ -97,7 +98,18 @@ export async function completeAttach(
   const { copyLeaseId: _over, ...claimed } = claim.value;
   const attached: VolumeRecord = {
     ...claimed,
-    status: withFailoverPending({ ...claim.value.status, state: "ATTACHED", replicas }, false),
+    status: withFailoverPending(
+      {
+        ...claim.value.status,
+        state: "ATTACHED",
+        replicas,
+        writers: [
+          { node: claim.value.status.ownerNode!, epoch: claim.value.status.epoch },
+          ...(claim.value.status.writers ?? []),
+        ].slice(0, MAX_WRITERS),
+      },
+      false,
+    ),
     updatedAt: now.toISOString(),
   };
   try {

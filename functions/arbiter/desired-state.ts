@@ -9,7 +9,7 @@
  * CREATING ones (no blob yet) and RETIRING ones (leaving) are left out.
  */
 import { odata } from "@azure/data-tables";
-import type { DesiredAttachment, DesiredState } from "../../contract/node.ts";
+import type { DesiredAttachment, DesiredState, LivenessTarget } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
@@ -18,7 +18,16 @@ import { type PoolRecord, pools } from "../registry/pools.ts";
 import { volumes } from "../registry/volumes.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
 
-export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<DesiredState> {
+/**
+ * The desired state of `node`, with `liveness` (liveness-target.ts) read
+ * before `node` and before the volumes, so that the agent hears of any
+ * change made after them.
+ */
+export async function desiredState(
+  cp: ControlPlane,
+  node: NodeRecord,
+  liveness: LivenessTarget,
+): Promise<DesiredState> {
   const [owned, allPools] = await Promise.all([
     volumes(cp.registry).list(odata`ownerNode eq ${node.name} and state eq ${"ATTACHED"}`),
     pools(cp.registry).list(),
@@ -57,6 +66,7 @@ export async function desiredState(cp: ControlPlane, node: NodeRecord): Promise<
     state: node.state,
     cordoned: node.cordoned,
     attachments,
+    liveness,
   };
 }
 

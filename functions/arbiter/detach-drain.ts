@@ -1,25 +1,26 @@
 /**
  * A detach's wait for the volume's owner to let go of it before its leases
- * are dropped: the agent, woken by the generation bump, drains the export
- * (every request in flight finishes on every replica), flushes and closes
- * it, and says so in its next heartbeat (`appliedGeneration` at least the
- * bumped one, the volume no longer SERVING or DEGRADED). Without the wait,
+ * are dropped: the agent, sent by the ring of its generation bump, drains
+ * the export (every request in flight finishes on every replica), flushes
+ * and closes it, and says so in a report at once (`appliedGeneration` at
+ * least the bumped one, the volume no longer SERVING or DEGRADED). Without the wait,
  * a write in flight at the moment of the lease drop reaches some replicas
  * and not others, which costs a full copy (replicas-diverged).
  *
  * Not waited for: an owner that is not READY (its heartbeats have stopped;
  * fencing is what is left), one that has never said which generation it
- * applied (an older agent), a bump that failed. The wait ends at
+ * applied (an older agent), a bump that failed. This is an operator's
+ * request that waits, billed as it runs, never an agent's steady path. The wait ends at
  * `cp.detachDrainMs` whatever happens, and the detach goes on: an agent
  * that does not answer must not keep a volume from being detached.
  *
- * Woken by heartbeats this process records (desired-changes.ts); one
- * recorded by another Functions instance is found by re-reading the node
- * row every `DRAIN_RECHECK_MS`.
+ * Woken by reports this process records (report-watch.ts); one recorded
+ * by another Functions instance is found by re-reading the node row every
+ * `DRAIN_RECHECK_MS`.
  */
 import type { ControlPlane } from "../control-plane.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
-import { heartbeatsRecorded, watchNode } from "./desired-changes.ts";
+import { reportsRecorded, watchNode } from "./report-watch.ts";
 
 /** How often a waiting detach re-reads the owner's row. */
 export const DRAIN_RECHECK_MS = 500;
@@ -52,7 +53,7 @@ export async function awaitDrain(
   if (generation === undefined) return outcome("the owner's desired state could not be changed");
   const verdict = await watchNode(
     cp,
-    heartbeatsRecorded(cp.registry),
+    reportsRecorded(cp.registry),
     owner,
     { timeoutMs: cp.detachDrainMs, recheckMs: DRAIN_RECHECK_MS },
     (node) => {

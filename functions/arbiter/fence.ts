@@ -42,7 +42,7 @@ import { WRITER_LOST } from "../../contract/signals.ts";
 import type { Replica } from "../../contract/volume.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
-import { listEvents } from "../registry/events.ts";
+import { eventsNewestFirst } from "../registry/events.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
 import { movedReplica } from "../registry/replica-states.ts";
 import type { Read } from "../registry/rows.ts";
@@ -188,14 +188,18 @@ export async function resumeFailover(
 
 /**
  * The owner a volume was last fenced from, as its latest `volume-fenced`
- * event recorded it. Events are listed newest first, and the fencing is
- * recent, so the scan stops early. A failed read is reported, not thrown:
- * the failover matters more than its event's `from`.
+ * event recorded it. The volume's events are read newest first, a row at
+ * a time, and the fencing is recent, so the read stops at its first match
+ * within a request or two. A failed read is reported, not thrown: the
+ * failover matters more than its event's `from`.
  */
 async function fencedFrom(cp: ControlPlane, volume: string): Promise<string | null> {
+  const horizon = { now: cp.now(), retentionDays: cp.eventRetentionDays };
   try {
-    const page = await listEvents(cp.registry, { volume, type: "volume-fenced" }, { limit: 1 });
-    return page.items[0]?.node ?? null;
+    const fenced = { volume, type: "volume-fenced" };
+    for await (const event of eventsNewestFirst(cp.registry, fenced, horizon, { pageSize: 1 }))
+      return event.node ?? null;
+    return null;
   } catch (err) {
     cp.report(err);
     return null;

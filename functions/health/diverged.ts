@@ -8,18 +8,20 @@
  * which is told the replica is `stale` (desired-state.ts), so that it keeps
  * no dirty log for it and brings it back by a full copy.
  *
- * Only the node that wrote the volume at that epoch is heard (its
- * `volume-attached` or `volume-failed-over` event says so). A volume whose
- * writer is changing (attaching, detaching, fencing) is left alone: the
- * report stays in the event log for an operator, and fencing treats the
- * replicas as a lost writer's anyway.
+ * Only the node that wrote the volume at that epoch is heard: the volume's
+ * record keeps its last writers (`status.writers`), however long ago they
+ * were attached; the events that also say so expire with the event
+ * retention, and a node's own events are no evidence of anything. A volume
+ * whose writer is changing (attaching, detaching, fencing) is left alone:
+ * the report stays in the event log for an operator, and fencing treats
+ * the replicas as a lost writer's anyway.
  */
 import type { ReportedEvent } from "../../contract/node.ts";
 import { withWriterLost } from "../arbiter/fence.ts";
 import { noteOffline } from "../arbiter/attach.ts";
 import { bumpDesiredGeneration } from "../arbiter/desired-generation.ts";
 import type { ControlPlane } from "../control-plane.ts";
-import { listEvents } from "../registry/events.ts";
+import { eventsNewestFirst } from "../registry/events.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import { volumes } from "../registry/volumes.ts";
 
@@ -52,11 +54,20 @@ export async function replicasDiverged(
   });
 }
 
-/** Whether `node` was made the writer of `volume` at `epoch` (an attach or a failover). */
+/**
+ * Whether `node` was made the writer of `volume` at `epoch` (an attach or a
+ * failover): the volume's record keeps its last writers; a record written
+ * before it did is looked up in the volume's attach events.
+ */
 async function wroteAt(cp: ControlPlane, node: string, volume: string, epoch: number): Promise<boolean> {
-  for (const type of ["volume-attached", "volume-failed-over"]) {
-    const page = await listEvents(cp.registry, { volume, node, type }, { limit: 100 });
-    if (page.items.some((e) => e.data?.epoch === epoch)) return true;
+  const writers = (await volumes(cp.registry).get(volume))?.value.status.writers;
+  if (writers !== undefined) return writers.some((w) => w.node === node && w.epoch === epoch);
+  const horizon = { now: cp.now(), retentionDays: cp.eventRetentionDays };
+  const events = eventsNewestFirst(cp.registry, { volume, node }, horizon, { pageSize: 100 });
+  for await (const e of events) {
+    if (WRITER_EVENTS.has(e.type) && e.data?.epoch === epoch) return true;
   }
   return false;
 }
+
+const WRITER_EVENTS = new Set(["volume-attached", "volume-failed-over"]);

@@ -127,7 +127,11 @@ export async function judgePools(
   const now = cp.now();
   const [all, failures] = await Promise.all([
     pools(cp.registry).list(),
-    failuresReportedSince(cp.registry, new Date(now.getTime() - policy.suspectWindowMs)),
+    failuresReportedSince(
+      cp.registry,
+      new Date(now.getTime() - policy.suspectWindowMs),
+      now,
+    ),
   ]);
   const judged = await Promise.all(
     all.map(async (read) => {

@@ -43,7 +43,7 @@ export interface RepairInputs {
   volume: VolumeRecord;
   /** The owner's report of this volume at the volume's current epoch, if it sent one. */
   report: VolumeReport | undefined;
-  /** When that report arrived (the node's `lastHeartbeatAt`). */
+  /** When that report arrived (the node's `lastReportAt`). */
   reportedAt: string | null | undefined;
   pools: ReadonlyMap<string, PoolRecord>;
   /** Replicas per pool across the registry, for placing new ones. */

@@ -104,7 +104,7 @@ export async function applyPlan(
   const plan = planRepair({
     volume: v,
     report,
-    reportedAt: owner?.lastHeartbeatAt,
+    reportedAt: owner?.lastReportAt,
     pools: ctx.pools,
     load: ctx.load,
     leased,

@@ -2,19 +2,25 @@
  * Failures reported against pools recently: the agents' `storage-failure`
  * events naming a pool, and the control plane's own `replica-offline`
  * events (a writer took a replica of that pool out; not those of a lost
- * writer's replicas, which say nothing of the pool). One range query over
- * the newest events: the event log's keys are newest first (see
- * registry/events.ts: PartitionKey = 99999 - days since the epoch, RowKey
- * = 9999999999999 - ms since the epoch, then `-` and random hex), so only
- * the window's rows are read, however long the log.
+ * writer's replicas, which say nothing of the pool). The sweeper asks on
+ * every pass, so it reads only the window's rows: the newest of each
+ * type's index partition, in the day tables the window touches
+ * (registry/event-layout.ts), one range query per type and day rather than
+ * an `or` of types, which Table Storage would answer by scanning.
  */
 import { odata } from "@azure/data-tables";
+import {
+  byType,
+  DAY_MS,
+  dayOf,
+  dayTable,
+  isMissingTable,
+  rowKeyBefore,
+  startOfDay,
+} from "../registry/event-layout.ts";
 import { unpackJson } from "../registry/fields.ts";
 import type { Registry } from "../registry/tables.ts";
 
-const DAY_MS = 86_400_000;
-const LAST_DAY = 99_999;
-const LAST_MS = 9_999_999_999_999;
 /** Types that count as a failure of the pool they name. */
 export const FAILURE_EVENT_TYPES = ["storage-failure", "replica-offline"] as const;
 
@@ -26,24 +32,20 @@ export interface ReportedFailure {
   message: string;
 }
 
-/** Per pool name, the latest failure reported at or after `since`. */
+/** Per pool name, the latest failure reported at or after `since`, `now` being the window's end. */
 export async function failuresReportedSince(
   registry: Registry,
   since: Date,
+  now: Date,
 ): Promise<Map<string, ReportedFailure>> {
-  const ms = since.getTime();
-  const partition = String(LAST_DAY - Math.floor(ms / DAY_MS)).padStart(5, "0");
-  // Row keys of `since`'s millisecond end with `-<hex>`; `~` sorts after every one of them.
-  const row = `${String(LAST_MS - ms).padStart(13, "0")}~`;
-  const types = FAILURE_EVENT_TYPES.map((t) => odata`type eq ${t}`).join(" or ");
-  const filter =
-    odata`(PartitionKey lt ${partition} or (PartitionKey eq ${partition} and RowKey lt ${row}))` +
-    ` and (${types})`;
+  const days: string[] = [];
+  const end = Math.max(now.getTime(), since.getTime());
+  for (let day = startOfDay(since.getTime()); day <= end; day += DAY_MS) days.push(dayOf(day));
+  const found = await Promise.all(
+    days.flatMap((day) => FAILURE_EVENT_TYPES.map((t) => failuresOn(registry, day, t, since))),
+  );
   const latest = new Map<string, ReportedFailure>();
-  const rows = registry.events.listEntities<Record<string, unknown>>({
-    queryOptions: { filter, select: ["pool", "at", "type", "node", "message", "data"] },
-  });
-  for await (const e of rows) {
+  for (const e of found.flat()) {
     if (typeof e.pool !== "string" || typeof e.at !== "string") continue;
     // Put offline because its writer was lost (arbiter/fence.ts, or the agent's own unclean stop): its pool did nothing wrong.
     if (e.type === "replica-offline" && isStale(e.data)) continue;
@@ -57,6 +59,28 @@ export async function failuresReportedSince(
     });
   }
   return latest;
+}
+
+/** The events of `type` on `day` at or after `since`. */
+async function failuresOn(
+  registry: Registry,
+  day: string,
+  type: string,
+  since: Date,
+): Promise<Array<Record<string, unknown>>> {
+  const recent = rowKeyBefore(since.getTime());
+  const filter = odata`PartitionKey eq ${byType(type)} and RowKey lt ${recent}`;
+  const rows = dayTable(registry, day).listEntities<Record<string, unknown>>({
+    queryOptions: { filter, select: ["pool", "at", "type", "node", "message", "data"] },
+  });
+  const found: Array<Record<string, unknown>> = [];
+  try {
+    for await (const row of rows) found.push(row);
+  } catch (err) {
+    // Nothing was recorded that day.
+    if (!isMissingTable(err)) throw err;
+  }
+  return found;
 }
 
 /** Whether an event's `data` (a JSON string property) says `stale: true`. */

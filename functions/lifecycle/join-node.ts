@@ -7,6 +7,7 @@
 import type { JoinRequest } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
+import { createLivenessRow, newLivenessKey } from "../registry/liveness.ts";
 import { newNodeCredential } from "../registry/node-credentials.ts";
 import { type NodeRecord, nodes } from "../registry/nodes.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
@@ -35,15 +36,18 @@ export async function joinNode(
     facts: request.facts,
     volumes: [],
     credentialSha256: sha256,
-    joinedAt: at,
+    livenessKey: newLivenessKey(),
     // Joining is the first sign of life: the sweeper counts silence from here.
-    lastHeartbeatAt: at,
+    joinedAt: at,
+    lastReportAt: null,
   };
   try {
     await table.insert(node);
   } catch (err) {
     throw isRegistryError(err, "Exists") ? exists(request.name) : err;
   }
+  // Should this fail, the node's first desired-state fetch creates the row.
+  await createLivenessRow(cp.registry.liveness, node.livenessKey!).catch(cp.report);
   await note(cp, {
     type: "node-joined",
     node: node.name,

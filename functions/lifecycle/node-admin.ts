@@ -2,11 +2,13 @@
  * Admin changes to a node: cordon, uncordon, remove. Removal is refused
  * while any volume names the node as its owner (detach them, or let the
  * sweeper fence them once the node is LOST); it deletes the row, and the
- * node's credential with it.
+ * node's credential with it, then its liveness row, after which its
+ * liveness SAS can write nothing.
  */
 import { odata } from "@azure/data-tables";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
+import { deleteLivenessRow } from "../registry/liveness.ts";
 import { type NodeRecord, nodes } from "../registry/nodes.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
@@ -45,7 +47,7 @@ export async function setCordoned(
 
 /** Forget a node that owns no volume. Its credential stops working at once. */
 export async function removeNode(cp: ControlPlane, name: string): Promise<void> {
-  await retryOnConflict(async () => {
+  const removed = await retryOnConflict(async () => {
     const read = await readNode(cp, name);
     const owned = await volumes(cp.registry).list(odata`ownerNode eq ${name}`);
     if (owned.length > 0) {
@@ -59,6 +61,10 @@ export async function removeNode(cp: ControlPlane, name: string): Promise<void> 
     } catch (err) {
       if (!isRegistryError(err, "Missing")) throw err;
     }
+    return read.value;
   });
+  if (removed.livenessKey !== undefined) {
+    await deleteLivenessRow(cp.registry.liveness, removed.livenessKey);
+  }
   await note(cp, { type: "node-removed", node: name, message: `node ${name} removed` });
 }

@@ -1,31 +1,50 @@
 /**
- * The event log. Keys make Table Storage's own order (PartitionKey, then
- * RowKey, ascending) newest first:
+ * The event log: what happened in the cluster, newest first, kept for a
+ * number of days (registry/event-layout.ts says where an event is stored
+ * and why; registry/event-retention.ts drops the days past keeping).
  *
- *   PartitionKey = 99999 - days since the epoch     (one partition per day)
- *   RowKey       = 9999999999999 - ms since the epoch, then `-` and 8 random hex
+ * A listing reads the index partition of its most selective criterion
+ * (volume, then node, then type, else `all`) and applies the others within
+ * it: a combined filter reads that partition's events, not only those it
+ * returns. It reads the day tables newest first, back to the retention and
+ * no further, whether or not older tables are still there, so that what
+ * is listed does not depend on when they were last pruned.
  *
- * so a listing is a forward range scan, and a page ends at a position
- * (PartitionKey, RowKey) that the next page starts after. Events within
- * one millisecond come in random order.
+ * An event written to several partitions is written by one request per
+ * partition; a failure between them leaves it in some listings only.
  */
-import { randomBytes } from "node:crypto";
 import { odata } from "@azure/data-tables";
 import { Event, type EventPage } from "../../contract/event.ts";
+import {
+  ALL,
+  byNode,
+  byType,
+  byVolume,
+  DAY_MS,
+  dayOf,
+  dayTable,
+  isMissingTable,
+  onDayTable,
+  partitionsOf,
+  rowKeyAt,
+  rowKeyBefore,
+  startOfDay,
+  timeOfRowKey,
+} from "./event-layout.ts";
 import { packJson, unpackJson } from "./fields.ts";
 import { insertRow, type Row } from "./rows.ts";
 import type { Registry } from "./tables.ts";
 
-const DAY_MS = 86_400_000;
-const LAST_DAY = 99_999;
-const LAST_MS = 9_999_999_999_999;
+/** How many days of events are kept unless the settings say otherwise. */
+export const DEFAULT_EVENT_RETENTION_DAYS = 30;
+/** The most operations a Table batch may hold. */
+const MAX_BATCH = 100;
 
 /** What a caller records; the registry adds id and time. */
 export type NewEvent = Omit<Event, "id" | "at">;
 
-/** Where a page ended. */
+/** Where a page ended: its last event's RowKey, which is also its id. */
 export interface EventPosition {
-  partitionKey: string;
   rowKey: string;
 }
 
@@ -35,50 +54,73 @@ export interface EventFilter {
   type?: string | undefined;
 }
 
+/** What a listing may see: the events of the last `retentionDays` days before `now`. */
+export interface EventHorizon {
+  now: Date;
+  retentionDays: number;
+}
+
 /** Append one event at `at`; returns it as listed. */
 export async function recordEvent(registry: Registry, at: Date, event: NewEvent): Promise<Event> {
-  const { row, listed } = rowOf(at, event);
-  await insertRow(registry.events, row);
-  return listed;
+  const [listed] = await recordEvents(registry, at, [event]);
+  return listed!;
 }
 
 /**
- * Append several events at `at` in one Table transaction: they share the
- * day's partition, so the batch is one request however many there are (up
- * to the service's 100).
+ * Append several events at `at` (one agent report) with one request per
+ * index partition they touch, not one per row: they share the day's
+ * table, and a batch holds up to 100 rows of one partition.
  */
 export async function recordEvents(
   registry: Registry,
   at: Date,
   events: readonly NewEvent[],
 ): Promise<Event[]> {
-  if (events.length === 0) return [];
-  if (events.length === 1) return [await recordEvent(registry, at, events[0]!)];
-  const rows = events.map((event) => rowOf(at, event));
-  await registry.events.submitTransaction(rows.map(({ row }) => ["create", row] as const));
-  return rows.map(({ listed }) => listed);
+  const ms = at.getTime();
+  const written = events.map((event) => rowOf(at, event));
+  const partitions = new Map<string, Row[]>();
+  for (const { row, listed } of written) {
+    for (const partitionKey of partitionsOf(listed)) {
+      const rows = partitions.get(partitionKey) ?? [];
+      rows.push({ ...row, partitionKey });
+      partitions.set(partitionKey, rows);
+    }
+  }
+  const batches = [...partitions.values()].flatMap((rows) => chunks(rows, MAX_BATCH));
+  await Promise.all(
+    batches.map((batch) =>
+      onDayTable(registry, dayOf(ms), async (table) => {
+        if (batch.length === 1) await insertRow(table, batch[0]!);
+        else await table.submitTransaction(batch.map((row) => ["create", row] as const));
+      }),
+    ),
+  );
+  return written.map(({ listed }) => listed);
 }
 
-function rowOf(at: Date, event: NewEvent): { row: Row; listed: Event } {
-  const ms = at.getTime();
-  const partitionKey = String(LAST_DAY - Math.floor(ms / DAY_MS)).padStart(5, "0");
-  const rowKey = `${String(LAST_MS - ms).padStart(13, "0")}-${randomBytes(4).toString("hex")}`;
+/** An event's row, in every partition but for its PartitionKey. */
+type EventRow = Record<string, unknown> & { rowKey: string };
+
+function rowOf(at: Date, event: NewEvent): { row: EventRow; listed: Event } {
+  const rowKey = rowKeyAt(at.getTime());
+  // Parsed first: a name that is not a valid name must not become a partition key.
+  const listed = Event.parse({ ...event, id: rowKey, at: at.toISOString() });
   const { data, ...fields } = event;
-  // Absent subjects stay absent (not empty strings), so `volume eq 'x'` never matches them.
+  // Absent subjects stay absent (not empty strings), so `node eq 'x'` never matches them.
   const present = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
-  const row: Row = {
-    partitionKey,
+  const row = {
     rowKey,
     ...present,
     ...(data === undefined ? {} : { data: packJson("data", data) }),
     at: at.toISOString(),
   };
-  const listed = Event.parse({
-    ...event,
-    id: idOf({ partitionKey, rowKey }),
-    at: at.toISOString(),
-  });
   return { row, listed };
+}
+
+function chunks<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
 }
 
 /**
@@ -89,54 +131,88 @@ export async function listEvents(
   registry: Registry,
   filter: EventFilter,
   page: { limit: number; after?: EventPosition | undefined },
+  horizon: EventHorizon,
 ): Promise<EventPage> {
-  const clauses: string[] = [];
-  if (filter.volume !== undefined) clauses.push(odata`volume eq ${filter.volume}`);
-  if (filter.node !== undefined) clauses.push(odata`node eq ${filter.node}`);
-  if (filter.type !== undefined) clauses.push(odata`type eq ${filter.type}`);
-  if (page.after) {
-    const { partitionKey: pk, rowKey: rk } = page.after;
-    clauses.push(odata`((PartitionKey eq ${pk} and RowKey gt ${rk}) or PartitionKey gt ${pk})`);
-  }
-  const query = registry.events.listEntities<Record<string, unknown>>(
-    clauses.length > 0 ? { queryOptions: { filter: clauses.join(" and ") } } : {},
-  );
-  // One more than asked tells whether a next page exists without a second round trip.
+  // One more than asked tells whether a next page exists.
   const found: Event[] = [];
-  const positions: EventPosition[] = [];
-  for await (const batch of query.byPage({ maxPageSize: page.limit + 1 })) {
-    for (const row of batch) {
-      const position = { partitionKey: String(row.partitionKey), rowKey: String(row.rowKey) };
-      found.push(decode(position, row));
-      positions.push(position);
-    }
-    // The service may answer short pages with a continuation; keep reading until enough.
+  const events = eventsNewestFirst(registry, filter, horizon, {
+    after: page.after,
+    pageSize: page.limit + 1,
+  });
+  for await (const event of events) {
+    found.push(event);
     if (found.length > page.limit) break;
   }
-  const more = found.length > page.limit;
   const items = found.slice(0, page.limit);
-  return { items, continuation: more ? continuationOf(positions[page.limit - 1]!) : null };
+  const last = items.at(-1);
+  return {
+    items,
+    continuation: found.length > page.limit && last ? continuationOf({ rowKey: last.id }) : null,
+  };
+}
+
+/**
+ * The events matching `filter`, newest first, read a page of `pageSize`
+ * at a time for as long as the caller keeps asking: a caller that wants
+ * the first match only stops there.
+ */
+export async function* eventsNewestFirst(
+  registry: Registry,
+  filter: EventFilter,
+  horizon: EventHorizon,
+  options: { after?: EventPosition | undefined; pageSize?: number } = {},
+): AsyncGenerator<Event> {
+  const { partitionKey, criteria } = indexFor(filter);
+  const oldest = horizon.now.getTime() - horizon.retentionDays * DAY_MS;
+  const after = options.after?.rowKey;
+  const afterMs = after === undefined ? undefined : timeOfRowKey(after);
+  if (after !== undefined && afterMs === undefined)
+    throw new RangeError(`not an event position: ${after}`);
+  const first = startOfDay(afterMs ?? horizon.now.getTime());
+  for (let day = first; day + DAY_MS > oldest; day -= DAY_MS) {
+    const clauses = [odata`PartitionKey eq ${partitionKey}`];
+    if (after !== undefined && day === first) clauses.push(odata`RowKey gt ${after}`);
+    if (day <= oldest) clauses.push(odata`RowKey lt ${rowKeyBefore(oldest)}`);
+    const query = dayTable(registry, dayOf(day)).listEntities<Record<string, unknown>>({
+      queryOptions: { filter: [...clauses, ...criteria].join(" and ") },
+    });
+    try {
+      for await (const rows of query.byPage({ maxPageSize: options.pageSize ?? 1000 })) {
+        for (const row of rows) yield decode(row);
+      }
+    } catch (err) {
+      // No event was written that day.
+      if (!isMissingTable(err)) throw err;
+    }
+  }
+}
+
+/** The partition that answers `filter`, and the criteria left to apply within it. */
+function indexFor(filter: EventFilter): { partitionKey: string; criteria: string[] } {
+  const { volume, node, type } = filter;
+  const nodeIs = node === undefined ? [] : [odata`node eq ${node}`];
+  const typeIs = type === undefined ? [] : [odata`type eq ${type}`];
+  if (volume !== undefined)
+    return { partitionKey: byVolume(volume), criteria: [...nodeIs, ...typeIs] };
+  if (node !== undefined) return { partitionKey: byNode(node), criteria: typeIs };
+  if (type !== undefined) return { partitionKey: byType(type), criteria: [] };
+  return { partitionKey: ALL, criteria: [] };
 }
 
 /** Opaque token for the position after which the next page starts. */
 export function continuationOf(position: EventPosition): string {
-  return Buffer.from(idOf(position)).toString("base64url");
+  return Buffer.from(position.rowKey).toString("base64url");
 }
 
 /** Inverse of `continuationOf`; `undefined` for anything it did not produce. */
 export function positionOf(continuation: string): EventPosition | undefined {
-  const id = Buffer.from(continuation, "base64url").toString();
-  const m = /^(\d{5})\.(\d{13}-[0-9a-f]{8})$/.exec(id);
-  return m ? { partitionKey: m[1]!, rowKey: m[2]! } : undefined;
+  const rowKey = Buffer.from(continuation, "base64url").toString();
+  return timeOfRowKey(rowKey) === undefined ? undefined : { rowKey };
 }
 
-function idOf(position: EventPosition): string {
-  return `${position.partitionKey}.${position.rowKey}`;
-}
-
-function decode(position: EventPosition, row: Record<string, unknown>): Event {
+function decode(row: Record<string, unknown>): Event {
   return Event.parse({
-    id: idOf(position),
+    id: row.rowKey,
     at: row.at,
     type: row.type,
     volume: row.volume,

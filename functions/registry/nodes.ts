@@ -1,9 +1,10 @@
 /**
- * Node records: health from heartbeats, whether new volumes may land on
- * the node, what it last reported, the generation of what it must serve,
- * and the hash of its credential (kept in the node's own row so that a
- * heartbeat is one read and one write). Written by join, heartbeat,
- * cordon, the sweeper and the arbiter's generation bumps.
+ * Node records: health as the sweeper judged it from the heartbeats in the
+ * liveness table, whether new volumes may land on the node, what its agent
+ * last reported, the generation of what it must serve, the key of its
+ * liveness row, and the hash of its credential. Written by join, the
+ * agent's reports (only when something changed), cordon, the sweeper and
+ * the arbiter's generation bumps: never once per heartbeat.
  */
 import { z } from "zod";
 import { NodeName, Timestamp } from "../../contract/names.ts";
@@ -33,8 +34,16 @@ export const NodeRecord = z.object({
   appliedGeneration: z.int().min(0).optional(),
   /** SHA-256 (hex) of the node's credential; never rendered. */
   credentialSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /**
+   * The PartitionKey of the node's liveness row (registry/liveness.ts):
+   * unguessable, so that no other node can address the row; never
+   * rendered. Absent for a node registered before heartbeats went to Table
+   * Storage, until its desired state is next fetched.
+   */
+  livenessKey: z.string().regex(/^[A-Za-z0-9_-]{32}$/).optional(),
   joinedAt: Timestamp,
-  lastHeartbeatAt: Timestamp.nullable(),
+  /** When the agent's last report (volumes, events) was recorded. */
+  lastReportAt: Timestamp.nullable(),
 });
 export type NodeRecord = z.infer<typeof NodeRecord>;
 
@@ -90,7 +99,7 @@ export const nodeCodec: Codec<NodeRecord> = {
   encode: ({
     name: _name,
     agentVersion,
-    lastHeartbeatAt,
+    lastReportAt,
     facts,
     volumes,
     desiredGeneration,
@@ -103,10 +112,9 @@ export const nodeCodec: Codec<NodeRecord> = {
     ...(desiredGeneration === undefined ? {} : { desiredGeneration: int64(desiredGeneration) }),
     ...(appliedGeneration === undefined ? {} : { appliedGeneration: int64(appliedGeneration) }),
     ...(agentVersion === null ? {} : { agentVersion }),
-    // Kept as its own property so that the sweeper can query for silent nodes.
-    ...(lastHeartbeatAt === null ? {} : { lastHeartbeatAt }),
+    ...(lastReportAt === null ? {} : { lastReportAt }),
   }),
-  decode: (name, { desiredGeneration, appliedGeneration, ...p }) =>
+  decode: (name, { desiredGeneration, appliedGeneration, lastHeartbeatAt, ...p }) =>
     NodeRecord.parse({
       ...p,
       name,
@@ -119,7 +127,8 @@ export const nodeCodec: Codec<NodeRecord> = {
         ? {}
         : { appliedGeneration: fromInt64(appliedGeneration) }),
       agentVersion: p.agentVersion ?? null,
-      lastHeartbeatAt: p.lastHeartbeatAt ?? null,
+      // Rows written before reports and heartbeats parted hold the report's time under its old name.
+      lastReportAt: p.lastReportAt ?? lastHeartbeatAt ?? null,
     }),
 };
 

@@ -22,7 +22,12 @@ export function eventOperations(cp: ControlPlane): Operation[] {
         const after = continuation === undefined ? undefined : positionOf(continuation);
         if (continuation !== undefined && !after)
           throw invalidInput("query.continuation", "not a token this API gave out");
-        return listEvents(cp.registry, filter, { limit, after });
+        return listEvents(
+          cp.registry,
+          filter,
+          { limit, after },
+          { now: cp.now(), retentionDays: cp.eventRetentionDays },
+        );
       },
     }),
   ];

@@ -1,6 +1,8 @@
 /**
- * The agent's own endpoints: join (with a join token), then heartbeat and
- * desired state (with the node's credential, for that node only).
+ * The agent's own endpoints: join (with a join token), then reports and
+ * desired state (with the node's credential, for that node only). None of
+ * them waits: heartbeats go to the liveness table, and a change of desired
+ * state reaches the agent by a ring of its row, not by a held request.
  */
 
 import type { Context } from "hono";
@@ -9,21 +11,24 @@ import { NodeName } from "../../contract/names.ts";
 import {
   DesiredState,
   DesiredStateQuery,
-  Heartbeat,
   JoinRequest,
   JoinResponse,
   Node,
+  NodeReport,
+  ReportAnswer,
 } from "../../contract/node.ts";
 import { desiredState } from "../arbiter/desired-state.ts";
-import { awaitDesiredChange } from "../arbiter/desired-wait.ts";
+import { livenessTarget } from "../arbiter/liveness-target.ts";
 import type { ControlPlane } from "../control-plane.ts";
-import { recordHeartbeat } from "../health/heartbeat.ts";
+import { recordReport } from "../health/report.ts";
+import { ApiError } from "../http/api-error.ts";
 import { callerOf } from "../http/auth.ts";
 import { type Operation, operation } from "../http/operation.ts";
 import { joinNode } from "../lifecycle/join-node.ts";
-import type { NodeRecord } from "../registry/nodes.ts";
+import { beatByApi } from "../registry/liveness.ts";
+import { generationOf, type NodeRecord, nodes } from "../registry/nodes.ts";
 import type { Read } from "../registry/rows.ts";
-import { nodeView } from "./views.ts";
+import { nodeViewOf } from "./node-view.ts";
 
 const ByName = z.strictObject({ name: NodeName });
 
@@ -49,37 +54,59 @@ export function nodeAgentOperations(cp: ControlPlane): Operation[] {
         const caller = callerOf(c);
         const tokenId = caller.kind === "join" ? caller.tokenId : "";
         const { node, credential } = await joinNode(cp, body, tokenId);
-        return { node: nodeView(node), credential };
+        return { node: await nodeViewOf(cp, node), credential };
       },
+    }),
+    operation({
+      method: "post",
+      path: "/nodes/:name/report",
+      operationId: "reportNode",
+      summary: "Report how the node's volumes are doing and what happened; sent when that changes",
+      access: "node",
+      params: ByName,
+      body: NodeReport,
+      success: { status: 200, description: "the node's desired generation", schema: ReportAnswer },
+      handle: async ({ body, c }) => ({
+        desiredGeneration: generationOf(await recordReport(cp, self(c), body)),
+      }),
     }),
     operation({
       method: "post",
       path: "/nodes/:name/heartbeat",
       operationId: "heartbeat",
-      summary: "Report that the node is alive, how its volumes are doing, and events",
+      summary:
+        "Deprecated: agents before 0.2 report and beat here; recorded as a report and a heartbeat",
       access: "node",
       params: ByName,
-      body: Heartbeat,
+      body: NodeReport,
       success: { status: 200, description: "the node as recorded", schema: Node },
-      handle: async ({ body, c }) => nodeView(await recordHeartbeat(cp, self(c), body)),
+      handle: async ({ body, c }) => {
+        const node = await recordReport(cp, self(c), body);
+        // Such an agent beats nowhere else: its liveness row (made here if need be) is beaten for it.
+        const target = await livenessTarget(cp, node);
+        if (target) await beatByApi(cp.registry.liveness, target.key, cp.now().getTime());
+        return nodeViewOf(cp, node);
+      },
     }),
     operation({
       method: "get",
       path: "/nodes/:name/desired",
       operationId: "getDesiredState",
       summary:
-        "The volumes this node should serve, with lease ids and SAS URLs; with `after`, held up to `waitSeconds` until it changes",
+        "The volumes this node should serve, with lease ids and SAS URLs, and where to send its heartbeats",
       access: "node",
       params: ByName,
       query: DesiredStateQuery,
       success: { status: 200, description: "the desired state", schema: DesiredState },
-      handle: async ({ query, c }) => {
-        const node = await awaitDesiredChange(cp, self(c), {
-          after: query.after,
-          waitMs: query.waitSeconds * 1000,
-          signal: c.req.raw.signal,
-        });
-        return desiredState(cp, node);
+      handle: async ({ c }) => {
+        const caller = self(c).value;
+        // The liveness row's ETag first, then the node and its volumes: a change after the
+        // first read rings the row, and the agent's first beat on this ETag fails and fetches again.
+        const liveness = await livenessTarget(cp, caller);
+        const node = liveness && (await nodes(cp.registry).get(caller.name));
+        if (!liveness || !node)
+          throw new ApiError("Unauthorized", `node ${caller.name} is no longer registered`);
+        return desiredState(cp, node.value, liveness.target);
       },
     }),
   ];

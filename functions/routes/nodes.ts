@@ -8,7 +8,9 @@ import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { type Operation, operation } from "../http/operation.ts";
 import { removeNode, setCordoned } from "../lifecycle/node-admin.ts";
+import { scanLiveness } from "../registry/liveness.ts";
 import { nodes } from "../registry/nodes.ts";
+import { nodeViewOf } from "./node-view.ts";
 import { nodeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: NodeName });
@@ -26,7 +28,7 @@ export function nodeOperations(cp: ControlPlane): Operation[] {
       params: ByName,
       success: { status: 200, description: "the node", schema: Node },
       errors: ["NodeNotFound", "Conflict"],
-      handle: async ({ params }) => nodeView(await setCordoned(cp, params.name, cordoned)),
+      handle: async ({ params }) => nodeViewOf(cp, await setCordoned(cp, params.name, cordoned)),
     });
   return [
     operation({
@@ -36,9 +38,20 @@ export function nodeOperations(cp: ControlPlane): Operation[] {
       summary: "List nodes",
       access: "admin",
       success: { status: 200, description: "every node, by name", schema: NodeList },
-      handle: async () => ({
-        items: (await nodes(cp.registry).list()).map((n) => nodeView(n.value)),
-      }),
+      handle: async () => {
+        // The liveness table holds one row per node: one scan serves every node's view.
+        const [all, rows] = await Promise.all([
+          nodes(cp.registry).list(),
+          scanLiveness(cp.registry.liveness),
+        ]);
+        const byKey = new Map(rows.map((r) => [r.key, r]));
+        const now = cp.now().getTime();
+        return {
+          items: all.map(({ value: n }) =>
+            nodeView(n, n.livenessKey === undefined ? undefined : byKey.get(n.livenessKey), now),
+          ),
+        };
+      },
     }),
     operation({
       method: "get",
@@ -53,7 +66,7 @@ export function nodeOperations(cp: ControlPlane): Operation[] {
         const read = await nodes(cp.registry).get(params.name);
         if (!read)
           throw new ApiError("NodeNotFound", `no node named ${params.name}`, { node: params.name });
-        return nodeView(read.value);
+        return nodeViewOf(cp, read.value);
       },
     }),
     cordon(true),

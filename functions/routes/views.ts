@@ -2,11 +2,12 @@
  * Records as the API shows them. What a client must never see is dropped
  * here, in one place: pool secrets (connection strings are masked) and
  * volume lease ids (only the owner node gets its lease, through its own
- * endpoint) and node credential hashes.
+ * endpoint), node credential hashes and liveness keys.
  */
 import type { Node } from "../../contract/node.ts";
 import type { Pool } from "../../contract/pool.ts";
 import type { Volume } from "../../contract/volume.ts";
+import { lastBeatOf, type LivenessRow } from "../registry/liveness.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { PoolRecord } from "../registry/pools.ts";
 import type { VolumeRecord } from "../registry/volumes.ts";
@@ -38,7 +39,11 @@ export function volumeView(v: VolumeRecord): Volume {
   };
 }
 
-export function nodeView(n: NodeRecord): Node {
+/**
+ * A node as an admin sees it. `beat` is its liveness row, whose last
+ * heartbeat it shows (none before its agent's first).
+ */
+export function nodeView(n: NodeRecord, beat: LivenessRow | undefined, nowMs: number): Node {
   return {
     name: n.name,
     state: n.state,
@@ -47,7 +52,9 @@ export function nodeView(n: NodeRecord): Node {
     facts: n.facts,
     volumes: n.volumes,
     joinedAt: n.joinedAt,
-    lastHeartbeatAt: n.lastHeartbeatAt,
+    lastHeartbeatAt:
+      beat?.at === undefined ? null : new Date(lastBeatOf(beat, nowMs)).toISOString(),
+    lastReportAt: n.lastReportAt,
     desiredGeneration: generationOf(n),
   };
 }

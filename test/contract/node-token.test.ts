@@ -1,14 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { Heartbeat, JoinRequest } from "../../contract/node.ts";
+import { NodeReport, JoinRequest } from "../../contract/node.ts";
 import { TokenCreate } from "../../contract/token.ts";
 
 describe("node contract", () => {
-  it("an empty heartbeat means no volumes and no events", () => {
-    expect(Heartbeat.parse({})).toEqual({ volumes: [], events: [] });
+  it("an empty report means no volumes and no events", () => {
+    expect(NodeReport.parse({})).toEqual({ volumes: [], events: [] });
   });
 
   it("a volume report defaults its offline replicas to none", () => {
-    const beat = Heartbeat.parse({ volumes: [{ volume: "v", epoch: 2, state: "SERVING" }] });
+    const beat = NodeReport.parse({ volumes: [{ volume: "v", epoch: 2, state: "SERVING" }] });
     expect(beat.volumes[0]?.replicas).toEqual([]);
   });
 

@@ -1,8 +1,9 @@
 /**
  * The agent as users run it: `node dist/pagedisk.mjs agent run ...` as a
  * child process, its JSON logs collected, and waits on log records (events
- * the agent itself announces) instead of sleeps; and one write through an
- * export it serves.
+ * the agent itself announces: "report recorded" for each report the
+ * control plane took) instead of sleeps; and one write through an export
+ * it serves.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -19,7 +20,7 @@ export interface AgentProcess {
   exited: Promise<number | string>;
   /** The first log record from now on (or already seen since `from`) that matches. */
   waitForLog(match: (r: LogRecord) => boolean, from?: number): Promise<LogRecord>;
-  /** A heartbeat answered whose volume list satisfies `match` (entries are `name:epoch:STATE`). */
+  /** A report the control plane recorded whose volume list satisfies `match` (entries are `name:epoch:STATE`). */
   waitForReport(match: (volumes: string[]) => boolean, from?: number): Promise<LogRecord>;
   stop(signal?: NodeJS.Signals): Promise<number | string>;
 }
@@ -83,7 +84,7 @@ export async function startAgent(args: string[], env: NodeJS.ProcessEnv = {}): P
     exited,
     waitForLog,
     waitForReport: (match, from) =>
-      waitForLog((r) => r.msg === "heartbeat answered" && match(r.volumes as string[]), from),
+      waitForLog((r) => r.msg === "report recorded" && match(r.volumes as string[]), from),
     async stop(signal: NodeJS.Signals = "SIGTERM") {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
       return exited;

@@ -1,12 +1,15 @@
 /**
  * The agent daemon end to end, with real parts only: Azurite (blob + table),
- * the control plane in process on a real port, and `pagedisk agent` as a
- * child process (--kernel none: the exports are driven over their unix
- * sockets with an NBD client). Every wait is on something the agent or the
- * API says (log records, heartbeats), never on a timer.
+ * the control plane in process on a real port, telling agents to beat to
+ * its liveness table every second, and `pagedisk agent` as a child process
+ * (--kernel none: the exports are driven over their unix sockets with an
+ * NBD client). Every wait is on something the agent, the API or the
+ * liveness table says (log records, reports recorded, the node's row),
+ * never on a timer.
  *
  * The cases run in order on one cluster: join, attach, I/O, detach, fencing,
- * control plane outage, restart, a two-replica volume, removal.
+ * an outage of the API (beats go on landing, a change rung meanwhile is
+ * fetched once it is back), restart, a two-replica volume, removal.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -20,13 +23,17 @@ import { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Volume } from "../../contract/volume.ts";
 import { ApiClient } from "../../agent/control/api-client.ts";
+import { bumpDesiredGeneration } from "../../functions/arbiter/desired-generation.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { readLivenessRow } from "../../functions/registry/liveness.ts";
+import { nodes } from "../../functions/registry/nodes.ts";
 import { type Azurite, freePort, startAzurite } from "../harness/azurite.ts";
 import { writeDevice } from "../host/host-fixture.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
 import { pagedisk } from "../manage/cli.ts";
 import { ERR } from "../nbd/raw-client.ts";
 import { type AgentProcess, nbdWrite, startAgent } from "./agent-process.ts";
+import { AGENT_VERSION } from "../../agent/control/version.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -45,7 +52,8 @@ let agent: AgentProcess | undefined;
 async function startCp(): Promise<LocalControlPlane> {
   return startLocalControlPlane({
     connectionString: azurite.connectionString,
-    env: {},
+    // Agents beat as often as the control plane tells them.
+    env: { PAGEDISK_HEARTBEAT_INTERVAL_SECONDS: "1" },
     port,
     stateDir: join(dir, "cp"),
     log: () => {},
@@ -90,8 +98,6 @@ function agentArgs(): string[] {
     stateDir,
     "--kernel",
     "none",
-    "--heartbeat-interval",
-    "200ms",
   ];
 }
 
@@ -172,8 +178,8 @@ describe("pagedisk agent join", () => {
       [["agent", "run", "--state-dir", fresh], /--control-plane/],
       [["agent", "run", "--control-plane", origin()], /--state-dir/],
       [["agent", "run", ...base, "--kernel", "kvm"], /kvm/],
-      [["agent", "run", ...base, "--heartbeat-interval", "soon"], /invalid duration/],
-      [["agent", "run", ...base, "--heartbeat-interval", "10ms"], /between 100ms and 60s/],
+      // The control plane tells the interval now; the option is gone.
+      [["agent", "run", ...base, "--heartbeat-interval", "200ms"], /unknown option '--heartbeat-interval'/],
       [["agent", "run", ...base, "--status-listen", "http://x"], /unix:PATH or tcp/],
       [["agent", "run", ...base, "--dirty-granularity", "96KiB"], /power of two from 64KiB to 1GiB/],
       [["agent", "run", ...base, "--dirty-granularity", "32KiB"], /power of two from 64KiB to 1GiB/],
@@ -216,19 +222,16 @@ describe("pagedisk agent run", () => {
     expect(await write("vol-a", 4096, data)).toBe(0);
     expect(await blobBytes(v1, 4096, 8192)).toEqual(data);
 
-    // A heartbeat built before the write may land after it: take the first
-    // one sent wholly after, i.e. wait heartbeat by heartbeat until the count shows.
-    let mark = agent.logs.length;
-    let node = await api.getNode(NODE);
-    while (node.volumes[0]?.stats?.writeOps !== 1) {
-      await agent.waitForReport((vols) => vols.includes("vol-a:1:SERVING"), mark);
-      mark = agent.logs.length;
-      node = await api.getNode(NODE);
-    }
+    // The report sent when the volume started serving is recorded; counters alone are
+    // not a change (they go with the next report), so the write shows on the status API.
+    await agent.waitForReport((vols) => vols.includes("vol-a:1:SERVING"), from);
+    const node = await api.getNode(NODE);
     expect(node.volumes).toEqual([expect.objectContaining({ volume: "vol-a", epoch: 1, state: "SERVING" })]);
-    expect(node.volumes[0]!.stats).toMatchObject({ writeOps: 1, bytesWritten: 8192 });
-    expect(node.agentVersion).toBe("0.1.0");
+    expect(node.agentVersion).toBe(AGENT_VERSION);
     expect(node.facts).toMatchObject({ arch: process.arch, os: process.platform });
+    expect(node.lastHeartbeatAt).not.toBeNull();
+    const served = (await statusGet("/volumes")) as { items: Array<{ name: string; io: Record<string, number> }> };
+    expect(served.items.find((i) => i.name === "vol-a")?.io).toMatchObject({ writeOps: 1, bytesWritten: 8192 });
   });
 
   it("shows the served volume on the status API (unix:DIR/status.sock by default)", async () => {
@@ -276,16 +279,35 @@ describe("pagedisk agent run", () => {
     expect((await blobOf(v1).getProperties()).leaseState).toBe("leased");
   });
 
-  it("keeps serving while the control plane is away, and reconnects when it is back", async () => {
+  it("keeps serving and beating while the API is away, and fetches what changed meanwhile when it is back", async () => {
     const a = agent!;
     const v2 = await createVolume("vol-b");
     let from = a.logs.length;
     await api.attachVolume("vol-b", NODE);
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b", from);
 
+    // The registry and the liveness table stay reachable (Azurite is up): only the API goes.
+    const inProcess = cp.runtime.cp;
+    const key = (await nodes(inProcess.registry).get(NODE))!.value.livenessKey!;
     from = a.logs.length;
     await cp.close();
-    await a.waitForLog((r) => r.msg?.startsWith("heartbeat failed") === true, from);
+    const closedAt = Date.now();
+    // Heartbeats go to the liveness table, not to the API: they go on landing.
+    let row = await readLivenessRow(inProcess.registry.liveness, key);
+    while (!(row?.by === "agent" && row.writtenAt > closedAt)) {
+      row = await readLivenessRow(inProcess.registry.liveness, key);
+    }
+    // "connected" means the last beat landed: so it is now.
+    const health = (await statusGet("/healthz")) as {
+      controlPlane: { connected: boolean };
+      problems: Array<{ code: string }>;
+    };
+    expect(health.controlPlane.connected).toBe(true);
+    expect(health.problems.map((p) => p.code)).not.toContain("ControlPlaneUnreachable");
+    // A change made meanwhile (the control plane's timers fence and fail over without the
+    // API) rings the row: the agent hears it, and cannot fetch it yet.
+    const generation = await bumpDesiredGeneration(inProcess, NODE, "replicas");
+    await a.waitForLog((r) => r.msg === "cannot fetch the desired state", from);
     const data = Buffer.alloc(4096, 0x33);
     expect(await write("vol-b", 65536, data)).toBe(0);
     expect(await blobBytes(v2, 65536, 4096)).toEqual(data);
@@ -293,8 +315,9 @@ describe("pagedisk agent run", () => {
     from = a.logs.length;
     cp = await startCp();
     api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
-    await a.waitForLog((r) => r.msg === "control plane reached", from);
+    // The fetch it owed happens; the generation it brings is applied, which is reported.
     await a.waitForReport((v) => v.includes("vol-b:1:SERVING"), from);
+    expect((await nodes(cp.runtime.cp.registry).get(NODE))!.value.appliedGeneration).toBe(generation);
   });
 
   it("after SIGTERM exits 0, and a restarted agent (also after kill -9) serves again with no admin action", async () => {
@@ -377,8 +400,6 @@ describe("pagedisk agent run --kernel fuse", () => {
         "vm-agent-fuse",
         "--kernel",
         "fuse",
-        "--heartbeat-interval",
-        "200ms",
       ],
       { PAGEDISK_JOIN_TOKEN: joinToken },
     );

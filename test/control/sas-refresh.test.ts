@@ -5,10 +5,12 @@
  * I/O goes on after the first token has expired.
  *
  * Real parts only: Azurite (which refuses an expired SAS as Azure does), the
- * control plane in process, the built agent, NBD writes over its socket. A
- * recording pass-through proxy between agent and control plane shows which
- * desired states (and so which tokens) the agent received and when it asked
- * again (it asks only after applying the previous answer).
+ * control plane in process (telling agents to beat every second), the built
+ * agent, NBD writes over its socket. A recording pass-through proxy between
+ * agent and control plane shows which desired states (and so which tokens)
+ * the agent received and when it asked again. Tokens that end within 15
+ * minutes are renewed at every beat, so here the agent fetches once a
+ * second.
  *
  * Time: the shortest lifetime is 60 s. Instead of waiting a minute, the
  * control plane's clock runs 50 s behind, so each token it signs expires
@@ -94,7 +96,7 @@ async function startRecordingProxy(target: string): Promise<RecordingProxy> {
         asked.push(Date.now());
         changes.emit("change");
       }
-      // The agent may abort a long poll; the upstream request goes with it.
+      // The agent may abort a fetch (its timeout, its stop); the upstream request goes with it.
       const abort = new AbortController();
       res.on("close", () => abort.abort());
       const headers: Record<string, string> = {};
@@ -164,7 +166,10 @@ beforeAll(async () => {
   await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-sas-"));
   azurite = await startAzurite({ table: true, inMemory: true });
-  const env = { PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: String(LIFETIME_SECONDS) };
+  const env = {
+    PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: String(LIFETIME_SECONDS),
+    PAGEDISK_HEARTBEAT_INTERVAL_SECONDS: "1",
+  };
   cp = await startLocalControlPlane({
     connectionString: azurite.connectionString,
     env,
@@ -192,8 +197,6 @@ beforeAll(async () => {
       NODE,
       "--kernel",
       "none",
-      "--heartbeat-interval",
-      "200ms",
     ],
     { PAGEDISK_JOIN_TOKEN: token },
   );
@@ -230,7 +233,11 @@ function sasOf(answer: Answer): { url: string; expiresAt: number; startsAt: numb
 
 const carriesVolume = (a: Answer) => a.state.attachments.some((x) => x.volume === VOLUME);
 
-/** Resolves once the agent has asked again after receiving `answer`, i.e. has applied it. */
+/**
+ * Resolves once the agent has asked again after receiving `answer`, i.e. has
+ * applied it: fetches come a beat apart, and a pass that only swaps the
+ * tokens of a volume already served is over long before the next beat.
+ */
 function applied(answer: Answer): Promise<void> {
   return proxy.until(() => proxy.asked.some((t) => t > answer.receivedAt));
 }

@@ -4,8 +4,12 @@
  * ARM accepts and to main.bicep. Every expression's parameters and variables
  * exist and every parameter is used; the resources (type and apiVersion,
  * conditions included), parameters and outputs are those main.bicep
- * declares; the app settings are ones the control plane or the Functions
- * host reads, and none that the Flex Consumption plan refuses.
+ * declares, and each parameter has the same default, bounds and
+ * description; the app settings are ones the control plane or the Functions
+ * host reads, and none that the Flex Consumption plan refuses. Then what the
+ * deployment promises: shared key access on the liveness account only, whose
+ * key reaches the app as one setting and nowhere else, and the scale settings
+ * the README's sizing rests on.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -28,10 +32,20 @@ interface Resource {
   properties?: Record<string, unknown>;
   resources?: Resource[];
 }
+interface Parameter {
+  type: string;
+  defaultValue?: unknown;
+  minValue?: number;
+  maxValue?: number;
+  minLength?: number;
+  maxLength?: number;
+  allowedValues?: unknown[];
+  metadata?: { description?: string };
+}
 interface Template {
   $schema: string;
   contentVersion: string;
-  parameters: Record<string, { type: string; defaultValue?: unknown }>;
+  parameters: Record<string, Parameter>;
   variables: Record<string, unknown>;
   resources: Resource[];
   outputs: Record<string, { type: string; value: unknown }>;
@@ -64,6 +78,46 @@ const bicepResources = [
   ...bicep.matchAll(/^resource\s+(\w+)\s+'([^'@]+)@([^']+)'\s*=\s*(if\s*\()?/gm),
 ].map((m) => ({ symbol: m[1]!, type: m[2]!, apiVersion: m[3]!, conditional: m[4] !== undefined }));
 const bicepParams = [...bicep.matchAll(/^param\s+(\w+)\s/gm)].map((m) => m[1]!);
+
+/** A Bicep literal as ARM writes it: numbers, booleans and '...' strings; else the text itself. */
+function bicepLiteral(text: string): unknown {
+  const t = text.trim();
+  if (/^-?\d+$/.test(t)) return Number(t);
+  if (t === "true" || t === "false") return t === "true";
+  const quoted = /^'((?:[^'\\]|\\.)*)'$/.exec(t);
+  return quoted ? quoted[1]!.replace(/\\(.)/g, "$1") : t;
+}
+
+/**
+ * Each `param` of main.bicep with the decorators above it, as ARM would
+ * write it: default (literal defaults only), bounds, allowed values,
+ * description.
+ */
+function bicepParameter(name: string): Parameter & { declared: string } {
+  const lines = bicep.split("\n");
+  const at = lines.findIndex((l) => new RegExp(`^param\\s+${name}\\s`).test(l));
+  const declaration = /^param\s+\w+\s+(\w+)(?:\s*=\s*(.+))?$/.exec(lines[at]!)!;
+  let start = at;
+  while (start > 0 && /^(@|\s+|\])/.test(lines[start - 1]!) && lines[start - 1]!.trim() !== "") start--;
+  const decorators = lines.slice(start, at).join("\n");
+  const param: Parameter & { declared: string } = { type: declaration[1]!, declared: decorators };
+  if (declaration[2] !== undefined) param.defaultValue = bicepLiteral(declaration[2]);
+  for (const key of ["minValue", "maxValue", "minLength", "maxLength"] as const) {
+    const m = new RegExp(`@${key}\\((\\d+)\\)`).exec(decorators);
+    if (m) param[key] = Number(m[1]);
+  }
+  const allowed = /@allowed\(\[([\s\S]*?)\]\)/.exec(decorators);
+  if (allowed) {
+    param.allowedValues = allowed[1]!
+      .split("\n")
+      .map((l) => l.trim())
+      .filter((l) => l !== "")
+      .map(bicepLiteral);
+  }
+  const description = /@description\('((?:[^'\\]|\\.)*)'\)/.exec(decorators);
+  if (description) param.metadata = { description: description[1]!.replace(/\\(.)/g, "$1") };
+  return param;
+}
 const bicepOutputs = [...bicep.matchAll(/^output\s+(\w+)\s/gm)].map((m) => m[1]!);
 const armResources = allResources(template.resources);
 
@@ -129,6 +183,23 @@ describe("azuredeploy.json against main.bicep", () => {
     expect(sorted(Object.keys(template.parameters))).toEqual(sorted(bicepParams));
   });
 
+  it("gives each parameter the same default, bounds, allowed values and description", () => {
+    for (const name of bicepParams) {
+      const inBicep = bicepParameter(name);
+      const inArm = template.parameters[name]!;
+      const armType = { string: "string", int: "int", bool: "bool" }[inBicep.type] ?? inBicep.type;
+      const secure = /@secure\(\)/.test(inBicep.declared);
+      expect(inArm.type, name).toBe(secure ? `secure${armType}` : armType);
+      // Expression defaults (resourceGroup().location, newGuid()) are ARM expressions there.
+      const literal = typeof inBicep.defaultValue !== "string" || !/\(/.test(inBicep.defaultValue);
+      if (literal) expect(inArm.defaultValue, name).toEqual(inBicep.defaultValue);
+      for (const key of ["minValue", "maxValue", "minLength", "maxLength", "allowedValues"] as const) {
+        expect(inArm[key], `${name}.${key}`).toEqual(inBicep[key]);
+      }
+      expect(inArm.metadata?.description, name).toBe(inBicep.metadata?.description);
+    }
+  });
+
   it("uses every bicep parameter beyond its declaration", () => {
     const body = bicep.replace(/^param\s.*$/gm, "");
     expect(bicepParams.filter((p) => !new RegExp(`\\b${p}\\b`).test(body))).toEqual([]);
@@ -174,7 +245,8 @@ describe("the Function App", () => {
   it("sets only settings that functions/settings.ts or the host reads", () => {
     const host = new Set(["AzureWebJobsStorage__credential", "APPLICATIONINSIGHTS_CONNECTION_STRING"]);
     expect(settings.filter((s) => !host.has(s) && !settingsSource.includes(s))).toEqual([]);
-    // The registry under the identity, and the host's storage by name: no key anywhere.
+    // The registry under the identity, and the host's storage by name: their
+    // keys are never used (the liveness account's is, below).
     expect(settings).toEqual(
       expect.arrayContaining(["PAGEDISK_REGISTRY_ACCOUNT_URL", "AzureWebJobsStorage__accountName"]),
     );
@@ -197,5 +269,127 @@ describe("the Function App", () => {
   it("never puts the admin key in an output", () => {
     expect(template.parameters.adminKey?.type).toBe("securestring");
     expect(referenced("parameters", template.outputs)).not.toContain("adminKey");
+  });
+});
+
+describe("storage accounts and keys", () => {
+  const accounts = armResources.filter((r) => r.type === "Microsoft.Storage/storageAccounts");
+  const named = (variable: string) =>
+    accounts.find((a) => a.name === `[variables('${variable}')]`);
+  const site = armResources.find((r) => r.type === "Microsoft.Web/sites")!;
+  const appSettings = (site.properties!.siteConfig as { appSettings: { name: string; value: string }[] })
+    .appSettings;
+  const livenessId = "resourceId('Microsoft.Storage/storageAccounts', variables('livenessAccountName'))";
+
+  it("has the registry, liveness and pool accounts", () => {
+    expect(sorted(accounts.map((a) => a.name))).toEqual(
+      sorted([
+        "[variables('registryAccountName')]",
+        "[variables('livenessAccountName')]",
+        "[variables('poolAccountName')]",
+      ]),
+    );
+  });
+
+  it("allows shared key access on the liveness account, and on no other", () => {
+    const liveness = named("livenessAccountName")!;
+    expect(liveness).toMatchObject({
+      kind: "StorageV2",
+      sku: { name: "Standard_LRS" },
+      properties: {
+        minimumTlsVersion: "TLS1_2",
+        supportsHttpsTrafficOnly: true,
+        allowBlobPublicAccess: false,
+        allowSharedKeyAccess: true,
+      },
+    });
+    expect(liveness.condition).toBeUndefined();
+    for (const account of accounts.filter((a) => a !== liveness)) {
+      expect(account.properties?.allowSharedKeyAccess, account.name).toBe(false);
+    }
+    expect(named("registryAccountName")?.properties?.allowSharedKeyAccess).toBe(false);
+    expect(named("poolAccountName")?.properties?.allowSharedKeyAccess).toBe(false);
+    // main.bicep: one account allows it, the liveness one.
+    expect([...bicep.matchAll(/allowSharedKeyAccess:\s*true/g)]).toHaveLength(1);
+    const block = /^resource liveness '[^']+' = \{[\s\S]*?^\}/m.exec(bicep)?.[0] ?? "";
+    expect(block).toMatch(/allowSharedKeyAccess:\s*true/);
+    expect([...bicep.matchAll(/allowSharedKeyAccess:\s*false/g)]).toHaveLength(accounts.length - 1);
+  });
+
+  it("names every account within the 24 characters storage allows", () => {
+    // compactPrefix is at most 7 characters and uniqueString() 13.
+    expect(template.variables.compactPrefix).toBe(
+      "[take(replace(toLower(parameters('namePrefix')), '-', ''), 7)]",
+    );
+    expect(template.variables.suffix).toMatch(/^\[uniqueString\(/);
+    for (const variable of ["registryAccountName", "livenessAccountName", "poolAccountName"]) {
+      const m = /^\[format\('\{0\}([a-z0-9]+)\{1\}', variables\('compactPrefix'\), variables\('suffix'\)\)\]$/.exec(
+        String(template.variables[variable]),
+      );
+      expect(m, variable).not.toBeNull();
+      expect(7 + m![1]!.length + 13, variable).toBeLessThanOrEqual(24);
+    }
+    expect(bicep).toMatch(/^var livenessAccountName = '\$\{compactPrefix\}live\$\{suffix\}'$/m);
+  });
+
+  it("gives the app the liveness account's connection string, from listKeys", () => {
+    const setting = appSettings.find((s) => s.name === "PAGEDISK_LIVENESS_CONNECTION_STRING");
+    expect(setting).toBeDefined();
+    expect(setting!.value).toBe(
+      "[format('DefaultEndpointsProtocol=https;AccountName={0};AccountKey={1};EndpointSuffix={2}', " +
+        `variables('livenessAccountName'), listKeys(${livenessId}, '2023-05-01').keys[0].value, ` +
+        "environment().suffixes.storage)]",
+    );
+    expect(site.dependsOn).toContain(`[${livenessId}]`);
+    expect(bicep).toMatch(
+      /name: 'PAGEDISK_LIVENESS_CONNECTION_STRING'\s+value: 'DefaultEndpointsProtocol=https;AccountName=\$\{liveness\.name\};AccountKey=\$\{liveness\.listKeys\(\)\.keys\[0\]\.value\};EndpointSuffix=\$\{environment\(\)\.suffixes\.storage\}'/,
+    );
+  });
+
+  it("reads a key nowhere else, and never in an output", () => {
+    const withKeys = expressions(template).filter((e) => /listKeys|AccountKey/i.test(e));
+    expect(withKeys).toHaveLength(1);
+    expect(withKeys[0]).toContain(`listKeys(${livenessId}`);
+    expect(expressions(template.outputs).filter((e) => /listKeys|AccountKey/i.test(e))).toEqual([]);
+    expect([...bicep.matchAll(/listKeys\(/g)]).toHaveLength(1);
+    expect(template.outputs.livenessAccountName?.value).toBe("[variables('livenessAccountName')]");
+  });
+});
+
+describe("the Function App's scale settings", () => {
+  const site = armResources.find((r) => r.type === "Microsoft.Web/sites")!;
+  const scale = (site.properties!.functionAppConfig as { scaleAndConcurrency: Record<string, unknown> })
+    .scaleAndConcurrency;
+
+  it("sets instance memory, the instance cap and HTTP concurrency from parameters", () => {
+    expect(scale).toEqual({
+      maximumInstanceCount: "[parameters('maximumInstanceCount')]",
+      instanceMemoryMB: "[parameters('instanceMemoryMB')]",
+      triggers: { http: { perInstanceConcurrency: "[parameters('httpPerInstanceConcurrency')]" } },
+    });
+    const block = /scaleAndConcurrency:\s*\{[\s\S]*?\n {6}\}/.exec(bicep)?.[0] ?? "";
+    expect(block).toMatch(/maximumInstanceCount: maximumInstanceCount/);
+    expect(block).toMatch(/instanceMemoryMB: instanceMemoryMB/);
+    expect(block).toMatch(
+      /triggers:\s*\{\s*http:\s*\{\s*perInstanceConcurrency: httpPerInstanceConcurrency\s*\}\s*\}/,
+    );
+  });
+
+  it("defaults to 512 MB instances, at most 20, 16 requests each", () => {
+    expect(template.parameters.instanceMemoryMB).toMatchObject({
+      type: "int",
+      defaultValue: 512,
+      allowedValues: [512, 2048, 4096],
+    });
+    expect(template.parameters.maximumInstanceCount).toMatchObject({ type: "int", defaultValue: 40 });
+    expect(template.parameters.maximumInstanceCount!.minValue).toBeLessThanOrEqual(40);
+    expect(template.parameters.httpPerInstanceConcurrency).toMatchObject({
+      type: "int",
+      defaultValue: 16,
+      minValue: 1,
+    });
+    for (const name of ["instanceMemoryMB", "maximumInstanceCount", "httpPerInstanceConcurrency"]) {
+      expect(template.parameters[name]!.metadata?.description, name).toMatch(/\d/);
+    }
   });
 });

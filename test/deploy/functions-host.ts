@@ -204,6 +204,6 @@ for (const timer of ofType("timerTrigger")) {
   }
 }
 
-process.stdout.write(JSON.stringify(report));
-// The library's HTTP proxy keeps listening; the host would keep the worker, we are done.
-process.exit(0);
+// The library's HTTP proxy keeps listening; the host would keep the worker, we are done once the
+// report is out: exiting before a large write to the pipe has drained would cut it short.
+process.stdout.write(JSON.stringify(report), () => process.exit(0));

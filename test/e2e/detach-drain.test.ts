@@ -8,7 +8,7 @@
  * client gets every reply without error, no `replicas-diverged` is
  * reported, and the replicas are byte-equal without any repair.
  *
- * Every wait is on something a process says (log records, heartbeats,
+ * Every wait is on something a process says (log records, reports,
  * proxy requests), never on a timer.
  */
 import { randomBytes } from "node:crypto";
@@ -63,7 +63,7 @@ describe("detach of a volume with writes in flight", () => {
     let from = a.logs.length;
     await api.attachVolume(VOLUME, NODE);
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME, from);
-    // A heartbeat that reports it SERVING (and, as every beat now, the generation applied).
+    // A report that says it is SERVING (and the generation applied, which reports carry).
     await a.waitForReport((vs) => vs.some((v) => v.startsWith(`${VOLUME}:`) && v.endsWith(":SERVING")), from);
 
     const client = await RawClient.connect(join(cluster.stateDir, "sockets", `${VOLUME}.sock`));

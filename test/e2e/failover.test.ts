@@ -1,17 +1,18 @@
 /**
  * Failover end to end, with real parts only: Azurite (blob + table), the
  * control plane in process on a real port with its sweeper running at the
- * default pace (sweep every 2 s, SUSPECT after 6 s, LOST after 10 s), and
- * agents as child processes (`pagedisk agent run`, default 2 s heartbeat).
+ * default pace (a pass every 7.5 s, SUSPECT after 4 s, LOST after 8 s), and
+ * agents as child processes (`pagedisk agent run`, beating every 2 s to the
+ * liveness table, which they reach through a fault proxy of ours).
  * Data goes in and comes out through NBD clients nobody here wrote
  * (nbdcopy), through kernel devices (nbdfuse + loop), and through the raw
  * client where the exact request order matters. Every wait is on something
  * a process says (log records, heartbeats, tool exits), never on a timer.
  *
- * 1. A node cut off from the control plane, still running and still
- *    serving: fenced and failed over to another node, which serves every
- *    byte the first one acknowledged; the cut-off node's next write gets
- *    EIO and lands nowhere.
+ * 1. A node cut off from the control plane (its API and its liveness
+ *    table), still running and still serving: fenced and failed over to
+ *    another node, which serves every byte the first one acknowledged; the
+ *    cut-off node's next write gets EIO and lands nowhere.
  * 2. `kill -9` of an agent with a kernel device: served again on restart,
  *    with no admin action, on a new device with the same data.
  * 3. The kernel's replay of requests in flight on a dead connection:
@@ -29,8 +30,10 @@ import type { Volume } from "../../contract/volume.ts";
 import { ApiClient, type EventFilter } from "../../agent/control/api-client.ts";
 import { exportUri, fusePaths } from "../../agent/host/fuse-loop-driver.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { nodes } from "../../functions/registry/nodes.ts";
 import { type AgentProcess, startAgent } from "../control/agent-process.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 import { runTool } from "../harness/tools.ts";
 import { readDevice, writeDevice } from "../host/host-fixture.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
@@ -50,6 +53,8 @@ let blobs: BlobServiceClient;
 let dir: string;
 let joinToken: string;
 let link: Partition;
+/** In front of the liveness table: what cuts a node's heartbeats. */
+let liveness: FaultProxy;
 /** Reaches the control plane through `link` only. */
 let agentA: AgentProcess | undefined;
 let agentB: AgentProcess | undefined;
@@ -60,9 +65,15 @@ beforeAll(async () => {
   await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-e2e-"));
   azurite = await startAzurite({ table: true });
+  liveness = await startFaultProxy(azurite.tableEndpoint!);
   cp = await startLocalControlPlane({
     connectionString: azurite.connectionString,
-    env: {},
+    env: {
+      PAGEDISK_LIVENESS_CONNECTION_STRING: azurite.connectionString.replace(
+        /TableEndpoint=[^;]+/,
+        `TableEndpoint=${liveness.origin}${new URL(azurite.tableEndpoint!).pathname}`,
+      ),
+    },
     port: 0,
     stateDir: join(dir, "cp"),
     log: () => {},
@@ -97,6 +108,7 @@ afterAll(async () => {
   await Promise.all([agentA?.stop("SIGKILL"), agentB?.stop("SIGKILL")]);
   await link?.close();
   await cp?.close();
+  await liveness?.close();
   await azurite?.dispose();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
@@ -153,20 +165,15 @@ async function connection(socket: string, volume: string): Promise<RawClient> {
 }
 
 /**
- * Events matching `query` once `done` holds. The control plane records an
- * event just after the step it describes, so it is read again after each
- * of `ticker`'s heartbeats (a few at most) rather than after a sleep.
+ * Events matching `query` once `done` holds. The sweeper records an event
+ * just after the step it describes, so they are read again after each of
+ * its passes (two at most) rather than after a sleep.
  */
-async function eventsOnce(
-  ticker: AgentProcess,
-  query: EventFilter,
-  done: (items: Event[]) => boolean,
-): Promise<Event[]> {
-  let from = ticker.logs.length;
-  for (let beat = 0; beat < 3; beat++) {
+async function eventsOnce(query: EventFilter, done: (items: Event[]) => boolean): Promise<Event[]> {
+  for (let pass = 0; pass < 2; pass++) {
     const { items } = await api.listEvents(query);
     if (done(items)) return items;
-    from = ticker.logs.indexOf(await ticker.waitForReport(() => true, from)) + 1;
+    await cp.nextPass();
   }
   return (await api.listEvents(query)).items;
 }
@@ -195,8 +202,11 @@ describe("failover of a node cut off from the control plane", () => {
 
     let fromA = a.logs.length;
     const fromB = b.logs.length;
+    // A loses the API and its heartbeats; its storage traffic to the pool is untouched.
+    const keyA = (await nodes(cp.runtime.cp.registry).get(NODE_A))!.value.livenessKey!;
     link.cut();
-    await a.waitForLog((r) => r.msg?.startsWith("heartbeat failed") === true, fromA);
+    liveness.inject({ fault: { type: "reset" }, match: (r) => r.method === "MERGE" && r.url.pathname.includes(keyA) });
+    await a.waitForLog((r) => r.msg?.startsWith("heartbeat did not land") === true, fromA);
 
     // The sweeper: A SUSPECT, LOST, the volume fenced (epoch 2) and attached to B (epoch 3).
     const serving = await b.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-move", fromB);
@@ -233,7 +243,7 @@ describe("failover of a node cut off from the control plane", () => {
     expect(failed).toMatchObject({ reason: "lease-lost", epoch: 1 });
     expect((await readExport(socketOf(NODE_B, "vol-move"), "vol-move", SIZE)).equals(written)).toBe(true);
 
-    const events = await eventsOnce(b, { volume: "vol-move" }, (items) =>
+    const events = await eventsOnce({ volume: "vol-move" }, (items) =>
       items.some((e) => e.type === "volume-failed-over"),
     );
     expect(events).toEqual(

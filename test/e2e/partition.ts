@@ -1,13 +1,12 @@
 /**
- * A network partition between one agent and the control plane: a plain TCP
- * proxy the agent is pointed at (`--control-plane <origin>`) that forwards
- * to the control plane until `cut()`. Cutting destroys every connection in
- * both directions, a long poll held by the control plane included (else its
- * answer would still tell the agent to let go of its volume, and the
- * fencing under test would never be needed), and drops each new
- * connection as soon as it is accepted. The agent's traffic to storage does
- * not pass here: a cut agent keeps serving its volumes, as a VM does whose
- * link to the control plane alone is down.
+ * A network partition between agents and the control plane's API: a plain
+ * TCP proxy the agents are pointed at (`--control-plane <origin>`) that
+ * forwards to the API until `cut()`, and again after `restore()`. Cutting
+ * destroys every connection in both directions, a request in flight
+ * included, and drops each new connection as soon as it is accepted. The
+ * agents' traffic to storage (page blobs, and their heartbeats to the
+ * liveness table) does not pass here: a cut agent keeps serving its
+ * volumes, as a VM does whose link to the API alone is down.
  *
  *   const link = await startPartition(controlPlanePort);
  *   const agent = await startAgent(["--control-plane", link.origin, ...]);
@@ -21,10 +20,12 @@ import { connect, createServer, type Socket } from "node:net";
 export interface Partition {
   /** `http://127.0.0.1:PORT`, to give the agent as its control plane. */
   readonly origin: string;
-  /** When `cut()` was called (ms since the epoch), undefined before. */
+  /** When `cut()` was called (ms since the epoch), undefined before it and after `restore()`. */
   readonly cutAt: number | undefined;
   /** Stop forwarding: every connection is closed now and every new one refused. */
   cut(): void;
+  /** Forward again. */
+  restore(): void;
   close(): Promise<void>;
 }
 
@@ -64,6 +65,9 @@ export async function startPartition(targetPort: number): Promise<Partition> {
     cut() {
       cutAt ??= Date.now();
       for (const s of open) s.destroy();
+    },
+    restore() {
+      cutAt = undefined;
     },
     async close() {
       for (const s of open) s.destroy();

@@ -1,16 +1,19 @@
 /**
  * The cluster the replica end-to-end tests run on: Azurite; the control
- * plane in process, its sweeper every 250 ms, pools GOOD again two seconds
- * after the last failure report and never BAD on their own; pool pa reached
- * directly and pool pb through the first of the fault proxies; a join token
- * for one agent, whose arguments give it fast heartbeats and 64 KiB
- * dirty-log granules. The agent itself is the caller's to start and stop.
+ * plane in process, its sweeper every 250 ms, agents told to beat every
+ * second, pools GOOD again two seconds after the last failure report and
+ * never BAD on their own; pool pa reached directly and pool pb through the
+ * first of the fault proxies; a join token for one agent, whose arguments
+ * give it 64 KiB dirty-log granules. The agent itself is the caller's to
+ * start and stop.
  */
 import { mkdtemp, rm } from "node:fs/promises";
+import { get as httpGet } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BlobServiceClient } from "@azure/storage-blob";
 import { ApiClient } from "../../agent/control/api-client.ts";
+import type { ReplicaReport } from "../../contract/node.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
@@ -49,6 +52,7 @@ export async function startReplicaCluster(
   const cp = await startLocalControlPlane({
     connectionString: azurite.connectionString,
     env: {
+      PAGEDISK_HEARTBEAT_INTERVAL_SECONDS: "1",
       PAGEDISK_POOL_SUSPECT_WINDOW_SECONDS: "2",
       PAGEDISK_POOL_BAD_AFTER_SECONDS: "3600",
       PAGEDISK_POOL_PERMANENT_AFTER_SECONDS: "7200",
@@ -84,8 +88,6 @@ export async function startReplicaCluster(
       node,
       "--kernel",
       "none",
-      "--heartbeat-interval",
-      "200ms",
       "--dirty-granularity",
       "64KiB",
     ],
@@ -96,4 +98,27 @@ export async function startReplicaCluster(
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A volume as the agent's status API shows it now (its unix socket in `stateDir`). */
+export function agentStatusOf(
+  stateDir: string,
+  volume: string,
+): Promise<{ state: string; replicas: Array<ReplicaReport & { pool: string }> } | undefined> {
+  return new Promise((done, fail) => {
+    const req = httpGet({ socketPath: join(stateDir, "status.sock"), path: "/volumes" }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        text += chunk;
+      });
+      res.on("end", () => {
+        const body = JSON.parse(text) as {
+          items: Array<{ name: string; state: string; replicas: Array<ReplicaReport & { pool: string }> }>;
+        };
+        done(body.items.find((i) => i.name === volume));
+      });
+    });
+    req.on("error", fail);
+  });
 }

@@ -34,7 +34,7 @@ import { exportUri } from "../../agent/host/fuse-loop-driver.ts";
 import { type AgentProcess, startAgent } from "../control/agent-process.ts";
 import type { FaultProxy, ProxiedRequest } from "../harness/fault-proxy.ts";
 import { toolPath } from "../harness/tools.ts";
-import { type ReplicaCluster, startReplicaCluster } from "./replica-cluster.ts";
+import { agentStatusOf, type ReplicaCluster, startReplicaCluster } from "./replica-cluster.ts";
 
 const exec = promisify(execFile);
 
@@ -128,19 +128,18 @@ function rangeBytes(req: ProxiedRequest): number {
 }
 
 /**
- * Read `read()` after each heartbeat the agent gets answered until `done`
- * holds (each heartbeat is a moment where the control plane or the agent
- * may have moved).
+ * Read `read()` after each sweeper pass until `done` holds: the control
+ * plane and the agent move on their own (the agent reports when what it
+ * serves changes), and each pass is a moment where something may have
+ * changed.
  */
-async function untilBeat<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
-  const a = agent!;
-  let from = a.logs.length;
-  for (let beat = 0; beat < 600; beat++) {
+async function untilPass<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
+  for (let pass = 0; pass < 600; pass++) {
     const value = await read();
     if (done(value)) return value;
-    from = a.logs.indexOf(await a.waitForReport(() => true, from)) + 1;
+    await cluster.cp.nextPass();
   }
-  throw new Error(`still waiting for ${what} after 600 heartbeats`);
+  throw new Error(`still waiting for ${what} after 600 sweeper passes`);
 }
 
 /** The volume as the control plane last heard of it from the agent. */
@@ -181,7 +180,7 @@ describe("a two-replica volume under fio verify while a pool is cut", () => {
 
     const offline = await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
     expect(offline).toMatchObject({ pool: "pb" });
-    const degraded = await untilBeat(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
+    const degraded = await untilPass(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
     expect(degraded?.replicas.find((r) => r.id === idB)).toMatchObject({ state: "OFFLINE" });
     expect(degraded?.replicas.find((r) => r.id === idA)).toMatchObject({ state: "ONLINE" });
     // Seen degraded: the second job may start. Opening the FIFO waits for fio's reader, unless fio is gone.
@@ -195,11 +194,13 @@ describe("a two-replica volume under fio verify while a pool is cut", () => {
     for (const job of written) expect(job, job.jobname).toMatchObject({ error: 0 });
     expect(written.reduce((n, j) => n + j.write.io_bytes, 0)).toBe(SIZE);
 
-    // The second heartbeat answered after fio's exit was composed after it: it counts every dirty byte.
-    from = a.logs.length;
-    from = a.logs.indexOf(await a.waitForReport(() => true, from)) + 1;
-    await a.waitForReport(() => true, from);
-    const after = await reported();
+    // fio is done: what the agent counts now is final, and its reports catch up with it.
+    const live = (await agentStatusOf(cluster.stateDir, VOLUME))?.replicas.find((r) => r.id === idB)?.dirtyBytes;
+    const after = await untilPass(
+      reported,
+      (v) => v?.replicas.find((r) => r.id === idB)?.dirtyBytes === live,
+      "the dirty bytes reported",
+    );
     expect(after?.state).toBe("DEGRADED");
     const dirtyBytes = after?.replicas.find((r) => r.id === idB)?.dirtyBytes;
     // Each 64 KiB block was written once; those pb did not take before the cut are dirty, to the byte.
@@ -227,13 +228,13 @@ describe("a two-replica volume under fio verify while a pool is cut", () => {
     expect(counted.putBytes).toBe(dirtyBytes);
     expect(counted.clearBytes).toBe(0);
 
-    const record = await untilBeat(
+    const record = await untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.every((r) => r.state === "ONLINE"),
       "both replicas ONLINE in the record",
     );
     expect(record.status.replicas.map((r) => r.id).sort()).toEqual([idA, idB].sort());
-    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
     const [bytesA, bytesB] = await Promise.all([blobBytes(record, idA), blobBytes(record, idB)]);
     expect(bytesA.equals(bytesB)).toBe(true);
   });

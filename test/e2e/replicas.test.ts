@@ -32,17 +32,16 @@
  *     keeps no record of what it copied), the new replica ends byte-equal
  *     and pc's is retired, its blob deleted.
  *
- * Every wait is on something a process says (log records, heartbeats,
+ * Every wait is on something a process says (log records, reports,
  * proxy requests), never on a timer.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile, rm, truncate, writeFile } from "node:fs/promises";
-import { get as httpGet } from "node:http";
 import { join } from "node:path";
 import type { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ReplicaReport, VolumeReport } from "../../contract/node.ts";
+import type { VolumeReport } from "../../contract/node.ts";
 import type { Volume } from "../../contract/volume.ts";
 import type { ApiClient } from "../../agent/control/api-client.ts";
 import { exportUri } from "../../agent/host/fuse-loop-driver.ts";
@@ -50,7 +49,7 @@ import { type AgentProcess, startAgent } from "../control/agent-process.ts";
 import type { FaultProxy } from "../harness/fault-proxy.ts";
 import { runTool } from "../harness/tools.ts";
 import { CMD, RawClient } from "../nbd/raw-client.ts";
-import { type ReplicaCluster, startReplicaCluster } from "./replica-cluster.ts";
+import { agentStatusOf, type ReplicaCluster, startReplicaCluster } from "./replica-cluster.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -101,37 +100,23 @@ async function blobBytes(v: Volume, replicaId: string): Promise<Buffer> {
 }
 
 /** The volume as the agent's status API shows it now. */
-function statusVolume(): Promise<{ state: string; replicas: Array<ReplicaReport & { pool: string }> } | undefined> {
-  return new Promise((done, fail) => {
-    const req = httpGet({ socketPath: join(cluster.stateDir, "status.sock"), path: "/volumes" }, (res) => {
-      let text = "";
-      res.setEncoding("utf8");
-      res.on("data", (chunk: string) => {
-        text += chunk;
-      });
-      res.on("end", () => {
-        const body = JSON.parse(text) as { items: Array<{ name: string; state: string; replicas: Array<ReplicaReport & { pool: string }> }> };
-        done(body.items.find((i) => i.name === VOLUME));
-      });
-    });
-    req.on("error", fail);
-  });
+function statusVolume() {
+  return agentStatusOf(cluster.stateDir, VOLUME);
 }
 
 /**
- * Read `read()` after each heartbeat the agent gets answered until `done`
- * holds: the control plane and the agent move on their own, and each
- * heartbeat is a moment where something may have changed.
+ * Read `read()` after each sweeper pass until `done` holds: the control
+ * plane and the agent move on their own (the agent reports when what it
+ * serves changes), and each pass is a moment where something may have
+ * changed.
  */
-async function untilBeat<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
-  const a = agent!;
-  let from = a.logs.length;
-  for (let beat = 0; beat < 600; beat++) {
+async function untilPass<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
+  for (let pass = 0; pass < 600; pass++) {
     const value = await read();
     if (done(value)) return value;
-    from = a.logs.indexOf(await a.waitForReport(() => true, from)) + 1;
+    await cluster.cp.nextPass();
   }
-  throw new Error(`still waiting for ${what} after 600 heartbeats`);
+  throw new Error(`still waiting for ${what} after 600 sweeper passes`);
 }
 
 /** The volume as the control plane last heard of it from this node. */
@@ -239,7 +224,7 @@ describe("raising the replica count of an attached volume", () => {
     expect(started).toMatchObject({ kind: "rebuild" });
     const added = started.replica as string;
     expect(started.pool).not.toBe(first.pool);
-    const rebuilding = await untilBeat(
+    const rebuilding = await untilPass(
       () => reported(name),
       (v) => replicaIn(v, added)?.state === "REBUILDING",
       "the new replica reported REBUILDING",
@@ -258,12 +243,12 @@ describe("raising the replica count of an attached volume", () => {
     writing = false;
     await writer;
 
-    const record = await untilBeat(
+    const record = await untilPass(
       () => api.getVolume(name),
       (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
       "both replicas ONLINE in the record",
     );
-    await untilBeat(() => reported(name), (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report");
+    await untilPass(() => reported(name), (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report");
     expect(writes).toBeGreaterThan(3);
     for (const r of record.status.replicas) expect((await blobBytes(record, r.id)).equals(content)).toBe(true);
 
@@ -314,14 +299,14 @@ describe("a two-replica volume through pool outages", () => {
     const offline = await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
     expect(offline).toMatchObject({ pool: "pb" });
     // Reports composed while the writes went on may show fewer dirty bytes: the one after them shows all.
-    const degraded = await untilBeat(
+    const degraded = await untilPass(
       reported,
       (v) => v?.state === "DEGRADED" && replicaIn(v, idB)?.dirtyBytes === outage.length * GRANULE,
       "a DEGRADED report with every write of the outage dirty",
     );
     expect(replicaIn(degraded, idB)).toMatchObject({ state: "OFFLINE", error: expect.any(String) });
     expect(replicaIn(degraded, idA)).toMatchObject({ state: "ONLINE" });
-    const failures = await untilBeat(
+    const failures = await untilPass(
       () => api.listEvents({ volume: VOLUME, type: "storage-failure" }),
       (page) => page.items.length > 0,
       "a storage-failure event",
@@ -342,8 +327,8 @@ describe("a two-replica volume through pool outages", () => {
     await a.waitForLog((r) => r.msg === "replica online" && r.replica === idB, from);
     pages.stop();
     expect(pages.counted.putBytes).toBe(outage.length * GRANULE);
-    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
-    const record = await untilBeat(
+    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    const record = await untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.every((r) => r.state === "ONLINE"),
       "both replicas ONLINE in the record",
@@ -372,7 +357,7 @@ describe("a two-replica volume through pool outages", () => {
     idC = started.replica as string;
     expect(started).toMatchObject({ kind: "rebuild" });
     const seen: number[] = [];
-    const halfway = await untilBeat(
+    const halfway = await untilPass(
       statusVolume,
       (v) => {
         const p = v?.replicas.find((r) => r.id === idC)?.progress;
@@ -384,7 +369,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(halfway!.replicas.find((r) => r.id === idC)).toMatchObject({ state: "REBUILDING", pool: "pc" });
     expect(halfway!.state).toBe("DEGRADED");
     // The control plane has the progress too.
-    await untilBeat(
+    await untilPass(
       () => api.getVolume(VOLUME),
       (v) => (v.status.replicas.find((r) => r.id === idC)?.progress ?? 0) > 0,
       "progress in the record",
@@ -394,7 +379,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(seen).toEqual([...seen].sort((x, y) => x - y));
     expect(Math.max(...seen)).toBeLessThan(100);
 
-    const record = await untilBeat(
+    const record = await untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
       "pb's replica retired and pc's ONLINE",
@@ -402,7 +387,7 @@ describe("a two-replica volume through pool outages", () => {
     volume = record;
     expect(record.status.replicas.map((r) => r.pool).sort()).toEqual(["pa", "pc"]);
     await a.waitForLog((r) => r.msg === "replica removed" && r.replica === idB, from);
-    await untilBeat(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
+    await untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     const retired = await api.listEvents({ volume: VOLUME, type: "replica-retired" });
@@ -417,7 +402,7 @@ describe("a two-replica volume through pool outages", () => {
     const outage = [512 * KiB, 5 * MiB];
     await writeRegions(outage);
     await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idC, from);
-    await untilBeat(reported, (v) => replicaIn(v, idC)?.state === "OFFLINE", "pc's replica reported OFFLINE");
+    await untilPass(reported, (v) => replicaIn(v, idC)?.state === "OFFLINE", "pc's replica reported OFFLINE");
 
     // Back, but every Put Page waits at the proxy: the resync starts and cannot finish.
     proxyC.resetCounts();
@@ -440,7 +425,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(pages.counted.putBytes).toBe(outage.length * GRANULE);
     expect(pages.counted.clearBytes).toBe(0);
     expect(existsSync(logFile)).toBe(false);
-    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     expect((await readExport()).equals(expected)).toBe(true);
@@ -456,7 +441,7 @@ describe("a two-replica volume through pool outages", () => {
     // Marked on the reachable replica before the first write was taken.
     expect((await blobOf(volume, idA).getProperties()).metadata).toMatchObject({ pagediskoffline: idC });
     await writeRegions([7 * MiB]);
-    const degraded = await untilBeat(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
+    const degraded = await untilPass(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
     expect(replicaIn(degraded, idC)).toMatchObject({ state: "OFFLINE", error: expect.stringContaining("not reachable at open") });
 
     // Back: no dirty log covers what it missed since the open, so the resync copies all the source holds.
@@ -466,7 +451,7 @@ describe("a two-replica volume through pool outages", () => {
     await a.waitForLog((r) => r.msg === "replica online" && r.replica === idC, from);
     pages.stop();
     expect(pages.counted.putBytes).toBe(SIZE);
-    await untilBeat(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     expect((await blobOf(volume, idA).getProperties()).metadata).not.toHaveProperty("pagediskoffline");
   });
@@ -488,7 +473,7 @@ describe("a two-replica volume through pool outages", () => {
     const started = await a.waitForLog((r) => r.msg === "replica copy started" && r.pool === "pd", from);
     expect(started).toMatchObject({ kind: "rebuild" });
     const idD = started.replica as string;
-    const rebuilding = await untilBeat(
+    const rebuilding = await untilPass(
       () => api.getVolume(VOLUME),
       (v) => (v.status.replicas.find((r) => r.id === idD)?.progress ?? 0) > 0,
       "rebuild progress in the record",
@@ -513,7 +498,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(pages.counted.putBytes).toBe(SIZE);
     expect(pages.counted.clearBytes).toBe(0);
 
-    const record = await untilBeat(
+    const record = await untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
       "pc's replica retired and pd's ONLINE",
@@ -522,14 +507,14 @@ describe("a two-replica volume through pool outages", () => {
     expect(record.status.replicas.map((r) => r.id).sort()).toEqual([idA, idD].sort());
     await a.waitForLog((r) => r.msg === "replica removed" && r.replica === idC);
     // The record is written before the event is noted.
-    const retired = await untilBeat(
+    const retired = await untilPass(
       () => api.listEvents({ volume: VOLUME, type: "replica-retired" }),
       (page) => page.items.some((e) => e.data?.replica === idC),
       "pc's replica-retired event",
     );
     expect(retired.items.find((e) => e.data?.replica === idC)).toMatchObject({ pool: "pc", data: { blobDeleted: true } });
     expect(await blobs.getContainerClient("pc-disks").getPageBlobClient(`${VOLUME}/${idC}`).exists()).toBe(false);
-    await untilBeat(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
+    await untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idD)).equals(expected)).toBe(true);
     expect((await readExport()).equals(expected)).toBe(true);

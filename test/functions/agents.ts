@@ -1,10 +1,16 @@
 /**
- * Nodes that join and heartbeat through the API as agents do, for tests that
- * drive the sweeper; and the report of a sweep pass that found nothing to do.
+ * Nodes that join, beat and report as agents do, for tests that drive the
+ * sweeper; and the report of a sweep pass that found nothing to do.
+ *
+ * A beat is the agent's own (agent/control/liveness-beat.ts): a MERGE of
+ * the node's liveness row through the SAS its desired state handed over.
+ * It claims the time `now()` says, so that a sweeper on the same fake clock
+ * sees it at that time.
  */
 import { expect } from "vitest";
 import type { z } from "zod";
-import type { Heartbeat, JoinResponse } from "../../contract/node.ts";
+import { beat as sendBeat } from "../../agent/control/liveness-beat.ts";
+import type { DesiredState, JoinResponse, NodeReport } from "../../contract/node.ts";
 import type { SweepReport } from "../../functions/health/sweep.ts";
 import { type ControlPlaneFixture, jsonOf } from "./fixture.ts";
 
@@ -16,14 +22,20 @@ export const NOTHING_SWEPT: SweepReport = {
   detached: [],
   waiting: [],
   recovered: [],
+  ready: [],
 };
 
 /**
  * `fixture()` and `joinToken()` are read at call time, because test files
  * start the control plane and issue the token in `beforeAll`.
  */
-export function agentNodes(fixture: () => ControlPlaneFixture, joinToken: () => string) {
+export function agentNodes(
+  fixture: () => ControlPlaneFixture,
+  joinToken: () => string,
+  now: () => Date = () => new Date(),
+) {
   const credentials = new Map<string, string>();
+  const rows = new Map<string, string>();
 
   async function join(name: string): Promise<void> {
     const res = await fixture().app.request("/api/v1/nodes/join", {
@@ -34,9 +46,19 @@ export function agentNodes(fixture: () => ControlPlaneFixture, joinToken: () => 
     credentials.set(name, (await jsonOf<JoinResponse>(res, 201)).credential);
   }
 
-  /** One heartbeat of `name` with `body` (a Heartbeat); answered 200. */
-  async function beat(name: string, body: z.input<typeof Heartbeat>): Promise<void> {
-    const res = await fixture().app.request(`/api/v1/nodes/${name}/heartbeat`, {
+  /** `name`'s desired state, as its agent fetches it. */
+  async function desired(name: string): Promise<DesiredState> {
+    const res = await fixture().app.request(`/api/v1/nodes/${name}/desired`, {
+      headers: { authorization: `Bearer ${credentials.get(name)}` },
+    });
+    const state = await jsonOf<DesiredState>(res, 200);
+    rows.set(name, state.liveness.url);
+    return state;
+  }
+
+  /** One report of `name` with `body` (a NodeReport); answered 200. */
+  async function report(name: string, body: z.input<typeof NodeReport>): Promise<void> {
+    const res = await fixture().app.request(`/api/v1/nodes/${name}/report`, {
       method: "POST",
       headers: {
         authorization: `Bearer ${credentials.get(name)}`,
@@ -47,9 +69,14 @@ export function agentNodes(fixture: () => ControlPlaneFixture, joinToken: () => 
     expect(res.status).toBe(200);
   }
 
+  /** One heartbeat of each of `names`, at `now()`; each lands. */
   async function heartbeat(...names: string[]): Promise<void> {
-    for (const name of names) await beat(name, {});
+    for (const name of names) {
+      const url = rows.get(name) ?? (await desired(name)).liveness.url;
+      const outcome = await sendBeat(url, "*", { at: now().toISOString() });
+      expect(outcome.kind, `${name}'s heartbeat`).toBe("landed");
+    }
   }
 
-  return { join, heartbeat, beat };
+  return { join, desired, heartbeat, report, credential: (name: string) => credentials.get(name) };
 }

@@ -2,7 +2,11 @@
  * The Azure Functions entry through `@azure/functions` itself (test mode):
  * the registered HTTP handler, given the library's own `HttpRequest` and
  * `InvocationContext`, answers as the Hono app does, with status, headers
- * and body carried across the adapter; and the timer handler runs a sweep.
+ * and body carried across the adapter; and the timer handler, eight times
+ * a minute, runs a sweep and logs what it did: a first pass only starts
+ * watching (a node silent for an hour stays READY), and a pass that knows
+ * the path works (a previous pass recorded, a witness beating) makes the
+ * silent node LOST.
  */
 import {
   HttpRequest,
@@ -11,11 +15,15 @@ import {
   type Timer,
 } from "@azure/functions";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beat } from "../../agent/control/liveness-beat.ts";
 import { DEFAULT_BODY_LIMIT_BYTES } from "../../functions/app.ts";
 import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
+import { createLivenessRow, livenessRowUrl, newLivenessKey } from "../../functions/registry/liveness.ts";
 import { nodes } from "../../functions/registry/nodes.ts";
-import { openRegistry } from "../../functions/registry/tables.ts";
+import { readSweeperState, writeSweeperState } from "../../functions/registry/sweeper-state.ts";
+import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { NOTHING_SWEPT } from "./agents.ts";
 import { nodeRecord } from "./node-record.ts";
 
 type Entry = typeof import("../../functions/index.ts");
@@ -30,6 +38,10 @@ beforeAll(async () => {
   // index.ts reads its settings on first invocation; set them before it runs.
   process.env.PAGEDISK_REGISTRY_CONNECTION_STRING = azurite.connectionString;
   process.env.PAGEDISK_TABLE_PREFIX = "fn";
+  // Intervals far longer than a test can stall, so that a beat just before a pass is fresh in it.
+  process.env.PAGEDISK_HEARTBEAT_INTERVAL_SECONDS = "20";
+  process.env.PAGEDISK_SUSPECT_AFTER_SECONDS = "60";
+  process.env.PAGEDISK_LOST_AFTER_SECONDS = "120";
   entry = await import("../../functions/index.ts");
   ({ key: adminKey } = await issueAdminKey(
     await openRegistry(azurite.connectionString, { prefix: "fn" }),
@@ -140,14 +152,31 @@ describe("HTTP trigger", () => {
 });
 
 describe("timer trigger", () => {
-  it("fires every 2 s, as often as agents heartbeat", () => {
-    expect(entry.SWEEP_SCHEDULE).toBe("*/2 * * * * *");
+  let registry: Registry;
+  /** The witness's row and the ETag its next beat is conditional on. */
+  const witness = { url: "", etag: "" };
+
+  beforeAll(async () => {
+    registry = await openRegistry(azurite.connectionString, { prefix: "fn" });
+    const anHourAgo = new Date(Date.now() - 3600_000).toISOString();
+    await nodes(registry).insert(nodeRecord("vm-silent", { joinedAt: anHourAgo, lastReportAt: anHourAgo }));
+    // A node whose agent beats to its liveness row, as agents do: evidence that the path works.
+    const key = newLivenessKey();
+    await nodes(registry).insert(nodeRecord("vm-witness", { joinedAt: anHourAgo, livenessKey: key }));
+    Object.assign(witness, {
+      url: livenessRowUrl(registry.liveness, key),
+      etag: await createLivenessRow(registry.liveness, key),
+    });
   });
 
-  it("sweeps: a node silent for an hour becomes LOST, and the pass is logged", async () => {
-    const registry = await openRegistry(azurite.connectionString, { prefix: "fn" });
-    const anHourAgo = new Date(Date.now() - 3600_000).toISOString();
-    await nodes(registry).insert(nodeRecord("vm-silent", { joinedAt: anHourAgo, lastHeartbeatAt: anHourAgo }));
+  async function witnessBeats(): Promise<void> {
+    const outcome = await beat(witness.url, witness.etag, { at: new Date().toISOString() });
+    if (outcome.kind !== "landed") throw new Error(`the witness's beat: ${JSON.stringify(outcome)}`);
+    witness.etag = outcome.etag;
+  }
+
+  /** One run of the timer handler; what it logged. */
+  async function fire(): Promise<unknown[][]> {
     const logged: unknown[][] = [];
     const ctx = new InvocationContext({
       functionName: "sweep",
@@ -159,7 +188,35 @@ describe("timer trigger", () => {
       scheduleStatus: { last: "", next: "", lastUpdated: "" },
     };
     await entry.sweepTrigger(timer, ctx);
+    return logged;
+  }
+
+  it("fires eight times a minute", () => {
+    expect(entry.SWEEP_SCHEDULE).toBe("0,8,15,23,30,38,45,53 * * * * *");
+  });
+
+  it("sweeps: a first pass judges nobody by silence, and logs that it only starts watching", async () => {
+    await witnessBeats();
+    expect(await fire()).toEqual([[{ ...NOTHING_SWEPT, path: "first pass: silence counts from now" }]]);
+    expect((await nodes(registry).get("vm-silent"))?.value.state).toBe("READY");
+    expect((await readSweeperState(registry))?.value.lastPassAt).not.toBeNull();
+  });
+
+  it("sweeps: with the path known to work for an hour, a node silent for that hour becomes LOST, and the pass is logged", async () => {
+    const saved = (await readSweeperState(registry))!;
+    const now = Date.now();
+    await writeSweeperState(
+      registry,
+      {
+        ...saved.value,
+        lastPassAt: new Date(now - 7_500).toISOString(),
+        pathSince: new Date(now - 3600_000).toISOString(),
+      },
+      saved.etag,
+    );
+    await witnessBeats();
+    expect(await fire()).toEqual([[{ ...NOTHING_SWEPT, suspect: ["vm-silent"], lost: ["vm-silent"] }]]);
     expect((await nodes(registry).get("vm-silent"))?.value.state).toBe("LOST");
-    expect(logged).toEqual([[expect.objectContaining({ lost: ["vm-silent"] })]]);
+    expect((await nodes(registry).get("vm-witness"))?.value.state).toBe("READY");
   });
 });

@@ -15,7 +15,7 @@ export function nodeRecord(name: string, extra: Partial<NodeRecord> = {}): NodeR
     volumes: [],
     credentialSha256: "0".repeat(64),
     joinedAt: "2025-01-01T00:00:00.000Z",
-    lastHeartbeatAt: null,
+    lastReportAt: null,
     ...extra,
   };
 }

@@ -1,9 +1,11 @@
 /**
  * `pagedisk pool release|annotate|show` as users run them: the built
  * binary against the local control plane over Azurite, its sweeper
- * running. The writer of the volume being moved is played by heartbeats
- * through the API, as its agent sends them; `release --watch` is followed
- * line by line as it prints, and each step of the test waits on a line.
+ * running. The writer of the volume being moved is played by reports
+ * through the API and beats to its liveness row, as its agent sends them
+ * (so that the running sweeper sees it alive); `release --watch` is
+ * followed line by line as it prints, and each step of the test waits on a
+ * line.
  */
 import { execFile, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -11,7 +13,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { JoinResponse } from "../../contract/node.ts";
+import { beat } from "../../agent/control/liveness-beat.ts";
+import type { DesiredState, JoinResponse } from "../../contract/node.ts";
 import { Pool } from "../../contract/pool.ts";
 import type { IssuedToken } from "../../contract/token.ts";
 import type { Volume } from "../../contract/volume.ts";
@@ -179,26 +182,29 @@ describe("pagedisk pool release", () => {
     );
     const attached = await api<{ epoch: number }>("POST", "/volumes/moved/attach", { node: "vm-w" });
 
-    // The writer: heartbeats what it is doing with every replica it was given.
+    // The writer: beats, and reports what it is doing with every replica it was given.
+    // It reads the volume rather than listening for rings, so its beats are unconditional.
+    const { liveness } = await api<DesiredState>("GET", "/nodes/vm-w/desired", undefined, credential);
     let copy: { state: "REBUILDING" | "ONLINE"; progress?: number } = {
       state: "REBUILDING",
       progress: 50,
     };
-    const beat = async () => {
+    const reportAndBeat = async () => {
+      await beat(liveness.url, "*", { at: new Date().toISOString() });
       const now = await api<Volume>("GET", "/volumes/moved");
       const replicas = now.status.replicas
         .filter((r) => r.state !== "CREATING" && r.state !== "RETIRING")
         .map((r) => (r.replaces ? { id: r.id, ...copy } : { id: r.id, state: "ONLINE" }));
       await api(
         "POST",
-        "/nodes/vm-w/heartbeat",
+        "/nodes/vm-w/report",
         { volumes: [{ volume: "moved", epoch: attached.epoch, state: "SERVING", replicas }] },
         credential,
       );
     };
-    let beating = Promise.resolve();
+    let writing = Promise.resolve();
     const timer = setInterval(() => {
-      beating = beating.then(beat, beat);
+      writing = writing.then(reportAndBeat, reportAndBeat);
     }, 200);
 
     const watch = spawn(
@@ -233,7 +239,7 @@ describe("pagedisk pool release", () => {
       clearInterval(timer);
       // Only if the test failed before the watch ended.
       if (watch.exitCode === null) watch.kill();
-      await beating;
+      await writing;
     }
     const after = await api<Volume>("GET", "/volumes/moved");
     expect(after.status.replicas.map((r) => [r.pool, r.state])).toEqual([["spare", "ONLINE"]]);

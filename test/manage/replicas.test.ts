@@ -2,9 +2,11 @@
  * `pagedisk volume attach|update|list|show` and `pagedisk pool list` on
  * volumes with several replicas, as users run them: the built binary
  * against the local control plane over Azurite. The writer is played by
- * heartbeats through the API, as its agent sends them; the sweeper is not
- * on a timer here but run by the test, one pass where the story needs one,
- * so every step is a known state and nothing waits on time.
+ * reports through the API, as its agent sends them when a replica changes
+ * (no heartbeats: the test's passes allow a node an hour of silence); the
+ * sweeper is not on a timer here but run by the test, one pass where the
+ * story needs one, so every step is a known state and nothing waits on
+ * time.
  *
  * The tests build on each other, in order: placement on attach, a raised
  * replica count rebuilt, a replica lost and resynced, then a pool released
@@ -20,7 +22,7 @@ import { Pool } from "../../contract/pool.ts";
 import type { IssuedToken } from "../../contract/token.ts";
 import { type Replica, Volume } from "../../contract/volume.ts";
 import { DEFAULT_REPAIR_POLICY } from "../../functions/health/repair-policy.ts";
-import { type SweepPolicy, sweep } from "../../functions/health/sweep.ts";
+import { DEFAULT_SWEEP_POLICY, type SweepPolicy, sweep } from "../../functions/health/sweep.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { type CliResult, pagedisk, rows } from "./cli.ts";
@@ -28,7 +30,7 @@ import { type CliResult, pagedisk, rows } from "./cli.ts";
 let azurite: Azurite;
 let local: LocalControlPlane;
 let scratch: string;
-/** Node credentials by node name, for heartbeats. */
+/** Node credentials by node name, for reports. */
 const credentials = new Map<string, string>();
 /** Where volume `db` is attached: the writer the test plays. */
 let writer: { node: string; epoch: number };
@@ -38,6 +40,7 @@ let writer: { node: string; epoch: number };
  * a pool SUSPECT, so an OFFLINE replica is resynced on the next pass.
  */
 const POLICY: SweepPolicy = {
+  ...DEFAULT_SWEEP_POLICY,
   suspectAfterMs: 3_600_000,
   lostAfterMs: 7_200_000,
   repair: { ...DEFAULT_REPAIR_POLICY, suspectWindowMs: 0 },
@@ -109,17 +112,17 @@ async function api<T>(method: string, path: string, body?: unknown, bearer = loc
 const volume = async (name: string) => Volume.parse(await api("GET", `/volumes/${name}`));
 
 /**
- * One heartbeat of db's writer: every replica it was given (all but
+ * One report of db's writer: every replica it was given (all but
  * CREATING and RETIRING ones) ONLINE, except those `reports` says otherwise.
  */
-async function beat(reports: Record<string, Omit<ReplicaReport, "id">> = {}): Promise<void> {
+async function report(reports: Record<string, Omit<ReplicaReport, "id">> = {}): Promise<void> {
   const v = await volume("db");
   const replicas = v.status.replicas
     .filter((r) => r.state !== "CREATING" && r.state !== "RETIRING")
     .map((r) => ({ id: r.id, ...(reports[r.id] ?? { state: "ONLINE" as const }) }));
   await api(
     "POST",
-    `/nodes/${writer.node}/heartbeat`,
+    `/nodes/${writer.node}/report`,
     { volumes: [{ volume: "db", epoch: writer.epoch, state: "SERVING", replicas }] },
     credentials.get(writer.node),
   );
@@ -220,7 +223,7 @@ describe("pagedisk volume update --replicas", () => {
     expect(made.state).toBe("REBUILDING");
     expect(await listed("db")).toEqual(expect.arrayContaining(["1/2 (rebuilding 0%)"]));
 
-    await beat({ [made.id]: { state: "REBUILDING", progress: 40.7 } });
+    await report({ [made.id]: { state: "REBUILDING", progress: 40.7 } });
     await pass();
     expect((await listed("db"))?.slice(0, 4)).toEqual([
       "db",
@@ -252,7 +255,7 @@ describe("pagedisk volume update --replicas", () => {
   });
 
   it("shows 2/2 once the writer reports the copy done", async () => {
-    await beat();
+    await report();
     await pass();
     expect((await listed("db"))?.[2]).toBe("2/2");
     const { replicas, table } = await replicaTable();
@@ -279,7 +282,7 @@ describe("pagedisk volume update --replicas", () => {
 describe("pagedisk volume show on a degraded volume", () => {
   it("says degraded and why when the writer takes a replica offline", async () => {
     const lost = newest(await volume("db"));
-    await beat({ [lost.id]: { state: "OFFLINE", error: "connect ECONNREFUSED" } });
+    await report({ [lost.id]: { state: "OFFLINE", error: "connect ECONNREFUSED" } });
     await pass();
     expect((await listed("db"))?.[2]).toBe("1/2 (degraded)");
     const { replicas, table } = await replicaTable();
@@ -298,7 +301,7 @@ describe("pagedisk volume show on a degraded volume", () => {
     const lost = newest(await volume("db"));
     await pass();
     expect(newest(await volume("db"))).toMatchObject({ id: lost.id, state: "RESYNCING" });
-    await beat({ [lost.id]: { state: "RESYNCING", progress: 40 } });
+    await report({ [lost.id]: { state: "RESYNCING", progress: 40 } });
     await pass();
     expect((await listed("db"))?.[2]).toBe("1/2 (resyncing 40%)");
     const { replicas, table } = await replicaTable();
@@ -310,7 +313,7 @@ describe("pagedisk volume show on a degraded volume", () => {
       "-",
     ]);
 
-    await beat();
+    await report();
     await pass();
     expect((await listed("db"))?.[2]).toBe("2/2");
   });
@@ -337,7 +340,7 @@ describe("pagedisk pool list during a release", () => {
       "0% (0 of 1 moved)",
     ]);
 
-    await beat({ [replacement.id]: { state: "REBUILDING", progress: 50 } });
+    await report({ [replacement.id]: { state: "REBUILDING", progress: 50 } });
     await pass();
     expect((await poolRow(moving.pool))?.slice(4, 6)).toEqual(["RELEASING", "50% (0 of 1 moved)"]);
     // Both old replicas still hold every write: not degraded, but a copy is under way.
@@ -351,7 +354,7 @@ describe("pagedisk pool list during a release", () => {
       moving.id,
     ]);
 
-    await beat();
+    await report();
     // The replacement goes ONLINE, the old one RETIRING; it is dropped, and the pool released.
     await pass();
     await pass();

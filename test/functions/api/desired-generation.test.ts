@@ -1,37 +1,84 @@
 /**
- * What the agent daemon relies on, through the API over Azurite: the node's
- * desired-state generation moves with every attach and detach and survives
- * heartbeats; `GET .../desired?after=G&waitSeconds=S` answers at once when
- * the generation differs or S is 0, and otherwise holds until an attach
- * wakes it; bad query values are 400 and change nothing; heartbeats carry
- * stats, device names and facts, and the worst case still fits the row.
+ * How a change reaches a node's agent, through the API over Azurite: every
+ * change it must act on (an attach, a detach, a failover, a change of a
+ * served volume's replicas) bumps the node's desired-state generation and
+ * rings its liveness row, so that the agent's next beat, conditional on
+ * the ETag its last desired state gave, fails (412) and it fetches again;
+ * a change to another node, a report, or an attach that changes nothing
+ * rings nothing. The desired state answers at once, also to the
+ * `after`/`waitSeconds` query of agents before 0.2, and its liveness ETag
+ * is read before the volumes, so a change made while it is being built
+ * makes the next beat fail. Reports carry stats, device names and facts,
+ * and the worst case still fits the node's row.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beat, type BeatOutcome } from "../../../agent/control/liveness-beat.ts";
 import type { Attachment } from "../../../contract/attachment.ts";
 import type { DesiredState, JoinResponse, Node, VolumeReport } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
-import { MAX_REPLICA_SLOTS } from "../../../contract/volume.ts";
-import { desiredChanges } from "../../../functions/arbiter/desired-changes.ts";
+import { MAX_REPLICA_SLOTS, type Volume } from "../../../contract/volume.ts";
+import { createApp } from "../../../functions/app.ts";
+import { controlPlane } from "../../../functions/control-plane.ts";
+import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
-import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
+import { openRegistry } from "../../../functions/registry/tables.ts";
+import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
+import {
+  type ControlPlaneFixture,
+  errorOf,
+  type FixtureOptions,
+  jsonOf,
+  startControlPlane,
+} from "../fixture.ts";
 
-let fx: ControlPlaneFixture;
-/** The app's clock; real time, since the storage service checks the SAS it signs. */
-const nowMs = Date.now();
-let token: IssuedToken;
-const credentials = new Map<string, string>();
-
-function as(node: string, method: string, path: string, init: RequestInit = {}) {
-  return fx.app.request(path, {
-    method,
-    ...init,
-    headers: {
-      authorization: `Bearer ${credentials.get(node)}`,
-      "content-type": "application/json",
-    },
-  });
+/**
+ * The fixture's account, with the app under test over a registry whose
+ * Table requests go through a proxy the test can hold them in.
+ */
+async function startProxiedControlPlane(
+  options: FixtureOptions,
+): Promise<{ fx: ControlPlaneFixture; proxy: FaultProxy }> {
+  const base = await startControlPlane(options);
+  const proxy = await startFaultProxy(base.azurite.tableEndpoint!);
+  const registry = await openRegistry(
+    base.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`),
+  );
+  const app = createApp({ ...options, registry, report: (err) => base.reported.push(err) });
+  const call: ControlPlaneFixture["call"] = async (method, path, body, headers = {}) =>
+    app.request(path, {
+      method,
+      headers: { authorization: `Bearer ${base.adminKey}`, "content-type": "application/json", ...headers },
+      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+    });
+  const dispose = async () => {
+    await proxy.close();
+    await base.dispose();
+  };
+  return { fx: { ...base, registry, app, call, dispose }, proxy };
 }
 
+const POLICY: SweepPolicy = {
+  heartbeatIntervalMs: 5_000,
+  suspectAfterMs: 15_000,
+  lostAfterMs: 45_000,
+  sweepIntervalMs: 60_000,
+};
+let fx: ControlPlaneFixture;
+let proxy: FaultProxy;
+/** The app's and the sweeper's clock: ahead of the real time, so that what beats claim counts. */
+let nowMs = Date.now() + 60_000;
+const clock = () => new Date(nowMs);
+let token: IssuedToken;
+
+/** What a node's agent holds: its credential, where it beats, the ETag its next beat is conditional on. */
+interface Agent {
+  credential: string;
+  url: string;
+  etag: string;
+}
+const agents = new Map<string, Agent>();
+
+/** Join `name` and fetch its desired state, as its agent does at start. */
 async function join(name: string, facts: Record<string, unknown> = {}): Promise<Node> {
   const res = await fx.app.request("/api/v1/nodes/join", {
     method: "POST",
@@ -39,23 +86,56 @@ async function join(name: string, facts: Record<string, unknown> = {}): Promise<
     body: JSON.stringify({ name, facts }),
   });
   const joined = await jsonOf<JoinResponse>(res, 201);
-  credentials.set(name, joined.credential);
+  agents.set(name, { credential: joined.credential, url: "", etag: "" });
+  await desired(name);
   return joined.node;
 }
 
-async function heartbeat(node: string, body: unknown): Promise<Node> {
-  return jsonOf<Node>(
-    await as(node, "POST", `/api/v1/nodes/${node}/heartbeat`, { body: JSON.stringify(body) }),
+function as(node: string, method: string, path: string, init: RequestInit = {}) {
+  return fx.app.request(path, {
+    method,
+    ...init,
+    headers: {
+      authorization: `Bearer ${agents.get(node)!.credential}`,
+      "content-type": "application/json",
+    },
+  });
+}
+
+/** `node`'s desired state as its agent fetches it; its next beat is conditional on the ETag given. */
+async function desired(node: string, query = ""): Promise<DesiredState> {
+  const state = await jsonOf<DesiredState>(
+    await as(node, "GET", `/api/v1/nodes/${node}/desired${query}`),
     200,
   );
+  const agent = agents.get(node)!;
+  agent.url = state.liveness.url;
+  agent.etag = state.liveness.etag;
+  return state;
 }
 
-async function desired(node: string, query = ""): Promise<DesiredState> {
-  return jsonOf<DesiredState>(await as(node, "GET", `/api/v1/nodes/${node}/desired${query}`), 200);
+/** `node`'s next beat, conditional on the last ETag it saw, as its agent sends it. */
+async function nextBeat(node: string): Promise<BeatOutcome["kind"]> {
+  const agent = agents.get(node)!;
+  const outcome = await beat(agent.url, agent.etag, { at: clock().toISOString() });
+  if (outcome.kind === "landed") agent.etag = outcome.etag;
+  return outcome.kind;
 }
 
-async function createVolume(name: string): Promise<void> {
-  const res = await fx.call("POST", "/api/v1/volumes", { name, sizeBytes: 64 * 1024 });
+/** One report of `node`, answered with the node as recorded. */
+/** One report of `node`; the node as an admin then sees it (a report's answer is its generation only). */
+async function report(node: string, body: unknown): Promise<Node> {
+  const answer = await jsonOf<{ desiredGeneration: number }>(
+    await as(node, "POST", `/api/v1/nodes/${node}/report`, { body: JSON.stringify(body) }),
+    200,
+  );
+  const seen = await jsonOf<Node>(await fx.call("GET", `/api/v1/nodes/${node}`), 200);
+  expect(answer).toEqual({ desiredGeneration: seen.desiredGeneration });
+  return seen;
+}
+
+async function createVolume(name: string, spec: Record<string, unknown> = {}): Promise<void> {
+  const res = await fx.call("POST", "/api/v1/volumes", { name, sizeBytes: 64 * 1024, ...spec });
   expect(res.status).toBe(201);
 }
 
@@ -71,97 +151,188 @@ async function detach(volume: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  fx = await startControlPlane({ now: () => new Date(nowMs) });
+  ({ fx, proxy } = await startProxiedControlPlane({ now: clock }));
   await fx.addPool("p1");
+  await fx.addPool("p2", "p2-disks");
   token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
 });
 afterAll(() => fx?.dispose());
 
-describe("the desired-state generation", () => {
-  it("starts at 0, moves with attach and detach of the node's volumes only, and survives heartbeats", async () => {
-    expect((await join("g-1")).desiredGeneration).toBe(0);
-    await join("g-2");
-    expect((await desired("g-1")).generation).toBe(0);
-
+describe("a change the node must act on rings its liveness row", () => {
+  beforeAll(async () => {
+    for (const name of ["g-1", "g-2"]) await join(name);
     await createVolume("gv-1");
-    await attach("gv-1", "g-1");
-    const attached = await desired("g-1");
-    expect(attached.generation).toBe(1);
-    expect(attached.attachments.map((a) => a.volume)).toEqual(["gv-1"]);
-    // Attaching what is already attached to the node changes nothing.
-    await attach("gv-1", "g-1");
-    expect((await desired("g-1")).generation).toBe(1);
-    // Another node's volumes are not this node's business.
+  });
+
+  it("lands beats while nothing changes; the generation starts at 0", async () => {
+    expect((await desired("g-1")).generation).toBe(0);
+    expect(await nextBeat("g-1")).toBe("landed");
+    expect(await nextBeat("g-1")).toBe("landed");
+  });
+
+  it("attach: bumps the generation and rings the node's row, not another node's", async () => {
+    await desired("g-1");
+    await desired("g-2");
+    const attachment = await attach("gv-1", "g-1");
+    expect(await nextBeat("g-1")).toBe("rung");
+    expect(await nextBeat("g-2")).toBe("landed");
+    const after = await desired("g-1");
+    expect(after.generation).toBe(1);
+    expect(after.attachments).toMatchObject([
+      { volume: "gv-1", epoch: attachment.epoch, leaseId: attachment.leaseId },
+    ]);
+    // The fetch that follows gives an ETag the next beat lands on.
+    expect(await nextBeat("g-1")).toBe("landed");
     expect((await desired("g-2")).generation).toBe(0);
+  });
 
-    // The heartbeat replaces the row and keeps the generation.
-    expect((await heartbeat("g-1", { volumes: [] })).desiredGeneration).toBe(1);
+  it("an attach that changes nothing, and a report, ring nothing and keep the generation", async () => {
+    await attach("gv-1", "g-1");
+    expect(await nextBeat("g-1")).toBe("landed");
+    const reported = await report("g-1", { volumes: [{ volume: "gv-1", epoch: 1, state: "SERVING" }] });
+    expect(reported.desiredGeneration).toBe(1);
+    expect(await nextBeat("g-1")).toBe("landed");
     expect((await nodes(fx.registry).get("g-1"))!.value.desiredGeneration).toBe(1);
+    expect((await desired("g-1")).generation).toBe(1);
+  });
 
+  it("detach: bumps the generation and rings the node's row, not another node's", async () => {
+    await desired("g-2");
     await detach("gv-1");
-    const detached = await desired("g-1");
-    expect(detached.generation).toBe(2);
-    expect(detached.attachments).toEqual([]);
+    expect(await nextBeat("g-1")).toBe("rung");
+    expect(await nextBeat("g-2")).toBe("landed");
+    const after = await desired("g-1");
+    expect(after.generation).toBe(2);
+    expect(after.attachments).toEqual([]);
+    expect(await nextBeat("g-1")).toBe("landed");
     expect(fx.reported).toEqual([]);
   });
 });
 
-describe("GET /nodes/{name}/desired?after=&waitSeconds=", () => {
+describe("changes made by the sweeper ring the rows of the nodes they concern", () => {
+  const reported: unknown[] = [];
+
+  /** Every agent but `silent` beats; each beat lands. */
+  async function beatAll(...silent: string[]): Promise<void> {
+    for (const name of agents.keys()) {
+      if (!silent.includes(name)) expect(await nextBeat(name), name).toBe("landed");
+    }
+  }
+
+  function pass(): Promise<SweepReport> {
+    const cp = controlPlane({ registry: fx.registry, now: clock, report: (e) => reported.push(e) });
+    return sweep(cp, POLICY, { wait: async (ms) => void (nowMs += ms) });
+  }
+
+  beforeAll(async () => {
+    for (const name of ["src", "dst", "r-w"]) await join(name);
+    await beatAll();
+    // The first pass only starts watching: silence counts from it.
+    expect((await pass()).path).toBe("first pass: silence counts from now");
+  });
+
+  it("failover: rings the lost owner's row and the new owner's, and no other", async () => {
+    await createVolume("fv", { requiredNodes: ["src", "dst"] });
+    const attached = await attach("fv", "src");
+    for (const name of ["src", "dst", "g-1"]) await desired(name);
+    // src goes silent past lostAfter; everyone else beats.
+    nowMs += 50_000;
+    await beatAll("src");
+    const swept = await pass();
+    expect(swept).toMatchObject({ lost: ["src"], fenced: ["fv"], failedOver: ["fv"] });
+
+    expect(await nextBeat("src")).toBe("rung");
+    expect(await nextBeat("dst")).toBe("rung");
+    expect(await nextBeat("g-1")).toBe("landed");
+    const moved = await desired("dst");
+    expect(moved.attachments).toMatchObject([{ volume: "fv", epoch: attached.epoch + 2 }]);
+    expect((await desired("src")).attachments).toEqual([]);
+    expect(reported).toEqual([]);
+  });
+
+  it("replica change: rings the owner's row when repair takes a replica its writer reported OFFLINE", async () => {
+    await createVolume("rv", { replicas: 2 });
+    await attach("rv", "r-w");
+    const served = await desired("r-w");
+    const [rv] = served.attachments;
+    const [first, second] = rv!.replicas;
+    await report("r-w", {
+      volumes: [
+        {
+          volume: "rv",
+          epoch: rv!.epoch,
+          state: "DEGRADED",
+          replicas: [
+            { id: first!.id, state: "ONLINE" },
+            { id: second!.id, state: "OFFLINE", error: "pool unreachable" },
+          ],
+        },
+      ],
+    });
+    // The report itself rings nothing: the agent already knows.
+    expect(await nextBeat("r-w")).toBe("landed");
+    await beatAll();
+    await pass();
+    const volume = await jsonOf<Volume>(await fx.call("GET", "/api/v1/volumes/rv"), 200);
+    expect(volume.status.replicas.find((r) => r.id === second!.id)).toMatchObject({
+      state: "OFFLINE",
+      message: "pool unreachable",
+    });
+
+    expect(await nextBeat("r-w")).toBe("rung");
+    expect(await nextBeat("dst")).toBe("landed");
+    const after = await desired("r-w");
+    expect(after.generation).toBeGreaterThan(served.generation);
+    const told = after.attachments[0]!.replicas.find((r) => r.id === second!.id);
+    expect(told?.state).toBe("OFFLINE");
+    expect(reported).toEqual([]);
+  });
+});
+
+describe("GET /nodes/{name}/desired", () => {
   beforeAll(async () => {
     await join("w-1");
     await join("w-2");
     await createVolume("wv-1");
   });
 
-  it("answers at once with waitSeconds=0, with the same generation", async () => {
+  // Held as before 0.2, the request would wait the full 25 s for a change that never comes:
+  // the bound is what lets this test fail then.
+  it("answers at once to the query of agents before 0.2, which it ignores", { timeout: 20_000 }, async () => {
     const { generation } = await desired("w-1");
-    const now = await desired("w-1", `?after=${generation}&waitSeconds=0`);
-    expect(now.generation).toBe(generation);
-    expect(now.attachments).toEqual([]);
-    expect(desiredChanges(fx.registry).waiting("w-1")).toBe(0);
+    for (const query of [`?after=${generation}&waitSeconds=25`, `?after=${generation + 7}&waitSeconds=25`]) {
+      const now = await desired("w-1", query);
+      expect(now.generation, query).toBe(generation);
+      expect(now.attachments, query).toEqual([]);
+    }
   });
 
-  it("answers at once when the agent's generation is not the node's", async () => {
-    const { generation } = await desired("w-1");
-    const now = await desired("w-1", `?after=${generation + 7}&waitSeconds=25`);
-    expect(now.generation).toBe(generation);
-  });
-
-  it("holds a request until a volume is attached to the node, then answers with it", async () => {
-    const { generation } = await desired("w-1");
-    const held = desired("w-1", `?after=${generation}&waitSeconds=25`);
-    const attachment = await attach("wv-1", "w-1");
-    const answer = await held;
-    expect(answer.generation).toBe(generation + 1);
-    expect(answer.attachments).toMatchObject([
-      { volume: "wv-1", epoch: attachment.epoch, leaseId: attachment.leaseId },
-    ]);
-    expect(desiredChanges(fx.registry).waiting("w-1")).toBe(0);
-  });
-
-  it("holds a request until the node's volume is detached", async () => {
-    const { generation, attachments } = await desired("w-1");
-    expect(attachments.map((a) => a.volume)).toEqual(["wv-1"]);
-    const held = desired("w-1", `?after=${generation}&waitSeconds=25`);
-    await detach("wv-1");
-    const answer = await held;
-    expect(answer.generation).toBeGreaterThan(generation);
-    expect(answer.attachments).toEqual([]);
-  });
-
-  it("lets go of a held request whose client goes away", async () => {
-    const { generation } = await desired("w-1");
-    const client = new AbortController();
-    const held = as("w-1", "GET", `/api/v1/nodes/w-1/desired?after=${generation}&waitSeconds=25`, {
-      signal: client.signal,
+  it("reads the liveness ETag before the volumes: a change made while it is built makes the next beat fail", async () => {
+    await desired("w-1");
+    // Hold the desired state's query of w-1's volumes, once; its ETag has been read by then.
+    let held = false;
+    proxy.inject({
+      fault: { type: "hang" },
+      times: 1,
+      match: (req) => {
+        const ours = (req.url.searchParams.get("$filter") ?? "").includes("ownerNode eq 'w-1'");
+        if (ours) held = true;
+        return ours;
+      },
     });
-    client.abort();
-    // Answered (to nobody) without waiting out the 25 s, and nothing left subscribed.
-    await held;
-    expect(desiredChanges(fx.registry).waiting("w-1")).toBe(0);
+    const building = desired("w-1");
+    await proxy.waitFor(() => held);
+    await attach("wv-1", "w-1");
+    proxy.clear();
+    const built = await building;
+    expect(await nextBeat("w-1")).toBe("rung");
+    const fetched = await desired("w-1");
+    expect(fetched.generation).toBe(built.generation + 1);
+    expect(fetched.attachments.map((a) => a.volume)).toEqual(["wv-1"]);
+    expect(await nextBeat("w-1")).toBe("landed");
   });
 
-  it("is still refused for another node's desired state (403), however it is asked", async () => {
+  it("is refused for another node's desired state (403), however it is asked", async () => {
     for (const query of ["", "?after=0&waitSeconds=25"]) {
       const err = await errorOf(await as("w-2", "GET", `/api/v1/nodes/w-1/desired${query}`), 403);
       expect(err.code).toBe("Forbidden");
@@ -192,7 +363,7 @@ describe("GET /nodes/{name}/desired?after=&waitSeconds=", () => {
   });
 });
 
-describe("heartbeat reports", () => {
+describe("reports", () => {
   const stats = {
     readOps: 10,
     writeOps: 20,
@@ -205,21 +376,21 @@ describe("heartbeat reports", () => {
     writeLatencyMs: { p50: 1.2, p99: 9 },
   };
 
-  it("records stats and device per volume, and replaces the facts when given", async () => {
+  it("record stats and device per volume, and replace the facts when given", async () => {
     expect((await join("r-1", { os: "debian-12", cores: 2 })).facts).toEqual({
       os: "debian-12",
       cores: 2,
     });
-    const report = { volume: "v-r", epoch: 3, state: "SERVING", stats, device: "/dev/nbd3" };
-    const node = await heartbeat("r-1", { volumes: [report], facts: { os: "debian-13" } });
-    expect(node.volumes).toEqual([{ ...report, replicas: [] }]);
+    const volume = { volume: "v-r", epoch: 3, state: "SERVING", stats, device: "/dev/nbd3" };
+    const node = await report("r-1", { volumes: [volume], facts: { os: "debian-13" } });
+    expect(node.volumes).toEqual([{ ...volume, replicas: [] }]);
     expect(node.facts).toEqual({ os: "debian-13" });
     // Without facts the recorded ones stay.
-    expect((await heartbeat("r-1", { volumes: [] })).facts).toEqual({ os: "debian-13" });
+    expect((await report("r-1", { volumes: [] })).facts).toEqual({ os: "debian-13" });
     expect((await nodes(fx.registry).get("r-1"))!.value.facts).toEqual({ os: "debian-13" });
   });
 
-  it("refuses malformed stats, devices and facts with 400 and changes nothing", async () => {
+  it("refuse malformed stats, devices and facts with 400 and change nothing", async () => {
     const before = await fx.snapshot();
     const volume = (extra: Record<string, unknown>) => ({
       volumes: [{ volume: "v-r", epoch: 3, state: "SERVING", ...extra }],
@@ -243,7 +414,7 @@ describe("heartbeat reports", () => {
     ];
     for (const body of bad) {
       const err = await errorOf(
-        await as("r-1", "POST", "/api/v1/nodes/r-1/heartbeat", { body: JSON.stringify(body) }),
+        await as("r-1", "POST", "/api/v1/nodes/r-1/report", { body: JSON.stringify(body) }),
         400,
       );
       expect(err.code, JSON.stringify(body).slice(0, 80)).toBe("InvalidRequest");
@@ -251,7 +422,7 @@ describe("heartbeat reports", () => {
     expect(await fx.snapshot()).toEqual(before);
   });
 
-  it("fits the worst case in the node row: 64 volumes with stats, six replicas and 256-character devices", async () => {
+  it("fit the worst case in the node row: 64 volumes with stats, six replicas and 256-character devices", async () => {
     await join("r-max");
     const huge = Number.MAX_VALUE;
     const worstStats = {
@@ -285,12 +456,12 @@ describe("heartbeat reports", () => {
     }));
     // Far over what one property holds (32 Ki characters), so the row must spread it.
     expect(JSON.stringify(volumes).length).toBeGreaterThan(4 * 32 * 1024);
-    const node = await heartbeat("r-max", { volumes });
+    const node = await report("r-max", { volumes });
     expect(node.volumes).toEqual(volumes);
     expect((await nodes(fx.registry).get("r-max"))!.value.volumes).toEqual(volumes);
     // Shrinking again leaves no stale reports behind.
     const one = volumes.slice(0, 1);
-    await heartbeat("r-max", { volumes: one });
+    await report("r-max", { volumes: one });
     expect((await nodes(fx.registry).get("r-max"))!.value.volumes).toEqual(one);
     expect(fx.reported).toEqual([]);
   });

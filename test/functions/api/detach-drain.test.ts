@@ -1,30 +1,71 @@
 /**
  * A detach waits for the owner to drain the volume before dropping its
- * leases (functions/arbiter/detach-drain.ts): until a heartbeat says the
- * owner applied the generation that took the volume away and no longer
- * serves it; not at all for `force=true`, an owner that is not READY or an
- * agent that does not report its applied generation; at most the deadline.
- * The `volume-detached` event records which. That a heartbeat which must
- * not end the wait does not is certain only in drain-state.test.ts: here
- * the check after such a beat can run before the woken wait's re-read.
+ * leases (functions/arbiter/detach-drain.ts): the detach rings the owner's
+ * liveness row, its agent's next beat fails and it fetches its desired
+ * state, and the wait, woken by the node's reports (report-watch.ts
+ * `reportsRecorded`), ends when a report to `/report` says the owner
+ * applied the generation that took the volume away and no longer serves
+ * it. Not waited for: `force=true`, an owner that is not READY, an agent
+ * that does not report its applied generation (one before 0.2, on the
+ * deprecated `/heartbeat`); and never past the deadline. The
+ * `volume-detached` event records which. That a report which must not end
+ * the wait does not is certain only in drain-state.test.ts: here the check
+ * after such a report can run before the woken wait's re-read.
  */
 import type { PageBlobClient } from "@azure/storage-blob";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
+import { beat } from "../../../agent/control/liveness-beat.ts";
 import type { Event, EventPage } from "../../../contract/event.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
-import { desiredChanges } from "../../../functions/arbiter/desired-changes.ts";
+import { createApp } from "../../../functions/app.ts";
+import { reportsRecorded } from "../../../functions/arbiter/report-watch.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
+import { openRegistry } from "../../../functions/registry/tables.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
+import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
 import { agentNodes } from "../agents.ts";
-import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
+import {
+  type ControlPlaneFixture,
+  type FixtureOptions,
+  jsonOf,
+  startControlPlane,
+} from "../fixture.ts";
 
-/** Long enough never to end a test that waits for a heartbeat. */
+/**
+ * The fixture's account, with the app under test over a registry whose
+ * Table requests go through a proxy: each request it sees is a moment to
+ * look at what the control plane is doing.
+ */
+async function startProxiedControlPlane(
+  options: FixtureOptions,
+): Promise<{ fx: ControlPlaneFixture; proxy: FaultProxy }> {
+  const base = await startControlPlane(options);
+  const proxy = await startFaultProxy(base.azurite.tableEndpoint!);
+  const registry = await openRegistry(
+    base.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`),
+  );
+  const app = createApp({ ...options, registry, report: (err) => base.reported.push(err) });
+  const call: ControlPlaneFixture["call"] = async (method, path, body, headers = {}) =>
+    app.request(path, {
+      method,
+      headers: { authorization: `Bearer ${base.adminKey}`, "content-type": "application/json", ...headers },
+      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+    });
+  const dispose = async () => {
+    await proxy.close();
+    await base.dispose();
+  };
+  return { fx: { ...base, registry, app, call, dispose }, proxy };
+}
+
+/** Long enough never to end a test that waits for a report. */
 const DRAIN_MS = 120_000;
 /** The deadline of the control plane that tests the deadline. */
 const SHORT_DRAIN_MS = 300;
 
 let fx: ControlPlaneFixture;
+let proxy: FaultProxy;
 let short: ControlPlaneFixture;
 let token: IssuedToken;
 let shortToken: IssuedToken;
@@ -37,11 +78,14 @@ const shortAgents = agentNodes(
   () => short,
   () => shortToken.token,
 );
+/** vm-1's liveness row and the ETag its next beat is conditional on. */
+const vm1 = { url: "", etag: "" };
 
 beforeAll(async () => {
-  [fx, short] = await Promise.all([
-    startControlPlane({ detachDrainMs: DRAIN_MS }),
-    startControlPlane({ detachDrainMs: SHORT_DRAIN_MS }),
+  // Real clocks: the storage service checks the SAS of every beat against its own.
+  [{ fx, proxy }, short] = await Promise.all([
+    startProxiedControlPlane({ now: () => new Date(), detachDrainMs: DRAIN_MS }),
+    startControlPlane({ now: () => new Date(), detachDrainMs: SHORT_DRAIN_MS }),
   ]);
   for (const f of [fx, short]) {
     for (const name of ["pa", "pb"]) await f.addPool(name, `${name}-disks`);
@@ -83,18 +127,38 @@ async function detachedEvent(f: ControlPlaneFixture, name: string): Promise<Even
   return page.items[0]!;
 }
 
-/** Resolves at the next bump of `node`'s desired generation made in this process. */
-function nextBump(f: ControlPlaneFixture, node: string): Promise<void> {
-  return new Promise((res) => {
-    const stop = desiredChanges(f.registry).subscribe(node, () => {
-      stop();
-      res();
-    });
-  });
+/**
+ * Resolves once `count` detaches wait for vm-1's reports. A wait subscribes
+ * just before its first read of the node's row, which the proxy sees.
+ */
+function waiting(count: number): Promise<void> {
+  return proxy.waitFor(() => reportsRecorded(fx.registry).waiting("vm-1") === count);
+}
+
+/**
+ * vm-1's agent serves what its desired state lists, and its beats are
+ * conditional on the ETag that fetch gave; it has applied that generation.
+ */
+async function servingAsFetched(): Promise<number> {
+  const desired = await agents.desired("vm-1");
+  Object.assign(vm1, { url: desired.liveness.url, etag: desired.liveness.etag });
+  return desired.generation;
+}
+
+/**
+ * What vm-1's agent does when the detach rings its row: its next beat
+ * fails, and it fetches its desired state. Returns the generation fetched.
+ */
+async function hearRing(volume: string): Promise<number> {
+  expect(await beat(vm1.url, vm1.etag, { at: new Date().toISOString() })).toEqual({ kind: "rung" });
+  const before = await agents.desired("vm-1");
+  expect(before.attachments.map((a) => a.volume)).not.toContain(volume);
+  Object.assign(vm1, { url: before.liveness.url, etag: before.liveness.etag });
+  return before.generation;
 }
 
 /** A volume report as the agent sends it. */
-const report = (volume: string, epoch: number, state: "SERVING" | "STOPPED") => ({
+const served = (volume: string, epoch: number, state: "SERVING" | "STOPPED") => ({
   volume,
   epoch,
   state,
@@ -102,29 +166,30 @@ const report = (volume: string, epoch: number, state: "SERVING" | "STOPPED") => 
 });
 
 describe("detach waits for the owner's drain", () => {
-  it("drops the leases only after a heartbeat says the volume is drained at the new generation", async () => {
+  it("drops the leases only after a report says the volume is drained at the new generation", async () => {
     const v = await attachedVolume(fx, "drained", "vm-1");
     // The agent serves it, and says which generation it applied: it speaks drains.
-    const applied = generationOf((await nodes(fx.registry).get("vm-1"))!.value);
-    await agents.beat("vm-1", { appliedGeneration: applied, volumes: [report("drained", 1, "SERVING")] });
+    const applied = await servingAsFetched();
+    await agents.report("vm-1", { appliedGeneration: applied, volumes: [served("drained", 1, "SERVING")] });
 
-    const bumped = nextBump(fx, "vm-1");
     const detach = fx.call("POST", "/api/v1/volumes/drained/detach");
-    await bumped;
-    const generation = generationOf((await nodes(fx.registry).get("vm-1"))!.value);
+    await waiting(1);
+    const generation = await hearRing("drained");
     expect(generation).toBe(applied + 1);
 
-    // A heartbeat from before the agent applied the change: still serving, still waiting.
-    await agents.beat("vm-1", { appliedGeneration: applied, volumes: [report("drained", 1, "SERVING")] });
+    // A report from before the agent applied the change: still serving, still waiting.
+    await agents.report("vm-1", { appliedGeneration: applied, volumes: [served("drained", 1, "SERVING")] });
     // Applied, but the volume still listed as serving (its drain not over): still waiting.
-    await agents.beat("vm-1", { appliedGeneration: generation, volumes: [report("drained", 1, "SERVING")] });
+    await agents.report("vm-1", { appliedGeneration: generation, volumes: [served("drained", 1, "SERVING")] });
     expect((await volumes(fx.registry).get("drained"))!.value.status.state).toBe("DETACHING");
     expect(await leaseStates(fx, v)).toEqual(["leased", "leased"]);
+    expect(reportsRecorded(fx.registry).waiting("vm-1")).toBe(1);
 
-    await agents.beat("vm-1", { appliedGeneration: generation, volumes: [report("drained", 1, "STOPPED")] });
+    await agents.report("vm-1", { appliedGeneration: generation, volumes: [served("drained", 1, "STOPPED")] });
     const detached = await jsonOf<Volume>(await detach, 200);
     expect(detached.status).toMatchObject({ state: "DETACHED", ownerNode: null, epoch: 2 });
     expect(await leaseStates(fx, v)).toEqual(["available", "available"]);
+    expect(reportsRecorded(fx.registry).waiting("vm-1")).toBe(0);
     const event = await detachedEvent(fx, "drained");
     expect(event.data).toMatchObject({ drained: true });
     expect(event.message).not.toMatch(/without its drain/);
@@ -132,30 +197,42 @@ describe("detach waits for the owner's drain", () => {
 
   it("a volume absent from the report counts as drained", async () => {
     await attachedVolume(fx, "gone-from-report", "vm-1");
-    const bumped = nextBump(fx, "vm-1");
+    await servingAsFetched();
     const detach = fx.call("POST", "/api/v1/volumes/gone-from-report/detach");
-    await bumped;
-    const generation = generationOf((await nodes(fx.registry).get("vm-1"))!.value);
-    await agents.beat("vm-1", { appliedGeneration: generation, volumes: [] });
+    await waiting(1);
+    const generation = await hearRing("gone-from-report");
+    await agents.report("vm-1", { appliedGeneration: generation, volumes: [] });
     expect((await jsonOf<Volume>(await detach, 200)).status.state).toBe("DETACHED");
     expect((await detachedEvent(fx, "gone-from-report")).data).toMatchObject({ drained: true });
   });
 
+  // Should the report not wake it, the detach would wait out DRAIN_MS: the bound is what lets this test fail then.
+  it("is woken by the report itself, not by its periodic re-read of the node", { timeout: 30_000 }, async () => {
+    await attachedVolume(fx, "woken", "vm-1");
+    await servingAsFetched();
+    // The wait's periodic re-read never comes: only a report recorded in this process can end it early.
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    onTestFinished(() => void vi.useRealTimers());
+    const detach = fx.call("POST", "/api/v1/volumes/woken/detach");
+    await waiting(1);
+    const generation = await hearRing("woken");
+    await agents.report("vm-1", { appliedGeneration: generation, volumes: [] });
+    expect((await jsonOf<Volume>(await detach, 200)).status.state).toBe("DETACHED");
+    vi.useRealTimers();
+    expect((await detachedEvent(fx, "woken")).data).toMatchObject({ drained: true });
+  });
+
   it("two detaches at once both wait, and both answer DETACHED; one event", async () => {
     await attachedVolume(fx, "twice", "vm-1");
-    let bumps = 0;
-    let bothWaiting: () => void = () => {};
-    const waiting = new Promise<void>((res) => (bothWaiting = res));
-    const stop = desiredChanges(fx.registry).subscribe("vm-1", () => {
-      if (++bumps === 2) bothWaiting();
-    });
+    await servingAsFetched();
     const first = fx.call("POST", "/api/v1/volumes/twice/detach");
     const second = fx.call("POST", "/api/v1/volumes/twice/detach");
-    await waiting;
-    stop();
+    await waiting(2);
     expect((await volumes(fx.registry).get("twice"))!.value.status.state).toBe("DETACHING");
-    const generation = generationOf((await nodes(fx.registry).get("vm-1"))!.value);
-    await agents.beat("vm-1", { appliedGeneration: generation, volumes: [] });
+    // Each detach bumped the generation; the agent applies the newest.
+    const generation = await hearRing("twice");
+    expect(generation).toBe(generationOf((await nodes(fx.registry).get("vm-1"))!.value));
+    await agents.report("vm-1", { appliedGeneration: generation, volumes: [] });
     const answers = await Promise.all([first, second].map(async (r) => jsonOf<Volume>(await r, 200)));
     expect(answers.map((v) => v.status.state)).toEqual(["DETACHED", "DETACHED"]);
     expect(answers[0]!.status.epoch).toBe(answers[1]!.status.epoch);
@@ -194,16 +271,24 @@ describe("detach does not wait", () => {
   }
 
   it("for an agent that does not report its applied generation", async () => {
-    // An older agent: it heartbeats without saying which generation it applied.
+    // An agent before 0.2: it reports on the deprecated heartbeat route, and never says which generation it applied.
     await shortAgents.join("old-agent");
-    await shortAgents.beat("old-agent", { volumes: [] });
+    const res = await short.app.request("/api/v1/nodes/old-agent/heartbeat", {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${shortAgents.credential("old-agent")}`,
+        "content-type": "application/json",
+      },
+      body: JSON.stringify({ volumes: [] }),
+    });
+    expect(res.status).toBe(200);
     await attachedVolume(short, "old", "old-agent");
     await detachUndrained("old", "node old-agent's agent does not report the generation it applied");
   });
 
   it("for an owner that is not READY", async () => {
     await shortAgents.join("doubtful");
-    await shortAgents.beat("doubtful", { appliedGeneration: 0, volumes: [] });
+    await shortAgents.report("doubtful", { appliedGeneration: 0, volumes: [] });
     await attachedVolume(short, "on-suspect", "doubtful");
     const table = nodes(short.registry);
     const read = (await table.get("doubtful"))!;
@@ -213,7 +298,7 @@ describe("detach does not wait", () => {
 
   it("past the deadline: an owner that never confirms does not keep the volume attached", async () => {
     await shortAgents.join("silent");
-    await shortAgents.beat("silent", { appliedGeneration: 0, volumes: [] });
+    await shortAgents.report("silent", { appliedGeneration: 0, volumes: [] });
     const v = await attachedVolume(short, "unconfirmed", "silent");
     await detachUndrained("unconfirmed", `node silent did not confirm the drain within ${SHORT_DRAIN_MS / 1000} s`);
     expect(await leaseStates(short, v)).toEqual(["available", "available"]);

@@ -2,14 +2,14 @@
  * The API's edge, for every endpoint: authentication before anything else,
  * bad input answered 4xx in the one error shape, and nothing written to
  * tables or blobs by a refused request. The agent's own endpoints (join,
- * heartbeat, desired) are called with a join token or the node's credential,
+ * report, desired) are called with a join token or the node's credential,
  * so what is refused there is the input, not the caller.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { API_ERROR_CODES, ERROR_STATUS } from "../../../contract/errors.ts";
 import type { JoinResponse } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
-import { DEFAULT_BODY_LIMIT_BYTES, HEARTBEAT_BODY_LIMIT_BYTES } from "../../../functions/app.ts";
+import { DEFAULT_BODY_LIMIT_BYTES, REPORT_BODY_LIMIT_BYTES } from "../../../functions/app.ts";
 import {
   type ControlPlaneFixture,
   errorOf,
@@ -213,14 +213,14 @@ const badInput: Case[] = [
   ["POST", "/api/v1/nodes/join", { name: "n2", role: "writer" }, 400, "InvalidRequest", "join"],
   ["POST", "/api/v1/nodes/join", { name: "n1" }, 409, "NodeExists", "join"],
   // heartbeat, with the node's credential
-  ["POST", "/api/v1/nodes/n1/heartbeat", MALFORMED, 400, "InvalidJson", "node"],
-  ["POST", "/api/v1/nodes/n1/heartbeat", "null", 400, "InvalidRequest", "node"],
-  ["POST", "/api/v1/nodes/n1/heartbeat", { agentVersion: 2 }, 400, "InvalidRequest", "node"],
-  ["POST", "/api/v1/nodes/n1/heartbeat", { volumes: "v1" }, 400, "InvalidRequest", "node"],
-  ["POST", "/api/v1/nodes/n1/heartbeat", { uptime: 1 }, 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/report", MALFORMED, 400, "InvalidJson", "node"],
+  ["POST", "/api/v1/nodes/n1/report", "null", 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/report", { agentVersion: 2 }, 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/report", { volumes: "v1" }, 400, "InvalidRequest", "node"],
+  ["POST", "/api/v1/nodes/n1/report", { uptime: 1 }, 400, "InvalidRequest", "node"],
   [
     "POST",
-    "/api/v1/nodes/n1/heartbeat",
+    "/api/v1/nodes/n1/report",
     { volumes: [{ volume: "v1", epoch: -1, state: "SERVING" }] },
     400,
     "InvalidRequest",
@@ -228,7 +228,7 @@ const badInput: Case[] = [
   ],
   [
     "POST",
-    "/api/v1/nodes/n1/heartbeat",
+    "/api/v1/nodes/n1/report",
     { volumes: [{ volume: "v1", epoch: 1, state: "HAPPY" }] },
     400,
     "InvalidRequest",
@@ -236,7 +236,7 @@ const badInput: Case[] = [
   ],
   [
     "POST",
-    "/api/v1/nodes/n1/heartbeat",
+    "/api/v1/nodes/n1/report",
     {
       volumes: [
         { volume: "v1", epoch: 1, state: "SERVING" },
@@ -249,7 +249,7 @@ const badInput: Case[] = [
   ],
   [
     "POST",
-    "/api/v1/nodes/n1/heartbeat",
+    "/api/v1/nodes/n1/report",
     { events: [{ type: "Disk On Fire", message: "x" }] },
     400,
     "InvalidRequest",
@@ -257,15 +257,15 @@ const badInput: Case[] = [
   ],
   [
     "POST",
-    "/api/v1/nodes/n1/heartbeat",
+    "/api/v1/nodes/n1/report",
     { events: Array.from({ length: 21 }, () => ({ type: "storage-failure", message: "x" })) },
     400,
     "InvalidRequest",
     "node",
   ],
-  ["POST", "/api/v1/nodes/n9/heartbeat", {}, 403, "Forbidden", "node"],
+  ["POST", "/api/v1/nodes/n9/report", {}, 403, "Forbidden", "node"],
   // Whose name it is comes before whether it is a valid one: not its own either way.
-  ["POST", "/api/v1/nodes/N1/heartbeat", {}, 403, "Forbidden", "node"],
+  ["POST", "/api/v1/nodes/N1/report", {}, 403, "Forbidden", "node"],
   // desired state and its query, with the node's credential
   ["GET", "/api/v1/nodes/n1/desired?after=", undefined, 400, "InvalidRequest", "node"],
   ["GET", "/api/v1/nodes/n1/desired?after=-1", undefined, 400, "InvalidRequest", "node"],
@@ -335,8 +335,8 @@ describe("bad input", () => {
       expect((await errorOf(res, 413)).code).toBe("PayloadTooLarge");
     }
     // Heartbeats carry per-volume stats and may be larger, up to their own limit.
-    const bigBeat = bodyOf(HEARTBEAT_BODY_LIMIT_BYTES + 1);
-    const beat = await cp.call("POST", "/api/v1/nodes/n1/heartbeat", bigBeat, headersOf("node"));
+    const bigBeat = bodyOf(REPORT_BODY_LIMIT_BYTES + 1);
+    const beat = await cp.call("POST", "/api/v1/nodes/n1/report", bigBeat, headersOf("node"));
     expect((await errorOf(beat, 413)).code).toBe("PayloadTooLarge");
     // Endpoints without a body refuse one declared too large before reading it.
     for (const [method, path] of [
@@ -470,6 +470,7 @@ describe("openapi.json", () => {
         "POST /api/v1/nodes/join joinNode",
         "POST /api/v1/nodes/{name}/cordon cordonNode",
         "POST /api/v1/nodes/{name}/heartbeat heartbeat",
+        "POST /api/v1/nodes/{name}/report reportNode",
         "POST /api/v1/nodes/{name}/uncordon uncordonNode",
         "POST /api/v1/tokens createToken",
         "DELETE /api/v1/volumes/{name} deleteVolume",

@@ -1,8 +1,10 @@
 /**
  * The auth matrix of the node endpoints: which credential may call what.
  * No credential, a wrong or unknown one, or an expired or revoked token is
- * 401; a valid credential of the wrong kind, or another node's, is 403;
- * and no refused call changes anything in the tables or blobs.
+ * 401; a valid credential of the wrong kind, or another node's, is 403,
+ * on the agent's report and desired state and on the deprecated heartbeat
+ * route alike; and no refused call changes anything in the tables (the
+ * liveness table included) or blobs.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { JoinResponse } from "../../../contract/node.ts";
@@ -77,6 +79,7 @@ function unauthenticated(): Array<[string, string | undefined]> {
 }
 
 const nodeEndpoints: Array<[string, string, unknown]> = [
+  ["POST", "/api/v1/nodes/vm-a/report", { volumes: [] }],
   ["POST", "/api/v1/nodes/vm-a/heartbeat", { volumes: [] }],
   ["GET", "/api/v1/nodes/vm-a/desired", undefined],
 ];
@@ -143,8 +146,10 @@ describe("403: valid credentials that may not", () => {
   });
 
   it("checks the credential before the input: bad input from another node is still 403", async () => {
-    const res = await request(nodeB, "POST", "/api/v1/nodes/vm-a/heartbeat", { volumes: 7 });
-    expect((await errorOf(res, 403)).code).toBe("Forbidden");
+    for (const route of ["report", "heartbeat"]) {
+      const res = await request(nodeB, "POST", `/api/v1/nodes/vm-a/${route}`, { volumes: 7 });
+      expect((await errorOf(res, 403)).code, route).toBe("Forbidden");
+    }
   });
 });
 
@@ -156,6 +161,7 @@ describe("after every refused call", () => {
 
   it("the right credentials still work", async () => {
     expect((await request(nodeA, "GET", "/api/v1/nodes/vm-a/desired")).status).toBe(200);
+    expect((await request(nodeB, "POST", "/api/v1/nodes/vm-b/report", {})).status).toBe(200);
     expect((await request(nodeB, "POST", "/api/v1/nodes/vm-b/heartbeat", {})).status).toBe(200);
     const [method, path, body] = joinEndpoint;
     expect((await request(token.token, method, path, body)).status).toBe(201);

@@ -1,25 +1,32 @@
 /**
  * Nodes and their credentials over Azurite: join tokens (shown once,
- * stored hashed, expiring, revocable), joining, heartbeats, desired state
- * with SAS URLs the storage service itself holds to one blob, and the
- * admin node endpoints.
+ * stored hashed, expiring, revocable), joining, reports (and the
+ * deprecated heartbeat route of agents before 0.2), the node's view of its
+ * liveness (no heartbeat until the agent's first beat to its liveness row,
+ * then that beat's time; the last report's time; never the row's key),
+ * desired state with SAS URLs the storage service itself holds to one
+ * blob, and the admin node endpoints.
  */
 import { AnonymousCredential, PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beat } from "../../../agent/control/liveness-beat.ts";
 import type { Attachment } from "../../../contract/attachment.ts";
 import type { DesiredState, JoinResponse, Node } from "../../../contract/node.ts";
 import type { IssuedToken, JoinTokenList } from "../../../contract/token.ts";
-import { listEvents } from "../../../functions/registry/events.ts";
+import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { listRows } from "../../../functions/registry/rows.ts";
+import { nodes } from "../../../functions/registry/nodes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
 let cp: ControlPlaneFixture;
 /**
- * The app's clock: still unless a test moves it. It starts at the real time
- * because the storage service checks the SAS it signs against its own clock.
+ * The app's clock: still unless a test moves it. It starts a minute ahead of
+ * the real time: near it, because the storage service checks the SAS it
+ * signs against its own clock; ahead, so that what beats claim counts
+ * (registry/liveness.ts `lastBeatOf`).
  */
-let nowMs = Date.now();
+let nowMs = Date.now() + 60_000;
 
 beforeAll(async () => {
   cp = await startControlPlane({ now: () => new Date(nowMs) });
@@ -54,11 +61,22 @@ async function joined(token: string, name: string): Promise<JoinResponse> {
   return jsonOf<JoinResponse>(await join(token, name), 201);
 }
 
-/** Every stored property of every registry row, as one string. */
+/** Every stored property of every row of every table (events included), as one string. */
 async function everythingStored(): Promise<string> {
-  const all = await Promise.all(Object.values(cp.registry).map((table) => listRows(table)));
+  const all: unknown[] = [];
+  for await (const t of cp.registry.service.listTables())
+    all.push(await listRows(cp.registry.table(t.name!)));
   return JSON.stringify(all);
 }
+
+/** Events of a node as the API lists them, at the test's clock. */
+const eventsOf = (node: string, limit: number) =>
+  listEvents(
+    cp.registry,
+    { node },
+    { limit },
+    { now: new Date(nowMs), retentionDays: DEFAULT_EVENT_RETENTION_DAYS },
+  );
 
 describe("join tokens", () => {
   it("are shown once, listed without secret, and stored only as a hash", async () => {
@@ -117,7 +135,7 @@ describe("joining", () => {
     expect(await everythingStored()).not.toContain(secret);
     const shown = await jsonOf<Node>(await cp.call("GET", "/api/v1/nodes/vm-a.example"), 200);
     expect(shown).toEqual(res.node);
-    const events = await listEvents(cp.registry, { node: "vm-a.example" }, { limit: 10 });
+    const events = await eventsOf("vm-a.example", 10);
     expect(events.items.map((e) => e.type)).toEqual(["node-joined"]);
   });
 
@@ -139,15 +157,28 @@ describe("joining", () => {
   });
 });
 
-describe("heartbeat", () => {
+describe("reports and heartbeats", () => {
   let credential: string;
+  let joinedNode: Node;
   beforeAll(async () => {
-    ({ credential } = await joined((await newToken()).token, "vm-hb"));
+    ({ credential, node: joinedNode } = await joined((await newToken()).token, "vm-hb"));
   });
 
-  it("records the time, agent version and volume reports, and the node's events", async () => {
+  const show = async () => jsonOf<Node>(await cp.call("GET", "/api/v1/nodes/vm-hb"), 200);
+  const listed = async () =>
+    (await jsonOf<{ items: Node[] }>(await cp.call("GET", "/api/v1/nodes"), 200)).items.find(
+      (n) => n.name === "vm-hb",
+    );
+
+  it("shows no heartbeat and no report before the agent's first", async () => {
+    expect(joinedNode).toMatchObject({ lastHeartbeatAt: null, lastReportAt: null });
+    expect(await show()).toMatchObject({ lastHeartbeatAt: null, lastReportAt: null });
+    expect(await listed()).toMatchObject({ lastHeartbeatAt: null, lastReportAt: null });
+  });
+
+  it("records a report: agent version, volume reports, the node's events and the report's time, not a heartbeat", async () => {
     nowMs += 5_000;
-    const res = await as(credential, "POST", "/api/v1/nodes/vm-hb/heartbeat", {
+    const res = await as(credential, "POST", "/api/v1/nodes/vm-hb/report", {
       agentVersion: "0.2.0",
       volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", replicas: [{ id: "0123456789ab", state: "OFFLINE", error: "pool p1 unreachable" }] }],
       events: [
@@ -155,14 +186,17 @@ describe("heartbeat", () => {
         { type: "throttled", volume: "v-x", message: "paused 3 s", data: { ms: 3000 } },
       ],
     });
-    const node = await jsonOf<Node>(res, 200);
+    // The answer is the node's generation only, so that a report reads nothing more.
+    expect(await jsonOf(res, 200)).toEqual({ desiredGeneration: 0 });
+    const node = await show();
     expect(node).toMatchObject({
       state: "READY",
       agentVersion: "0.2.0",
-      lastHeartbeatAt: new Date(nowMs).toISOString(),
+      lastReportAt: new Date(nowMs).toISOString(),
+      lastHeartbeatAt: null,
       volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", replicas: [{ id: "0123456789ab", state: "OFFLINE", error: "pool p1 unreachable" }] }],
     });
-    const events = await listEvents(cp.registry, { node: "vm-hb" }, { limit: 10 });
+    const events = await eventsOf("vm-hb", 10);
     expect(events.items.map((e) => e.type).sort()).toEqual([
       "node-joined",
       "storage-failure",
@@ -173,7 +207,59 @@ describe("heartbeat", () => {
     expect(failure.at).toBe(new Date(nowMs).toISOString());
   });
 
-  it("refuses bad reports with 400 and changes nothing", async () => {
+  it("shows the agent's beat to its liveness row as its last heartbeat, and keeps the last report's time", async () => {
+    const reportedAt = (await show()).lastReportAt;
+    const { liveness } = await jsonOf<DesiredState>(
+      await as(credential, "GET", "/api/v1/nodes/vm-hb/desired"),
+      200,
+    );
+    nowMs += 5_000;
+    const beatAt = new Date(nowMs).toISOString();
+    expect((await beat(liveness.url, liveness.etag, { at: beatAt })).kind).toBe("landed");
+    expect(await show()).toMatchObject({ lastHeartbeatAt: beatAt, lastReportAt: reportedAt });
+    expect(await listed()).toMatchObject({ lastHeartbeatAt: beatAt, lastReportAt: reportedAt });
+  });
+
+  it("records a heartbeat of an agent before 0.2 as a report and a beat", async () => {
+    nowMs += 5_000;
+    const at = new Date(nowMs).toISOString();
+    const res = await as(credential, "POST", "/api/v1/nodes/vm-hb/heartbeat", {
+      agentVersion: "0.1.9",
+      volumes: [],
+    });
+    const node = await jsonOf<Node>(res, 200);
+    expect(node).toMatchObject({ agentVersion: "0.1.9", volumes: [], lastReportAt: at, lastHeartbeatAt: at });
+    expect(await show()).toEqual(node);
+  });
+
+  it("never shows the node's liveness key, which only its own desired state holds, in its row's URL", async () => {
+    const key = (await nodes(cp.registry).get("vm-hb"))!.value.livenessKey!;
+    expect(key).toMatch(/^[A-Za-z0-9_-]{32}$/);
+    const answers = [
+      JSON.stringify(joinedNode),
+      await (await cp.call("GET", "/api/v1/nodes/vm-hb")).text(),
+      await (await cp.call("GET", "/api/v1/nodes")).text(),
+      await (await as(credential, "POST", "/api/v1/nodes/vm-hb/heartbeat", {})).text(),
+      await (await cp.call("POST", "/api/v1/nodes/vm-hb/cordon")).text(),
+      await (await cp.call("POST", "/api/v1/nodes/vm-hb/uncordon")).text(),
+    ];
+    for (const answer of answers) {
+      expect(answer).toContain('"vm-hb"');
+      expect(answer).not.toContain(key);
+      expect(answer).not.toMatch(/livenessKey/);
+    }
+    expect(await (await as(credential, "POST", "/api/v1/nodes/vm-hb/report", {})).text()).toBe(
+      '{"desiredGeneration":0}',
+    );
+    const desired = await jsonOf<DesiredState>(
+      await as(credential, "GET", "/api/v1/nodes/vm-hb/desired"),
+      200,
+    );
+    expect(JSON.stringify({ ...desired, liveness: { ...desired.liveness, url: "" } })).not.toContain(key);
+    expect(decodeURIComponent(new URL(desired.liveness.url).pathname)).toContain(`(PartitionKey='${key}'`);
+  });
+
+  it("refuses bad reports with 400 and changes nothing, on either route", async () => {
     const before = await cp.snapshot();
     const bad: unknown[] = [
       '{"volumes": [',
@@ -190,12 +276,14 @@ describe("heartbeat", () => {
       { events: Array.from({ length: 21 }, () => ({ type: "x", message: "x" })) },
       { nodeName: "vm-other" },
     ];
-    for (const body of bad) {
-      const err = await errorOf(
-        await as(credential, "POST", "/api/v1/nodes/vm-hb/heartbeat", body),
-        400,
-      );
-      expect(["InvalidJson", "InvalidRequest"]).toContain(err.code);
+    for (const route of ["report", "heartbeat"]) {
+      for (const body of bad) {
+        const err = await errorOf(
+          await as(credential, "POST", `/api/v1/nodes/vm-hb/${route}`, body),
+          400,
+        );
+        expect(["InvalidJson", "InvalidRequest"]).toContain(err.code);
+      }
     }
     expect(await cp.snapshot()).toEqual(before);
   });
@@ -327,7 +415,7 @@ describe("admin node endpoints", () => {
     expect((await cp.call("POST", "/api/v1/volumes/vc/attach", { node: "vm-admin" })).status).toBe(
       200,
     );
-    const types = (await listEvents(cp.registry, { node: "vm-admin" }, { limit: 20 })).items.map(
+    const types = (await eventsOf("vm-admin", 20)).items.map(
       (e) => e.type,
     );
     expect(types.filter((t) => t === "node-cordoned")).toHaveLength(1);

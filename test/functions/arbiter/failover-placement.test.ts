@@ -7,7 +7,7 @@ import { nodeRecord } from "../node-record.ts";
 const AT = "2025-01-01T00:00:00.000Z";
 
 const node = (name: string, extra: Partial<NodeRecord> = {}): NodeRecord =>
-  nodeRecord(name, { joinedAt: AT, lastHeartbeatAt: AT, ...extra });
+  nodeRecord(name, { joinedAt: AT, lastReportAt: AT, ...extra });
 
 function volume(requiredNodes: string[] = [], preferredNodes: string[] = []): VolumeRecord {
   return {

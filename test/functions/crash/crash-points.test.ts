@@ -1,9 +1,17 @@
 /**
  * A crash injected before every durable step of attach, detach and the
  * sweeper's fence + failover (the nodes' desired-state generation bumps
- * included) leaves a state that the next sweep repairs:
- * no volume stuck in ATTACHING/DETACHING/FENCING, no lease the registry
- * does not know about, and a further sweep changes nothing.
+ * and the rings of their liveness rows included) leaves a state that the
+ * next sweep repairs: no volume stuck in ATTACHING/DETACHING/FENCING, no
+ * lease the registry does not know about, and a further sweep changes
+ * nothing.
+ *
+ * The node whose volume is fenced goes silent while the witnesses (`ALIVE`)
+ * beat: the pass finds it SUSPECT, waits for its deadline (moving the fake
+ * clock, the witnesses beating meanwhile) and finds it LOST, so the
+ * node-suspect and node-lost notes are steps of that one pass. The clock
+ * runs ahead of the real time and beats claim it, and an initial pass
+ * starts the sweeper watching (health/liveness-judge.ts).
  *
  * The crash goes through the control plane's `faults` seam: the hook throws
  * a SimulatedCrash just before the named step and at every step after it,
@@ -21,6 +29,7 @@ import { WRITER_LOST } from "../../../contract/signals.ts";
 import { detachVolume } from "../../../functions/arbiter/detach.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
 import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { readLivenessRow } from "../../../functions/registry/liveness.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
@@ -28,18 +37,27 @@ import { restStatus } from "../../../functions/rest-error.ts";
 import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
-const POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000, stuckAfterMs: 60_000 };
-/** Nodes that stay alive (heartbeat before every sweep). */
+/** Passes here are at most a few minutes apart (3 x sweepIntervalMs): none restarts the count. */
+const POLICY: SweepPolicy = {
+  heartbeatIntervalMs: 5_000,
+  suspectAfterMs: 15_000,
+  lostAfterMs: 45_000,
+  sweepIntervalMs: 60_000,
+  stuckAfterMs: 60_000,
+};
+/** Nodes that stay alive, and witness that the heartbeats' path works: they beat before every sweep. */
 const ALIVE = ["n-a", "n-b"];
 
 class SimulatedCrash extends Error {}
 
 let fx: ControlPlaneFixture;
-let nowMs = Date.UTC(2025, 0, 1);
+// Ahead of the real time, so that what beats claim counts (registry/liveness.ts `lastBeatOf`).
+let nowMs = Date.now() + 60_000;
 let token: IssuedToken;
 const { join, heartbeat } = agentNodes(
   () => fx,
   () => token.token,
+  () => new Date(nowMs),
 );
 
 interface Crash {
@@ -79,15 +97,28 @@ function crashBefore(step: string): Crash {
   };
 }
 
+/**
+ * One pass of `cp`. Its second look at a suspect moves the fake clock to
+ * the suspect's deadline, the witnesses beating on meanwhile. A pass
+ * itself beats nobody (snapshots taken around it stay comparable): callers
+ * beat the witnesses before a pass that moves the clock.
+ */
+const sweepBy = (cp: ControlPlane): Promise<SweepReport> =>
+  sweep(cp, POLICY, {
+    wait: async (ms) => {
+      nowMs += ms;
+      await heartbeat(...ALIVE);
+    },
+  });
+
 const healthyReported: unknown[] = [];
 const pass = (): Promise<SweepReport> =>
-  sweep(
+  sweepBy(
     controlPlane({
       registry: fx.registry,
       now: () => new Date(nowMs),
       report: (e) => healthyReported.push(e),
     }),
-    POLICY,
   );
 
 async function createVolume(name: string, spec: Record<string, unknown> = {}): Promise<void> {
@@ -113,6 +144,12 @@ async function record(name: string): Promise<VolumeRecord> {
 /** The node's desired-state generation as stored. */
 async function generation(node: string): Promise<number> {
   return generationOf((await nodes(fx.registry).get(node))!.value);
+}
+
+/** Who wrote `node`'s liveness row last: `ring` once a generation bump has rung it. */
+async function livenessWriter(node: string): Promise<string | undefined> {
+  const key = (await nodes(fx.registry).get(node))!.value.livenessKey!;
+  return (await readLivenessRow(fx.registry.liveness, key))?.by;
 }
 
 /** The volume's events of one type, newest first, as an operator lists them. */
@@ -207,6 +244,9 @@ beforeAll(async () => {
   }
   token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
   for (const name of ALIVE) await join(name);
+  await heartbeat(...ALIVE);
+  // The first pass only starts watching: silence counts from it.
+  expect((await pass()).path).toBe("first pass: silence counts from now");
 });
 afterAll(() => fx?.dispose());
 
@@ -220,6 +260,7 @@ describe("attach", () => {
     "take-lease 1",
     "mark-attached",
     "bump-generation attached",
+    "ring attached",
     "note volume-attached",
   ];
 
@@ -227,11 +268,14 @@ describe("attach", () => {
     const name = fresh("a");
     await createVolume(name);
     const before = await generation("n-a");
+    // Its agent wrote the row last: a ring found there is this attach's.
+    await heartbeat("n-a");
     const run = crashBefore("");
     await attachVolume(run.cp, name, "n-a");
     expect(ordered(run.seen)).toEqual(STEPS);
     await expectSettled(name, "n-a");
     expect(await generation("n-a")).toBe(before + 1);
+    expect(await livenessWriter("n-a")).toBe("ring");
   });
 
   it.each([
@@ -241,6 +285,7 @@ describe("attach", () => {
     ["mark-attached", "DETACHED", null],
     // The agent learns of this one at its next full fetch of the desired state.
     ["bump-generation attached", "ATTACHED to n-a", "n-a"],
+    ["ring attached", "ATTACHED to n-a", "n-a"],
     ["note volume-attached", "ATTACHED to n-a", "n-a"],
   ] as const)("crash before %s: the next sweep leaves it %s", async (step, _ends, owner) => {
     const name = fresh("a");
@@ -257,6 +302,7 @@ describe("detach", () => {
   const STEPS = [
     "claim",
     "bump-generation detached",
+    "ring detached",
     "drop-lease 0",
     "drop-lease 1",
     "mark-detached",
@@ -274,17 +320,22 @@ describe("detach", () => {
   it("goes through exactly these steps", async () => {
     const name = await attached();
     const before = await generation("n-a");
+    // Its agent wrote the row last: a ring found there is this detach's.
+    await heartbeat("n-a");
     const run = crashBefore("");
     await detachVolume(run.cp, name);
     expect(ordered(run.seen)).toEqual(STEPS);
     await expectSettled(name, null);
     expect(await generation("n-a")).toBe(before + 1);
+    expect(await livenessWriter("n-a")).toBe("ring");
   });
 
   it.each([
     ["claim", "ATTACHED to n-a", "n-a"],
     // The sweep finishing the detach bumps the generation the crash left unbumped.
     ["bump-generation detached", "DETACHED", null],
+    // Bumped but not rung: the agent learns of it at its next full fetch.
+    ["ring detached", "DETACHED", null],
     ["drop-lease 0", "DETACHED", null],
     ["drop-lease 1", "DETACHED", null],
     ["mark-detached", "DETACHED", null],
@@ -299,10 +350,12 @@ describe("detach", () => {
 });
 
 /**
- * A volume attached to a node of its own that then goes silent: the sweep
- * that finds the node LOST fences the volume and fails it over (to n-b, its
- * preferred node) or, with manual failover, detaches it. That sweep also
- * marks the node SUSPECT then LOST, so the crash may hit those steps too.
+ * A volume attached to a node of its own whose agent then dies: the node
+ * stays silent past suspectAfter while the witnesses beat. The next sweep
+ * finds it SUSPECT, takes its second look at the deadline and finds it
+ * LOST, then fences the volume and fails it over (to n-b, its preferred
+ * node) or, with manual failover, detaches it; so the crash may hit the
+ * node's notes too.
  */
 async function orphanedVolume(spec: Record<string, unknown>): Promise<string> {
   const name = fresh("f");
@@ -311,7 +364,9 @@ async function orphanedVolume(spec: Record<string, unknown>): Promise<string> {
   await heartbeat(...ALIVE);
   await createVolume(name, spec);
   await attachByApi(name, src);
-  nowMs += POLICY.lostAfterMs + 5_000;
+  // Its agent's last beat, after the attach rang its row.
+  await heartbeat(src);
+  nowMs += POLICY.suspectAfterMs + 5_000;
   await heartbeat(...ALIVE);
   return name;
 }
@@ -319,11 +374,13 @@ async function orphanedVolume(spec: Record<string, unknown>): Promise<string> {
 describe("fence and automatic failover", () => {
   const SPEC = { preferredNodes: ["n-b"] };
   const STEPS = [
-    // The node's own moves (SUSPECT, LOST) are single writes; only their events are steps.
+    // The node's own moves are single writes; only their events are steps. SUSPECT at the
+    // pass's first look, LOST at its second.
     "note node-suspect",
     "note node-lost",
     "mark-fencing",
     "bump-generation fenced",
+    "ring fenced",
     "note volume-fenced",
     "drop-lease 0",
     "drop-lease 1",
@@ -332,6 +389,7 @@ describe("fence and automatic failover", () => {
     "take-lease 1",
     "mark-attached",
     "bump-generation attached",
+    "ring attached",
     "note volume-failed-over",
     // The second replica: its writer was lost (fence.ts withWriterLost).
     "note replica-offline",
@@ -342,13 +400,15 @@ describe("fence and automatic failover", () => {
     const src = (await record(name)).status.ownerNode!;
     const [fromBefore, toBefore] = [await generation(src), await generation("n-b")];
     const run = crashBefore("");
-    const report = await sweep(run.cp, POLICY);
-    expect(report.failedOver).toEqual([name]);
+    const report = await sweepBy(run.cp);
+    expect(report).toMatchObject({ suspect: [src], lost: [src], failedOver: [name] });
     expect(ordered(run.seen)).toEqual(STEPS);
     expect(run.reported).toEqual([]);
     await expectSettled(name, "n-b");
     expect(await generation(src)).toBe(fromBefore + 1);
     expect(await generation("n-b")).toBe(toBefore + 1);
+    expect(await livenessWriter(src)).toBe("ring");
+    expect(await livenessWriter("n-b")).toBe("ring");
 
     // The lost writer may have left writes on one replica only: the second is resynced from the
     // first in full, at once, and its pool is not held to blame.
@@ -371,7 +431,7 @@ describe("fence and automatic failover", () => {
   it.each(STEPS)("crash before %s: the next sweep leaves it ATTACHED to n-b", async (step) => {
     const name = await orphanedVolume(SPEC);
     const crash = crashBefore(step);
-    const report = await sweep(crash.cp, POLICY);
+    const report = await sweepBy(crash.cp);
     expectCrashed(crash, step);
     expect(crash.reported.length).toBeGreaterThan(0);
     expect(report.failedOver).toEqual([]);
@@ -383,11 +443,13 @@ describe("fence and automatic failover", () => {
 describe("fence with manual failover", () => {
   const SPEC = { failover: "manual" };
   const STEPS = [
-    // The node's own moves (SUSPECT, LOST) are single writes; only their events are steps.
+    // The node's own moves are single writes; only their events are steps. SUSPECT at the
+    // pass's first look, LOST at its second.
     "note node-suspect",
     "note node-lost",
     "mark-fencing",
     "bump-generation fenced",
+    "ring fenced",
     "note volume-fenced",
     "drop-lease 0",
     "drop-lease 1",
@@ -399,9 +461,10 @@ describe("fence with manual failover", () => {
 
   it("goes through exactly these steps", async () => {
     const name = await orphanedVolume(SPEC);
+    const src = (await record(name)).status.ownerNode!;
     const run = crashBefore("");
-    const report = await sweep(run.cp, POLICY);
-    expect(report.detached).toEqual([name]);
+    const report = await sweepBy(run.cp);
+    expect(report).toMatchObject({ suspect: [src], lost: [src], detached: [name] });
     expect(ordered(run.seen)).toEqual(STEPS);
     await expectSettled(name, null);
   });
@@ -409,7 +472,7 @@ describe("fence with manual failover", () => {
   it.each(STEPS)("crash before %s: the next sweep leaves it DETACHED", async (step) => {
     const name = await orphanedVolume(SPEC);
     const crash = crashBefore(step);
-    const report = await sweep(crash.cp, POLICY);
+    const report = await sweepBy(crash.cp);
     expectCrashed(crash, step);
     expect(crash.reported.length).toBeGreaterThan(0);
     expect(report.detached).toEqual([]);
@@ -432,10 +495,11 @@ describe("failover owed after an interrupted failover attach", () => {
     await heartbeat(...ALIVE, spare);
     await createVolume(name, { requiredNodes: [src, spare] });
     await attachByApi(name, src);
-    nowMs += POLICY.lostAfterMs + 5_000;
+    await heartbeat(src);
+    nowMs += POLICY.suspectAfterMs + 5_000;
     await heartbeat(...ALIVE, spare);
     const crash = crashBefore("take-lease 0");
-    await sweep(crash.cp, POLICY);
+    expect((await sweepBy(crash.cp)).lost).toContain(src);
     expectCrashed(crash, "take-lease 0");
     expect((await record(name)).status).toMatchObject({
       state: "ATTACHING",

@@ -1,8 +1,10 @@
 /**
  * The sweeper over Azurite with a fake clock: silent nodes become SUSPECT
- * then LOST, a lost node's volumes are fenced by the storage service and
- * fail over where their placement rules allow, interrupted attaches are
- * rolled back, and a second pass finds nothing to do.
+ * then, still silent at their deadline, LOST in the same pass, a lost
+ * node's volumes are fenced by the storage service and fail over where
+ * their placement rules allow, interrupted attaches are rolled back, and a
+ * second pass finds nothing to do. A witness node beats before every pass
+ * that judges: without a beat from anyone, nobody is judged.
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,31 +14,53 @@ import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
 import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
-import { listEvents } from "../../../functions/registry/events.ts";
+import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
-const POLICY: SweepPolicy = { suspectAfterMs: 15_000, lostAfterMs: 45_000, stuckAfterMs: 60_000 };
+const POLICY: SweepPolicy = {
+  heartbeatIntervalMs: 5_000,
+  suspectAfterMs: 15_000,
+  lostAfterMs: 45_000,
+  sweepIntervalMs: 60_000,
+  stuckAfterMs: 60_000,
+};
 let fx: ControlPlaneFixture;
-let nowMs = Date.now();
+// Ahead of the real time, so that what beats claim counts (registry/liveness.ts `lastBeatOf`).
+let nowMs = Date.now() + 60_000;
 let token: IssuedToken;
 const { join, heartbeat } = agentNodes(
   () => fx,
   () => token.token,
+  () => new Date(nowMs),
 );
 const reported: unknown[] = [];
+/** What happens while the pass waits for its second look; the clock always moves. */
+let duringWait: () => Promise<void> = async () => {};
 
-const pass = (): Promise<SweepReport> =>
-  sweep(
+const horizon = () => ({ now: new Date(nowMs), retentionDays: DEFAULT_EVENT_RETENTION_DAYS });
+
+/** The witness beats, then one pass; its second look moves the fake clock. */
+async function pass(): Promise<SweepReport> {
+  await heartbeat("witness");
+  return sweep(
     controlPlane({
       registry: fx.registry,
       now: () => new Date(nowMs),
       report: (e) => reported.push(e),
     }),
     POLICY,
+    {
+      wait: async (ms) => {
+        nowMs += ms;
+        await heartbeat("witness");
+        await duringWait();
+      },
+    },
   );
+}
 
 async function node(name: string): Promise<Node> {
   return jsonOf<Node>(await fx.call("GET", `/api/v1/nodes/${name}`), 200);
@@ -82,28 +106,46 @@ beforeAll(async () => {
   fx = await startControlPlane({ now: () => new Date(nowMs) });
   await fx.addPool("p1");
   token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
+  await join("witness");
+  // The first pass only starts watching: silence counts from it.
+  expect((await pass()).path).toBe("first pass: silence counts from now");
 });
 afterAll(() => fx?.dispose());
 
 describe("node health", () => {
-  it("READY -> SUSPECT after suspectAfter -> LOST after lostAfter; a heartbeat makes it READY", async () => {
+  it("READY -> SUSPECT after suspectAfter -> LOST at its deadline, in one pass; a heartbeat makes it READY", async () => {
     await join("vm-h");
-    nowMs += 14_000;
-    expect((await pass()).suspect).not.toContain("vm-h");
-    nowMs += 1_000;
-    expect((await pass()).suspect).toContain("vm-h");
-    expect((await node("vm-h")).state).toBe("SUSPECT");
-    expect((await pass()).suspect).not.toContain("vm-h");
-    nowMs += 30_000;
-    expect((await pass()).lost).toContain("vm-h");
+    // Not yet a beat and a half late: not even watched.
+    nowMs += 7_000;
+    expect(await pass()).toEqual(NOTHING_SWEPT);
+    nowMs += 8_000;
+    const report = await pass();
+    expect(report.suspect).toContain("vm-h");
+    expect(report.lost).toContain("vm-h");
     expect((await node("vm-h")).state).toBe("LOST");
     nowMs += 1_000;
     await heartbeat("vm-h");
+    expect((await pass()).ready).toEqual(["vm-h"]);
     expect((await node("vm-h")).state).toBe("READY");
-    const types = (await listEvents(fx.registry, { node: "vm-h" }, { limit: 10 })).items.map(
-      (e) => e.type,
-    );
+    const page = await listEvents(fx.registry, { node: "vm-h" }, { limit: 10 }, horizon());
+    const types = page.items.map((e) => e.type);
     expect(types).toEqual(["node-ready", "node-lost", "node-suspect", "node-joined"]);
+  });
+
+  it("keeps a suspect that beats before its deadline: SUSPECT, then READY within the pass", async () => {
+    await join("vm-s");
+    nowMs += 20_000;
+    await heartbeat("vm-h");
+    duringWait = () => heartbeat("vm-s");
+    try {
+      const report = await pass();
+      expect(report.suspect).toEqual(["vm-s"]);
+      expect(report.lost).toEqual([]);
+      expect(report.ready).toEqual(["vm-s"]);
+    } finally {
+      duringWait = async () => {};
+    }
+    expect((await node("vm-s")).state).toBe("READY");
   });
 
   it("a node silent past lostAfter in one pass goes through SUSPECT to LOST", async () => {
@@ -113,6 +155,23 @@ describe("node health", () => {
     expect(report.suspect).toContain("vm-q");
     expect(report.lost).toContain("vm-q");
     expect((await node("vm-q")).state).toBe("LOST");
+  });
+
+  it("judges nobody when no node beats: the path, not every node, is down", async () => {
+    await join("vm-p");
+    await heartbeat("vm-p");
+    nowMs += 50_000;
+    // No witness this time: a direct pass.
+    const report = await sweep(
+      controlPlane({ registry: fx.registry, now: () => new Date(nowMs), report: (e) => reported.push(e) }),
+      POLICY,
+    );
+    expect(report.lost).toEqual([]);
+    expect(report.path).toMatch(/no heartbeat from any node/);
+    expect((await node("vm-p")).state).toBe("READY");
+    // Beats flow again: silence counts from this pass, so vm-p is not LOST at once.
+    await heartbeat("vm-p");
+    expect((await pass()).path).toBe("heartbeats flow again: silence counts from now");
   });
 });
 
@@ -135,7 +194,7 @@ describe("fencing and failover", () => {
     // Everyone but src keeps beating; src goes silent.
     for (let t = 0; t < 5; t++) {
       nowMs += 10_000;
-      await heartbeat("n-a", "n-b", "n-c", "vm-h");
+      await heartbeat("n-a", "n-b", "n-c", "vm-p");
     }
     report = await pass();
   });
@@ -151,7 +210,8 @@ describe("fencing and failover", () => {
       waiting: ["v-pinned"],
     });
     expect((await node("src")).state).toBe("LOST");
-    const first = await listEvents(fx.registry, { type: "volume-fenced" }, { limit: 10 });
+    const fenced = { type: "volume-fenced" };
+    const first = await listEvents(fx.registry, fenced, { limit: 10 }, horizon());
     expect(first.items.map((e) => e.volume).sort()).toEqual(["v-auto", "v-manual", "v-pinned"]);
   });
 
@@ -182,6 +242,7 @@ describe("fencing and failover", () => {
     expect(await writeStatus(replicaBlob(v), pinned.leaseId)).toBe(412);
     await heartbeat("src");
     const next = await pass();
+    expect(next.ready).toEqual(["src"]);
     expect(next.failedOver).toEqual(["v-pinned"]);
     const after = await volume("v-pinned");
     expect(after.status).toMatchObject({
@@ -200,7 +261,7 @@ describe("fencing and failover", () => {
 
 describe("interrupted steps", () => {
   it("rolls back an attach left ATTACHING by a crash, once stuck, and drops its lease", async () => {
-    await heartbeat("n-a", "n-b", "n-c", "src", "vm-h");
+    await heartbeat("n-a", "n-b", "n-c", "src", "vm-p");
     const res = await fx.call("POST", "/api/v1/volumes", { name: "v-crash", sizeBytes: 4096 });
     expect(res.status).toBe(201);
     // The claim of attach step 1 and the lease of step 2, then a crash before step 3.
@@ -220,10 +281,10 @@ describe("interrupted steps", () => {
     await blob.getBlobLeaseClient(leaseId).acquireLease(-1);
 
     nowMs += 30_000;
-    await heartbeat("n-a", "n-b", "n-c", "src", "vm-h");
+    await heartbeat("n-a", "n-b", "n-c", "src", "vm-p");
     expect((await pass()).recovered).toEqual([]);
     nowMs += 30_000;
-    await heartbeat("n-a", "n-b", "n-c", "src", "vm-h");
+    await heartbeat("n-a", "n-b", "n-c", "src", "vm-p");
     expect((await pass()).recovered).toEqual(["v-crash"]);
     expect((await volume("v-crash")).status).toMatchObject({ state: "DETACHED", ownerNode: null });
     expect((await blob.getProperties()).leaseState).not.toBe("leased");

@@ -21,6 +21,8 @@ import type { IssuedToken } from "../../../contract/token.ts";
 import type { Replica, Volume } from "../../../contract/volume.ts";
 import { openPageBlob } from "../../../agent/pageblob/connect.ts";
 import { isStorageError } from "../../../agent/pageblob/errors.ts";
+import { pruneEvents } from "../../../functions/registry/event-retention.ts";
+import { listEvents, recordEvent } from "../../../functions/registry/events.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { openRegistry } from "../../../functions/registry/tables.ts";
 import { restCode, restStatus } from "../../../functions/rest-error.ts";
@@ -54,6 +56,8 @@ beforeAll(async () => {
   identity = testIdentity();
   const settings = settingsFrom({
     PAGEDISK_REGISTRY_ACCOUNT_URL: azurite.tableEndpoint,
+    // The one account key of a deployment: the liveness table's (Table SAS need it).
+    PAGEDISK_LIVENESS_CONNECTION_STRING: azurite.connectionString,
     PAGEDISK_ADMIN_KEY: ADMIN_KEY,
   });
   runtime = await openRuntime(settings, {
@@ -84,16 +88,22 @@ describe("managed identity", () => {
   it("opens the registry with the token credential: tables made, rows written and read", async () => {
     expect(identity.requestedScopes.length).toBeGreaterThan(0);
     expect(identity.requestedScopes.flat()).toContain("https://storage.azure.com/.default");
-    const row = { partitionKey: "probe", rowKey: "1", note: "written under a token" };
-    await runtime.cp.registry.events.createEntity(row);
-    expect(await runtime.cp.registry.events.getEntity("probe", "1")).toMatchObject(row);
-    await runtime.cp.registry.events.deleteEntity("probe", "1");
+    // An event of a day long past makes that day's table, is listed, and the table is pruned.
+    const { registry } = runtime.cp;
+    const at = new Date(Date.UTC(2020, 5, 1, 12));
+    const probe = { type: "probe", message: "written under a token" };
+    const event = await recordEvent(registry, at, probe);
+    const horizon = { now: at, retentionDays: 1 };
+    const page = await listEvents(registry, { type: "probe" }, { limit: 5 }, horizon);
+    expect(page.items).toEqual([event]);
+    const twoDaysLater = new Date(at.getTime() + 2 * 86_400_000);
+    expect(await pruneEvents(registry, twoDaysLater, 1)).toEqual(["events20200601"]);
   });
 
   it("the registry's account refuses a token Azurite cannot accept", async () => {
     const err = await openRegistry(
       { tableUrl: azurite.tableEndpoint!, credential: expiredIdentity() },
-      { prefix: "expired" },
+      { prefix: "expired", liveness: azurite.connectionString },
     ).then(
       () => undefined,
       (e: unknown) => e,

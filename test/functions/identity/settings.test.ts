@@ -7,13 +7,27 @@ import { describe, expect, it } from "vitest";
 import { settingsFrom } from "../../../functions/settings.ts";
 
 const CS = "UseDevelopmentStorage=true";
+/** With the registry under the identity, the liveness table's account is named apart. */
+const LIVENESS = { PAGEDISK_LIVENESS_CONNECTION_STRING: "AccountName=live;AccountKey=a2V5" };
 
 describe("registry account settings", () => {
   it("takes PAGEDISK_REGISTRY_ACCOUNT_URL as a Table endpoint reached with the identity", () => {
     expect(
-      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net/" })
+      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net/", ...LIVENESS })
         .registry,
     ).toEqual({ tableUrl: "https://acct.table.core.windows.net" });
+  });
+
+  it("needs the liveness account's connection string when the registry is reached with the identity", () => {
+    expect(() =>
+      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net" }),
+    ).toThrow(/PAGEDISK_LIVENESS_CONNECTION_STRING/);
+    expect(
+      settingsFrom({ PAGEDISK_REGISTRY_ACCOUNT_URL: "https://acct.table.core.windows.net", ...LIVENESS })
+        .livenessConnectionString,
+    ).toBe(LIVENESS.PAGEDISK_LIVENESS_CONNECTION_STRING);
+    // By connection string, the registry's account holds the liveness table too.
+    expect(settingsFrom({ AzureWebJobsStorage: CS }).livenessConnectionString).toBeUndefined();
   });
 
   it("keeps connection strings, PAGEDISK_REGISTRY_CONNECTION_STRING before AzureWebJobsStorage", () => {
@@ -24,13 +38,14 @@ describe("registry account settings", () => {
   });
 
   it("accepts the Functions host's identity-based AzureWebJobsStorage forms", () => {
-    expect(settingsFrom({ AzureWebJobsStorage__accountName: "fnstore01" }).registry).toEqual({
+    expect(settingsFrom({ AzureWebJobsStorage__accountName: "fnstore01", ...LIVENESS }).registry).toEqual({
       tableUrl: "https://fnstore01.table.core.windows.net",
     });
     expect(
       settingsFrom({
         AzureWebJobsStorage__tableServiceUri: "https://other.table.core.windows.net",
         AzureWebJobsStorage__accountName: "fnstore01",
+        ...LIVENESS,
       }).registry,
     ).toEqual({ tableUrl: "https://other.table.core.windows.net" });
   });
@@ -95,6 +110,27 @@ describe("repair and reconciliation settings", () => {
     ]) {
       expect(() => settingsFrom({ ...base, [name]: "1.5" })).toThrow(name);
       expect(() => settingsFrom({ ...base, [name]: "0" })).toThrow(name);
+    }
+  });
+});
+
+describe("event retention setting", () => {
+  const base = { PAGEDISK_REGISTRY_CONNECTION_STRING: "UseDevelopmentStorage=true" };
+
+  it("is 30 days unless PAGEDISK_EVENT_RETENTION_DAYS says otherwise", () => {
+    const days = (text?: string) =>
+      settingsFrom({ ...base, PAGEDISK_EVENT_RETENTION_DAYS: text }).eventRetentionDays;
+    expect(days(undefined)).toBe(30);
+    expect(days("")).toBe(30);
+    expect(days("7")).toBe(7);
+    expect(days("1")).toBe(1);
+  });
+
+  it("refuses anything but a whole number of days, at least one", () => {
+    for (const bad of ["0", "-3", "1.5", "30d", "x"]) {
+      expect(() => settingsFrom({ ...base, PAGEDISK_EVENT_RETENTION_DAYS: bad })).toThrow(
+        `PAGEDISK_EVENT_RETENTION_DAYS must be a whole number of days, at least 1, got ${bad}`,
+      );
     }
   });
 });

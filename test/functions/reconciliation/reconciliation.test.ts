@@ -66,10 +66,9 @@ async function containers() {
   return (await fx.snapshot()).containers;
 }
 
+/** Events as the app under test lists them: on its clock, which recorded them. */
 async function eventsOf(type: string) {
-  return (
-    await jsonOf<EventPage>(await fx.call("GET", `/api/v1/events?type=${type}&limit=500`), 200)
-  ).items;
+  return (await jsonOf<EventPage>(await call("GET", `/events?type=${type}&limit=500`), 200)).items;
 }
 
 async function createVolume(name: string, body: Record<string, unknown>): Promise<Volume> {

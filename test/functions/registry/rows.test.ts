@@ -208,7 +208,7 @@ describe("records", () => {
       volumes: [{ volume: "v1", epoch: 3, state: "SERVING" as const, replicas: [] }],
       credentialSha256: "0".repeat(64),
       joinedAt: "2025-01-01T00:00:00.000Z",
-      lastHeartbeatAt: null,
+      lastReportAt: null,
     };
     const etag = await table.insert(n);
     expect(await table.get("vm-1.internal")).toEqual({ value: n, etag });

@@ -20,9 +20,7 @@ import type { DesiredState } from "../../../contract/node.ts";
 import type { Pool } from "../../../contract/pool.ts";
 import { REPLICAS_DIVERGED, WRITER_LOST } from "../../../contract/signals.ts";
 import type { Replica } from "../../../contract/volume.ts";
-import { desiredState } from "../../../functions/arbiter/desired-state.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
-import { nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { COPY_STOPPED } from "../../../functions/health/repair-detached.ts";
@@ -311,8 +309,7 @@ describe("a writer reporting that its last writes reached some replicas only", (
     data: { epoch },
   });
   // What the node's agent fetches (GET .../desired, which takes the node's own credential).
-  const desiredOf = async (node: string): Promise<DesiredState> =>
-    desiredState(w.cp(), (await nodes(w.fx.registry).get(node))!.value);
+  const desiredOf = (node: string): Promise<DesiredState> => w.desired(node);
 
   it("is heard only from the node that wrote the volume at that epoch", async () => {
     await w.create("v-x", { pools: ["pa", "pc"] });
@@ -327,6 +324,21 @@ describe("a writer reporting that its last writes reached some replicas only", (
     expect((await table.get("v-x"))!.etag).toBe(before!.etag);
     expect(await w.events("v-x", REPLICAS_DIVERGED)).toHaveLength(2);
     expect(w.reported).toEqual([]);
+  });
+
+  it("is heard from a writer attached longer ago than the events are kept: the record remembers it", async () => {
+    await w.create("v-old", { pools: ["pa", "pc"] });
+    await w.attach("v-old", "n-a");
+    await w.pass();
+    const epoch = (await w.record("v-old")).status.epoch;
+    expect((await w.record("v-old")).status.writers).toEqual([{ node: "n-a", epoch }]);
+    // Forty days on, the attach event is past the retention and no longer listed.
+    w.clock.ms += 40 * 86_400_000;
+    await w.pass();
+    expect(await w.events("v-old", "volume-attached")).toEqual([]);
+    await w.report("n-a", [], [diverged("v-old", epoch)]);
+    expect((await w.record("v-old")).status.replicas[1]).toMatchObject({ state: "OFFLINE", stale: true });
+    await detach("v-old");
   });
 
   it("for an attached volume: the second replica OFFLINE and its writer told it is stale, for a full copy", async () => {

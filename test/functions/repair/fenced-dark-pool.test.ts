@@ -9,9 +9,7 @@
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { desiredState } from "../../../functions/arbiter/desired-state.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
-import { nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import type { VolumeRecord } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
@@ -81,7 +79,7 @@ describe("fencing with one replica's pool dark", () => {
     expect(await writeStatus(blobOf(v, "pb"), v.leaseId!)).toBe(412);
 
     // n-b is told of pb as OFFLINE: neither written nor read.
-    const told = await desiredState(w.cp(), (await nodes(w.fx.registry).get("n-b"))!.value);
+    const told = await w.desired("n-b");
     const seen = told.attachments.find((a) => a.volume === "v-f")!.replicas;
     expect(seen.map((r) => [r.id, r.state])).toEqual([
       [v.status.replicas[0]!.id, "ONLINE"],

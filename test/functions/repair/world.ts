@@ -3,20 +3,20 @@
  * `pa`, `pc` reached directly and `pb` through a fault proxy (the first
  * two-replica volume of a world lands on `pa` and `pb`: equal pools are
  * chosen by name) (its outage
- * is the proxy cutting connections), one node that heartbeats through the
- * API as its agent would, and a sweeper on the same stepped clock.
+ * is the proxy cutting connections), nodes that beat and report as their
+ * agents would (../agents.ts), and a sweeper on the same stepped clock.
  */
-import { expect } from "vitest";
 import type { Event } from "../../../contract/event.ts";
-import type { JoinResponse, ReportedEvent, VolumeReport } from "../../../contract/node.ts";
+import type { DesiredState, ReportedEvent, VolumeReport } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { type ControlPlane, controlPlane, type Faults } from "../../../functions/control-plane.ts";
 import type { RepairPolicy } from "../../../functions/health/repair-policy.ts";
 import { type SweepPolicy, sweep } from "../../../functions/health/sweep.ts";
-import { listEvents } from "../../../functions/registry/events.ts";
+import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
+import { agentNodes } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 export const REPAIR: RepairPolicy = {
@@ -26,10 +26,16 @@ export const REPAIR: RepairPolicy = {
   probeTimeoutMs: 3_000,
   reportGraceMs: 5_000,
 };
-/** Nodes heartbeat before every sweep here; they are never judged silent. */
+/**
+ * Nodes beat before every sweep here; they are never judged silent unless
+ * silenced. The clock jumps minutes between passes, so passes are an hour
+ * apart as far as the judge's sweeper-gap rule goes.
+ */
 export const POLICY: SweepPolicy = {
+  heartbeatIntervalMs: 60_000,
   suspectAfterMs: 3_600_000,
   lostAfterMs: 7_200_000,
+  sweepIntervalMs: 3_600_000,
   stuckAfterMs: 60_000,
   repair: REPAIR,
 };
@@ -41,13 +47,15 @@ export interface World {
   clock: { ms: number };
   reported: unknown[];
   cp(faults?: Faults): ControlPlane;
-  /** One sweep pass, after a heartbeat of every node with its last reports. */
+  /** One sweep pass, after a beat and a report (its last volumes) of every node. */
   pass(faults?: Faults): Promise<void>;
   join(node: string): Promise<void>;
-  /** `node` stops heartbeating (its agent died): later passes leave it silent. */
+  /** `node` stops beating and reporting (its agent died): later passes leave it silent. */
   silence(node: string): void;
-  /** Heartbeat `node` with these volume reports (kept for the next passes) and, once, these events. */
+  /** Report `node`'s volumes (kept for the next passes) and, once, these events. */
   report(node: string, volumes: VolumeReport[], events?: ReportedEvent[]): Promise<void>;
+  /** What `node`'s agent fetches as its desired state. */
+  desired(node: string): Promise<DesiredState>;
   create(name: string, spec?: Record<string, unknown>): Promise<Volume>;
   attach(name: string, node: string): Promise<void>;
   record(name: string): Promise<VolumeRecord>;
@@ -56,7 +64,9 @@ export interface World {
 }
 
 export async function startWorld(): Promise<World> {
-  const clock = { ms: Date.UTC(2025, 0, 1) };
+  // A minute ahead of the real time, so that the time beats claim always counts over the
+  // service's own stamp of them (registry/liveness.ts `lastBeatOf`) as the real time goes by.
+  const clock = { ms: Date.now() + 60_000 };
   const fx = await startControlPlane({ now: () => new Date(clock.ms) });
   const proxy = await startFaultProxy(fx.azurite.blobEndpoint);
   const viaProxy = fx.connectionString.replace(
@@ -74,7 +84,11 @@ export async function startWorld(): Promise<World> {
   );
   await fx.addPool("pc", "pc-disks");
   const token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
-  const credentials = new Map<string, string>();
+  const agents = agentNodes(
+    () => fx,
+    () => token.token,
+    () => new Date(clock.ms),
+  );
   const lastReports = new Map<string, VolumeReport[]>();
   const reported: unknown[] = [];
 
@@ -88,15 +102,7 @@ export async function startWorld(): Promise<World> {
 
   async function report(node: string, reports: VolumeReport[], events: ReportedEvent[] = []): Promise<void> {
     lastReports.set(node, reports);
-    const res = await fx.app.request(`/api/v1/nodes/${node}/heartbeat`, {
-      method: "POST",
-      headers: {
-        authorization: `Bearer ${credentials.get(node)}`,
-        "content-type": "application/json",
-      },
-      body: JSON.stringify({ volumes: reports, events }),
-    });
-    expect(res.status, await res.clone().text()).toBe(200);
+    await agents.report(node, { volumes: reports, events });
   }
 
   return {
@@ -106,18 +112,17 @@ export async function startWorld(): Promise<World> {
     reported,
     cp,
     async pass(faults) {
-      for (const [node, reports] of lastReports) await report(node, reports);
+      for (const [node, reports] of lastReports) {
+        await agents.heartbeat(node);
+        await report(node, reports);
+      }
       await sweep(cp(faults), POLICY);
     },
     async join(node) {
-      const res = await fx.app.request("/api/v1/nodes/join", {
-        method: "POST",
-        headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
-        body: JSON.stringify({ name: node }),
-      });
-      credentials.set(node, (await jsonOf<JoinResponse>(res, 201)).credential);
+      await agents.join(node);
       lastReports.set(node, []);
     },
+    desired: (node) => agents.desired(node),
     silence(node) {
       lastReports.delete(node);
     },
@@ -140,7 +145,8 @@ export async function startWorld(): Promise<World> {
       return (await volumes(fx.registry).get(name))!.value;
     },
     async events(volume, type) {
-      return (await listEvents(fx.registry, { volume, type }, { limit: 100 })).items;
+      const horizon = { now: new Date(clock.ms), retentionDays: DEFAULT_EVENT_RETENTION_DAYS };
+      return (await listEvents(fx.registry, { volume, type }, { limit: 100 }, horizon)).items;
     },
     async dispose() {
       await proxy.close();

@@ -1,16 +1,10 @@
 /**
- * In-process wake-ups for held desired-state requests: a bump of a node's
- * generation made by this process wakes, at once, the requests of that node
- * waiting in this process. Bumps made by other Functions instances are not
- * seen here; the waiting request finds those by re-reading the node row.
+ * Waiting for a node's next report: a detach waits for the volume's owner
+ * to say it has drained it (detach-drain.ts). A report recorded by this
+ * process wakes the waiters of that node at once; one recorded by another
+ * Functions instance is found by re-reading the node row every so often.
  *
- * The same kind of wake-up serves a detach waiting for its volume's owner
- * to drain (detach-drain.ts): `heartbeatsRecorded` is notified by every
- * heartbeat this process records.
- *
- * One set of waiters per registry object. The app and the timers of one
- * host share their registry (runtime.ts), so a failover by this host's
- * sweeper wakes the agents' held requests; apps built over other registry
+ * One set of waiters per registry object: apps built over other registry
  * objects (tests build several in one process) never wake each other's.
  */
 import type { ControlPlane } from "../control-plane.ts";
@@ -26,24 +20,14 @@ export interface NodeWakeups {
   waiting(node: string): number;
 }
 
-const changesByRegistry = new WeakMap<Registry, NodeWakeups>();
-const heartbeatsByRegistry = new WeakMap<Registry, NodeWakeups>();
+const reportsByRegistry = new WeakMap<Registry, NodeWakeups>();
 
-/** The desired-state waiters of `registry`, made on first use. */
-export function desiredChanges(registry: Registry): NodeWakeups {
-  return wakeupsOf(changesByRegistry, registry);
-}
-
-/** Waiters woken by every heartbeat of a node recorded in this process, made on first use. */
-export function heartbeatsRecorded(registry: Registry): NodeWakeups {
-  return wakeupsOf(heartbeatsByRegistry, registry);
-}
-
-function wakeupsOf(all: WeakMap<Registry, NodeWakeups>, registry: Registry): NodeWakeups {
-  let wakeups = all.get(registry);
+/** Waiters woken by every report of a node recorded in this process, made on first use. */
+export function reportsRecorded(registry: Registry): NodeWakeups {
+  let wakeups = reportsByRegistry.get(registry);
   if (!wakeups) {
     wakeups = newWakeups();
-    all.set(registry, wakeups);
+    reportsByRegistry.set(registry, wakeups);
   }
   return wakeups;
 }

@@ -1,0 +1,320 @@
+/**
+ * The serverless section of `npm run bench`: what the control plane costs
+ * on Flex Consumption, built from what a run counts.
+ *
+ * 1. Idle agents: `IDLE_NODES` real agent processes, each serving a
+ *    volume, left alone for `IDLE_SECONDS` at the default settings. Counted
+ *    from outside: requests to the Functions API and the seconds they were
+ *    open (a timing proxy in front of it), Table transactions (counting
+ *    proxies in front of the registry's and the liveness table's
+ *    endpoints). The sweeper is off meanwhile: its cost is measured in 2.
+ *    A report and a desired-state fetch, which an idle agent sends only
+ *    every 10 and 30 minutes (agent/control/report-loop.ts,
+ *    liveness-loop.ts), are measured one by one and priced at that pace.
+ * 2. The sweeper: one pass over 3, 100, 1,000 and 10,000 simulated nodes
+ *    beating at the default settings (test/scale/fleet.ts: real Azurite
+ *    tables, the real sweeper, virtual time), its Table transactions and
+ *    its time, on the passes that found nothing to do.
+ * 3. The monthly bill at 3, 100, 1,000 and 10,000 nodes
+ *    (bench/cost-model.ts, prices in bench/prices.json), at the Bicep
+ *    template's settings: 512 MB instances, eight passes a minute.
+ *
+ * Env: PAGEDISK_BENCH_IDLE_SECONDS (default 60), PAGEDISK_BENCH_IDLE_NODES
+ * (3), PAGEDISK_BENCH_SCALE (3,100,1000,10000).
+ */
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { createServer, request as httpRequest } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ApiClient } from "../agent/control/api-client.ts";
+import { REFRESH_MS as FETCH_EVERY_MS } from "../agent/control/liveness-loop.ts";
+import { REFRESH_MS as REPORT_EVERY_MS } from "../agent/control/report-loop.ts";
+import type { DesiredState, NodeReport } from "../contract/node.ts";
+import { DEFAULT_SWEEP_POLICY, SWEEP_SCHEDULE } from "../functions/health/sweep.ts";
+import { startLocalControlPlane } from "../functions/local.ts";
+import { type AgentProcess, startAgent } from "../test/control/agent-process.ts";
+import { startAzurite } from "../test/harness/azurite.ts";
+import { startFaultProxy } from "../test/harness/fault-proxy.ts";
+import { startFleet } from "../test/scale/fleet.ts";
+import { costTable, formatCostTable, type MeasuredCounts } from "./cost-model.ts";
+import { ms, percentile, sectionRows, type TextRow } from "./rows.ts";
+
+const IDLE_SECONDS = Number(process.env.PAGEDISK_BENCH_IDLE_SECONDS ?? 60);
+const IDLE_NODES = Number(process.env.PAGEDISK_BENCH_IDLE_NODES ?? 3);
+const SCALE = (process.env.PAGEDISK_BENCH_SCALE ?? "3,100,1000,10000").split(",").map(Number);
+const SECTION = "serverless (Azurite)";
+/** Targets of an idle agent, per node-minute. */
+const REQUESTS_TARGET = 6;
+const EXECUTION_SECONDS_TARGET = 1;
+/** Samples of a report and of a fetch. */
+const SAMPLES = 20;
+
+const { atMost, reported } = sectionRows(SECTION);
+
+export interface ServerlessResult {
+  rows: TextRow[];
+  /** The bill, as a Markdown table. */
+  costs: string;
+}
+
+export async function serverlessSection(): Promise<ServerlessResult> {
+  const rows: TextRow[] = [];
+  const idle = await idleAgents(rows);
+  const sweeps = await sweeperScaling(rows);
+  const passesPerMinute = SWEEP_SCHEDULE.split(" ")[0]!.split(",").length;
+  const counts: MeasuredCounts = {
+    perNodeMinute: {
+      httpExecutions: idle.requestsPerNodeMinute,
+      httpExecutionSeconds: idle.secondsPerNodeMinute,
+      tableTransactions: idle.tablePerNodeMinute,
+      blob: {},
+    },
+    perSweepPass: {
+      seconds: sweeps.map((s) => ({ nodes: s.nodes, seconds: s.ms / 1000 })),
+      tableTransactions: sweeps.map((s) => ({ nodes: s.nodes, transactions: s.transactions })),
+      // One probe of the (one) pool a pass: Get Container Properties, an "other" operation.
+      blob: { other: 1 },
+    },
+  };
+  const bill = costTable(counts, {
+    instanceMemoryMB: 512,
+    sweepPassesPerMinute: passesPerMinute,
+    applyFreeGrant: true,
+  });
+  for (const b of bill) {
+    rows.push(
+      reported(
+        `cost at ${b.nodes.toLocaleString("en-US")} nodes, per month (with / without the free grant)`,
+        `$${b.totalUsd.toFixed(2)} / $${b.totalUsdNoGrant.toFixed(2)}, $${b.usdPerNodeMonth.toFixed(4)} per node`,
+      ),
+    );
+  }
+  return { rows, costs: formatCostTable(bill) };
+}
+
+interface IdleCosts {
+  requestsPerNodeMinute: number;
+  secondsPerNodeMinute: number;
+  tablePerNodeMinute: number;
+}
+
+/** 1. Real agents, idle, counted from outside. */
+async function idleAgents(rows: TextRow[]): Promise<IdleCosts> {
+  const azurite = await startAzurite({ table: true, inMemory: true });
+  const registryTx = await startFaultProxy(azurite.tableEndpoint!);
+  const livenessTx = await startFaultProxy(azurite.tableEndpoint!);
+  const through = (origin: string) =>
+    azurite.connectionString.replace(
+      /TableEndpoint=[^;]+/,
+      `TableEndpoint=${origin}${new URL(azurite.tableEndpoint!).pathname}`,
+    );
+  const dir = await mkdtemp(join(tmpdir(), "pagedisk-bench-idle-"));
+  const cp = await startLocalControlPlane({
+    connectionString: through(registryTx.origin),
+    env: { PAGEDISK_LIVENESS_CONNECTION_STRING: through(livenessTx.origin) },
+    port: 0,
+    stateDir: join(dir, "cp"),
+    // The sweeper's own cost is measured apart (2.).
+    sweepIntervalMs: 3_600_000,
+    log: () => {},
+  });
+  const api = timingProxy(Number(new URL(cp.apiUrl).port));
+  const origin = await api.listening;
+  const agents: AgentProcess[] = [];
+  try {
+    const admin = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
+    await admin.createPool({
+      name: "bench",
+      container: "bench-disks",
+      auth: { kind: "connectionString", connectionString: azurite.connectionString },
+    });
+    const token = (await admin.createToken()).token;
+    for (let i = 0; i < IDLE_NODES; i++) {
+      const node = `idle-${i}`;
+      const agent = await startAgent(
+        ["--control-plane", origin, "--state-dir", join(dir, node), "--name", node, "--kernel", "none"],
+        { PAGEDISK_JOIN_TOKEN: token },
+      );
+      agents.push(agent);
+      await agent.waitForReport(() => true);
+      await admin.createVolume({ name: `vol-${i}`, sizeBytes: 64 * 1024 * 1024 });
+      const from = agent.logs.length;
+      await admin.attachVolume(`vol-${i}`, node);
+      await agent.waitForReport((v) => v.includes(`vol-${i}:1:SERVING`), from);
+    }
+
+    console.error(`serverless: ${IDLE_NODES} idle agents for ${IDLE_SECONDS} s`);
+    api.reset();
+    registryTx.resetCounts();
+    livenessTx.resetCounts();
+    const started = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+    const minutes = ((performance.now() - started) / 60_000) * IDLE_NODES;
+    const measured = {
+      requests: api.count() / minutes,
+      seconds: api.seconds() / minutes,
+      table: (registryTx.received() + livenessTx.received()) / minutes,
+      beats: livenessTx.received() / minutes,
+    };
+
+    // What an idle agent also sends, at its own pace: a report every 10 min, a fetch every 30.
+    const node = "idle-0";
+    const { credential } = JSON.parse(await readFile(join(dir, node, "node.json"), "utf8")) as { credential: string };
+    const one = async (send: () => Promise<Response>) => {
+      registryTx.resetCounts();
+      livenessTx.resetCounts();
+      const t0 = performance.now();
+      const res = await send();
+      await res.arrayBuffer();
+      if (!res.ok) throw new Error(`${res.url}: ${res.status}`);
+      return { ms: performance.now() - t0, tx: registryTx.received() + livenessTx.received() };
+    };
+    const desired = await (await fetch(`${cp.apiUrl}/nodes/${node}/desired`, { headers: { authorization: `Bearer ${credential}` } })).json() as DesiredState;
+    const body: NodeReport = {
+      agentVersion: "bench",
+      volumes: desired.attachments.map((a) => ({ volume: a.volume, epoch: a.epoch, state: "SERVING", replicas: [] })),
+      events: [],
+    };
+    const reports = [];
+    const fetches = [];
+    for (let i = 0; i < SAMPLES; i++) {
+      reports.push(
+        await one(() =>
+          fetch(`${cp.apiUrl}/nodes/${node}/report`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${credential}`, "content-type": "application/json" },
+            body: JSON.stringify(body),
+          }),
+        ),
+      );
+      fetches.push(await one(() => fetch(`${cp.apiUrl}/nodes/${node}/desired`, { headers: { authorization: `Bearer ${credential}` } })));
+    }
+    const median = (xs: number[]) => percentile(xs, 50);
+    const report = { ms: median(reports.map((r) => r.ms)), tx: median(reports.map((r) => r.tx)) };
+    const fetched = { ms: median(fetches.map((r) => r.ms)), tx: median(fetches.map((r) => r.tx)) };
+    const pace = { reports: 60_000 / REPORT_EVERY_MS, fetches: 60_000 / FETCH_EVERY_MS };
+    const costs: IdleCosts = {
+      requestsPerNodeMinute: measured.requests + pace.reports + pace.fetches,
+      secondsPerNodeMinute: measured.seconds + (pace.reports * report.ms + pace.fetches * fetched.ms) / 1000,
+      tablePerNodeMinute: measured.table + pace.reports * report.tx + pace.fetches * fetched.tx,
+    };
+    rows.push(
+      atMost(
+        "Functions requests per idle node-minute",
+        costs.requestsPerNodeMinute,
+        `${costs.requestsPerNodeMinute.toFixed(2)} (${measured.requests.toFixed(2)} seen in ${IDLE_SECONDS} s, + a report / 10 min, a fetch / 30 min)`,
+        `${REQUESTS_TARGET}`,
+        REQUESTS_TARGET,
+        "32.5 (held poll + 2 s heartbeats through the API, before)",
+      ),
+      atMost(
+        "Functions execution-seconds per idle node-minute",
+        costs.secondsPerNodeMinute,
+        `${costs.secondsPerNodeMinute.toFixed(3)} s`,
+        `${EXECUTION_SECONDS_TARGET} s`,
+        EXECUTION_SECONDS_TARGET,
+        "40 s (before)",
+      ),
+      reported(
+        "Table transactions per idle node-minute",
+        `${costs.tablePerNodeMinute.toFixed(1)} (${measured.beats.toFixed(1)} heartbeats)`,
+      ),
+      reported("a report: time, Table transactions", `${ms(report.ms)}, ${report.tx}`),
+      reported("a desired-state fetch: time, Table transactions", `${ms(fetched.ms)}, ${fetched.tx}`),
+    );
+    return costs;
+  } finally {
+    await Promise.all(agents.map((a) => a.stop("SIGKILL")));
+    await api.close();
+    await cp.close();
+    await registryTx.close();
+    await livenessTx.close();
+    await azurite.dispose();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+interface SweepAt {
+  nodes: number;
+  transactions: number;
+  ms: number;
+}
+
+/** 2. One quiet pass at each fleet size. */
+async function sweeperScaling(rows: TextRow[]): Promise<SweepAt[]> {
+  const results: SweepAt[] = [];
+  for (const size of SCALE) {
+    console.error(`serverless: sweeper over ${size} nodes`);
+    const fleet = await startFleet({ nodes: size });
+    try {
+      await fleet.pass();
+      const quiet: SweepAt[] = [];
+      for (let i = 0; i < 3; i++) {
+        const due = fleet.now() + DEFAULT_SWEEP_POLICY.sweepIntervalMs;
+        while (fleet.now() < due) await fleet.round();
+        const pass = await fleet.pass();
+        const { suspect, lost } = pass.report;
+        if (suspect.length + lost.length > 0) throw new Error(`a quiet pass over ${size} nodes judged ${[...suspect, ...lost].join(", ")}`);
+        quiet.push({ nodes: size, transactions: pass.transactions, ms: pass.ms });
+      }
+      const at: SweepAt = {
+        nodes: size,
+        transactions: percentile(quiet.map((q) => q.transactions), 50),
+        ms: percentile(quiet.map((q) => q.ms), 50),
+      };
+      results.push(at);
+      const budget = DEFAULT_SWEEP_POLICY.sweepIntervalMs / 5;
+      rows.push(
+        atMost(
+          `sweeper pass over ${size.toLocaleString("en-US")} nodes (Table transactions)`,
+          at.ms,
+          `${ms(at.ms)} (${at.transactions} tx)`,
+          `${budget / 1000} s, a fifth of the interval`,
+          budget,
+        ),
+      );
+    } finally {
+      await fleet.close();
+    }
+  }
+  return results;
+}
+
+/** An HTTP proxy in front of the API that counts requests and the seconds each was open. */
+function timingProxy(targetPort: number) {
+  let count = 0;
+  let seconds = 0;
+  const server = createServer((req, res) => {
+    const t0 = performance.now();
+    const upstream = httpRequest(
+      { host: "127.0.0.1", port: targetPort, method: req.method, path: req.url, headers: req.headers },
+      (up) => {
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        up.pipe(res);
+        up.once("end", () => {
+          count++;
+          seconds += (performance.now() - t0) / 1000;
+        });
+      },
+    );
+    upstream.on("error", () => res.destroy());
+    req.pipe(upstream);
+  });
+  server.listen(0, "127.0.0.1");
+  const listening = new Promise<string>((resolve) =>
+    server.once("listening", () => {
+      const addr = server.address();
+      resolve(`http://127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}`);
+    }),
+  );
+  return {
+    listening,
+    count: () => count,
+    seconds: () => seconds,
+    reset() {
+      count = 0;
+      seconds = 0;
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
