@@ -11,8 +11,30 @@ import { expect } from "vitest";
 import type { z } from "zod";
 import { beat as sendBeat } from "../../agent/control/liveness-beat.ts";
 import type { DesiredState, JoinResponse, NodeReport } from "../../contract/node.ts";
-import type { SweepReport } from "../../functions/health/sweep.ts";
+import type { SweepPolicy, SweepReport } from "../../functions/health/sweep.ts";
 import { type ControlPlaneFixture, jsonOf } from "./fixture.ts";
+
+/**
+ * A policy for tests on a fake clock that jumps seconds at a time: beats
+ * every 5 s, SUSPECT after 15 s, LOST after 45 s, passes a minute apart (so
+ * that a jump between two passes is no gap in the sweeper's watch).
+ */
+export const STEPPED_POLICY: SweepPolicy = {
+  heartbeatIntervalMs: 5_000,
+  suspectAfterMs: 15_000,
+  lostAfterMs: 45_000,
+  sweepIntervalMs: 60_000,
+  stuckAfterMs: 60_000,
+};
+
+/**
+ * Where a fake clock starts: a minute ahead of the real time, so that the
+ * time beats claim counts over the service's own stamp of them as the real
+ * time goes by (functions/registry/liveness.ts `lastBeatOf`).
+ */
+export function aheadOfRealTime(): number {
+  return Date.now() + 60_000;
+}
 
 export const NOTHING_SWEPT: SweepReport = {
   suspect: [],

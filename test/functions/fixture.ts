@@ -10,6 +10,7 @@ import { createApp } from "../../functions/app.ts";
 import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
 import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 
 export interface ControlPlaneFixture {
   azurite: Azurite;
@@ -68,14 +69,7 @@ export async function startControlPlane(
     allowInsecureConnection: true,
   });
   const blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
-  const call: ControlPlaneFixture["call"] = async (method, path, body, headers = {}) =>
-    app.request(path, {
-      method,
-      headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
-      ...(body === undefined
-        ? {}
-        : { body: typeof body === "string" ? body : JSON.stringify(body) }),
-    });
+  const call = adminCalls(app, key);
   return {
     azurite,
     registry,
@@ -141,4 +135,37 @@ export async function jsonOf<T = Record<string, unknown>>(
   const text = await res.text();
   if (res.status !== status) throw new Error(`expected ${status}, got ${res.status}: ${text}`);
   return JSON.parse(text) as T;
+}
+
+/** Admin requests to `app` with `key`; `body` is JSON-encoded unless it is already a string. */
+function adminCalls(app: Hono, key: string): ControlPlaneFixture["call"] {
+  return async (method, path, body, headers = {}) =>
+    app.request(path, {
+      method,
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
+      ...(body === undefined
+        ? {}
+        : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+    });
+}
+
+/**
+ * The fixture's account, with the app under test over a registry whose
+ * Table requests go through a fault proxy: a test can hold them there, or
+ * take each one as a moment to look at what the control plane is doing.
+ */
+export async function startProxiedControlPlane(
+  options: FixtureOptions,
+): Promise<{ fx: ControlPlaneFixture; proxy: FaultProxy }> {
+  const base = await startControlPlane(options);
+  const proxy = await startFaultProxy(base.azurite.tableEndpoint!);
+  const registry = await openRegistry(
+    base.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`),
+  );
+  const app = createApp({ ...options, registry, report: (err) => base.reported.push(err) });
+  const dispose = async () => {
+    await proxy.close();
+    await base.dispose();
+  };
+  return { fx: { ...base, registry, app, call: adminCalls(app, base.adminKey), dispose }, proxy };
 }

@@ -17,56 +17,24 @@ import type { Attachment } from "../../../contract/attachment.ts";
 import type { DesiredState, JoinResponse, Node, VolumeReport } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import { MAX_REPLICA_SLOTS, type Volume } from "../../../contract/volume.ts";
-import { createApp } from "../../../functions/app.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
-import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
-import { openRegistry } from "../../../functions/registry/tables.ts";
-import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
+import type { FaultProxy } from "../../harness/fault-proxy.ts";
 import {
   type ControlPlaneFixture,
   errorOf,
-  type FixtureOptions,
   jsonOf,
-  startControlPlane,
+  startProxiedControlPlane,
 } from "../fixture.ts";
+import { aheadOfRealTime, STEPPED_POLICY } from "../agents.ts";
 
-/**
- * The fixture's account, with the app under test over a registry whose
- * Table requests go through a proxy the test can hold them in.
- */
-async function startProxiedControlPlane(
-  options: FixtureOptions,
-): Promise<{ fx: ControlPlaneFixture; proxy: FaultProxy }> {
-  const base = await startControlPlane(options);
-  const proxy = await startFaultProxy(base.azurite.tableEndpoint!);
-  const registry = await openRegistry(
-    base.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`),
-  );
-  const app = createApp({ ...options, registry, report: (err) => base.reported.push(err) });
-  const call: ControlPlaneFixture["call"] = async (method, path, body, headers = {}) =>
-    app.request(path, {
-      method,
-      headers: { authorization: `Bearer ${base.adminKey}`, "content-type": "application/json", ...headers },
-      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
-    });
-  const dispose = async () => {
-    await proxy.close();
-    await base.dispose();
-  };
-  return { fx: { ...base, registry, app, call, dispose }, proxy };
-}
 
-const POLICY: SweepPolicy = {
-  heartbeatIntervalMs: 5_000,
-  suspectAfterMs: 15_000,
-  lostAfterMs: 45_000,
-  sweepIntervalMs: 60_000,
-};
+const POLICY = STEPPED_POLICY;
 let fx: ControlPlaneFixture;
 let proxy: FaultProxy;
-/** The app's and the sweeper's clock: ahead of the real time, so that what beats claim counts. */
-let nowMs = Date.now() + 60_000;
+/** The app's and the sweeper's clock. */
+let nowMs = aheadOfRealTime();
 const clock = () => new Date(nowMs);
 let token: IssuedToken;
 

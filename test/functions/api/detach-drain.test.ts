@@ -18,46 +18,18 @@ import { beat } from "../../../agent/control/liveness-beat.ts";
 import type { Event, EventPage } from "../../../contract/event.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
-import { createApp } from "../../../functions/app.ts";
 import { reportsRecorded } from "../../../functions/arbiter/report-watch.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
-import { openRegistry } from "../../../functions/registry/tables.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
-import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
+import type { FaultProxy } from "../../harness/fault-proxy.ts";
 import { agentNodes } from "../agents.ts";
 import {
   type ControlPlaneFixture,
-  type FixtureOptions,
   jsonOf,
   startControlPlane,
+  startProxiedControlPlane,
 } from "../fixture.ts";
 
-/**
- * The fixture's account, with the app under test over a registry whose
- * Table requests go through a proxy: each request it sees is a moment to
- * look at what the control plane is doing.
- */
-async function startProxiedControlPlane(
-  options: FixtureOptions,
-): Promise<{ fx: ControlPlaneFixture; proxy: FaultProxy }> {
-  const base = await startControlPlane(options);
-  const proxy = await startFaultProxy(base.azurite.tableEndpoint!);
-  const registry = await openRegistry(
-    base.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`),
-  );
-  const app = createApp({ ...options, registry, report: (err) => base.reported.push(err) });
-  const call: ControlPlaneFixture["call"] = async (method, path, body, headers = {}) =>
-    app.request(path, {
-      method,
-      headers: { authorization: `Bearer ${base.adminKey}`, "content-type": "application/json", ...headers },
-      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
-    });
-  const dispose = async () => {
-    await proxy.close();
-    await base.dispose();
-  };
-  return { fx: { ...base, registry, app, call, dispose }, proxy };
-}
 
 /** Long enough never to end a test that waits for a report. */
 const DRAIN_MS = 120_000;

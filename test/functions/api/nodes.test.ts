@@ -18,6 +18,7 @@ import { listRows } from "../../../functions/registry/rows.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
+import { aheadOfRealTime } from "../agents.ts";
 
 let cp: ControlPlaneFixture;
 /**
@@ -26,7 +27,7 @@ let cp: ControlPlaneFixture;
  * signs against its own clock; ahead, so that what beats claim counts
  * (registry/liveness.ts `lastBeatOf`).
  */
-let nowMs = Date.now() + 60_000;
+let nowMs = aheadOfRealTime();
 
 beforeAll(async () => {
   cp = await startControlPlane({ now: () => new Date(nowMs) });

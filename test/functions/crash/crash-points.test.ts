@@ -28,31 +28,24 @@ import { attachVolume } from "../../../functions/arbiter/attach.ts";
 import { WRITER_LOST } from "../../../contract/signals.ts";
 import { detachVolume } from "../../../functions/arbiter/detach.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
-import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { readLivenessRow } from "../../../functions/registry/liveness.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
-import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
 /** Passes here are at most a few minutes apart (3 x sweepIntervalMs): none restarts the count. */
-const POLICY: SweepPolicy = {
-  heartbeatIntervalMs: 5_000,
-  suspectAfterMs: 15_000,
-  lostAfterMs: 45_000,
-  sweepIntervalMs: 60_000,
-  stuckAfterMs: 60_000,
-};
+const POLICY = STEPPED_POLICY;
 /** Nodes that stay alive, and witness that the heartbeats' path works: they beat before every sweep. */
 const ALIVE = ["n-a", "n-b"];
 
 class SimulatedCrash extends Error {}
 
 let fx: ControlPlaneFixture;
-// Ahead of the real time, so that what beats claim counts (registry/liveness.ts `lastBeatOf`).
-let nowMs = Date.now() + 60_000;
+let nowMs = aheadOfRealTime();
 let token: IssuedToken;
 const { join, heartbeat } = agentNodes(
   () => fx,

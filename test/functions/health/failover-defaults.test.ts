@@ -32,7 +32,7 @@ import {
 import { LOCAL_SWEEP_INTERVAL_MS } from "../../../functions/local.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { settingsFrom } from "../../../functions/settings.ts";
-import { agentNodes } from "../agents.ts";
+import { agentNodes, aheadOfRealTime } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 const POLICY = DEFAULT_SWEEP_POLICY;
@@ -44,7 +44,7 @@ const LATEST_MS = 11_500;
 const DYING = Array.from({ length: 15 }, (_, i) => `dies-${i}`);
 
 let fx: ControlPlaneFixture;
-let nowMs = Date.now() + 60_000;
+let nowMs = aheadOfRealTime();
 let token: IssuedToken;
 const reported: unknown[] = [];
 const { join, heartbeat } = agentNodes(

@@ -13,23 +13,16 @@ import type { Node } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
-import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
-import { agentNodes, NOTHING_SWEPT } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
-const POLICY: SweepPolicy = {
-  heartbeatIntervalMs: 5_000,
-  suspectAfterMs: 15_000,
-  lostAfterMs: 45_000,
-  sweepIntervalMs: 60_000,
-  stuckAfterMs: 60_000,
-};
+const POLICY = STEPPED_POLICY;
 let fx: ControlPlaneFixture;
-// Ahead of the real time, so that what beats claim counts (registry/liveness.ts `lastBeatOf`).
-let nowMs = Date.now() + 60_000;
+let nowMs = aheadOfRealTime();
 let token: IssuedToken;
 const { join, heartbeat } = agentNodes(
   () => fx,

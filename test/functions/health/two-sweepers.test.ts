@@ -9,19 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
-import { type SweepPolicy, type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { listEvents } from "../../../functions/registry/events.ts";
-import { agentNodes } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
-const POLICY: SweepPolicy = {
-  heartbeatIntervalMs: 5_000,
-  suspectAfterMs: 15_000,
-  lostAfterMs: 45_000,
-  sweepIntervalMs: 60_000,
-};
+const POLICY = STEPPED_POLICY;
 let fx: ControlPlaneFixture;
-let nowMs = Date.now() + 60_000;
+let nowMs = aheadOfRealTime();
 let token: IssuedToken;
 const { join, heartbeat } = agentNodes(
   () => fx,

@@ -16,7 +16,7 @@ import { type SweepPolicy, sweep } from "../../../functions/health/sweep.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
-import { agentNodes } from "../agents.ts";
+import { aheadOfRealTime, agentNodes } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 export const REPAIR: RepairPolicy = {
@@ -64,9 +64,7 @@ export interface World {
 }
 
 export async function startWorld(): Promise<World> {
-  // A minute ahead of the real time, so that the time beats claim always counts over the
-  // service's own stamp of them (registry/liveness.ts `lastBeatOf`) as the real time goes by.
-  const clock = { ms: Date.now() + 60_000 };
+  const clock = { ms: aheadOfRealTime() };
   const fx = await startControlPlane({ now: () => new Date(clock.ms) });
   const proxy = await startFaultProxy(fx.azurite.blobEndpoint);
   const viaProxy = fx.connectionString.replace(
