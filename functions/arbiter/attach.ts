@@ -36,6 +36,7 @@ import { nodes } from "../registry/nodes.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
+import { forgetOwner, noteOwner } from "../registry/owners.ts";
 import { ATTACHED_STATES, volumeStates } from "../registry/volume-states.ts";
 import { MAX_WRITERS } from "../../contract/volume.ts";
 import { type VolumeRecord, volumes, withFailoverPending } from "../registry/volumes.ts";
@@ -213,6 +214,8 @@ async function claimVolume(
     leaseId: randomUUID(),
     updatedAt: cp.now().toISOString(),
   };
+  // Before the claim, never after: the owner index may hold more than the truth, never less.
+  await noteOwner(cp.registry, node, name);
   cp.faults?.beforeStep("claim");
   return { value: next, etag: await table.replace(next, read.etag) };
 }
@@ -237,7 +240,10 @@ export async function rollBackAttach(
       updatedAt: cp.now().toISOString(),
     };
     cp.faults?.beforeStep("roll-back");
-    return { value: detached, etag: await volumes(cp.registry).replace(detached, claim.etag) };
+    const etag = await volumes(cp.registry).replace(detached, claim.etag);
+    const owner = claim.value.status.ownerNode;
+    if (owner !== null) await forgetOwner(cp.registry, owner, claim.value.name, etag).catch(cp.report);
+    return { value: detached, etag };
   } catch (err) {
     cp.report(err);
     return undefined;

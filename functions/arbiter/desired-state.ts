@@ -8,14 +8,13 @@
  * is the one reads go to), then by their pool's health, healthiest first;
  * CREATING ones (no blob yet) and RETIRING ones (leaving) are left out.
  */
-import { odata } from "@azure/data-tables";
 import type { DesiredAttachment, DesiredState, LivenessTarget } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { generationOf, type NodeRecord } from "../registry/nodes.ts";
 import type { PoolHealth } from "../../contract/pool.ts";
 import type { Replica, ReplicaState } from "../../contract/volume.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
-import { volumes } from "../registry/volumes.ts";
+import { volumesOwnedBy } from "../registry/owners.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
 
 /**
@@ -28,10 +27,11 @@ export async function desiredState(
   node: NodeRecord,
   liveness: LivenessTarget,
 ): Promise<DesiredState> {
-  const [owned, allPools] = await Promise.all([
-    volumes(cp.registry).list(odata`ownerNode eq ${node.name} and state eq ${"ATTACHED"}`),
+  const [mine, allPools] = await Promise.all([
+    volumesOwnedBy(cp.registry, node.name),
     pools(cp.registry).list(),
   ]);
+  const owned = mine.filter((r) => r.value.status.state === "ATTACHED");
   const poolByName = new Map(allPools.map((p) => [p.value.name, p.value]));
   const now = cp.now();
   // One expiry for the whole answer: the agent renews by its earliest one anyway.

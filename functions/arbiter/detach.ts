@@ -31,6 +31,7 @@ import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { note } from "../lifecycle/note.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
+import { forgetOwner } from "../registry/owners.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
@@ -85,7 +86,8 @@ export async function detachVolume(
   cp.faults?.beforeStep("mark-detached");
   const table = volumes(cp.registry);
   try {
-    await table.replace(detached, claim.etag);
+    const etag = await table.replace(detached, claim.etag);
+    if (owner !== null) await forgetOwner(cp.registry, owner, name, etag).catch(cp.report);
   } catch (err) {
     if (!isRegistryError(err, "Conflict")) throw err;
     // Another detach of the same claim got there first: its outcome is ours.

@@ -44,6 +44,7 @@ import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { eventsNewestFirst } from "../registry/events.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
+import { forgetOwner, noteOwner } from "../registry/owners.ts";
 import { movedReplica } from "../registry/replica-states.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
@@ -146,7 +147,10 @@ export async function finishFencing(
       updatedAt: cp.now().toISOString(),
     };
     cp.faults?.beforeStep("mark-detached");
-    await table.replace(detached, fencing.etag);
+    const etag = await table.replace(detached, fencing.etag);
+    if (v.status.ownerNode !== null) {
+      await forgetOwner(cp.registry, v.status.ownerNode, v.name, etag).catch(cp.report);
+    }
     await noteOffline(cp, fencing.value, detached);
     await note(cp, {
       type: "volume-detached",
@@ -228,8 +232,14 @@ async function failOver(
     leaseId: randomUUID(),
     updatedAt: cp.now().toISOString(),
   };
+  // Before the claim, never after: the owner index may hold more than the truth, never less.
+  await noteOwner(cp.registry, target.name, v.name);
   cp.faults?.beforeStep("claim");
   const etag = await volumes(cp.registry).replace(claimed, read.etag);
+  const previous = v.status.ownerNode;
+  if (previous !== null && previous !== target.name) {
+    await forgetOwner(cp.registry, previous, v.name, etag).catch(cp.report);
+  }
   const attached = await completeAttach(cp, { value: claimed, etag });
   await note(cp, {
     type: "volume-failed-over",

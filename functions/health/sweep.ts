@@ -25,7 +25,9 @@
  * 6. Each pool is probed and its health judged (pool-health.ts), before
  *    the volumes, whose repair (repair.ts) reads it: every other ATTACHED
  *    or DETACHED volume gets a repair pass, which reads its writer's
- *    report from the node rows listed in 1.
+ *    report from the node rows listed in 1. Before any of 3 to 6 moves a
+ *    volume, the owner index is brought in line with the volumes as
+ *    listed (registry/owners.ts).
  * 7. Pool releases are advanced last (replacement.ts): the moves they
  *    start are carried on by the repair of later passes.
  * 8. The pass is recorded (registry/sweeper-state.ts), the agents' SAS
@@ -34,9 +36,10 @@
  *
  * What a pass reads over a healthy cluster: its own state, the liveness
  * table and the nodes (a page per 1,000 nodes each), the pools and the
- * window of recent failure events, one probe per pool, the volumes, and
- * the pools again for releases. It writes its state and nothing else, so a
- * second pass right after any pass finds nothing to do.
+ * window of recent failure events, one probe per pool, the volumes and the
+ * owner index (a page per 1,000 each), and the pools again for releases.
+ * It writes its state and nothing else, so a second pass right after any
+ * pass finds nothing to do.
  */
 import { rollBackAttach } from "../arbiter/attach.ts";
 import { detachVolume } from "../arbiter/detach.ts";
@@ -49,6 +52,7 @@ import {
 import type { ControlPlane } from "../control-plane.ts";
 import { note } from "../lifecycle/note.ts";
 import { pruneEvents } from "../registry/event-retention.ts";
+import { reconcileOwners } from "../registry/owners.ts";
 import { ensureAgentPolicy, lastBeatOf, scanLiveness } from "../registry/liveness.ts";
 import { nodeStates } from "../registry/node-states.ts";
 import { type NodeRecord, nodes } from "../registry/nodes.ts";
@@ -184,6 +188,12 @@ export async function sweep(
   );
 
   const all = await volumes(cp.registry).list();
+  // The owner index (registry/owners.ts), against the volumes as just listed, before anything moves.
+  let ownersIndexedAt = state.ownersIndexedAt;
+  await guarded(cp, undefined, async () => {
+    await reconcileOwners(cp.registry, all);
+    ownersIndexedAt ??= new Date(now).toISOString();
+  });
   const repair = {
     nodes: byName,
     pools: poolsNow,
@@ -255,6 +265,7 @@ export async function sweep(
         pathSince: judged.path.pathSince === null ? null : new Date(judged.path.pathSince).toISOString(),
         policyExpiresAt,
         eventsPrunedAt,
+        ownersIndexedAt,
       },
       saved?.etag,
     ),

@@ -6,6 +6,7 @@
  */
 import type { ControlPlane } from "../control-plane.ts";
 import { pools } from "../registry/pools.ts";
+import { forgetOwner } from "../registry/owners.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import type { Read } from "../registry/rows.ts";
 import { volumeStates } from "../registry/volume-states.ts";
@@ -26,7 +27,10 @@ export async function markDeleting(
     leaseId: null,
     updatedAt: cp.now().toISOString(),
   };
-  return { value: next, etag: await volumes(cp.registry).replace(next, read.etag) };
+  const etag = await volumes(cp.registry).replace(next, read.etag);
+  const owner = v.status.ownerNode;
+  if (owner !== null) await forgetOwner(cp.registry, owner, v.name, etag).catch(cp.report);
+  return { value: next, etag };
 }
 
 /** Delete the blobs of a DELETING volume, then its row. */

@@ -5,7 +5,6 @@
  * node's credential with it, then its liveness row, after which its
  * liveness SAS can write nothing.
  */
-import { odata } from "@azure/data-tables";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { deleteLivenessRow } from "../registry/liveness.ts";
@@ -13,7 +12,7 @@ import { type NodeRecord, nodes } from "../registry/nodes.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
-import { volumes } from "../registry/volumes.ts";
+import { volumesOwnedBy } from "../registry/owners.ts";
 import { note } from "./note.ts";
 
 async function readNode(cp: ControlPlane, name: string): Promise<Read<NodeRecord>> {
@@ -49,7 +48,7 @@ export async function setCordoned(
 export async function removeNode(cp: ControlPlane, name: string): Promise<void> {
   const removed = await retryOnConflict(async () => {
     const read = await readNode(cp, name);
-    const owned = await volumes(cp.registry).list(odata`ownerNode eq ${name}`);
+    const owned = await volumesOwnedBy(cp.registry, name);
     if (owned.length > 0) {
       const names = owned.map((v) => v.value.name);
       throw new ApiError("NodeInUse", `node ${name} owns volumes: ${names.join(", ")}`, {

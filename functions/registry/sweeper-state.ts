@@ -1,8 +1,8 @@
 /**
  * What the sweeper remembers from one pass to the next: when it last ran,
  * since when the heartbeats' path is known to work (health/liveness-judge.ts),
- * how far the agents' SAS policy reaches, and when it last dropped event
- * tables past their retention. One row, written once a pass
+ * how far the agents' SAS policy reaches, when it last dropped event
+ * tables past their retention, and whether the owner index is complete. One row, written once a pass
  * and conditionally: two sweepers running at once (two Functions instances
  * during a deploy) both judge, the node writes decide who acts, and only
  * one of them records the pass.
@@ -20,6 +20,8 @@ export interface SweeperState {
   policyExpiresAt: string | null;
   /** When event tables past their retention were last dropped (registry/event-retention.ts). */
   eventsPrunedAt: string | null;
+  /** When a pass found the owner index complete (owners.ts); null before. */
+  ownersIndexedAt: string | null;
 }
 
 export const NO_SWEEPER_STATE: SweeperState = {
@@ -27,6 +29,7 @@ export const NO_SWEEPER_STATE: SweeperState = {
   pathSince: null,
   policyExpiresAt: null,
   eventsPrunedAt: null,
+  ownersIndexedAt: null,
 };
 
 export async function readSweeperState(
@@ -41,6 +44,7 @@ export async function readSweeperState(
       pathSince: text(row.value.pathSince),
       policyExpiresAt: text(row.value.policyExpiresAt),
       eventsPrunedAt: text(row.value.eventsPrunedAt),
+      ownersIndexedAt: text(row.value.ownersIndexedAt),
     },
     etag: row.etag,
   };
@@ -63,6 +67,7 @@ export async function writeSweeperState(
     pathSince: state.pathSince ?? "",
     policyExpiresAt: state.policyExpiresAt ?? "",
     eventsPrunedAt: state.eventsPrunedAt ?? "",
+    ownersIndexedAt: state.ownersIndexedAt ?? "",
   };
   if (etag === undefined) await insertRow(registry.control, row);
   else await replaceRow(registry.control, row, etag);

@@ -10,6 +10,7 @@
  * | events<yyyymmdd> | index: `all`, or a volume/node/type | inverted ms + id  |
  * | credentials      | kind (`admin-key`)                  | key id            |
  * | control          | `sweeper`                           | `state`           |
+ * | owners           | node name                           | volume name       |
  *
  * One partition per pool, volume and node keeps their writes independent.
  * The event log is the one table that grows: it gets a table per UTC day,
@@ -32,6 +33,8 @@ export interface Registry {
   readonly credentials: TableClient;
   /** Singletons of the control plane itself (sweeper-state.ts). */
   readonly control: TableClient;
+  /** The volumes each node may own (owners.ts). */
+  readonly owners: TableClient;
   readonly liveness: LivenessTable;
   /**
    * A table that is made when first needed rather than at opening (the
@@ -45,7 +48,7 @@ export interface Registry {
 }
 
 /** The tables made at opening. */
-export const TABLES = ["pools", "volumes", "nodes", "credentials", "control"] as const;
+export const TABLES = ["pools", "volumes", "nodes", "credentials", "control", "owners"] as const;
 
 /** Azurite and local stacks speak plain HTTP; the SDK refuses it unless told the account really is there. */
 const PLAIN_HTTP =
@@ -106,6 +109,7 @@ export async function openRegistry(
     nodes: open("nodes"),
     credentials: open("credentials"),
     control: open("control"),
+    owners: open("owners"),
     liveness: await openLiveness(livenessAccount, prefix),
     table: (name) => {
       let client = opened.get(name);

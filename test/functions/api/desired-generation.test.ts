@@ -277,13 +277,17 @@ describe("GET /nodes/{name}/desired", () => {
 
   it("reads the liveness ETag before the volumes: a change made while it is built makes the next beat fail", async () => {
     await desired("w-1");
-    // Hold the desired state's query of w-1's volumes, once; its ETag has been read by then.
+    // Hold the desired state's query of w-1's volumes (the owner index's partition, or the scan
+    // of a registry whose index is not complete yet), once; its ETag has been read by then.
     let held = false;
     proxy.inject({
       fault: { type: "hang" },
       times: 1,
       match: (req) => {
-        const ours = (req.url.searchParams.get("$filter") ?? "").includes("ownerNode eq 'w-1'");
+        const filter = req.url.searchParams.get("$filter") ?? "";
+        const ours =
+          filter.includes("ownerNode eq 'w-1'") ||
+          (req.url.pathname.endsWith("/owners()") && filter.includes("PartitionKey eq 'w-1'"));
         if (ours) held = true;
         return ours;
       },

@@ -283,15 +283,16 @@ describe("a sweeper pass over a healthy cluster", () => {
    * - the pools, and the window of failures reported against them: one
    *   range query per failure type (`storage-failure`, `replica-offline`)
    *   in the day's event table;
-   * - the volumes, one page;
+   * - the volumes, one page, and the owner index, one page (kept in line
+   *   with them: registry/owners.ts);
    * - the pools again, for releases to advance.
    * The agents' SAS policy is read on a first pass only (after that its
    * expiry is in the state), pools are probed on the Blob endpoint, and the
    * repair of a healthy volume reads nothing more.
    */
-  const READS = ["control", "liveness", "nodes", "pools", "events", "events", "volumes", "pools"];
+  const READS = ["control", "liveness", "nodes", "pools", "events", "events", "volumes", "owners", "pools"];
 
-  it("reads 8 times and writes its own state only, with 1, 4 or 8 nodes each serving a volume", async () => {
+  it("reads 9 times and writes its own state only, with 1, 4 or 8 nodes each serving a volume", async () => {
     const day = new Date(nowMs).toISOString().slice(0, 10).replaceAll("-", "");
     const expected = {
       table: READS.length + 1,
