@@ -103,9 +103,9 @@ export interface TransactionsAt {
 /** What a run counts, normalised. */
 export interface MeasuredCounts {
   perNodeMinute: {
-    /** HTTP executions (heartbeats, held desired-state polls, ...) per node per minute. */
+    /** HTTP executions (reports, desired-state fetches, ...) per node per minute. */
     httpExecutions: number;
-    /** Their summed execution seconds per node per minute (a held poll counts its whole hold). */
+    /** Their summed execution seconds per node per minute (an awaited wait counts in full). */
     httpExecutionSeconds: number;
     /** Table transactions per node per minute, failed ones and batches (1 each) included. */
     tableTransactions: number;

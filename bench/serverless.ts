@@ -210,7 +210,7 @@ async function idleAgents(rows: TextRow[]): Promise<IdleCosts> {
       atMost(
         "Functions execution-seconds per idle node-minute",
         costs.secondsPerNodeMinute,
-        `${costs.secondsPerNodeMinute.toFixed(3)} s`,
+        `${costs.secondsPerNodeMinute.toFixed(4)} s`,
         `${EXECUTION_SECONDS_TARGET} s`,
         EXECUTION_SECONDS_TARGET,
         "40 s (before)",

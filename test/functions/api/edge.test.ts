@@ -212,7 +212,7 @@ const badInput: Case[] = [
   ],
   ["POST", "/api/v1/nodes/join", { name: "n2", role: "writer" }, 400, "InvalidRequest", "join"],
   ["POST", "/api/v1/nodes/join", { name: "n1" }, 409, "NodeExists", "join"],
-  // heartbeat, with the node's credential
+  // report, with the node's credential
   ["POST", "/api/v1/nodes/n1/report", MALFORMED, 400, "InvalidJson", "node"],
   ["POST", "/api/v1/nodes/n1/report", "null", 400, "InvalidRequest", "node"],
   ["POST", "/api/v1/nodes/n1/report", { agentVersion: 2 }, 400, "InvalidRequest", "node"],
