@@ -5,7 +5,8 @@
  * Inputs are normalised per node-minute (HTTP executions and their summed
  * seconds, Table and Blob transactions made for nodes) and per sweep pass
  * (the timer: its duration and Table transactions as measured points over
- * node count, its Blob transactions). A month is 30 days = 43,200 minutes.
+ * node count, its Blob transactions), plus housekeeping per day (the event
+ * log's retention). A month is 30 days = 43,200 minutes.
  *
  * Prices and rules come from ./prices.json; each entry there names its source
  * and says whether it was confirmed. The billing rules modelled:
@@ -121,6 +122,14 @@ export interface MeasuredCounts {
     tableTransactions: readonly TransactionsAt[];
     /** Blob transactions per pass. */
     blob: BlobOps;
+  };
+  /**
+   * Housekeeping whatever the node count, per day: the event log's
+   * retention (an hourly Query Tables, a day's table dropped) and the day's
+   * table made by its first event. A month is 30 days.
+   */
+  perDay?: {
+    tableTransactions: number;
   };
 }
 
@@ -586,7 +595,11 @@ export function monthlyCost(
 
   // Storage: per node-minute plus per pass actually run.
   const passTable = interpolate(pass.tableTransactions, nodes, "transactions");
-  const tableTx = (nodes * perNode.tableTransactions + passesPerMinute * passTable) * MONTH_MINUTES;
+  const dailyTable = counts.perDay?.tableTransactions ?? 0;
+  check("perDay.tableTransactions", dailyTable);
+  const tableTx =
+    (nodes * perNode.tableTransactions + passesPerMinute * passTable) * MONTH_MINUTES +
+    dailyTable * (MONTH_MINUTES / 1440);
   const table: TableCost = { transactions: tableTx, usd: (tableTx / 1e4) * prices.tablePer10kUsd };
   const nodeBlob = blobTotal(perNode.blob, "perNodeMinute.blob");
   const passBlob = blobTotal(pass.blob, "perSweepPass.blob");

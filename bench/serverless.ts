@@ -15,7 +15,10 @@
  *    beating at the default settings (test/scale/fleet.ts: real Azurite
  *    tables, the real sweeper, virtual time), its Table transactions and
  *    its time, on the passes that found nothing to do.
- * 3. The monthly bill at 3, 100, 1,000 and 10,000 nodes
+ * 3. The event log's retention: a day of hourly prunes over 33 day tables
+ *    (retention 30 days), and what a day's first event pays to make its
+ *    table, in Table transactions; priced as daily housekeeping.
+ * 4. The monthly bill at 3, 100, 1,000 and 10,000 nodes
  *    (bench/cost-model.ts, prices in bench/prices.json), at the Bicep
  *    template's settings: 512 MB instances, eight passes a minute.
  *
@@ -32,6 +35,10 @@ import { REFRESH_MS as REPORT_EVERY_MS } from "../agent/control/report-loop.ts";
 import type { DesiredState, NodeReport } from "../contract/node.ts";
 import { DEFAULT_SWEEP_POLICY, SWEEP_SCHEDULE } from "../functions/health/sweep.ts";
 import { startLocalControlPlane } from "../functions/local.ts";
+import { DAY_MS } from "../functions/registry/event-layout.ts";
+import { pruneEvents } from "../functions/registry/event-retention.ts";
+import { recordEvent } from "../functions/registry/events.ts";
+import { openRegistry } from "../functions/registry/tables.ts";
 import { type AgentProcess, startAgent } from "../test/control/agent-process.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
 import { startFaultProxy } from "../test/harness/fault-proxy.ts";
@@ -61,6 +68,7 @@ export async function serverlessSection(): Promise<ServerlessResult> {
   const rows: TextRow[] = [];
   const idle = await idleAgents(rows);
   const sweeps = await sweeperScaling(rows);
+  const daily = await eventRetention(rows);
   const passesPerMinute = SWEEP_SCHEDULE.split(" ")[0]!.split(",").length;
   const counts: MeasuredCounts = {
     perNodeMinute: {
@@ -75,6 +83,7 @@ export async function serverlessSection(): Promise<ServerlessResult> {
       // One probe of the (one) pool a pass: Get Container Properties, an "other" operation.
       blob: { other: 1 },
     },
+    perDay: { tableTransactions: daily },
   };
   const bill = costTable(counts, {
     instanceMemoryMB: 512,
@@ -278,6 +287,58 @@ async function sweeperScaling(rows: TextRow[]): Promise<SweepAt[]> {
     }
   }
   return results;
+}
+
+/**
+ * 3. The event log's housekeeping in a day, in Table transactions: the
+ * sweeper's hourly prune (24 a day, one of them dropping the day that left
+ * the retention) and the making of the day's table by its first event (as
+ * if every day had events).
+ */
+async function eventRetention(rows: TextRow[]): Promise<number> {
+  console.error("serverless: event retention over a day");
+  const azurite = await startAzurite({ table: true, inMemory: true });
+  const tx = await startFaultProxy(azurite.tableEndpoint!);
+  try {
+    const registry = await openRegistry(
+      azurite.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${tx.blobEndpoint}`),
+    );
+    const retentionDays = 30;
+    const start = Date.UTC(2026, 0, 1, 12);
+    const days = retentionDays + 3;
+    for (let d = 0; d < days; d++)
+      await recordEvent(registry, new Date(start + d * DAY_MS), { type: "node-ready", node: "vm", message: `day ${d}` });
+    // Half an hour before the last event's day begins: clear what was already past the retention.
+    const lastMidnight = Date.UTC(2026, 0, days);
+    await pruneEvents(registry, new Date(lastMidnight - 1_800_000), retentionDays);
+    tx.resetCounts();
+    let dropped = 0;
+    for (let h = 0; h < 24; h++)
+      dropped += (await pruneEvents(registry, new Date(lastMidnight + h * 3_600_000 + 1_800_000), retentionDays)).length;
+    const prune = tx.received();
+    if (dropped !== 1) throw new Error(`a day of prunes dropped ${dropped} day tables, not 1`);
+
+    // A day's first event against its second: the difference is the table's making.
+    const next = lastMidnight + DAY_MS + 3_600_000;
+    const one = async (at: number) => {
+      tx.resetCounts();
+      await recordEvent(registry, new Date(at), { type: "node-ready", node: "vm", message: "next" });
+      return tx.received();
+    };
+    const first = await one(next);
+    const second = await one(next + 1);
+    const making = first - second;
+    rows.push(
+      reported(
+        `event retention: Table transactions a day (${retentionDays} days kept)`,
+        `${prune + making} (24 hourly prunes: ${prune}, one of them dropping a day's table; the day's table made: ${making})`,
+      ),
+    );
+    return prune + making;
+  } finally {
+    await tx.close();
+    await azurite.dispose();
+  }
 }
 
 /** An HTTP proxy in front of the API that counts requests and the seconds each was open. */

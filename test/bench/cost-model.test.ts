@@ -266,6 +266,15 @@ describe("storage", () => {
     expect(at(1000)).toBeCloseTo(((1000 * 40 + 8 * 2000) * MONTH_MINUTES * 0.00036) / 1e4, 10);
   });
 
+  it("adds the daily housekeeping once a day, whatever the node count", () => {
+    const at = (n: number, perDay?: { tableTransactions: number }) =>
+      monthlyCost(n, { ...counts({ perNodeMinute: perNode, perSweepPass: perPass }), ...(perDay ? { perDay } : {}) }, settings).table;
+    for (const n of [3, 10_000]) {
+      expect(at(n, { tableTransactions: 25 }).transactions - at(n).transactions).toBeCloseTo(25 * 30, 6);
+    }
+    expect(() => at(3, { tableTransactions: -1 })).toThrow(RangeError);
+  });
+
   it("prices Blob operations by type", () => {
     const c = monthlyCost(100, counts({ perNodeMinute: perNode, perSweepPass: perPass }), settings).blob;
     expect(c.byType.other).toBe((100 * 0.5 + 8) * MONTH_MINUTES);
