@@ -27,6 +27,7 @@
 import { AzureNamedKeyCredential, generateTableSas, TableClient } from "@azure/data-tables";
 import { randomBytes } from "node:crypto";
 import { restStatus } from "../rest-error.ts";
+import { allowsPlainHttp, connectionFields } from "../storage/connection-string.ts";
 
 /** Every liveness row has this RowKey; the node's key is the PartitionKey. */
 export const LIVE_ROW = "live";
@@ -58,26 +59,13 @@ export interface LivenessTable {
   readonly credential: AzureNamedKeyCredential;
 }
 
-/** Azurite and local stacks speak plain HTTP; the SDK refuses it unless told. */
-const PLAIN_HTTP =
-  /(?:^|;)\s*(?:DefaultEndpointsProtocol\s*=\s*http\s*(?:;|$)|TableEndpoint\s*=\s*http:|UseDevelopmentStorage\s*=\s*true)/i;
-
 /**
  * Open (creating when missing, with its `agents` policy) the liveness
  * table of the account named by `connectionString`, which must hold the
  * account key: a Table SAS can only be signed with it.
  */
 export async function openLiveness(connectionString: string, prefix = ""): Promise<LivenessTable> {
-  const fields = new Map(
-    connectionString
-      .split(";")
-      .map((part) => part.trim())
-      .filter((part) => part.includes("="))
-      .map((part) => {
-        const eq = part.indexOf("=");
-        return [part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim()] as const;
-      }),
-  );
+  const fields = connectionFields(connectionString);
   const name = fields.get("accountname");
   const key = fields.get("accountkey");
   if (!name || !key) {
@@ -86,7 +74,7 @@ export async function openLiveness(connectionString: string, prefix = ""): Promi
     );
   }
   const client = TableClient.fromConnectionString(connectionString, `${prefix}liveness`, {
-    allowInsecureConnection: PLAIN_HTTP.test(connectionString),
+    allowInsecureConnection: allowsPlainHttp(connectionString),
   });
   await client.createTable();
   const table = { client, credential: new AzureNamedKeyCredential(name, key) };

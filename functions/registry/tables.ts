@@ -25,6 +25,7 @@
 import { TableClient, TableServiceClient } from "@azure/data-tables";
 import type { TokenCredential } from "@azure/identity";
 import { type LivenessTable, openLiveness } from "./liveness.ts";
+import { allowsPlainHttp } from "../storage/connection-string.ts";
 
 export interface Registry {
   readonly pools: TableClient;
@@ -51,9 +52,6 @@ export interface Registry {
 export const TABLES = ["pools", "volumes", "nodes", "credentials", "control", "owners"] as const;
 
 /** Azurite and local stacks speak plain HTTP; the SDK refuses it unless told the account really is there. */
-const PLAIN_HTTP =
-  /(?:^|;)\s*(?:DefaultEndpointsProtocol\s*=\s*http\s*(?:;|$)|TableEndpoint\s*=\s*http:|UseDevelopmentStorage\s*=\s*true)/i;
-
 export interface RegistryOptions {
   /**
    * Prefix of every table name (letters and digits), so that several
@@ -92,7 +90,7 @@ export async function openRegistry(
     if (typeof account !== "string")
       return new TableClient(account.tableUrl, `${prefix}${name}`, account.credential);
     return TableClient.fromConnectionString(account, `${prefix}${name}`, {
-      allowInsecureConnection: PLAIN_HTTP.test(account),
+      allowInsecureConnection: allowsPlainHttp(account),
     });
   };
   const livenessAccount = opts.liveness ?? (typeof account === "string" ? account : undefined);
@@ -119,7 +117,7 @@ export async function openRegistry(
     service:
       typeof account === "string"
         ? TableServiceClient.fromConnectionString(account, {
-            allowInsecureConnection: PLAIN_HTTP.test(account),
+            allowInsecureConnection: allowsPlainHttp(account),
           })
         : new TableServiceClient(account.tableUrl, account.credential),
     prefix,

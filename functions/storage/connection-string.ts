@@ -46,6 +46,29 @@ function endpointOf(client: BlobServiceClient): AccountEndpoint {
   };
 }
 
+/** A connection string's fields, names lower-cased (Azure's are case-insensitive); values may hold `=`. */
+export function connectionFields(connectionString: string): Map<string, string> {
+  const fields = new Map<string, string>();
+  for (const part of connectionString.split(";")) {
+    const eq = part.indexOf("=");
+    if (eq > 0) fields.set(part.slice(0, eq).trim().toLowerCase(), part.slice(eq + 1).trim());
+  }
+  return fields;
+}
+
+/**
+ * Whether a connection string names a plain-HTTP endpoint (Azurite, a
+ * local stack), which the Table SDK refuses unless told to allow it.
+ */
+export function allowsPlainHttp(connectionString: string): boolean {
+  const fields = connectionFields(connectionString);
+  return (
+    fields.get("defaultendpointsprotocol")?.toLowerCase() === "http" ||
+    fields.get("tableendpoint")?.toLowerCase().startsWith("http:") === true ||
+    fields.get("usedevelopmentstorage")?.toLowerCase() === "true"
+  );
+}
+
 /** The same connection string with every secret value replaced by `***`. */
 export function maskConnectionString(connectionString: string): string {
   return connectionString

@@ -1,5 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { accountOf, maskConnectionString } from "../../../functions/storage/connection-string.ts";
+import {
+  accountOf,
+  allowsPlainHttp,
+  connectionFields,
+  maskConnectionString,
+} from "../../../functions/storage/connection-string.ts";
 
 describe("maskConnectionString", () => {
   it("hides account keys and SAS tokens, whatever their case, and keeps the rest", () => {
@@ -55,5 +60,20 @@ describe("accountOf", () => {
         expect((err as Error).message).not.toContain("c2VjcmV0");
       }
     }
+  });
+});
+
+describe("connectionFields and allowsPlainHttp", () => {
+  it("reads fields case-insensitively, values with '=' whole", () => {
+    const fields = connectionFields("AccountName=acct; accountKey=c2VjcmV0PT0=;;junk");
+    expect(Object.fromEntries(fields)).toEqual({ accountname: "acct", accountkey: "c2VjcmV0PT0=" });
+  });
+
+  it("allows plain HTTP only where the string names it", () => {
+    expect(allowsPlainHttp("DefaultEndpointsProtocol=http;AccountName=a;AccountKey=k")).toBe(true);
+    expect(allowsPlainHttp("AccountName=a;AccountKey=k;TableEndpoint=http://127.0.0.1:10002/a")).toBe(true);
+    expect(allowsPlainHttp("UseDevelopmentStorage=true")).toBe(true);
+    expect(allowsPlainHttp("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k")).toBe(false);
+    expect(allowsPlainHttp("AccountName=a;AccountKey=k;BlobEndpoint=http://127.0.0.1:10000/a")).toBe(false);
   });
 });
