@@ -30,7 +30,7 @@ export async function livenessTarget(
   cp: ControlPlane,
   node: NodeRecord,
 ): Promise<{ target: LivenessTarget; key: string } | undefined> {
-  const key = node.livenessKey ?? (await assignLivenessKey(cp, node.name));
+  const key = await livenessKeyOf(cp, node);
   if (key === undefined) return undefined;
   const t = cp.registry.liveness;
   let etag = (await readLivenessRow(t, key))?.etag;
@@ -45,6 +45,11 @@ export async function livenessTarget(
     }
   }
   return { target: { url: livenessRowUrl(t, key), etag, intervalMs: cp.heartbeatIntervalMs }, key };
+}
+
+/** `node`'s liveness key, given it now if it has none; undefined when it is no longer registered. */
+export async function livenessKeyOf(cp: ControlPlane, node: NodeRecord): Promise<string | undefined> {
+  return node.livenessKey ?? (await assignLivenessKey(cp, node.name));
 }
 
 async function assignLivenessKey(cp: ControlPlane, name: string): Promise<string | undefined> {

@@ -18,7 +18,7 @@ import {
   ReportAnswer,
 } from "../../contract/node.ts";
 import { desiredState } from "../arbiter/desired-state.ts";
-import { livenessTarget } from "../arbiter/liveness-target.ts";
+import { livenessKeyOf, livenessTarget } from "../arbiter/liveness-target.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { recordReport } from "../health/report.ts";
 import { ApiError } from "../http/api-error.ts";
@@ -28,7 +28,7 @@ import { joinNode } from "../lifecycle/join-node.ts";
 import { beatByApi } from "../registry/liveness.ts";
 import { generationOf, type NodeRecord, nodes } from "../registry/nodes.ts";
 import type { Read } from "../registry/rows.ts";
-import { nodeViewOf } from "./node-view.ts";
+import { nodeView } from "./views.ts";
 
 const ByName = z.strictObject({ name: NodeName });
 
@@ -54,7 +54,8 @@ export function nodeAgentOperations(cp: ControlPlane): Operation[] {
         const caller = callerOf(c);
         const tokenId = caller.kind === "join" ? caller.tokenId : "";
         const { node, credential } = await joinNode(cp, body, tokenId);
-        return { node: await nodeViewOf(cp, node), credential };
+        // Its liveness row was just made, with no beat in it yet.
+        return { node: nodeView(node, undefined), credential };
       },
     }),
     operation({
@@ -82,10 +83,13 @@ export function nodeAgentOperations(cp: ControlPlane): Operation[] {
       success: { status: 200, description: "the node as recorded", schema: Node },
       handle: async ({ body, c }) => {
         const node = await recordReport(cp, self(c), body);
-        // Such an agent beats nowhere else: its liveness row (made here if need be) is beaten for it.
-        const target = await livenessTarget(cp, node);
-        if (target) await beatByApi(cp.registry.liveness, target.key, cp.now().getTime());
-        return nodeViewOf(cp, node);
+        // Such an agent beats nowhere else: its liveness row (made by the upsert if need be) is
+        // beaten for it, and the view shows that beat without reading it back.
+        const now = cp.now().getTime();
+        const key = await livenessKeyOf(cp, node);
+        if (key === undefined) return nodeView(node, undefined);
+        await beatByApi(cp.registry.liveness, key, now);
+        return nodeView(node, now);
       },
     }),
     operation({

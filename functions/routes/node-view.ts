@@ -3,12 +3,13 @@ import type { Node } from "../../contract/node.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { readLivenessRow } from "../registry/liveness.ts";
 import type { NodeRecord } from "../registry/nodes.ts";
-import { nodeView } from "./views.ts";
+import { nodeView, shownBeat } from "./views.ts";
 
 export async function nodeViewOf(cp: ControlPlane, n: NodeRecord): Promise<Node> {
   const beat =
     n.livenessKey === undefined
       ? undefined
       : await readLivenessRow(cp.registry.liveness, n.livenessKey);
-  return nodeView(n, beat, cp.now().getTime());
+  const now = cp.now().getTime();
+  return nodeView(n, shownBeat(beat, now));
 }

@@ -11,7 +11,7 @@ import { removeNode, setCordoned } from "../lifecycle/node-admin.ts";
 import { scanLiveness } from "../registry/liveness.ts";
 import { nodes } from "../registry/nodes.ts";
 import { nodeViewOf } from "./node-view.ts";
-import { nodeView } from "./views.ts";
+import { nodeView, shownBeat } from "./views.ts";
 
 const ByName = z.strictObject({ name: NodeName });
 
@@ -48,7 +48,7 @@ export function nodeOperations(cp: ControlPlane): Operation[] {
         const now = cp.now().getTime();
         return {
           items: all.map(({ value: n }) =>
-            nodeView(n, n.livenessKey === undefined ? undefined : byKey.get(n.livenessKey), now),
+            nodeView(n, shownBeat(n.livenessKey === undefined ? undefined : byKey.get(n.livenessKey), now)),
           ),
         };
       },

@@ -39,11 +39,13 @@ export function volumeView(v: VolumeRecord): Volume {
   };
 }
 
-/**
- * A node as an admin sees it. `beat` is its liveness row, whose last
- * heartbeat it shows (none before its agent's first).
- */
-export function nodeView(n: NodeRecord, beat: LivenessRow | undefined, nowMs: number): Node {
+/** The last heartbeat a node's liveness row shows at `nowMs`; none before its agent's first. */
+export function shownBeat(row: LivenessRow | undefined, nowMs: number): number | undefined {
+  return row?.at === undefined ? undefined : lastBeatOf(row, nowMs);
+}
+
+/** A node as an admin sees it, with its last heartbeat (`shownBeat`). */
+export function nodeView(n: NodeRecord, lastBeatMs: number | undefined): Node {
   return {
     name: n.name,
     state: n.state,
@@ -52,8 +54,7 @@ export function nodeView(n: NodeRecord, beat: LivenessRow | undefined, nowMs: nu
     facts: n.facts,
     volumes: n.volumes,
     joinedAt: n.joinedAt,
-    lastHeartbeatAt:
-      beat?.at === undefined ? null : new Date(lastBeatOf(beat, nowMs)).toISOString(),
+    lastHeartbeatAt: lastBeatMs === undefined ? null : new Date(lastBeatMs).toISOString(),
     lastReportAt: n.lastReportAt,
     desiredGeneration: generationOf(n),
   };
