@@ -23,7 +23,7 @@ import { bumpDesiredGeneration } from "../arbiter/desired-generation.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { eventsNewestFirst } from "../registry/events.ts";
 import { retryOnConflict } from "../registry/retry.ts";
-import { volumes } from "../registry/volumes.ts";
+import { type VolumeRecord, volumes } from "../registry/volumes.ts";
 
 /** What became of the report. */
 export type DivergedOutcome = "applied" | "not-the-writer" | "changing" | "nothing-to-do";
@@ -36,12 +36,12 @@ export async function replicasDiverged(
   const volume = event.volume;
   const epoch = event.data?.epoch;
   if (volume === undefined || typeof epoch !== "number") return "nothing-to-do";
-  if (!(await wroteAt(cp, node, volume, epoch))) return "not-the-writer";
   return retryOnConflict(async () => {
     const table = volumes(cp.registry);
     const read = await table.get(volume);
     if (!read) return "nothing-to-do";
     const v = read.value;
+    if (!(await wroteAt(cp, v, node, epoch))) return "not-the-writer";
     const state = v.status.state;
     if (state !== "DETACHED" && state !== "ATTACHED") return "changing";
     const replicas = withWriterLost(v.status.replicas, cp.now());
@@ -59,11 +59,11 @@ export async function replicasDiverged(
  * failover): the volume's record keeps its last writers; a record written
  * before it did is looked up in the volume's attach events.
  */
-async function wroteAt(cp: ControlPlane, node: string, volume: string, epoch: number): Promise<boolean> {
-  const writers = (await volumes(cp.registry).get(volume))?.value.status.writers;
+async function wroteAt(cp: ControlPlane, v: VolumeRecord, node: string, epoch: number): Promise<boolean> {
+  const writers = v.status.writers;
   if (writers !== undefined) return writers.some((w) => w.node === node && w.epoch === epoch);
   const horizon = { now: cp.now(), retentionDays: cp.eventRetentionDays };
-  const events = eventsNewestFirst(cp.registry, { volume, node }, horizon, { pageSize: 100 });
+  const events = eventsNewestFirst(cp.registry, { volume: v.name, node }, horizon, { pageSize: 100 });
   for await (const e of events) {
     if (WRITER_EVENTS.has(e.type) && e.data?.epoch === epoch) return true;
   }
