@@ -48,11 +48,20 @@ export async function ownedBy(registry: Registry, node: string): Promise<string[
  */
 export async function volumesOwnedBy(registry: Registry, node: string): Promise<Array<Read<VolumeRecord>>> {
   const table = volumes(registry);
-  if (!(await readSweeperState(registry))?.value.ownersIndexedAt) {
-    return table.list(odata`ownerNode eq ${node}`);
-  }
+  if (!(await indexComplete(registry))) return table.list(odata`ownerNode eq ${node}`);
   const reads = await Promise.all((await ownedBy(registry, node)).map((name) => table.get(name)));
   return reads.filter((r): r is Read<VolumeRecord> => r?.value.status.ownerNode === node);
+}
+
+/** Registries whose index a pass has found complete: once it is, it stays so. */
+const complete = new WeakSet<Registry>();
+
+/** Whether a pass has completed the index; read from the sweeper's state until it has. */
+async function indexComplete(registry: Registry): Promise<boolean> {
+  if (complete.has(registry)) return true;
+  if (!(await readSweeperState(registry))?.value.ownersIndexedAt) return false;
+  complete.add(registry);
+  return true;
 }
 
 /**

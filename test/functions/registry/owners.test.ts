@@ -71,6 +71,12 @@ describe("the owner index", () => {
     const ownerQueries = after.requests.filter((r) => r.table.startsWith("owners"));
     expect(ownerQueries.map((r) => partitionOf(r.filter))).toEqual(["n-a"]);
     expect(after.requests.some((r) => r.filter?.includes("ownerNode"))).toBe(false);
+    // Found complete once, the index stays so: the next fetch does not read the sweeper's state.
+    expect(after.requests.filter((r) => r.table.startsWith("control"))).toHaveLength(1);
+    const again = recordTableRequests(proxy);
+    expect((await desired("n-a")).attachments.map((a) => a.volume)).toEqual(["v-1"]);
+    again.stop();
+    expect(again.requests.filter((r) => r.table.startsWith("control"))).toEqual([]);
     expect(reported).toEqual([]);
   });
 
