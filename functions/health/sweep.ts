@@ -41,6 +41,7 @@
  * It writes its state and nothing else, so a second pass right after any
  * pass finds nothing to do.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import { rollBackAttach } from "../arbiter/attach.ts";
 import { detachVolume } from "../arbiter/detach.ts";
 import {
@@ -372,10 +373,6 @@ async function moveNode(
   return node;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 function tally(
   report: SweepReport,
   volume: string,
@@ -392,7 +389,7 @@ function tally(
 }
 
 /**
- * Run one step of the pass. A conflict means a heartbeat or a request got
+ * Run one step of the pass. A conflict means a report or a request got
  * there first: leave it to the next pass. Anything else is reported and
  * the pass goes on with the other nodes and volumes.
  */
