@@ -114,7 +114,7 @@ export async function agentSection(): Promise<TextRow[]> {
     a ??= await start("bench-a");
     rows.push(reported(`start to running line, median (n=${starts.length})`, ms(percentile(starts, 50))));
 
-    // --- 2a. memory with nothing to serve, once the first heartbeat is answered
+    // --- 2a. memory with nothing to serve, once a report is recorded
     await a.waitForReport(() => true);
     const idleRss = await rssBytes(a.proc.pid!);
     rows.push(reported("RSS, 0 volumes", mib(idleRss)));

@@ -16,11 +16,19 @@
  *    once, as that instance's time, and an awaited wait counts as executing.
  *    (includes/functions-flex-consumption-billing-table.md; the IO-bound
  *    example in articles/azure-functions/functions-consumption-costs.md.)
- * 2. Each activity period is billed at least 1 s, and past that rounded up to
+ * 2. Each activity period (a stretch in which at least one execution runs on
+ *    the instance) is billed at least 1 s, and past that rounded up to
  *    100 ms. (articles/azure-functions/flex-consumption-plan.md, Billing.)
  *    The docs do not say whether two periods closer than the first one's
- *    minimum share one billed window or pay two minimums; `httpBilling`
- *    chooses (see HttpBillingModel).
+ *    minimum share one billed window or pay two minimums. HTTP executions are
+ *    billed in one of two closed forms (`httpBilling`, see HttpBillingModel),
+ *    every execution taken to last the mean: `window` (default) keeps the
+ *    instance billed for max(1 s, the execution rounded up to 100 ms) from
+ *    each execution's start and bills overlapping windows once;
+ *    `perExecution` has every execution pay that alone. Both are exact for
+ *    isolated executions; `window` never bills less than the rule read as one
+ *    window (for executions of up to 0.9 s), `perExecution` never less than
+ *    either reading. Where they are off, the bill comes out high, not low.
  * 3. GB-s = instance memory MB / 1024 x seconds (the meter is MB-ms divided
  *    by 1,024,000: includes/functions-monitor-metrics-flex-consumption.md),
  *    priced per GB-s; executions priced per million.
@@ -31,12 +39,13 @@
  *    up to 100 ms). The timer is a singleton that never overlaps itself, so
  *    passes longer than the schedule's interval run back to back instead.
  * 5. HTTP instances needed: the mean concurrency lambda*d divided by the
- *    per-instance concurrency (default by memory size, functions-concurrency.md),
- *    rounded up, at least 1. Requests are spread evenly, so each instance sees
- *    a Poisson stream of lambda/n (the brief took the fraction at the whole
- *    lambda times n; once n > 1 each instance carries a mean concurrency over
+ *    per-instance concurrency (default by memory size, functions-concurrency.md;
+ *    the Bicep template sets it), rounded up, at least 1. Requests are spread
+ *    evenly, so each instance sees a Poisson stream of lambda/n. (The simple
+ *    approximation, the whole group's fraction at lambda times n instances,
+ *    differs little: once n > 1 each instance carries a mean concurrency over
  *    c/2, so both are close to always active: at least 1 - e^(-c/2), 0.86 at
- *    c = 4, 0.9997 at c = 16). How the scale controller sizes the group under
+ *    c = 4, 0.9997 at c = 16.) How the scale controller sizes the group under
  *    bursts above the mean is not documented.
  * 6. The monthly free grant (on demand only) is taken once off the month's
  *    total GB-s and executions, never below 0. (The amounts are unconfirmed:
@@ -59,29 +68,31 @@ export const MONTH_SECONDS = MONTH_MINUTES * 60;
 export const BENCH_NODE_COUNTS: readonly number[] = [3, 100, 1_000, 10_000];
 
 /** The instance memory sizes Flex Consumption offers. */
-export type InstanceMemoryMB = 512 | 2048 | 4096;
+type InstanceMemoryMB = 512 | 2048 | 4096;
 
 /**
- * How activity periods closer together than the 1-s minimum are billed on one
- * instance. An activity period is a stretch in which at least one execution
- * runs on the instance.
+ * How executions closer together than the 1-s minimum are billed on one
+ * instance, as a closed form for Poisson arrivals at lambda per second, every
+ * execution lasting the mean d seconds. a = activitySeconds(d): max(1 s,
+ * d rounded up to 100 ms).
  *
- * - `merged` (default): each period opens a billed window of
- *   max(1 s, its length rounded up to 100 ms) from its start; overlapping
- *   windows are billed once. An instance is never billed more than wall time.
- * - `window`: the brief's approximation, 1 - e^(-lambda * max(1 s, d)): every
- *   execution keeps the instance billed for max(1 s, d) from its start. It is
- *   exact for isolated executions, counts extra for periods of several
- *   overlapping executions (up to 1 - d per period; the largest error is
- *   where lambda*d is near 1), and ignores the 100-ms rounding.
- * - `perPeriod`: every period pays its own minimum even when the next starts
- *   within it, so frequent short requests can bill more than wall time (the
- *   pessimistic reading of the docs).
+ * - `window` (default): each execution keeps its instance billed for a from
+ *   its start; overlapping windows are billed once. Billed seconds per second
+ *   of an instance: 1 - e^(-lambda a), never more than wall time. Exact for
+ *   isolated executions. For a period of several overlapping executions, the
+ *   docs' rule read as one window bills a minimum (or the period rounded up)
+ *   from the period's start; for d <= 0.9 s the executions' windows cover
+ *   that, so this never bills less than the rule and errs on the side of a
+ *   higher bill (by up to a - d per period). Past 0.9 s it can fall short of
+ *   a period's 100-ms round-up by less than one step.
+ * - `perExecution`: the pessimistic reading, where no two executions share a
+ *   minimum: billed seconds per second = lambda a, which exceeds wall time
+ *   once lambda a > 1.
  */
-export type HttpBillingModel = "merged" | "window" | "perPeriod";
+type HttpBillingModel = "window" | "perExecution";
 
 /** Blob transactions by the operation type the price list uses. */
-export interface BlobOps {
+interface BlobOps {
   write?: number;
   read?: number;
   other?: number;
@@ -90,13 +101,13 @@ export interface BlobOps {
 }
 
 /** A measured sweep duration at a node count. */
-export interface SecondsAt {
+interface SecondsAt {
   nodes: number;
   seconds: number;
 }
 
 /** Measured Table transactions of one sweep pass at a node count. */
-export interface TransactionsAt {
+interface TransactionsAt {
   nodes: number;
   transactions: number;
 }
@@ -114,8 +125,6 @@ export interface MeasuredCounts {
     blob: BlobOps;
   };
   perSweepPass: {
-    /** Executions per pass (default 1). */
-    executions?: number;
     /** Pass duration over node count; linear between points, extrapolated past them. */
     seconds: readonly SecondsAt[];
     /** Table transactions per pass over node count, likewise. */
@@ -133,20 +142,23 @@ export interface MeasuredCounts {
   };
 }
 
-export interface CostSettings {
+interface CostSettings {
   instanceMemoryMB: InstanceMemoryMB;
   /** Sweep (timer) passes scheduled per minute. */
   sweepPassesPerMinute: number;
   /** Take the monthly free grant off the total (the other total is always reported too). */
   applyFreeGrant: boolean;
-  /** HTTP per-instance concurrency; default: the documented default for the memory size. */
+  /**
+   * HTTP per-instance concurrency; default: the documented default for the
+   * memory size (prices.json; 4 at 512 MB, where the Bicep template sets 16).
+   */
   httpPerInstanceConcurrency?: number;
-  /** Default `merged`. */
+  /** Default `window`. Also decides whether back-to-back timer passes share billed time. */
   httpBilling?: HttpBillingModel;
 }
 
 /** The numbers the model uses, taken from prices.json (or given, in tests). */
-export interface Prices {
+interface Prices {
   functionsGbSecondUsd: number;
   functionsMillionExecutionsUsd: number;
   freeGrantGbSeconds: number;
@@ -182,17 +194,13 @@ export const PRICES: Prices = {
   },
 };
 
-export interface HttpCost {
+interface HttpCost {
   /** Executions per month. */
   executions: number;
-  /** Mean execution seconds (d). */
-  meanSeconds: number;
-  /** Requests per second for the whole group (lambda). */
-  arrivalsPerSecond: number;
   /** lambda * d: executions running at once, on average. */
   meanConcurrency: number;
   instances: number;
-  /** Billed seconds per second of one instance (at most 1 unless `perPeriod`). */
+  /** Billed seconds per second of one instance (above 1 only under `perExecution`). */
   activeFraction: number;
   /** Billed instance-seconds per month, all instances. */
   billedSeconds: number;
@@ -203,8 +211,8 @@ export interface HttpCost {
   executionsUsd: number;
 }
 
-export interface TimerCost {
-  /** Executions per month. */
+interface TimerCost {
+  /** Executions per month, one a pass. */
   executions: number;
   /** Passes per month (fewer than scheduled when a pass outlasts the interval). */
   passes: number;
@@ -222,7 +230,7 @@ export interface TimerCost {
   executionsUsd: number;
 }
 
-export interface FunctionsCost {
+interface FunctionsCost {
   http: HttpCost;
   timer: TimerCost;
   gbSeconds: number;
@@ -238,12 +246,12 @@ export interface FunctionsCost {
   usdNoGrant: number;
 }
 
-export interface TableCost {
+interface TableCost {
   transactions: number;
   usd: number;
 }
 
-export interface BlobCost {
+interface BlobCost {
   /** Transactions per month by operation type. */
   byType: Required<BlobOps>;
   transactions: number;
@@ -251,17 +259,16 @@ export interface BlobCost {
 }
 
 /** One month at one node count. */
-export interface MonthlyCost {
+interface MonthlyCost {
   nodes: number;
-  settings: Required<CostSettings>;
   functions: FunctionsCost;
   table: TableCost;
   blob: BlobCost;
-  /** With the free grant if `settings.applyFreeGrant`. */
+  /** With the free grant if the settings apply it. */
   totalUsd: number;
+  /** totalUsd / nodes. */
   usdPerNodeMonth: number;
   totalUsdNoGrant: number;
-  usdPerNodeMonthNoGrant: number;
 }
 
 function check(name: string, value: number, min = 0): void {
@@ -310,179 +317,22 @@ export function interpolate<K extends string>(
 }
 
 /**
- * Billed seconds of one instance for concrete executions, [start, end] in
- * seconds, under `model`: the rule itself, which the Poisson formulas below
- * approximate (and which the tests simulate against).
- */
-export function billedInstanceSeconds(
-  executions: readonly (readonly [number, number])[],
-  model: HttpBillingModel = "merged",
-  prices: Prices = PRICES,
-): number {
-  const sorted = [...executions].sort((a, b) => a[0] - b[0]);
-  for (const [s, e] of sorted) {
-    if (!Number.isFinite(s) || !Number.isFinite(e) || e < s) {
-      throw new RangeError(`cost model: bad execution [${s}, ${e}]`);
-    }
-  }
-  const unionLength = (windows: Array<[number, number]>): number => {
-    windows.sort((a, b) => a[0] - b[0]);
-    let total = 0;
-    let curStart = -Infinity;
-    let curEnd = -Infinity;
-    for (const [s, e] of windows) {
-      if (s > curEnd) {
-        if (curEnd > curStart) total += curEnd - curStart;
-        curStart = s;
-        curEnd = e;
-      } else if (e > curEnd) {
-        curEnd = e;
-      }
-    }
-    if (curEnd > curStart) total += curEnd - curStart;
-    return total;
-  };
-  if (model === "window") {
-    const min = prices.minimumActivitySeconds;
-    return unionLength(sorted.map(([s, e]): [number, number] => [s, s + Math.max(min, e - s)]));
-  }
-  // Activity periods: maximal stretches in which at least one execution runs.
-  const periods: Array<[number, number]> = [];
-  for (const [s, e] of sorted) {
-    const last = periods[periods.length - 1];
-    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
-    else periods.push([s, e]);
-  }
-  if (model === "perPeriod") {
-    return periods.reduce((sum, [s, e]) => sum + activitySeconds(e - s, prices), 0);
-  }
-  return unionLength(periods.map(([s, e]): [number, number] => [s, s + activitySeconds(e - s, prices)]));
-}
-
-/**
- * For Poisson arrivals at `lambda` per second, every execution lasting `d`
- * seconds (d < the minimum u0): the busy periods B of this M/D/infinity system
- * are d plus K gaps between arrivals, each shorter than d, K geometric. With
- * F(s) = P(B - d <= s), which solves
- *   F(s) = e^(-lambda d) + integral_0^min(s,d) lambda e^(-lambda x) F(s - x) dx,
- * (solved on a grid, F piecewise linear, the kernel integrated exactly),
- * returns over [0, u = u0 - d]:
- *   shortfall = E[(u0 - B)+]                        (the minimum's top-up),
- *   merged    = E[1 - e^(-lambda (u0 - B)+)]        (the part of it before
- *               the next arrival, which is Exp(lambda) after the period ends),
- *   atMostMin = P(B <= u0).
- */
-function shortPeriodTerms(
-  lambda: number,
-  d: number,
-  u0: number,
-): { shortfall: number; merged: number; atMostMin: number } {
-  const u = u0 - d;
-  const p0 = Math.exp(-lambda * d);
-  if (d < 1e-9) {
-    // Executions of no length: every period is a single execution.
-    return { shortfall: u, merged: -Math.expm1(-lambda * u), atMostMin: 1 };
-  }
-  // Step: fine against 1/lambda and 1 ms, coarse enough for about 2e6 operations.
-  let h = Math.min(1e-3, d, Math.max(0.2 / lambda, Math.sqrt((d * u) / 2e6)));
-  const m = Math.max(1, Math.ceil(d / h - 1e-9));
-  h = d / m;
-  const J = Math.floor(u / h + 1e-9);
-  const size = J + 2;
-  // Segment weights of integral lambda e^(-lambda x) F(s - x) dx with F linear:
-  // segment k (x in [kh, (k+1)h]) adds q^k (A F[j-k] + B F[j-k-1]).
-  const lh = lambda * h;
-  const oneMinusQ = -Math.expm1(-lh);
-  const q = 1 - oneMinusQ;
-  const B = oneMinusQ / lh - q;
-  const A = oneMinusQ - B;
-  const wA = new Float64Array(m);
-  const wB = new Float64Array(m);
-  for (let k = 0, qk = 1; k < m; k++, qk *= q) {
-    wA[k] = qk * A;
-    wB[k] = qk * B;
-  }
-  const F = new Float64Array(size);
-  F[0] = p0;
-  for (let j = 1; j < size; j++) {
-    const mj = Math.min(j, m);
-    let acc = wB[0]! * F[j - 1]!;
-    for (let k = 1; k < mj; k++) acc += wA[k]! * F[j - k]! + wB[k]! * F[j - k - 1]!;
-    F[j] = Math.min(1, (p0 + acc) / (1 - wA[0]!));
-  }
-  // Integrate F, and F against lambda e^(-lambda (u - s)), over [0, u], F linear.
-  const segment = (a: number, fa: number, b: number, fb: number): [number, number] => {
-    const len = b - a;
-    if (len <= 0) return [0, 0];
-    const ea = Math.exp(-lambda * (u - a));
-    const eb = Math.exp(-lambda * (u - b));
-    const plain = (len * (fa + fb)) / 2;
-    const weighted = fa * (eb - ea) + ((fb - fa) / len) * (len * eb - (eb - ea) / lambda);
-    return [plain, weighted];
-  };
-  let shortfall = 0;
-  let merged = 0;
-  for (let j = 0; j < J; j++) {
-    const [x, y] = segment(j * h, F[j]!, (j + 1) * h, F[j + 1]!);
-    shortfall += x;
-    merged += y;
-  }
-  const frac = Math.max(0, u / h - J);
-  const atMostMin = Math.min(1, F[J]! + frac * (F[J + 1]! - F[J]!));
-  const [x, y] = segment(J * h, F[J]!, u, atMostMin);
-  shortfall += x;
-  merged += y;
-  return { shortfall, merged, atMostMin };
-}
-
-/**
  * Billed seconds per second of one instance receiving Poisson arrivals at
- * `lambda` per second, each executing `d` seconds, under `model`.
- *
- * With p0 = e^(-lambda d): the instance is busy 1 - p0 of the time, and busy
- * periods start at r = lambda p0 per second (an arrival finding it idle).
- *   window:    1 - e^(-lambda max(u0, d))
- *   perPeriod: (1 - p0) + r E[(u0 - B)+] + r E[rounding]
- *   merged:    (1 - p0) + p0 E[1 - e^(-lambda (u0 - B)+)] + r E[rounding], at most 1
- * E[rounding], the 100-ms round-up of periods longer than the minimum, is
- * exact for single executions longer than it and taken as half a step for
- * periods of several executions (their length is not on a 100-ms grid); the
- * error is under half a step per such period, and in `merged` the round-up
- * may overlap the next period (not subtracted): both vanish at low load,
- * where periods are single, and at high load, where they merge into one.
- * Assumes every execution lasts the mean d (M/D/infinity); the busy fraction
- * does not depend on that, the minimum's top-up does.
+ * `lambda` per second, each executing `d` seconds, under `model` (see
+ * HttpBillingModel): with a = activitySeconds(d),
+ *   window:       1 - e^(-lambda a)
+ *   perExecution: lambda a
  */
 export function httpActiveFraction(
   lambda: number,
   d: number,
-  model: HttpBillingModel = "merged",
+  model: HttpBillingModel = "window",
   prices: Prices = PRICES,
 ): number {
   check("lambda", lambda);
   check("execution seconds", d);
-  if (lambda === 0) return 0;
-  const u0 = prices.minimumActivitySeconds;
-  if (model === "window") return -Math.expm1(-lambda * Math.max(u0, d));
-  const p0 = Math.exp(-lambda * d);
-  const busy = -Math.expm1(-lambda * d);
-  const r = lambda * p0;
-  let shortfall = 0;
-  let merged = 0;
-  let longer = 1;
-  // Past this the periods are so rare (or so long) that their minimums add nothing.
-  if (d < u0 && r * u0 > 1e-12) {
-    const t = shortPeriodTerms(lambda, d, u0);
-    shortfall = t.shortfall;
-    merged = t.merged;
-    longer = 1 - t.atMostMin;
-  }
-  const step = prices.activityRoundingSeconds;
-  const single = d >= u0 ? p0 * (activitySeconds(d, prices) - d) : 0;
-  const several = (step / 2) * Math.max(0, longer - (d >= u0 ? p0 : 0));
-  const rounding = r * (single + several);
-  if (model === "perPeriod") return busy + r * shortfall + rounding;
-  return Math.min(1, busy + p0 * merged + rounding);
+  const a = activitySeconds(d, prices);
+  return model === "perExecution" ? lambda * a : -Math.expm1(-lambda * a);
 }
 
 function blobTotal(ops: BlobOps, name: string): Required<BlobOps> {
@@ -504,7 +354,7 @@ function resolveSettings(settings: CostSettings, prices: Prices): Required<CostS
     sweepPassesPerMinute: settings.sweepPassesPerMinute,
     applyFreeGrant: settings.applyFreeGrant,
     httpPerInstanceConcurrency: concurrency,
-    httpBilling: settings.httpBilling ?? "merged",
+    httpBilling: settings.httpBilling ?? "window",
   };
 }
 
@@ -522,8 +372,6 @@ export function monthlyCost(
   check("httpExecutions", perNode.httpExecutions);
   check("httpExecutionSeconds", perNode.httpExecutionSeconds);
   check("tableTransactions", perNode.tableTransactions);
-  const execsPerPass = pass.executions ?? 1;
-  check("executions per pass", execsPerPass);
   const gbPerInstance = (s.instanceMemoryMB * 1000) / prices.mbMillisecondsPerGbSecond;
   const gbsUsd = (gbs: number) => gbs * prices.functionsGbSecondUsd;
   const execUsd = (n: number) => (n / 1e6) * prices.functionsMillionExecutionsUsd;
@@ -539,8 +387,6 @@ export function monthlyCost(
   const httpGbs = httpBilled * gbPerInstance;
   const http: HttpCost = {
     executions: httpExecutions,
-    meanSeconds: d,
-    arrivalsPerSecond: lambda,
     meanConcurrency,
     instances,
     activeFraction,
@@ -556,10 +402,10 @@ export function monthlyCost(
   const scheduled = s.sweepPassesPerMinute;
   const passesPerMinute = passSeconds > 0 ? Math.min(scheduled, 60 / passSeconds) : scheduled;
   let billedPerMinute = passesPerMinute * perPass;
-  // Back-to-back billed windows on the one instance merge unless every period pays its own minimum.
-  if (s.httpBilling !== "perPeriod") billedPerMinute = Math.min(60, billedPerMinute);
+  // Back-to-back billed windows on the one instance merge unless every execution pays its own minimum.
+  if (s.httpBilling !== "perExecution") billedPerMinute = Math.min(60, billedPerMinute);
   const timerBilled = billedPerMinute * MONTH_MINUTES;
-  const timerExecutions = passesPerMinute * execsPerPass * MONTH_MINUTES;
+  const timerExecutions = passesPerMinute * MONTH_MINUTES;
   const timerGbs = timerBilled * gbPerInstance;
   const timer: TimerCost = {
     executions: timerExecutions,
@@ -617,14 +463,12 @@ export function monthlyCost(
   const totalUsdNoGrant = functions.usdNoGrant + table.usd + blob.usd;
   return {
     nodes,
-    settings: s,
     functions,
     table,
     blob,
     totalUsd,
     usdPerNodeMonth: totalUsd / nodes,
     totalUsdNoGrant,
-    usdPerNodeMonthNoGrant: totalUsdNoGrant / nodes,
   };
 }
 

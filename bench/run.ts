@@ -8,15 +8,16 @@
  *     concurrency.
  *
  * (d) The control plane on Azurite (bench/control-plane.ts): the API's
- *     attach latency and what an attach costs in Table transactions.
+ *     attach latency and what an attach and its detach cost in Table
+ *     transactions.
  * (e) Real agent processes (bench/agent.ts): start time, memory, attach
  *     latency to NBD answering, failover time, bundle size.
- * (g) Serverless (bench/serverless.ts): Functions requests and seconds and
- *     Table transactions per idle node-minute, the sweeper's pass at 3 to
- *     10,000 nodes, and the monthly bill they make, printed after the table.
  * (f) Replicas (bench/replicas.ts): write throughput with 2 replicas against
  *     1, bytes resynced after an outage against bytes written during it,
  *     rebuild MiB/s.
+ * (g) Serverless (bench/serverless.ts): Functions requests and seconds and
+ *     Table transactions per idle node-minute, the sweeper's pass at 3 to
+ *     10,000 nodes, and the monthly bill they make, printed after the table.
  *
  * Sections (a) and (c) run each workload ROUNDS times, ours and the peer
  * alternately, and report the median of each: the peer alone moves by a

@@ -2,10 +2,8 @@ import { describe, expect, it } from "vitest";
 import {
   activitySeconds,
   BENCH_NODE_COUNTS,
-  billedInstanceSeconds,
   costTable,
   formatCostTable,
-  type HttpBillingModel,
   httpActiveFraction,
   interpolate,
   type MeasuredCounts,
@@ -32,30 +30,6 @@ function counts(over: {
   };
 }
 
-/** A small seeded generator (mulberry32), so the simulation is the same every run. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Billed seconds per second of one instance for simulated Poisson arrivals. */
-function simulate(lambda: number, d: number, model: HttpBillingModel, arrivals: number, seed: number): number {
-  const random = prng(seed);
-  const executions: Array<[number, number]> = [];
-  let t = 0;
-  for (let i = 0; i < arrivals; i++) {
-    t += -Math.log(1 - random()) / lambda;
-    executions.push([t, t + d]);
-  }
-  return billedInstanceSeconds(executions, model) / t;
-}
-
 describe("activity periods", () => {
   it("bill at least 1 s, then round up to 100 ms", () => {
     expect(activitySeconds(0.2)).toBe(1);
@@ -66,68 +40,28 @@ describe("activity periods", () => {
     expect(activitySeconds(2.05)).toBe(2.1);
     expect(activitySeconds(2)).toBe(2);
   });
-
-  it("bill two overlapping requests on one instance once", () => {
-    // One activity period [0, 0.5]: one minimum, not two.
-    expect(billedInstanceSeconds([[0, 0.3], [0.1, 0.5]], "merged")).toBe(1);
-    expect(billedInstanceSeconds([[0, 0.3], [0.1, 0.5]], "perPeriod")).toBe(1);
-    // Long ones: the period [0, 2.2] is billed 2.2 s, not 1.5 + 1.2 s.
-    expect(billedInstanceSeconds([[0, 1.5], [1, 2.2]], "merged")).toBeCloseTo(2.2, 9);
-    expect(billedInstanceSeconds([[0, 1.5], [1, 2.2]], "perPeriod")).toBeCloseTo(2.2, 9);
-    // The brief's approximation keeps the instance billed 1 s from each start: 1.1 s here.
-    expect(billedInstanceSeconds([[0, 0.3], [0.1, 0.5]], "window")).toBeCloseTo(1.1, 9);
-  });
-
-  it("bill separate periods by the chosen reading of the minimum", () => {
-    // Two 0.2 s requests 0.5 s apart: two periods.
-    const two: Array<[number, number]> = [[0, 0.2], [0.5, 0.7]];
-    expect(billedInstanceSeconds(two, "merged")).toBeCloseTo(1.5, 9);
-    expect(billedInstanceSeconds(two, "window")).toBeCloseTo(1.5, 9);
-    expect(billedInstanceSeconds(two, "perPeriod")).toBe(2);
-    // Far apart, every reading bills two minimums.
-    const apart: Array<[number, number]> = [[0, 0.2], [5, 5.2]];
-    for (const model of ["merged", "window", "perPeriod"] as const) {
-      expect(billedInstanceSeconds(apart, model)).toBeCloseTo(2, 9);
-    }
-  });
 });
 
 describe("HTTP billed fraction", () => {
-  it("window is the brief's formula, 1 - e^(-lambda max(1, d))", () => {
+  it("window is 1 - e^(-lambda a), a = max(1 s, d rounded up to 100 ms)", () => {
+    expect(httpActiveFraction(1.5, 0.05)).toBeCloseTo(1 - Math.exp(-1.5), 12);
     expect(httpActiveFraction(1.5, 0.05, "window")).toBeCloseTo(1 - Math.exp(-1.5), 12);
     expect(httpActiveFraction(0.2, 2, "window")).toBeCloseTo(1 - Math.exp(-0.4), 12);
+    // 1.01 s is billed 1.1 s.
+    expect(httpActiveFraction(0.5, 1.01, "window")).toBeCloseTo(1 - Math.exp(-0.55), 12);
   });
 
-  it("isolated requests pay one minimum each in every reading", () => {
+  it("perExecution is lambda a, past wall time when requests are frequent", () => {
+    expect(httpActiveFraction(0.5, 1.01, "perExecution")).toBeCloseTo(0.55, 12);
+    // 20 requests/s of 50 ms, each paying its own 1 s: 20 billed seconds a second.
+    expect(httpActiveFraction(20, 0.05, "perExecution")).toBeCloseTo(20, 12);
+  });
+
+  it("isolated requests pay one minimum each in both readings", () => {
     // lambda = 0.001/s: 1 request in 1000 s, billed 1 s.
-    for (const model of ["merged", "window", "perPeriod"] as const) {
-      expect(httpActiveFraction(0.001, 0.05, model)).toBeCloseTo(0.001, 5);
+    for (const model of ["window", "perExecution"] as const) {
+      expect(httpActiveFraction(0.001, 0.05, model)).toBeCloseTo(0.001, 6);
     }
-  });
-
-  it("agrees with a simulation of the billing rule", () => {
-    const cases: Array<[number, number]> = [
-      [1.5, 0.05],
-      [2, 0.5],
-      [3, 0.2],
-      [0.3, 1.37],
-    ];
-    for (const [lambda, d] of cases) {
-      for (const model of ["merged", "window", "perPeriod"] as const) {
-        const analytic = httpActiveFraction(lambda, d, model);
-        const simulated = simulate(lambda, d, model, 100_000, 7);
-        expect(Math.abs(analytic - simulated) / simulated, `${model} lambda=${lambda} d=${d}`).toBeLessThan(0.01);
-      }
-    }
-  });
-
-  it("never bills an instance past wall time unless every period pays its own minimum", () => {
-    for (const lambda of [0.5, 5, 50, 500]) {
-      expect(httpActiveFraction(lambda, 0.05, "merged")).toBeLessThanOrEqual(1);
-      expect(httpActiveFraction(lambda, 0.05, "window")).toBeLessThanOrEqual(1);
-    }
-    // 20 requests/s of 50 ms: about 7.4 periods a second, each paying 1 s.
-    expect(httpActiveFraction(20, 0.05, "perPeriod")).toBeGreaterThan(7);
   });
 
   it("shares an instance between concurrent executions", () => {
@@ -140,9 +74,20 @@ describe("HTTP billed fraction", () => {
     );
     expect(c.functions.http.meanConcurrency).toBeCloseTo(10, 9);
     expect(c.functions.http.instances).toBe(1);
-    const executionSeconds = c.functions.http.executions * 0.1;
-    expect(c.functions.http.billedSeconds).toBeLessThanOrEqual(MONTH_SECONDS);
-    expect(c.functions.http.billedSeconds).toBeLessThan(executionSeconds / 9);
+    // Busy all the time: one instance's month (1 - e^-100), not 10 months of execution time.
+    expect(c.functions.http.billedSeconds).toBeCloseTo(MONTH_SECONDS, 3);
+  });
+
+  it("takes the per-instance concurrency given over the memory size's default", () => {
+    // 10 running at once: 3 instances at the 512 MB default of 4, one at 16 (as the Bicep template sets).
+    const at = (httpPerInstanceConcurrency?: number) =>
+      monthlyCost(
+        1000,
+        counts({ perNodeMinute: { httpExecutions: 6, httpExecutionSeconds: 0.6 } }),
+        { instanceMemoryMB: 512, sweepPassesPerMinute: 0, applyFreeGrant: false, httpPerInstanceConcurrency },
+      ).functions.http.instances;
+    expect(at()).toBe(3);
+    expect(at(16)).toBe(1);
   });
 
   it("adds instances by mean concurrency over per-instance concurrency", () => {
@@ -218,29 +163,40 @@ describe("the timer", () => {
     expect(c.passes).toBe(6 * MONTH_MINUTES);
     expect(c.billedSeconds).toBe(MONTH_SECONDS);
   });
+
+  it("bills back-to-back passes past wall time only when every execution pays its own round-up", () => {
+    // 7.55 s passes, billed 7.6 s each, 60 / 7.55 a minute: 60.4 billed seconds a minute.
+    const timer = (httpBilling: "window" | "perExecution") =>
+      monthlyCost(1000, counts({ perSweepPass: { seconds: [{ nodes: 1000, seconds: 7.55 }] } }), {
+        instanceMemoryMB: 2048,
+        sweepPassesPerMinute: 8,
+        applyFreeGrant: false,
+        httpBilling,
+      }).functions.timer;
+    expect(timer("window").billedSeconds).toBe(MONTH_SECONDS);
+    expect(timer("perExecution").billedSeconds).toBeCloseTo((60 / 7.55) * 7.6 * MONTH_MINUTES, 6);
+  });
 });
 
 describe("the free grant", () => {
-  it("never makes a cost negative and is taken once", () => {
-    const grantUsd = PRICES.freeGrantGbSeconds * PRICES.functionsGbSecondUsd + (PRICES.freeGrantExecutions / 1e6) * PRICES.functionsMillionExecutionsUsd;
-    for (const nodes of [1, 3, 100, 1000, 10_000]) {
-      for (const execs of [0, 0.1, 30]) {
-        const c = monthlyCost(
-          nodes,
-          counts({ perNodeMinute: { httpExecutions: execs, httpExecutionSeconds: execs * 0.05, tableTransactions: 2 } }),
-          { instanceMemoryMB: 512, sweepPassesPerMinute: 1, applyFreeGrant: true },
-        );
-        const f = c.functions;
-        expect(f.gbSecondsUsd).toBeGreaterThanOrEqual(0);
-        expect(f.executionsUsd).toBeGreaterThanOrEqual(0);
-        expect(f.usd).toBeGreaterThanOrEqual(0);
-        expect(c.totalUsd).toBeGreaterThanOrEqual(0);
-        expect(f.freeGbSeconds).toBeLessThanOrEqual(f.gbSeconds);
-        expect(f.freeExecutions).toBeLessThanOrEqual(f.executions);
-        expect(f.usdNoGrant - f.usd).toBeLessThanOrEqual(grantUsd + 1e-9);
-        expect(c.totalUsdNoGrant).toBeGreaterThanOrEqual(c.totalUsd);
-      }
-    }
+  it("is taken once, in full, off a load above it", () => {
+    // 1,000 nodes at 512 MB: 500 requests/s of 100 ms keep 13 instances busy all month
+    // (16.8 M GB-s, 1.3 billion executions), far above the grant of either.
+    const at = (applyFreeGrant: boolean) =>
+      monthlyCost(
+        1000,
+        counts({ perNodeMinute: { httpExecutions: 30, httpExecutionSeconds: 3 } }),
+        { instanceMemoryMB: 512, sweepPassesPerMinute: 1, applyFreeGrant },
+      );
+    const granted = at(true);
+    const f = granted.functions;
+    expect(f.freeGbSeconds).toBe(100_000);
+    expect(f.freeExecutions).toBe(250_000);
+    // 100,000 GB-s x $0.000026 + 0.25 M executions x $0.40 = $2.70, once (HTTP and timer together).
+    expect(f.usdNoGrant - f.usd).toBeCloseTo(2.7, 9);
+    expect(granted.totalUsdNoGrant - granted.totalUsd).toBeCloseTo(2.7, 9);
+    expect(at(false).totalUsd).toBeCloseTo(granted.totalUsdNoGrant, 9);
+    expect(at(false).functions.freeGbSeconds).toBe(0);
   });
 
   it("covers a small load entirely", () => {
@@ -301,7 +257,6 @@ describe("the Markdown table", () => {
       { instanceMemoryMB: 2048, sweepPassesPerMinute: 8, applyFreeGrant: true },
     );
     expect(rows.map((r) => r.nodes)).toEqual([...BENCH_NODE_COUNTS]);
-    expect(BENCH_NODE_COUNTS).toEqual([3, 100, 1000, 10_000]);
     const lines = formatCostTable(rows).split("\n");
     expect(lines).toHaveLength(6);
     expect(lines[0]).toBe(
@@ -345,5 +300,6 @@ describe("inputs", () => {
     expect(() => monthlyCost(10, counts({}), { ...ok, instanceMemoryMB: 1024 as 2048 })).toThrow(RangeError);
     expect(() => monthlyCost(10, counts({ perNodeMinute: { tableTransactions: -1 } }), ok)).toThrow(RangeError);
     expect(() => monthlyCost(10, counts({ perSweepPass: { seconds: [] } }), ok)).toThrow(RangeError);
+    expect(() => monthlyCost(10, counts({}), { ...ok, httpPerInstanceConcurrency: 0 })).toThrow(RangeError);
   });
 });

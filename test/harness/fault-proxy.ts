@@ -3,7 +3,8 @@
  * switches at will: pass through, answer like a throttled or overloaded Azure
  * (503 ServerBusy, 500 OperationTimedOut, with Azure's XML error body), cut
  * connections, delay or hold requests. It counts requests by kind, so tests
- * can assert how many Put Page calls reached the service.
+ * can assert how many Put Page calls reached the service, and the seconds
+ * requests were open.
  *
  *   const proxy = await startFaultProxy(azurite.blobEndpoint);
  *   proxy.inject({ fault: { type: "busy" }, only: ["putPage"] });
@@ -84,6 +85,12 @@ export interface FaultProxy {
   forwarded(kind?: RequestKind): number;
   /** Requests answered by a fault. */
   faulted(kind?: RequestKind): number;
+  /**
+   * Seconds requests were open, summed: each from its arrival to the end of
+   * its answer (or of its connection), added when it ends.
+   */
+  openSeconds(): number;
+  /** Zero the counts and `openSeconds()`. */
   resetCounts(): void;
   /** Observe every request as it arrives; returns the unsubscribe function. */
   onRequest(listener: (req: ProxiedRequest) => void): () => void;
@@ -103,6 +110,7 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   const agent = new Agent({ keepAlive: true, maxSockets: 256 });
   const rules: Array<FaultRule & { left: number }> = [];
   const counts = new Map<string, number>();
+  let openMs = 0;
   const held = new Set<() => void>();
   const timers = new Set<NodeJS.Timeout>();
   const events = new EventEmitter();
@@ -136,6 +144,10 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   };
 
   const server: Server = createServer((req, res) => {
+    const arrived = performance.now();
+    res.once("close", () => {
+      openMs += performance.now() - arrived;
+    });
     const url = new URL(req.url ?? "/", "http://proxy");
     const info: ProxiedRequest = {
       kind: kindOf(req.method ?? "GET", url, req.headers),
@@ -234,7 +246,11 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
     received: (kind) => count("received", kind),
     forwarded: (kind) => count("forwarded", kind),
     faulted: (kind) => count("faulted", kind),
-    resetCounts: () => counts.clear(),
+    openSeconds: () => openMs / 1000,
+    resetCounts() {
+      counts.clear();
+      openMs = 0;
+    },
     onRequest(listener) {
       events.on("info", listener);
       return () => events.off("info", listener);

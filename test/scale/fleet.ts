@@ -51,6 +51,8 @@ export interface Fleet {
   kill(...names: string[]): void;
   /** One sweep pass on the virtual clock; its second look waits on that clock too. */
   pass(): Promise<PassResult>;
+  /** Beat round by round until a sweep interval (the policy's) has gone by, then pass. */
+  nextPass(): Promise<PassResult>;
   close(): Promise<void>;
 }
 
@@ -60,10 +62,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   const concurrency = opts.concurrency ?? 64;
   const azurite: Azurite = await startAzurite({ table: true, inMemory: true });
   const proxy: FaultProxy = await startFaultProxy(azurite.tableEndpoint!);
-  const viaProxy = azurite.connectionString.replace(
-    /TableEndpoint=[^;]+/,
-    `TableEndpoint=${proxy.origin}${new URL(azurite.tableEndpoint!).pathname}`,
-  );
+  const viaProxy = azurite.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`);
   // The sweeper's registry counts at the proxy; the fleet's beats use the direct endpoint.
   const registry = await openRegistry(viaProxy);
   const direct = await openRegistry(azurite.connectionString);
@@ -104,6 +103,27 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   };
   await round();
 
+  const pass = async (): Promise<PassResult> => {
+    const at = clock;
+    const cp = controlPlane({
+      registry,
+      now: () => new Date(clock),
+      report: (err) => {
+        throw err;
+      },
+    });
+    proxy.resetCounts();
+    const started = performance.now();
+    const report = await sweep(cp, policy, {
+      // The second look moves the virtual clock as a round would, beats included.
+      wait: async (ms) => {
+        const target = clock + ms;
+        while (clock < target) await round();
+      },
+    });
+    return { report, transactions: proxy.received(), ms: performance.now() - started, at };
+  };
+
   return {
     names,
     registry,
@@ -112,25 +132,11 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
     kill(...gone) {
       for (const name of gone) dead.add(name);
     },
-    async pass() {
-      const at = clock;
-      const cp = controlPlane({
-        registry,
-        now: () => new Date(clock),
-        report: (err) => {
-          throw err;
-        },
-      });
-      proxy.resetCounts();
-      const started = performance.now();
-      const report = await sweep(cp, policy, {
-        // The second look moves the virtual clock as a round would, beats included.
-        wait: async (ms) => {
-          const target = clock + ms;
-          while (clock < target) await round();
-        },
-      });
-      return { report, transactions: proxy.received(), ms: performance.now() - started, at };
+    pass,
+    async nextPass() {
+      const due = clock + policy.sweepIntervalMs;
+      while (clock < due) await round();
+      return pass();
     },
     async close() {
       await proxy.close();
