@@ -177,6 +177,9 @@ export const Replica = z.object({
 });
 export type Replica = z.infer<typeof Replica>;
 
+/** Writers a volume's status remembers. */
+export const MAX_WRITERS = 4;
+
 /** What the control plane observes and decides. */
 export const VolumeStatus = z.object({
   state: VolumeState,
@@ -200,11 +203,9 @@ export const VolumeStatus = z.object({
    * heard (a `replicas-diverged` report may come long after its attach, and
    * the events that said so expire). Absent on records written before it.
    */
-  writers: z.array(z.object({ node: NodeName, epoch: z.int().min(1) })).max(4).optional(),
+  writers: z.array(z.object({ node: NodeName, epoch: z.int().min(1) })).max(MAX_WRITERS).optional(),
 });
 export type VolumeStatus = z.infer<typeof VolumeStatus>;
-/** Writers a volume's status remembers. */
-export const MAX_WRITERS = 4;
 
 export const Volume = z.object({
   name: VolumeName,

@@ -21,7 +21,7 @@ import { hostFacts } from "./facts.ts";
 import { joinCluster } from "./join.ts";
 import { LivenessLoop } from "./liveness-loop.ts";
 import { NodeClient } from "./node-client.ts";
-import { readLivenessTarget, saveLivenessTarget } from "./node-file.ts";
+import { forgetLivenessTarget, readLivenessTarget, saveLivenessTarget } from "./node-file.ts";
 import { Reconciler } from "./reconcile.ts";
 import { ReportLoop } from "./report-loop.ts";
 import type { ServedVolume } from "./served-volume.ts";
@@ -106,10 +106,21 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     credential: identity.credential,
   });
 
-  let rejected: (err: ApiClientError) => void = () => {};
+  let refuse: (err: ApiClientError) => void = () => {};
   const refused = new Promise<ApiClientError>((res) => {
-    rejected = res;
+    refuse = res;
   });
+  // Either loop may be the first to hear it, or both: said once.
+  let toldRejected = false;
+  const rejected = (err: ApiClientError) => {
+    if (toldRejected) return;
+    toldRejected = true;
+    log.error(
+      { code: err.code, status: err.status, message: err.message },
+      "the control plane refused this node's credential (node removed or credential revoked): stopping",
+    );
+    refuse(err);
+  };
   // The newest desired-state generation applied: reports carry it, and a change goes at once,
   // since a detach waits for it to know the volumes it took away are drained.
   let appliedGeneration: number | undefined;
@@ -123,7 +134,7 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
       appliedGeneration = generation;
       reports.soon();
     },
-    onRejected: (err) => rejected(err),
+    onRejected: rejected,
     log,
   });
   const reports = new ReportLoop({
@@ -134,11 +145,10 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     appliedGeneration: () => appliedGeneration,
     delivered: (sent) => reconciler.delivered(sent),
     events,
-    // A generation this agent has not fetched (a ring it has yet to hear): fetch now.
-    onAnswer: ({ desiredGeneration }) => {
-      if (appliedGeneration !== undefined && desiredGeneration > appliedGeneration) liveness.refresh();
-    },
-    onRejected: (err) => rejected(err),
+    // A generation this agent has not fetched (a ring it has yet to hear, or lost): fetch it.
+    // One it has fetched and is still applying is the loop's to ignore.
+    onAnswer: ({ desiredGeneration }) => liveness.refresh(desiredGeneration),
+    onRejected: rejected,
     log,
   });
 
@@ -172,6 +182,10 @@ export async function runAgent(opts: AgentOptions, parts: AgentParts): Promise<n
     "agent stopping: draining exports, keeping kernel bindings",
   );
   await liveness.stop();
+  // Its SAS is of no more use to this node, and nobody's to keep on disk.
+  if (code === AGENT_EXIT.rejected) {
+    await forgetLivenessTarget(opts.stateDir).catch((err: unknown) => log.warn({ err }, "cannot delete liveness.json"));
+  }
   await reports.stop();
   await reconciler.stop();
   await status?.close().catch((err: unknown) => log.warn({ err }, "status API close failed"));

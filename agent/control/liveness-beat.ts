@@ -13,6 +13,7 @@
  * A server-side `timeout` shorter than the client's own means an abandoned
  * attempt cannot land after the agent has given up on it.
  */
+import { timeOfTableEtag } from "../../contract/table-etag.ts";
 
 /** What became of a beat. */
 export type BeatOutcome =
@@ -75,22 +76,11 @@ export async function beat(
   return { kind: "failed", reason: `HTTP ${res.status}` };
 }
 
-/**
- * The time a Table ETag stands for (`W/"datetime'2026-12-07T21%3A57%3A30.1405679Z'"`),
- * in ms; undefined when it is not of that form.
- */
-export function etagTime(etag: string): number | undefined {
-  const m = /datetime'([^']+)'/.exec(etag);
-  if (!m) return undefined;
-  const ms = Date.parse(decodeURIComponent(m[1]!));
-  return Number.isNaN(ms) ? undefined : ms;
-}
-
 /** The later of two ETags of one row (the service stamps each write later than the one before). */
 export function newerEtag(a: string | undefined, b: string): string {
   if (a === undefined) return b;
-  const ta = etagTime(a);
-  const tb = etagTime(b);
+  const ta = timeOfTableEtag(a);
+  const tb = timeOfTableEtag(b);
   if (ta === undefined || tb === undefined) return b;
   // Sub-millisecond digits decide a tie.
   if (ta === tb) return a > b ? a : b;

@@ -18,25 +18,38 @@
  *   is sent only right after a 412, to keep the node alive: the 412 has
  *   made a fetch due that no fetch already in flight can clear, so the
  *   ring it heard, and any that landed just before the `*`, are fetched.
- * - A 412 (or a `refresh()`) during a fetch means a change the fetch may
- *   have missed: the fetch does not clear the need to fetch, and another
- *   follows.
+ * - A 412 (or a `refresh()` without a generation) during a fetch means a
+ *   change the fetch may have missed: the fetch does not clear the need to
+ *   fetch, and another follows. So does a `refresh(generation)` (a
+ *   report's answer named the node's generation) during a fetch, unless
+ *   the fetch brought that generation or a later one.
+ * - A `refresh(generation)` for a generation already fetched is dropped:
+ *   the desired state it names is being applied, or has been (a report
+ *   sent during an apply is answered with the generation being applied).
  * - A SAS refused while the API answers (the policy dropped, the key
  *   rotated) sends the agent to fetch, but not at every beat: the fetches
  *   back off while the refusals go on.
+ *
+ * A fetch the control plane refuses (401/403: the node removed, its
+ * credential revoked) ends the loop through `onRejected`.
  */
 import type { DesiredState, LivenessTarget } from "../../contract/node.ts";
 import type { Logger } from "../log.ts";
 import type { ApiClientError } from "./api-client.ts";
 import { nextDelay } from "./backoff.ts";
-import { beat, type BeatOutcome, newerEtag } from "./liveness-beat.ts";
+import { beat, type BeatBody, type BeatOutcome, newerEtag } from "./liveness-beat.ts";
 import { isCredentialRejected, type NodeClient } from "./node-client.ts";
 import { Pause } from "./pause.ts";
 
-/** Fetch new SAS tokens this long before the current ones expire. */
-export const SAS_RENEW_BEFORE_MS = 15 * 60_000;
+/**
+ * Fetch new SAS tokens this long before the current ones expire, when they
+ * last more than twice as long; else when half their time is left.
+ */
+const SAS_RENEW_BEFORE_MS = 15 * 60_000;
 /** Fetch the desired state at least this often, whatever the beats say. */
-export const REFRESH_MS = 30 * 60_000;
+export const FETCH_EVERY_MS = 30 * 60_000;
+/** The old name of FETCH_EVERY_MS: bench/serverless.ts still imports it. */
+export const REFRESH_MS = FETCH_EVERY_MS;
 /** Beats before the first desired state tells the interval. */
 const DEFAULT_INTERVAL_MS = 2_000;
 /**
@@ -57,29 +70,39 @@ export interface LivenessLoopOptions {
   apply(desired: DesiredState): Promise<void>;
   /** A pass over generation `generation` has ended (also when it failed: it will not be retried as such). */
   applied?(generation: number): void;
+  /** The control plane refused the node's credential; the loop has ended. */
   onRejected(err: ApiClientError): void;
   log: Logger;
   /** Monotonic milliseconds; the beat's `gap` and the loop's schedule use it. */
   monotonic?: () => number;
-  /** The clock a beat claims (`at`). */
+  /** The wall clock: what a beat claims (`at`), and what SAS expiries are compared with. */
   now?: () => Date;
   random?: () => number;
   /** Sends one beat; liveness-beat.ts `beat` unless a test swaps the transport. */
-  send?: (url: string, ifMatch: string, body: { at: string; gap?: number }) => Promise<BeatOutcome>;
+  send?: (url: string, ifMatch: string, body: BeatBody) => Promise<BeatOutcome>;
 }
 
 export class LivenessLoop {
   readonly #o: LivenessLoopOptions;
+  readonly #now: () => Date;
   readonly #pause = new Pause();
   readonly #stop = new AbortController();
   #running: Promise<void> | undefined;
   #target: LivenessTarget | undefined;
-  /** The ETag of the row as this agent last knew it. */
+  /** The ETag of the row as this agent last knew it; set wherever #target is. */
   #etag: string | undefined;
   #fetching: Promise<void> | undefined;
   #needFetch = true;
-  /** 412s and refresh() calls; a fetch clears the need only if none came while it ran. */
+  /** 412s and refresh() calls without a generation; a fetch clears the need only if none came while it ran. */
   #rings = 0;
+  /**
+   * The newest generation a refresh() asked for while the current fetch
+   * was out (a fetch sent after a refresh reads that generation or a later
+   * one): a fetch that brings less does not clear the need.
+   */
+  #wanted = -1;
+  /** The newest generation a fetch brought (-1 before the first). */
+  #generation = -1;
   /** Beats refused in a row. */
   #refused = 0;
   #fetchFailures = 0;
@@ -92,6 +115,7 @@ export class LivenessLoop {
 
   constructor(opts: LivenessLoopOptions) {
     this.#o = opts;
+    this.#now = opts.now ?? (() => new Date());
     this.#target = opts.target;
     this.#etag = opts.target?.etag;
   }
@@ -110,9 +134,15 @@ export class LivenessLoop {
     this.#running ??= this.#run();
   }
 
-  /** Fetch the desired state at the next beat (a report answer said the generation moved). */
-  refresh(): void {
-    this.#rings++;
+  /**
+   * Fetch the desired state at the next beat: a report's answer said the
+   * node's generation is `generation`. Nothing to do when the last fetch
+   * brought that one or a later one. Without a generation, fetch anyway.
+   */
+  refresh(generation?: number): void {
+    if (generation === undefined) this.#rings++;
+    else if (generation <= this.#generation) return;
+    else this.#wanted = Math.max(this.#wanted, generation);
     this.#needFetch = true;
     this.#pause.wake();
   }
@@ -145,15 +175,18 @@ export class LivenessLoop {
   async #beat(mono: () => number): Promise<void> {
     const target = this.#target;
     if (!target) return;
+    // Set with every target (the constructor, #fetch): a conditional beat never falls back to `*`.
+    const etag = this.#etag;
+    if (etag === undefined) throw new Error("a liveness target without an ETag");
     const send = this.#o.send ?? beat;
-    const body = () => {
+    const body = (): BeatBody => {
       const now = mono();
       return {
-        at: (this.#o.now?.() ?? new Date()).toISOString(),
+        at: this.#now().toISOString(),
         ...(this.#lastLandedAt === undefined ? {} : { gap: Math.round(now - this.#lastLandedAt) }),
       };
     };
-    let outcome = await send(target.url, this.#etag ?? "*", body());
+    let outcome = await send(target.url, etag, body());
     if (outcome.kind === "rung") {
       this.#rings++;
       this.#needFetch = true;
@@ -165,7 +198,7 @@ export class LivenessLoop {
       case "landed":
         this.#etag = outcome.etag;
         this.#lastLandedAt = mono();
-        this.#lastLandedIso = new Date().toISOString();
+        this.#lastLandedIso = this.#now().toISOString();
         this.#refused = 0;
         if (!this.#landing) this.#o.log.info("heartbeats land");
         this.#landing = true;
@@ -199,16 +232,13 @@ export class LivenessLoop {
   async #fetch(mono: () => number): Promise<void> {
     const o = this.#o;
     const rings = this.#rings;
+    this.#wanted = -1;
     let desired: DesiredState;
     try {
       desired = await o.client.desired({ signal: this.#stop.signal });
     } catch (err) {
       if (this.#stop.signal.aborted) return;
       if (isCredentialRejected(err)) {
-        o.log.error(
-          { code: err.code, status: err.status, message: err.message },
-          "the control plane refused this node's credential (node removed or credential revoked): stopping",
-        );
         o.onRejected(err);
         this.#stop.abort();
         this.#pause.wake();
@@ -223,11 +253,12 @@ export class LivenessLoop {
     this.#fetchFailures = 0;
     if (this.#refused <= 1) this.#fetchNotBefore = 0;
     const first = this.#target === undefined;
-    const fresh = this.#target?.url !== desired.liveness.url;
+    const fresh = !sameTarget(this.#target, desired.liveness);
     this.#target = desired.liveness;
     this.#etag = newerEtag(this.#etag, desired.liveness.etag);
-    if (this.#rings === rings) this.#needFetch = false;
-    this.#refreshAt = mono() + Math.min(REFRESH_MS, renewIn(desired));
+    this.#generation = Math.max(this.#generation, desired.generation);
+    if (this.#rings === rings && this.#wanted <= desired.generation) this.#needFetch = false;
+    this.#refreshAt = mono() + Math.min(FETCH_EVERY_MS, renewIn(desired.attachments, this.#now().getTime()));
     if (fresh) await o.saveTarget?.(desired.liveness).catch((err: unknown) => o.log.warn({ err }, "cannot save the liveness target"));
     // The first target known: beat now rather than an interval after start.
     if (first) this.#pause.wake();
@@ -243,9 +274,19 @@ export class LivenessLoop {
   }
 }
 
-/** Milliseconds until the SAS tokens of `desired` should be renewed. */
-function renewIn(desired: DesiredState): number {
+/**
+ * Milliseconds from `now` until the SAS tokens of `attachments` should be
+ * renewed: SAS_RENEW_BEFORE_MS before the first expires, or when half its
+ * time is left if it has less than twice that (the lifetime may be as short
+ * as a minute); at once when one has expired already.
+ */
+export function renewIn(attachments: ReadonlyArray<{ sasExpiresAt: string }>, now: number): number {
   let at = Number.POSITIVE_INFINITY;
-  for (const a of desired.attachments) at = Math.min(at, Date.parse(a.sasExpiresAt));
-  return at - Date.now() - SAS_RENEW_BEFORE_MS;
+  for (const a of attachments) at = Math.min(at, Date.parse(a.sasExpiresAt));
+  const left = at - now;
+  return left > 2 * SAS_RENEW_BEFORE_MS ? left - SAS_RENEW_BEFORE_MS : left / 2;
+}
+
+function sameTarget(a: LivenessTarget | undefined, b: LivenessTarget): boolean {
+  return a !== undefined && a.url === b.url && a.etag === b.etag && a.intervalMs === b.intervalMs;
 }

@@ -1,11 +1,12 @@
 /**
  * `<stateDir>/node.json`: who this agent is in the cluster, saved once at
- * join. It holds the node's credential, the only secret the agent keeps, so
- * the directory is 0700 and the file 0600, and it is written whole or not at
- * all (temp file + rename): a crash mid-write never leaves a node that has
- * joined but lost its credential.
+ * join. It holds the node's credential, so the directory is 0700 and the
+ * file 0600, and it is written whole or not at all (temp file + rename): a
+ * crash mid-write never leaves a node that has joined but lost its
+ * credential. The agent keeps one other secret on disk, the liveness SAS in
+ * `liveness.json` (below), and deletes it when the node is rejected.
  */
-import { chmod, mkdir, readFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { LivenessTarget } from "../../contract/node.ts";
 import { writeStateFile } from "../host/state-file.ts";
@@ -86,4 +87,9 @@ export async function readLivenessTarget(stateDir: string): Promise<LivenessTarg
 
 export async function saveLivenessTarget(stateDir: string, target: LivenessTarget): Promise<void> {
   await writeStateFile(livenessFilePath(stateDir), `${JSON.stringify(target)}\n`);
+}
+
+/** Delete liveness.json (its SAS): the node was rejected, and its beats have stopped. */
+export async function forgetLivenessTarget(stateDir: string): Promise<void> {
+  await rm(livenessFilePath(stateDir), { force: true });
 }

@@ -3,7 +3,7 @@
  * happened (queued events) and which desired-state generation it has
  * applied. Sent when any of that changes, not on a timer: the node's
  * heartbeats go to the liveness table (liveness-loop.ts), so an idle node
- * reports about every `REFRESH_MS`, only to keep its counters in `node show`
+ * reports about every `REPORT_EVERY_MS`, only to keep its counters in `node show`
  * from going stale. Numbers that move all the time (a copy's progress,
  * the bytes copied and dirty) go at most every `PROGRESS_EVERY_MS` when
  * nothing else changed.
@@ -23,7 +23,9 @@ import { isCredentialRejected, type NodeClient } from "./node-client.ts";
 import { Pause } from "./pause.ts";
 
 /** An idle node reports this often, for its counters. */
-export const REFRESH_MS = 10 * 60_000;
+export const REPORT_EVERY_MS = 10 * 60_000;
+/** The old name of REPORT_EVERY_MS: bench/serverless.ts still imports it. */
+export const REFRESH_MS = REPORT_EVERY_MS;
 /** Copy progress and byte counts alone are reported at most this often. */
 export const PROGRESS_EVERY_MS = 15_000;
 /** How often the loop looks for a change; reports themselves go only when one is found. */
@@ -49,7 +51,7 @@ export interface ReportLoopOptions {
   events: EventQueue;
   /** The control plane's answer: the node's desired generation. */
   onAnswer?(answer: ReportAnswer): void;
-  /** The credential was refused; the loop has ended. */
+  /** The control plane refused the node's credential; the loop has ended. */
   onRejected(err: ApiClientError): void;
   log: Logger;
   /** Monotonic milliseconds. */
@@ -109,7 +111,7 @@ export class ReportLoop {
         o.events.size > 0 ||
         shape !== sentShape ||
         (progress !== sentProgress && now - sentAt >= PROGRESS_EVERY_MS) ||
-        now - sentAt >= REFRESH_MS;
+        now - sentAt >= REPORT_EVERY_MS;
       if (due && now >= retryAt) {
         const volumes = o.volumes(true);
         const events = o.events.peek();
@@ -141,10 +143,6 @@ export class ReportLoop {
         } catch (err) {
           if (signal.aborted) break;
           if (isCredentialRejected(err)) {
-            o.log.error(
-              { code: err.code, status: err.status, message: err.message },
-              "the control plane refused this node's credential (node removed or credential revoked): stopping",
-            );
             o.onRejected(err);
             return;
           }

@@ -70,7 +70,7 @@ export interface ReplicaMember {
   device: BlockDevice;
 }
 
-/** One member as reported in heartbeats and /volumes. */
+/** One member as the node's reports and /volumes show it. */
 export interface MemberStatus {
   id: string;
   pool: string;

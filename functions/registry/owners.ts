@@ -20,6 +20,7 @@
  * `ownersIndexedAt`), readers scan the volumes as before the index.
  */
 import { odata } from "@azure/data-tables";
+import { timeOfTableEtag } from "../../contract/table-etag.ts";
 import { restStatus } from "../rest-error.ts";
 import type { Read } from "./rows.ts";
 import type { Registry } from "./tables.ts";
@@ -149,9 +150,7 @@ export async function reconcileOwners(
   return { added, removed };
 }
 
-/** The time a Table ETag stands for (`W/"datetime'...'"`), ms; +∞ when it is not of that form. */
+/** The time a Table ETag stands for, ms; +∞ when it is not of that form. */
 function writtenAt(etag: string): number {
-  const m = /datetime'([^']+)'/.exec(etag);
-  const ms = m ? Date.parse(decodeURIComponent(m[1]!)) : Number.NaN;
-  return Number.isNaN(ms) ? Number.POSITIVE_INFINITY : ms;
+  return timeOfTableEtag(etag) ?? Number.POSITIVE_INFINITY;
 }

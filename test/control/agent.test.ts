@@ -20,7 +20,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { BlobServiceClient } from "@azure/storage-blob";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { Volume } from "../../contract/volume.ts";
 import { ApiClient } from "../../agent/control/api-client.ts";
 import { bumpDesiredGeneration } from "../../functions/arbiter/desired-generation.ts";
@@ -293,10 +293,14 @@ describe("pagedisk agent run", () => {
     await cp.close();
     const closedAt = Date.now();
     // Heartbeats go to the liveness table, not to the API: they go on landing.
-    let row = await readLivenessRow(inProcess.registry.liveness, key);
-    while (!(row?.by === "agent" && row.writtenAt > closedAt)) {
-      row = await readLivenessRow(inProcess.registry.liveness, key);
-    }
+    await vi.waitFor(
+      async () => {
+        const row = await readLivenessRow(inProcess.registry.liveness, key);
+        expect(row?.by).toBe("agent");
+        expect(row!.writtenAt).toBeGreaterThan(closedAt);
+      },
+      { interval: 100, timeout: 10_000 },
+    );
     // "connected" means the last beat landed: so it is now.
     const health = (await statusGet("/healthz")) as {
       controlPlane: { connected: boolean };
@@ -377,13 +381,16 @@ describe("pagedisk agent run", () => {
     }
   });
 
-  it("stops with exit 3 and says why when the node is removed", async () => {
+  it("stops with exit 3 and says why (once) when the node is removed, and deletes the liveness SAS it kept", async () => {
     const a = agent!;
+    const livenessFile = join(stateDir, "liveness.json");
+    expect(existsSync(livenessFile)).toBe(true);
     for (const name of ["vol-a", "vol-b", "vol-two"]) await api.detachVolume(name);
     await a.waitForReport((v) => v.length === 0, a.logs.length);
     await api.removeNode(NODE);
     expect(await a.exited).toBe(3);
-    expect(a.logs.some((r) => String(r.msg).includes("refused this node's credential"))).toBe(true);
+    expect(a.logs.filter((r) => String(r.msg).includes("refused this node's credential"))).toHaveLength(1);
+    expect(existsSync(livenessFile)).toBe(false);
   });
 });
 

@@ -8,17 +8,19 @@
  * control plane in process (telling agents to beat every second), the built
  * agent, NBD writes over its socket. A recording pass-through proxy between
  * agent and control plane shows which desired states (and so which tokens)
- * the agent received and when it asked again. Tokens that end within 15
- * minutes are renewed at every beat, so here the agent fetches once a
- * second.
+ * the agent received and when it asked again. A token with 30 minutes or
+ * less ahead is renewed when half its time is left (liveness-loop.ts
+ * `renewIn`), so here, each token being valid 10 s, the agent fetches about
+ * every 5 s, each time before the token it holds has expired.
  *
  * Time: the shortest lifetime is 60 s. Instead of waiting a minute, the
  * control plane's clock runs 50 s behind, so each token it signs expires
  * 10 s of real time after it was signed; the test waits on the agent's own
- * fetches until the first token is past its end. Then the clock is set 11
- * minutes back, so that the control plane hands out tokens already expired:
- * the very next write fails while the token the agent held before was still
- * valid, which shows the agent writes with the newest token it was given.
+ * fetches until the first token is past its end. Then, right after a
+ * renewal, the clock is set 11 minutes back and the node rung, so that the
+ * control plane at once hands out a token already expired: the very next
+ * write fails while the token the agent held before is still valid, which
+ * shows the agent writes with the newest token it was given.
  */
 import { EventEmitter } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -35,6 +37,7 @@ import { type LocalControlPlane, startLocalControlPlane } from "../../functions/
 import { replicaSasLifetimeFrom, settingsFrom } from "../../functions/settings.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
+import { bumpDesiredGeneration } from "../../functions/arbiter/desired-generation.ts";
 import { ERR } from "../nbd/raw-client.ts";
 import { type AgentProcess, nbdWrite, startAgent } from "./agent-process.ts";
 
@@ -235,8 +238,9 @@ const carriesVolume = (a: Answer) => a.state.attachments.some((x) => x.volume ==
 
 /**
  * Resolves once the agent has asked again after receiving `answer`, i.e. has
- * applied it: fetches come a beat apart, and a pass that only swaps the
- * tokens of a volume already served is over long before the next beat.
+ * applied it: fetches come at least a beat apart, and a pass that only
+ * swaps the tokens of a volume already served is over long before the next
+ * beat.
  */
 function applied(answer: Answer): Promise<void> {
   return proxy.until(() => proxy.asked.some((t) => t > answer.receivedAt));
@@ -263,12 +267,17 @@ describe("SAS refresh", () => {
     const before = Buffer.alloc(4096, 0x11);
     expect(await write(0, before)).toBe(0);
 
-    // Under the agent's 15-minute renewal margin every fetch is a renewal: wait on them
-    // until the first token is a second past its end, and the agent has applied a newer one.
+    // Each token is renewed when half its time is left: wait on the renewals until the
+    // first token is a second past its end, and the agent has applied a newer one.
     await proxy.until(() => proxy.answers.some((x) => carriesVolume(x) && x.receivedAt > sas1.expiresAt + 1000));
     const later = proxy.answers.filter((x) => carriesVolume(x) && x.receivedAt > sas1.expiresAt + 1000)[0]!;
     await applied(later);
-    expect(new Set(proxy.answers.filter(carriesVolume).map((x) => sasOf(x).url)).size).toBeGreaterThan(2);
+    const renewals = proxy.answers.filter(carriesVolume);
+    expect(new Set(renewals.map((x) => sasOf(x).url)).size).toBeGreaterThan(2);
+    // Each came before the token it replaced had expired.
+    renewals.slice(1).forEach((x, i) => {
+      expect(x.receivedAt).toBeLessThan(sasOf(renewals[i]!).expiresAt);
+    });
     expect(sasOf(later).expiresAt).toBeGreaterThan(Date.now());
 
     // The first token is refused now, by the storage itself...
@@ -282,11 +291,15 @@ describe("SAS refresh", () => {
 
   it("a token the control plane hands out is the one the next write carries, even while the old one is still valid", async () => {
     const a = agent!;
+    // Right after a renewal, the token the agent holds has most of its time ahead.
+    const since = Date.now();
+    await proxy.until(() => proxy.answers.some((x) => x.receivedAt > since && carriesVolume(x)));
     const held = proxy.answers.filter(carriesVolume).at(-1)!;
-    const heldValidUntil = sasOf(held).expiresAt;
-    // From now on the control plane signs tokens that ended 10 minutes ago.
+    // From now on the control plane signs tokens that ended 10 minutes ago; a ring makes the
+    // agent fetch at its next beat rather than when half the held token's time is left.
     const jumpedAt = Date.now();
     clockOffsetMs = -(LIFETIME_SECONDS * 1000 + 11 * 60_000);
+    await bumpDesiredGeneration(cp.runtime.cp, NODE, "replicas");
     await proxy.until(() =>
       proxy.answers.some((x) => x.receivedAt > jumpedAt && carriesVolume(x) && sasOf(x).expiresAt < x.receivedAt),
     );
@@ -298,8 +311,8 @@ describe("SAS refresh", () => {
 
     const from = a.logs.length;
     expect(await write(8192, Buffer.alloc(4096, 0x33))).toBe(ERR.EIO);
-    // The token held before the jump would still have been accepted when that write went out.
-    expect(Date.now()).toBeLessThan(heldValidUntil);
+    // The token held before the jump would still have been accepted when that write went
+    // out: the storage accepts it even now, after the write.
     expect(await statusWith(sasOf(held).url)).toBe(200);
     await a.waitForLog((r) => r.msg === "volume failed" && r.volume === VOLUME && r.code === "Forbidden", from);
     expect(await blob().downloadToBuffer(8192, 4096)).toEqual(Buffer.alloc(4096));

@@ -17,6 +17,11 @@
  * process, so they work while the port is cut. Every request and answer
  * wakes `changes`, on which tests wait instead of sleeping.
  *
+ * The account, the registry, the app and its admin key are the in-process
+ * fixture's (test/functions/fixture.ts `startControlPlane`), on the
+ * system's clock: what this file adds is the port, its cuts and holds, the
+ * request log, and a join through the API.
+ *
  *   const api = await startServedControlPlane({ heartbeatIntervalMs: 100 });
  *   const { client } = await api.join("vm-1");
  *   const held = api.hold((r) => r.path === api.path("vm-1", "desired"));
@@ -27,13 +32,14 @@ import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { getRequestListener } from "@hono/node-server";
 import type { Hono } from "hono";
+import { afterAll, afterEach, beforeAll, expect } from "vitest";
 import { NodeClient } from "../../agent/control/node-client.ts";
 import type { IssuedToken } from "../../contract/token.ts";
-import { API_PREFIX, createApp } from "../../functions/app.ts";
-import { type ControlPlane, controlPlane } from "../../functions/control-plane.ts";
-import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
-import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
-import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { API_PREFIX } from "../../functions/app.ts";
+import type { ControlPlane } from "../../functions/control-plane.ts";
+import type { Registry } from "../../functions/registry/tables.ts";
+import type { Azurite } from "../harness/azurite.ts";
+import { startControlPlane } from "../functions/fixture.ts";
 
 /** One request the API received. Times are `performance.now()`, the agent loops' own clock. */
 export interface ApiRequestRecord {
@@ -116,16 +122,12 @@ export interface ServedControlPlaneOptions {
 export async function startServedControlPlane(
   options: ServedControlPlaneOptions = {},
 ): Promise<ServedControlPlane> {
-  const azurite = await startAzurite({ table: true, inMemory: true });
-  const registry = await openRegistry(azurite.connectionString);
-  const reported: unknown[] = [];
-  const cp = controlPlane({
-    registry,
-    report: (err) => reported.push(err),
+  // The system's clock: the liveness SAS the app signs is checked by Azurite against it.
+  const fx = await startControlPlane({
+    now: () => new Date(),
     ...(options.heartbeatIntervalMs === undefined ? {} : { heartbeatIntervalMs: options.heartbeatIntervalMs }),
   });
-  const app = createApp(cp);
-  const { key: adminKey } = await issueAdminKey(registry, new Date());
+  const { app } = fx;
   const changes = new Changes();
   const requests: ApiRequestRecord[] = [];
   const holds: Array<{
@@ -188,24 +190,20 @@ export async function startServedControlPlane(
   const apiUrl = `http://127.0.0.1:${port}${API_PREFIX}`;
 
   async function admin<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await app.request(`${API_PREFIX}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
+    const res = await fx.call(method, `${API_PREFIX}${path}`, body);
     const text = await res.text();
     if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
     return (text ? JSON.parse(text) : undefined) as T;
   }
 
   return {
-    azurite,
-    registry,
-    cp,
+    azurite: fx.azurite,
+    registry: fx.registry,
+    cp: fx.cp,
     app,
     apiUrl,
     requests,
-    reported,
+    reported: fx.reported,
     changes,
     path: (node, endpoint) => `${API_PREFIX}/nodes/${node}/${endpoint}`,
     async join(node) {
@@ -244,7 +242,36 @@ export async function startServedControlPlane(
       for (const h of holds) h.release();
       server.closeAllConnections();
       await new Promise<void>((done) => server.close(() => done()));
-      await azurite.dispose();
+      await fx.dispose();
     },
   };
+}
+
+/**
+ * The hooks of a test file of the agent's loops: one served control plane,
+ * started before the file's cases (and handed to `started`) and closed
+ * after them. After each case, the loops the case pushed to the list this
+ * returns are stopped (a loop's stop() aborts a request in flight, a held
+ * one included), the API is restored, and the app must have reported no
+ * error.
+ */
+export function servedForFile(
+  options: ServedControlPlaneOptions,
+  started: (api: ServedControlPlane) => void,
+): Array<{ stop(): Promise<void> }> {
+  let api: ServedControlPlane | undefined;
+  const loops: Array<{ stop(): Promise<void> }> = [];
+  beforeAll(async () => {
+    api = await startServedControlPlane(options);
+    started(api);
+  });
+  afterAll(async () => {
+    await api?.close();
+  });
+  afterEach(async () => {
+    await Promise.all(loops.splice(0).map((l) => l.stop()));
+    api?.restore();
+    expect(api?.reported).toEqual([]);
+  });
+  return loops;
 }

@@ -7,6 +7,7 @@ import { TableClient, TableServiceClient } from "@azure/data-tables";
 import { BlobServiceClient } from "@azure/storage-blob";
 import type { Hono } from "hono";
 import { createApp } from "../../functions/app.ts";
+import { type ControlPlane, controlPlane } from "../../functions/control-plane.ts";
 import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
 import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
@@ -15,6 +16,8 @@ import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 export interface ControlPlaneFixture {
   azurite: Azurite;
   registry: Registry;
+  /** The control plane the app runs on: for workflows a test calls in process. */
+  cp: ControlPlane;
   app: Hono;
   adminKey: string;
   /** Unexpected errors the app reported (each test may assert it stayed empty). */
@@ -49,6 +52,8 @@ export interface FixtureOptions {
   now?: () => Date;
   /** The longest a detach waits for the owner's drain (ControlPlane.detachDrainMs). */
   detachDrainMs?: number;
+  /** How often agents are told to beat (ControlPlane.heartbeatIntervalMs). */
+  heartbeatIntervalMs?: number;
 }
 
 export async function startControlPlane(
@@ -58,12 +63,14 @@ export async function startControlPlane(
   const registry = await openRegistry(azurite.connectionString);
   let tick = 0;
   const reported: unknown[] = [];
-  const app = createApp({
+  const cp = controlPlane({
     registry,
     now: options.now ?? (() => new Date(EPOCH_MS + 1000 * tick++)),
     report: (err) => reported.push(err),
     ...(options.detachDrainMs === undefined ? {} : { detachDrainMs: options.detachDrainMs }),
+    ...(options.heartbeatIntervalMs === undefined ? {} : { heartbeatIntervalMs: options.heartbeatIntervalMs }),
   });
+  const app = createApp(cp);
   const { key } = await issueAdminKey(registry, new Date(EPOCH_MS));
   const tables = TableServiceClient.fromConnectionString(azurite.connectionString, {
     allowInsecureConnection: true,
@@ -73,6 +80,7 @@ export async function startControlPlane(
   return {
     azurite,
     registry,
+    cp,
     app,
     adminKey: key,
     reported,
@@ -162,10 +170,11 @@ export async function startProxiedControlPlane(
   const registry = await openRegistry(
     base.connectionString.replace(/TableEndpoint=[^;]+/, `TableEndpoint=${proxy.blobEndpoint}`),
   );
-  const app = createApp({ ...options, registry, report: (err) => base.reported.push(err) });
+  const cp = controlPlane({ ...options, registry, report: (err) => base.reported.push(err) });
+  const app = createApp(cp);
   const dispose = async () => {
     await proxy.close();
     await base.dispose();
   };
-  return { fx: { ...base, registry, app, call: adminCalls(app, base.adminKey), dispose }, proxy };
+  return { fx: { ...base, registry, cp, app, call: adminCalls(app, base.adminKey), dispose }, proxy };
 }
