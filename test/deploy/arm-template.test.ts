@@ -375,7 +375,7 @@ describe("the Function App's scale settings", () => {
     );
   });
 
-  it("defaults to 512 MB instances, at most 20, 16 requests each", () => {
+  it("defaults to 512 MB instances, at most 40, 16 requests each", () => {
     expect(template.parameters.instanceMemoryMB).toMatchObject({
       type: "int",
       defaultValue: 512,

@@ -7,7 +7,9 @@
  * Data goes in and comes out through NBD clients nobody here wrote
  * (nbdcopy), through kernel devices (nbdfuse + loop), and through the raw
  * client where the exact request order matters. Every wait is on something
- * a process says (log records, heartbeats, tool exits), never on a timer.
+ * that happens (an agent's log records, a beat that did not land and a
+ * report recorded among them; a sweeper pass; a tool's exit), never on a
+ * timer.
  *
  * 1. A node cut off from the control plane (its API and its liveness
  *    table), still running and still serving: fenced and failed over to

@@ -6,22 +6,25 @@
  * through a fault proxy of ours, and fio's verifying load (nbd engine,
  * crc32c, verified as it goes) on a volume per node.
  *
- * 1. The API is unreachable for 60 s while the sweeper keeps running.
+ * 1. The API is unreachable for eight sweeper passes (about a minute)
+ *    while the sweeper keeps running and judging: the agents' beats reach
+ *    the liveness table all along.
  * 2. The whole control plane is stopped and started again while the three
  *    loads run.
  * 3. Every agent's heartbeats fail for four sweeper passes (the path, not
- *    the nodes: the sweeper still reads the table).
+ *    the nodes: the sweeper still reads the table, and judges nobody).
  *
- * After each: no `volume-fenced` event, no node LOST, fio reports no
- * error, every volume still served by its owner at the same epoch.
+ * Each load runs from before the outage until after it ends. After each:
+ * no `volume-fenced` event, no node LOST, fio reports no error, every
+ * volume still served by its owner at the same epoch.
  *
  * 4. One node really dies while the API is unreachable: it is judged LOST
  *    and its volume fenced and failed over as usual (heartbeats do not
  *    need the API); its new owner serves it once it can fetch its desired
  *    state, and every byte written before the death reads back.
  *
- * Every wait is on something that happens (fio's exit, a sweeper pass,
- * requests the proxies see, log records), never on a timer.
+ * Every wait is on something that happens (a sweeper pass, requests the
+ * proxies see, log records, fio's exit), never on a timer.
  */
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -133,11 +136,13 @@ interface FioJob {
 
 /**
  * fio against `volume` on `node`: random 64 KiB writes at depth 4, each
- * checked (crc32c) soon after it is written; for `seconds`, or one pass
- * writing (`write`) or verifying (`verify`) the first 8 MiB.
+ * checked (crc32c) soon after it is written, until `until` settles (a
+ * load); or one pass writing (`write`) or verifying (`verify`) the first 8
+ * MiB. A load told to stop must still be running then: one that ended on
+ * its own did not cover what the test did meanwhile.
  */
-async function fio(node: string, volume: string, mode: { seconds: number } | "write" | "verify"): Promise<FioJob> {
-  const name = `${volume}-${typeof mode === "string" ? mode : `load${mode.seconds}`}-${Date.now()}`;
+async function fio(node: string, volume: string, mode: { until: Promise<void> } | "write" | "verify"): Promise<FioJob> {
+  const name = `${volume}-${typeof mode === "string" ? mode : "load"}-${Date.now()}`;
   const file = join(dir, `${name}.fio`);
   const output = join(dir, `${name}.json`);
   await writeFile(
@@ -157,18 +162,53 @@ async function fio(node: string, volume: string, mode: { seconds: number } | "wr
         ? mode === "write"
           ? ["do_verify=0", "randseed=7"]
           : ["do_verify=1", "verify_only=1", "randseed=7"]
-        : ["verify_backlog=64", "time_based=1", `runtime=${mode.seconds}`]),
+        : // A bound far past any outage here; the test stops the load long before.
+          ["verify_backlog=64", "time_based=1", "runtime=3600"]),
       `[${volume}]`,
       "",
     ].join("\n"),
   );
-  await exec(toolPath("fio"), [file, "--output-format=json", `--output=${output}`], { cwd: dir, timeout: 300_000 });
-  return (JSON.parse(await readFile(output, "utf8")) as { jobs: FioJob[] }).jobs[0]!;
+  const run = exec(toolPath("fio"), [file, "--output-format=json", `--output=${output}`], {
+    cwd: dir,
+    timeout: 600_000,
+  });
+  let stopped = false;
+  let ended = false;
+  if (typeof mode !== "string") {
+    void mode.until.then(() => {
+      if (ended) return;
+      stopped = true;
+      // fio stops its jobs on SIGINT and writes its report as usual.
+      run.child.kill("SIGINT");
+    });
+  }
+  try {
+    await run;
+  } catch (err) {
+    // A stopped fio exits 128; anything else is a failure.
+    if (!(stopped && (err as { code?: unknown }).code === 128)) throw err;
+  } finally {
+    ended = true;
+  }
+  if (typeof mode !== "string" && !stopped) throw new Error(`fio on ${volume} ended before it was stopped`);
+  const text = await readFile(output, "utf8");
+  // A stopped fio's report starts with the line saying so ("fio: terminating on signal 2").
+  return (JSON.parse(text.slice(text.indexOf("{"))) as { jobs: FioJob[] }).jobs[0]!;
 }
 
-/** A verifying load on every volume where it was placed, for `seconds`. */
-function loads(seconds: number): Promise<FioJob[]> {
-  return Promise.all(VOLUMES.map((v) => fio(placed.get(v)!.owner, v, { seconds })));
+/** A verifying load on every volume where it was placed, until `stop()`, which resolves with their jobs. */
+function loads(): { stop(): Promise<FioJob[]> } {
+  let stop!: () => void;
+  const until = new Promise<void>((resolve) => (stop = resolve));
+  const jobs = Promise.all(VOLUMES.map((v) => fio(placed.get(v)!.owner, v, { until })));
+  // Failed early: reported by stop().
+  jobs.catch(() => {});
+  return {
+    stop() {
+      stop();
+      return jobs;
+    },
+  };
 }
 
 function expectClean(jobs: FioJob[]): void {
@@ -191,49 +231,93 @@ async function expectNothingFenced(volumes: readonly string[] = VOLUMES): Promis
   for (const node of NODES) expect((await api.getNode(node)).state, node).toBe("READY");
 }
 
-/** Beats (MERGEs of a liveness row) the proxy has seen. */
-const beats = () => liveness.received();
+/**
+ * Resolves once the liveness proxy has received `count` more beats: MERGEs
+ * of a liveness row (the agents beat with them; the control plane MERGEs a
+ * row only to ring it).
+ */
+function beats(count: number): Promise<void> {
+  return new Promise((resolve) => {
+    let seen = 0;
+    const stop = liveness.onRequest((req) => {
+      if (req.method !== "MERGE" || ++seen < count) return;
+      stop();
+      resolve();
+    });
+  });
+}
+
+/** The sweeper's state as its last pass recorded it. */
+async function sweeperState() {
+  return (await readSweeperState(cp.runtime.cp.registry))!.value;
+}
 
 describe("outages of the control plane itself", () => {
-  it("fences nobody while the API is unreachable for 60 s and the sweeper keeps running", async () => {
-    const cutAt = Date.now();
+  it("fences nobody while the API is unreachable for eight sweeper passes and the sweeper keeps judging", async () => {
+    const load = loads();
     link.cut();
-    const jobs = await loads(60);
+    // Eight passes, about a minute at 7.5 s. Each records itself, with the heartbeats' path known to work:
+    // the sweeper judged every node at every pass.
+    const recorded: string[] = [];
+    for (let pass = 0; pass < 8; pass++) {
+      await cp.nextPass();
+      const state = await sweeperState();
+      expect(state.pathSince, `pass ${pass + 1}`).not.toBeNull();
+      recorded.push(state.lastPassAt!);
+    }
     link.restore();
-    expectClean(jobs);
+    expectClean(await load.stop());
     await expectNothingFenced();
-    // The sweeper ran all along.
-    const state = (await readSweeperState(cp.runtime.cp.registry))!.value;
-    expect(Date.parse(state.lastPassAt!)).toBeGreaterThan(cutAt + 45_000);
+    // The sweeper ran all along: eight passes recorded, each after the one before.
+    expect(new Set(recorded).size).toBe(8);
+    expect([...recorded].sort()).toEqual(recorded);
   });
 
   it("fences nobody when the whole control plane stops and starts again under load", async () => {
-    const running = loads(45);
+    const load = loads();
     await cp.close();
-    // Down long enough for any node to have been LOST: every agent beats eight times meanwhile.
-    const from = beats();
-    await liveness.waitFor(() => beats() - from >= NODES.length * 8);
+    // Down while every agent beats eight times (16 s, twice lostAfter): the beats still reach the
+    // liveness table, but no sweeper reads them, and the agents' reports and fetches fail.
+    await beats(NODES.length * 8);
     cp = await startControlPlane();
-    expectClean(await running);
+    // The new sweeper judges, with the heartbeats' path known to work, for two passes.
     await cp.nextPass();
+    await cp.nextPass();
+    expect((await sweeperState()).pathSince).not.toBeNull();
+    expectClean(await load.stop());
     await expectNothingFenced();
   });
 
   it("fences nobody while every agent's heartbeats fail for four sweeper passes", async () => {
-    const running = loads(40);
-    liveness.inject({ fault: { type: "reset" }, match: (r) => r.method === "MERGE" });
+    const load = loads();
+    const refusedBefore = liveness.faulted();
+    /** The rows whose beats were refused. */
+    const refusedRows = new Set<string>();
+    liveness.inject({
+      fault: { type: "reset" },
+      match: (r) => {
+        if (r.method !== "MERGE") return false;
+        refusedRows.add(r.url.pathname);
+        return true;
+      },
+    });
     for (let pass = 0; pass < 4; pass++) await cp.nextPass();
+    // Every agent's beats were refused, and the sweeper saw the path down: it judged nobody.
+    expect(liveness.faulted() - refusedBefore).toBeGreaterThan(0);
+    expect(refusedRows.size).toBe(NODES.length);
+    expect((await sweeperState()).pathSince).toBeNull();
     liveness.clear();
     // The first pass after sees heartbeats again; the next one judges with them.
     await cp.nextPass();
     await cp.nextPass();
-    expectClean(await running);
+    expect((await sweeperState()).pathSince).not.toBeNull();
+    expectClean(await load.stop());
     await expectNothingFenced();
   });
 });
 
 describe("a node that really dies while the API is unreachable", () => {
-  it("is failed over as usual; its volume is served again as soon as the API answers", async () => {
+  it("is failed over as usual; its volume is served again once the API answers", async () => {
     const victim = "node-3";
     const volume = "vol-3";
     const written = await fio(victim, volume, "write");

@@ -34,6 +34,13 @@ export interface ReplicaCluster {
   via(proxy: FaultProxy): string;
   /** `pagedisk agent run` arguments for the node. */
   agentArgs(): string[];
+  /**
+   * Read `read()` after each sweeper pass until `done` holds: the control
+   * plane and the agent move on their own (the agent reports when what it
+   * serves changes), and each pass is a moment where something may have
+   * changed.
+   */
+  untilPass<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T>;
   /** Proxies, control plane, Azurite and the directory (the agent must be stopped first). */
   close(): Promise<void>;
 }
@@ -91,6 +98,14 @@ export async function startReplicaCluster(
       "--dirty-granularity",
       "64KiB",
     ],
+    async untilPass(read, done, what) {
+      for (let pass = 0; pass < 600; pass++) {
+        const value = await read();
+        if (done(value)) return value;
+        await cp.nextPass();
+      }
+      throw new Error(`still waiting for ${what} after 600 sweeper passes`);
+    },
     async close() {
       await cp.close();
       await Promise.all(proxies.map((p) => p.close()));

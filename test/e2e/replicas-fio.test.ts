@@ -127,21 +127,6 @@ function rangeBytes(req: ProxiedRequest): number {
   return range ? Number(range[2]) - Number(range[1]) + 1 : 0;
 }
 
-/**
- * Read `read()` after each sweeper pass until `done` holds: the control
- * plane and the agent move on their own (the agent reports when what it
- * serves changes), and each pass is a moment where something may have
- * changed.
- */
-async function untilPass<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
-  for (let pass = 0; pass < 600; pass++) {
-    const value = await read();
-    if (done(value)) return value;
-    await cluster.cp.nextPass();
-  }
-  throw new Error(`still waiting for ${what} after 600 sweeper passes`);
-}
-
 /** The volume as the control plane last heard of it from the agent. */
 async function reported(): Promise<VolumeReport | undefined> {
   return (await api.getNode(NODE)).volumes.find((v) => v.volume === VOLUME);
@@ -180,7 +165,7 @@ describe("a two-replica volume under fio verify while a pool is cut", () => {
 
     const offline = await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
     expect(offline).toMatchObject({ pool: "pb" });
-    const degraded = await untilPass(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
+    const degraded = await cluster.untilPass(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
     expect(degraded?.replicas.find((r) => r.id === idB)).toMatchObject({ state: "OFFLINE" });
     expect(degraded?.replicas.find((r) => r.id === idA)).toMatchObject({ state: "ONLINE" });
     // Seen degraded: the second job may start. Opening the FIFO waits for fio's reader, unless fio is gone.
@@ -196,7 +181,7 @@ describe("a two-replica volume under fio verify while a pool is cut", () => {
 
     // fio is done: what the agent counts now is final, and its reports catch up with it.
     const live = (await agentStatusOf(cluster.stateDir, VOLUME))?.replicas.find((r) => r.id === idB)?.dirtyBytes;
-    const after = await untilPass(
+    const after = await cluster.untilPass(
       reported,
       (v) => v?.replicas.find((r) => r.id === idB)?.dirtyBytes === live,
       "the dirty bytes reported",
@@ -228,13 +213,13 @@ describe("a two-replica volume under fio verify while a pool is cut", () => {
     expect(counted.putBytes).toBe(dirtyBytes);
     expect(counted.clearBytes).toBe(0);
 
-    const record = await untilPass(
+    const record = await cluster.untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.every((r) => r.state === "ONLINE"),
       "both replicas ONLINE in the record",
     );
     expect(record.status.replicas.map((r) => r.id).sort()).toEqual([idA, idB].sort());
-    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    await cluster.untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
     const [bytesA, bytesB] = await Promise.all([blobBytes(record, idA), blobBytes(record, idB)]);
     expect(bytesA.equals(bytesB)).toBe(true);
   });

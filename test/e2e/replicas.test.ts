@@ -104,21 +104,6 @@ function statusVolume() {
   return agentStatusOf(cluster.stateDir, VOLUME);
 }
 
-/**
- * Read `read()` after each sweeper pass until `done` holds: the control
- * plane and the agent move on their own (the agent reports when what it
- * serves changes), and each pass is a moment where something may have
- * changed.
- */
-async function untilPass<T>(read: () => Promise<T>, done: (value: T) => boolean, what: string): Promise<T> {
-  for (let pass = 0; pass < 600; pass++) {
-    const value = await read();
-    if (done(value)) return value;
-    await cluster.cp.nextPass();
-  }
-  throw new Error(`still waiting for ${what} after 600 sweeper passes`);
-}
-
 /** The volume as the control plane last heard of it from this node. */
 async function reported(volume = VOLUME): Promise<VolumeReport | undefined> {
   return (await api.getNode(NODE)).volumes.find((v) => v.volume === volume);
@@ -224,7 +209,7 @@ describe("raising the replica count of an attached volume", () => {
     expect(started).toMatchObject({ kind: "rebuild" });
     const added = started.replica as string;
     expect(started.pool).not.toBe(first.pool);
-    const rebuilding = await untilPass(
+    const rebuilding = await cluster.untilPass(
       () => reported(name),
       (v) => replicaIn(v, added)?.state === "REBUILDING",
       "the new replica reported REBUILDING",
@@ -243,12 +228,12 @@ describe("raising the replica count of an attached volume", () => {
     writing = false;
     await writer;
 
-    const record = await untilPass(
+    const record = await cluster.untilPass(
       () => api.getVolume(name),
       (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
       "both replicas ONLINE in the record",
     );
-    await untilPass(() => reported(name), (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report");
+    await cluster.untilPass(() => reported(name), (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report");
     expect(writes).toBeGreaterThan(3);
     for (const r of record.status.replicas) expect((await blobBytes(record, r.id)).equals(content)).toBe(true);
 
@@ -299,14 +284,14 @@ describe("a two-replica volume through pool outages", () => {
     const offline = await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idB, from);
     expect(offline).toMatchObject({ pool: "pb" });
     // Reports composed while the writes went on may show fewer dirty bytes: the one after them shows all.
-    const degraded = await untilPass(
+    const degraded = await cluster.untilPass(
       reported,
       (v) => v?.state === "DEGRADED" && replicaIn(v, idB)?.dirtyBytes === outage.length * GRANULE,
       "a DEGRADED report with every write of the outage dirty",
     );
     expect(replicaIn(degraded, idB)).toMatchObject({ state: "OFFLINE", error: expect.any(String) });
     expect(replicaIn(degraded, idA)).toMatchObject({ state: "ONLINE" });
-    const failures = await untilPass(
+    const failures = await cluster.untilPass(
       () => api.listEvents({ volume: VOLUME, type: "storage-failure" }),
       (page) => page.items.length > 0,
       "a storage-failure event",
@@ -327,8 +312,8 @@ describe("a two-replica volume through pool outages", () => {
     await a.waitForLog((r) => r.msg === "replica online" && r.replica === idB, from);
     pages.stop();
     expect(pages.counted.putBytes).toBe(outage.length * GRANULE);
-    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
-    const record = await untilPass(
+    await cluster.untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    const record = await cluster.untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.every((r) => r.state === "ONLINE"),
       "both replicas ONLINE in the record",
@@ -357,7 +342,7 @@ describe("a two-replica volume through pool outages", () => {
     idC = started.replica as string;
     expect(started).toMatchObject({ kind: "rebuild" });
     const seen: number[] = [];
-    const halfway = await untilPass(
+    const halfway = await cluster.untilPass(
       statusVolume,
       (v) => {
         const p = v?.replicas.find((r) => r.id === idC)?.progress;
@@ -369,7 +354,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(halfway!.replicas.find((r) => r.id === idC)).toMatchObject({ state: "REBUILDING", pool: "pc" });
     expect(halfway!.state).toBe("DEGRADED");
     // The control plane has the progress too.
-    await untilPass(
+    await cluster.untilPass(
       () => api.getVolume(VOLUME),
       (v) => (v.status.replicas.find((r) => r.id === idC)?.progress ?? 0) > 0,
       "progress in the record",
@@ -379,7 +364,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(seen).toEqual([...seen].sort((x, y) => x - y));
     expect(Math.max(...seen)).toBeLessThan(100);
 
-    const record = await untilPass(
+    const record = await cluster.untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
       "pb's replica retired and pc's ONLINE",
@@ -387,7 +372,7 @@ describe("a two-replica volume through pool outages", () => {
     volume = record;
     expect(record.status.replicas.map((r) => r.pool).sort()).toEqual(["pa", "pc"]);
     await a.waitForLog((r) => r.msg === "replica removed" && r.replica === idB, from);
-    await untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
+    await cluster.untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     const retired = await api.listEvents({ volume: VOLUME, type: "replica-retired" });
@@ -402,7 +387,7 @@ describe("a two-replica volume through pool outages", () => {
     const outage = [512 * KiB, 5 * MiB];
     await writeRegions(outage);
     await a.waitForLog((r) => r.msg === "replica offline" && r.replica === idC, from);
-    await untilPass(reported, (v) => replicaIn(v, idC)?.state === "OFFLINE", "pc's replica reported OFFLINE");
+    await cluster.untilPass(reported, (v) => replicaIn(v, idC)?.state === "OFFLINE", "pc's replica reported OFFLINE");
 
     // Back, but every Put Page waits at the proxy: the resync starts and cannot finish.
     proxyC.resetCounts();
@@ -425,7 +410,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(pages.counted.putBytes).toBe(outage.length * GRANULE);
     expect(pages.counted.clearBytes).toBe(0);
     expect(existsSync(logFile)).toBe(false);
-    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    await cluster.untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     expect((await readExport()).equals(expected)).toBe(true);
@@ -441,7 +426,7 @@ describe("a two-replica volume through pool outages", () => {
     // Marked on the reachable replica before the first write was taken.
     expect((await blobOf(volume, idA).getProperties()).metadata).toMatchObject({ pagediskoffline: idC });
     await writeRegions([7 * MiB]);
-    const degraded = await untilPass(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
+    const degraded = await cluster.untilPass(reported, (v) => v?.state === "DEGRADED", "a DEGRADED report");
     expect(replicaIn(degraded, idC)).toMatchObject({ state: "OFFLINE", error: expect.stringContaining("not reachable at open") });
 
     // Back: no dirty log covers what it missed since the open, so the resync copies all the source holds.
@@ -451,7 +436,7 @@ describe("a two-replica volume through pool outages", () => {
     await a.waitForLog((r) => r.msg === "replica online" && r.replica === idC, from);
     pages.stop();
     expect(pages.counted.putBytes).toBe(SIZE);
-    await untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
+    await cluster.untilPass(reported, (v) => v?.state === "SERVING", "a SERVING report");
     expect((await blobBytes(volume, idC)).equals(expected)).toBe(true);
     expect((await blobOf(volume, idA).getProperties()).metadata).not.toHaveProperty("pagediskoffline");
   });
@@ -473,7 +458,7 @@ describe("a two-replica volume through pool outages", () => {
     const started = await a.waitForLog((r) => r.msg === "replica copy started" && r.pool === "pd", from);
     expect(started).toMatchObject({ kind: "rebuild" });
     const idD = started.replica as string;
-    const rebuilding = await untilPass(
+    const rebuilding = await cluster.untilPass(
       () => api.getVolume(VOLUME),
       (v) => (v.status.replicas.find((r) => r.id === idD)?.progress ?? 0) > 0,
       "rebuild progress in the record",
@@ -498,7 +483,7 @@ describe("a two-replica volume through pool outages", () => {
     expect(pages.counted.putBytes).toBe(SIZE);
     expect(pages.counted.clearBytes).toBe(0);
 
-    const record = await untilPass(
+    const record = await cluster.untilPass(
       () => api.getVolume(VOLUME),
       (v) => v.status.replicas.length === 2 && v.status.replicas.every((r) => r.state === "ONLINE"),
       "pc's replica retired and pd's ONLINE",
@@ -507,14 +492,14 @@ describe("a two-replica volume through pool outages", () => {
     expect(record.status.replicas.map((r) => r.id).sort()).toEqual([idA, idD].sort());
     await a.waitForLog((r) => r.msg === "replica removed" && r.replica === idC);
     // The record is written before the event is noted.
-    const retired = await untilPass(
+    const retired = await cluster.untilPass(
       () => api.listEvents({ volume: VOLUME, type: "replica-retired" }),
       (page) => page.items.some((e) => e.data?.replica === idC),
       "pc's replica-retired event",
     );
     expect(retired.items.find((e) => e.data?.replica === idC)).toMatchObject({ pool: "pc", data: { blobDeleted: true } });
     expect(await blobs.getContainerClient("pc-disks").getPageBlobClient(`${VOLUME}/${idC}`).exists()).toBe(false);
-    await untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
+    await cluster.untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idD)).equals(expected)).toBe(true);
     expect((await readExport()).equals(expected)).toBe(true);

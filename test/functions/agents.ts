@@ -9,9 +9,9 @@
  */
 import { expect } from "vitest";
 import type { z } from "zod";
-import { beat as sendBeat } from "../../agent/control/liveness-beat.ts";
+import { type BeatOutcome, beat as sendBeat } from "../../agent/control/liveness-beat.ts";
 import type { DesiredState, JoinResponse, NodeReport } from "../../contract/node.ts";
-import type { SweepPolicy, SweepReport } from "../../functions/health/sweep.ts";
+import type { SweepOptions, SweepPolicy, SweepReport } from "../../functions/health/sweep.ts";
 import { type ControlPlaneFixture, jsonOf } from "./fixture.ts";
 
 /**
@@ -48,6 +48,16 @@ export const NOTHING_SWEPT: SweepReport = {
 };
 
 /**
+ * For a pass on a fake clock that must find nobody to look at again: a
+ * second look would otherwise really sleep until its deadline.
+ */
+export const NO_SECOND_LOOK: SweepOptions = {
+  wait: async () => {
+    throw new Error("unexpected second look");
+  },
+};
+
+/**
  * `fixture()` and `joinToken()` are read at call time, because test files
  * start the control plane and issue the token in `beforeAll`.
  */
@@ -57,29 +67,42 @@ export function agentNodes(
   now: () => Date = () => new Date(),
 ) {
   const credentials = new Map<string, string>();
-  const rows = new Map<string, string>();
+  /** Each node's liveness row, and the ETag its next conditional beat is on. */
+  const rows = new Map<string, { url: string; etag: string }>();
 
-  async function join(name: string): Promise<void> {
+  /** Join `name` (with `facts`, when given) as its agent does; answered 201. */
+  async function join(name: string, facts?: Record<string, unknown>): Promise<JoinResponse> {
     const res = await fixture().app.request("/api/v1/nodes/join", {
       method: "POST",
       headers: { authorization: `Bearer ${joinToken()}`, "content-type": "application/json" },
-      body: JSON.stringify({ name }),
+      body: JSON.stringify({ name, ...(facts === undefined ? {} : { facts }) }),
     });
-    credentials.set(name, (await jsonOf<JoinResponse>(res, 201)).credential);
+    const joined = await jsonOf<JoinResponse>(res, 201);
+    credentials.set(name, joined.credential);
+    return joined;
   }
 
-  /** `name`'s desired state, as its agent fetches it. */
-  async function desired(name: string): Promise<DesiredState> {
-    const res = await fixture().app.request(`/api/v1/nodes/${name}/desired`, {
+  /**
+   * `name`'s desired state, as its agent fetches it (`query` appended to the
+   * path); its next conditional beat is on the liveness ETag it gives.
+   */
+  async function desired(name: string, query = ""): Promise<DesiredState> {
+    const res = await fixture().app.request(`/api/v1/nodes/${name}/desired${query}`, {
       headers: { authorization: `Bearer ${credentials.get(name)}` },
     });
     const state = await jsonOf<DesiredState>(res, 200);
-    rows.set(name, state.liveness.url);
+    rows.set(name, { url: state.liveness.url, etag: state.liveness.etag });
     return state;
   }
 
-  /** One report of `name` with `body` (a NodeReport); answered 200. */
-  async function report(name: string, body: z.input<typeof NodeReport>): Promise<void> {
+  /**
+   * One report of `name` with `body` (a NodeReport); answered 200 with the
+   * node's desired generation.
+   */
+  async function report(
+    name: string,
+    body: z.input<typeof NodeReport>,
+  ): Promise<{ desiredGeneration: number }> {
     const res = await fixture().app.request(`/api/v1/nodes/${name}/report`, {
       method: "POST",
       headers: {
@@ -88,17 +111,38 @@ export function agentNodes(
       },
       body: JSON.stringify(body),
     });
-    expect(res.status).toBe(200);
+    return jsonOf<{ desiredGeneration: number }>(res, 200);
   }
 
-  /** One heartbeat of each of `names`, at `now()`; each lands. */
+  /** One heartbeat of each of `names`, at `now()`, whatever their rows hold (`If-Match: *`); each lands. */
   async function heartbeat(...names: string[]): Promise<void> {
     for (const name of names) {
-      const url = rows.get(name) ?? (await desired(name)).liveness.url;
-      const outcome = await sendBeat(url, "*", { at: now().toISOString() });
+      const row = rows.get(name) ?? (await desired(name)).liveness;
+      const outcome = await sendBeat(row.url, "*", { at: now().toISOString() });
       expect(outcome.kind, `${name}'s heartbeat`).toBe("landed");
+      if (outcome.kind === "landed") rows.set(name, { url: row.url, etag: outcome.etag });
     }
   }
 
-  return { join, desired, heartbeat, report, credential: (name: string) => credentials.get(name) };
+  /**
+   * `name`'s next beat, at `now()`, as its agent sends it: conditional on
+   * the last ETag it saw (of its last desired state, or of its last beat
+   * that landed). `rung` when the row was rung since.
+   */
+  async function nextBeat(name: string): Promise<BeatOutcome["kind"]> {
+    const row = rows.get(name);
+    if (!row) throw new Error(`${name} has not fetched its desired state: it has no row to beat`);
+    const outcome = await sendBeat(row.url, row.etag, { at: now().toISOString() });
+    if (outcome.kind === "landed") row.etag = outcome.etag;
+    return outcome.kind;
+  }
+
+  return {
+    join,
+    desired,
+    heartbeat,
+    nextBeat,
+    report,
+    credential: (name: string) => credentials.get(name),
+  };
 }

@@ -189,8 +189,10 @@ describe("pagedisk pool release", () => {
       state: "REBUILDING",
       progress: 50,
     };
+    /** What became of each beat. */
+    const beats: string[] = [];
     const reportAndBeat = async () => {
-      await beat(liveness.url, "*", { at: new Date().toISOString() });
+      beats.push((await beat(liveness.url, "*", { at: new Date().toISOString() })).kind);
       const now = await api<Volume>("GET", "/volumes/moved");
       const replicas = now.status.replicas
         .filter((r) => r.state !== "CREATING" && r.state !== "RETIRING")
@@ -241,6 +243,9 @@ describe("pagedisk pool release", () => {
       if (watch.exitCode === null) watch.kill();
       await writing;
     }
+    // Every beat landed (a failure inside the writer's loop would only surface here).
+    expect(beats.length).toBeGreaterThan(0);
+    expect(beats.filter((kind) => kind !== "landed")).toEqual([]);
     const after = await api<Volume>("GET", "/volumes/moved");
     expect(after.status.replicas.map((r) => [r.pool, r.state])).toEqual([["spare", "ONLINE"]]);
   });

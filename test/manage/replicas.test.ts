@@ -2,8 +2,11 @@
  * `pagedisk volume attach|update|list|show` and `pagedisk pool list` on
  * volumes with several replicas, as users run them: the built binary
  * against the local control plane over Azurite. The writer is played by
- * reports through the API, as its agent sends them when a replica changes
- * (no heartbeats: the test's passes allow a node an hour of silence); the
+ * reports through the API, as its agent sends them when a replica changes.
+ * No node beats after joining, and none goes SUSPECT for it: the test's
+ * policy gives a silent node an hour before SUSPECT, and once no node has
+ * beaten for three heartbeat intervals (6 s) the sweeper judges nobody at
+ * all (the heartbeats' path looks down to it). The
  * sweeper is not on a timer here but run by the test, one pass where the
  * story needs one, so every step is a known state and nothing waits on
  * time.

@@ -12,9 +12,8 @@
  * and the worst case still fits the node's row.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { beat, type BeatOutcome } from "../../../agent/control/liveness-beat.ts";
 import type { Attachment } from "../../../contract/attachment.ts";
-import type { DesiredState, JoinResponse, Node, VolumeReport } from "../../../contract/node.ts";
+import type { Node, VolumeReport } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import { MAX_REPLICA_SLOTS, type Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
@@ -27,8 +26,7 @@ import {
   jsonOf,
   startProxiedControlPlane,
 } from "../fixture.ts";
-import { aheadOfRealTime, STEPPED_POLICY } from "../agents.ts";
-
+import { agentNodes, aheadOfRealTime, STEPPED_POLICY } from "../agents.ts";
 
 const POLICY = STEPPED_POLICY;
 let fx: ControlPlaneFixture;
@@ -38,65 +36,38 @@ let nowMs = aheadOfRealTime();
 const clock = () => new Date(nowMs);
 let token: IssuedToken;
 
-/** What a node's agent holds: its credential, where it beats, the ETag its next beat is conditional on. */
-interface Agent {
-  credential: string;
-  url: string;
-  etag: string;
-}
-const agents = new Map<string, Agent>();
+const agents = agentNodes(
+  () => fx,
+  () => token.token,
+  clock,
+);
+const { desired, nextBeat } = agents;
+/** Every node joined, in order. */
+const joined = new Set<string>();
 
 /** Join `name` and fetch its desired state, as its agent does at start. */
-async function join(name: string, facts: Record<string, unknown> = {}): Promise<Node> {
-  const res = await fx.app.request("/api/v1/nodes/join", {
-    method: "POST",
-    headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
-    body: JSON.stringify({ name, facts }),
-  });
-  const joined = await jsonOf<JoinResponse>(res, 201);
-  agents.set(name, { credential: joined.credential, url: "", etag: "" });
+async function join(name: string, facts?: Record<string, unknown>): Promise<Node> {
+  const { node } = await agents.join(name, facts);
+  joined.add(name);
   await desired(name);
-  return joined.node;
+  return node;
 }
 
+/** A request of `node`'s agent, with its credential. */
 function as(node: string, method: string, path: string, init: RequestInit = {}) {
   return fx.app.request(path, {
     method,
     ...init,
     headers: {
-      authorization: `Bearer ${agents.get(node)!.credential}`,
+      authorization: `Bearer ${agents.credential(node)}`,
       "content-type": "application/json",
     },
   });
 }
 
-/** `node`'s desired state as its agent fetches it; its next beat is conditional on the ETag given. */
-async function desired(node: string, query = ""): Promise<DesiredState> {
-  const state = await jsonOf<DesiredState>(
-    await as(node, "GET", `/api/v1/nodes/${node}/desired${query}`),
-    200,
-  );
-  const agent = agents.get(node)!;
-  agent.url = state.liveness.url;
-  agent.etag = state.liveness.etag;
-  return state;
-}
-
-/** `node`'s next beat, conditional on the last ETag it saw, as its agent sends it. */
-async function nextBeat(node: string): Promise<BeatOutcome["kind"]> {
-  const agent = agents.get(node)!;
-  const outcome = await beat(agent.url, agent.etag, { at: clock().toISOString() });
-  if (outcome.kind === "landed") agent.etag = outcome.etag;
-  return outcome.kind;
-}
-
-/** One report of `node`, answered with the node as recorded. */
 /** One report of `node`; the node as an admin then sees it (a report's answer is its generation only). */
-async function report(node: string, body: unknown): Promise<Node> {
-  const answer = await jsonOf<{ desiredGeneration: number }>(
-    await as(node, "POST", `/api/v1/nodes/${node}/report`, { body: JSON.stringify(body) }),
-    200,
-  );
+async function report(node: string, body: Parameters<typeof agents.report>[1]): Promise<Node> {
+  const answer = await agents.report(node, body);
   const seen = await jsonOf<Node>(await fx.call("GET", `/api/v1/nodes/${node}`), 200);
   expect(answer).toEqual({ desiredGeneration: seen.desiredGeneration });
   return seen;
@@ -182,7 +153,7 @@ describe("changes made by the sweeper ring the rows of the nodes they concern", 
 
   /** Every agent but `silent` beats; each beat lands. */
   async function beatAll(...silent: string[]): Promise<void> {
-    for (const name of agents.keys()) {
+    for (const name of joined) {
       if (!silent.includes(name)) expect(await nextBeat(name), name).toBe("landed");
     }
   }
@@ -353,7 +324,7 @@ describe("reports", () => {
       os: "debian-12",
       cores: 2,
     });
-    const volume = { volume: "v-r", epoch: 3, state: "SERVING", stats, device: "/dev/nbd3" };
+    const volume = { volume: "v-r", epoch: 3, state: "SERVING" as const, stats, device: "/dev/nbd3" };
     const node = await report("r-1", { volumes: [volume], facts: { os: "debian-13" } });
     expect(node.volumes).toEqual([{ ...volume, replicas: [] }]);
     expect(node.facts).toEqual({ os: "debian-13" });

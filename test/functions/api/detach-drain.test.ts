@@ -14,7 +14,6 @@
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
-import { beat } from "../../../agent/control/liveness-beat.ts";
 import type { Event, EventPage } from "../../../contract/event.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
@@ -50,8 +49,6 @@ const shortAgents = agentNodes(
   () => short,
   () => shortToken.token,
 );
-/** vm-1's liveness row and the ETag its next beat is conditional on. */
-const vm1 = { url: "", etag: "" };
 
 beforeAll(async () => {
   // Real clocks: the storage service checks the SAS of every beat against its own.
@@ -112,9 +109,7 @@ function waiting(count: number): Promise<void> {
  * conditional on the ETag that fetch gave; it has applied that generation.
  */
 async function servingAsFetched(): Promise<number> {
-  const desired = await agents.desired("vm-1");
-  Object.assign(vm1, { url: desired.liveness.url, etag: desired.liveness.etag });
-  return desired.generation;
+  return (await agents.desired("vm-1")).generation;
 }
 
 /**
@@ -122,10 +117,9 @@ async function servingAsFetched(): Promise<number> {
  * fails, and it fetches its desired state. Returns the generation fetched.
  */
 async function hearRing(volume: string): Promise<number> {
-  expect(await beat(vm1.url, vm1.etag, { at: new Date().toISOString() })).toEqual({ kind: "rung" });
+  expect(await agents.nextBeat("vm-1")).toBe("rung");
   const before = await agents.desired("vm-1");
   expect(before.attachments.map((a) => a.volume)).not.toContain(volume);
-  Object.assign(vm1, { url: before.liveness.url, etag: before.liveness.etag });
   return before.generation;
 }
 

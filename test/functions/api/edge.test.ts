@@ -334,10 +334,10 @@ describe("bad input", () => {
       const res = await cp.call("POST", path, big, headersOf(caller));
       expect((await errorOf(res, 413)).code).toBe("PayloadTooLarge");
     }
-    // Heartbeats carry per-volume stats and may be larger, up to their own limit.
-    const bigBeat = bodyOf(REPORT_BODY_LIMIT_BYTES + 1);
-    const beat = await cp.call("POST", "/api/v1/nodes/n1/report", bigBeat, headersOf("node"));
-    expect((await errorOf(beat, 413)).code).toBe("PayloadTooLarge");
+    // Reports carry per-volume stats and may be larger, up to their own limit.
+    const bigReport = bodyOf(REPORT_BODY_LIMIT_BYTES + 1);
+    const report = await cp.call("POST", "/api/v1/nodes/n1/report", bigReport, headersOf("node"));
+    expect((await errorOf(report, 413)).code).toBe("PayloadTooLarge");
     // Endpoints without a body refuse one declared too large before reading it.
     for (const [method, path] of [
       ["POST", "/api/v1/nodes/n1/cordon"],

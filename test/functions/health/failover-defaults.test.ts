@@ -14,7 +14,7 @@
  * half second between two passes. `alive` beats throughout: it witnesses
  * that the heartbeats' path works, and takes the volumes. Two nodes that
  * stop a few seconds apart, suspects in the same pass, are held to the
- * same bound (this fails today: see the test).
+ * same bound.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Event } from "../../../contract/event.ts";

@@ -17,17 +17,13 @@
  */
 import { Hono } from "hono";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { beat } from "../../../agent/control/liveness-beat.ts";
-import type { DesiredState, JoinResponse } from "../../../contract/node.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
-import { createApp } from "../../../functions/app.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
 import { DEFAULT_SWEEP_POLICY, sweep } from "../../../functions/health/sweep.ts";
-import { issueAdminKey } from "../../../functions/registry/admin-keys.ts";
-import { openRegistry, type Registry } from "../../../functions/registry/tables.ts";
-import { type Azurite, startAzurite } from "../../harness/azurite.ts";
-import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
-import { NOTHING_SWEPT } from "../agents.ts";
+import type { FaultProxy } from "../../harness/fault-proxy.ts";
+import { recordTableRequests, type TableRequest } from "../../harness/table-requests.ts";
+import { agentNodes, NO_SECOND_LOOK, NOTHING_SWEPT } from "../agents.ts";
+import { type ControlPlaneFixture, jsonOf, startProxiedControlPlane } from "../fixture.ts";
 
 /**
  * Noon (UTC) tomorrow: ahead of the real time, so that what beats claim
@@ -38,132 +34,82 @@ const today = new Date();
 let nowMs = Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() + 1, 12);
 const clock = () => new Date(nowMs);
 
-let azurite: Azurite;
+/** The control plane, its Table endpoint (the liveness table's too) behind `proxy`. */
+let fx: ControlPlaneFixture;
 let proxy: FaultProxy;
-let registry: Registry;
-/** The app behind a middleware that counts what reaches it. */
-let api: Hono;
+/** Every Table request through the proxy, as it arrives. */
+let seen: TableRequest[];
+/** The app behind a middleware that counts what reaches it; agents call it. */
+let counted: ControlPlaneFixture;
 let apiRequests = 0;
-let admin: Record<string, string>;
-let token: string;
-const reported: unknown[] = [];
-
-/** One Table request as the proxy saw it. */
-interface TableRequest {
-  method: string;
-  /** The table it is about (or `Tables`, `$batch` for service-level paths). */
-  table: string;
-}
-let seen: TableRequest[] = [];
-
-/** The node's credential and where it beats, with the ETag its next beat is conditional on. */
-interface Agent {
-  credential: string;
-  url: string;
-  etag: string;
-}
-const agents = new Map<string, Agent>();
+let token: IssuedToken;
+const agents = agentNodes(
+  () => counted,
+  () => token.token,
+  clock,
+);
+/** The nodes of the cluster, in the order they joined. */
+const cluster = new Set<string>();
 
 beforeAll(async () => {
-  azurite = await startAzurite({ table: true, inMemory: true });
-  proxy = await startFaultProxy(azurite.tableEndpoint!);
-  proxy.onRequest((req) => {
-    const last = decodeURIComponent(req.url.pathname.split("/").at(-1) ?? "");
-    seen.push({ method: req.method, table: last.replace(/\(.*\)$/, "") });
-  });
-  // The same account, with its Table endpoint (the liveness table's too) behind the proxy.
-  const viaProxy = azurite.connectionString.replace(
-    /TableEndpoint=[^;]+/,
-    `TableEndpoint=${proxy.blobEndpoint}`,
-  );
-  registry = await openRegistry(viaProxy);
-  const app = createApp({ registry, now: clock, report: (err) => reported.push(err) });
-  api = new Hono();
+  ({ fx, proxy } = await startProxiedControlPlane({ now: clock }));
+  ({ requests: seen } = recordTableRequests(proxy));
+  const api = new Hono();
   api.use("*", async function countApiRequests(_c, next) {
     apiRequests++;
     await next();
   });
-  api.route("/", app);
-  const { key } = await issueAdminKey(registry, new Date());
-  admin = { authorization: `Bearer ${key}`, "content-type": "application/json" };
-  const res = await api.request("/api/v1/tokens", { method: "POST", headers: admin, body: "{}" });
-  token = ((await res.json()) as IssuedToken).token;
-  const pool = await api.request("/api/v1/pools", {
-    method: "POST",
-    headers: admin,
-    body: JSON.stringify({
-      name: "p1",
-      auth: { kind: "connectionString", connectionString: azurite.connectionString },
-    }),
-  });
-  expect(pool.status).toBe(201);
+  api.route("/", fx.app);
+  counted = { ...fx, app: api };
+  token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
+  await fx.addPool("p1");
   await join("vm-1");
 });
-afterAll(async () => {
-  await proxy?.close();
-  await azurite?.dispose();
-});
+afterAll(() => fx?.dispose());
 
 /** Join `name` as its agent does, fetch its desired state, and land its first beat. */
 async function join(name: string): Promise<void> {
-  const res = await api.request("/api/v1/nodes/join", {
-    method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
-  expect(res.status).toBe(201);
-  const { credential } = (await res.json()) as JoinResponse;
-  const desired = await api.request(`/api/v1/nodes/${name}/desired`, {
-    headers: { authorization: `Bearer ${credential}` },
-  });
-  const { liveness } = (await desired.json()) as DesiredState;
-  agents.set(name, { credential, url: liveness.url, etag: liveness.etag });
+  await agents.join(name);
+  await agents.desired(name);
+  cluster.add(name);
   await beatAs(name);
 }
 
 /** One beat of `name`, conditional on its last ETag, claiming the test's clock; it lands. */
 async function beatAs(name: string): Promise<void> {
-  const agent = agents.get(name)!;
-  const outcome = await beat(agent.url, agent.etag, { at: clock().toISOString() });
-  if (outcome.kind !== "landed") throw new Error(`${name}'s beat: ${JSON.stringify(outcome)}`);
-  agent.etag = outcome.etag;
+  expect(await agents.nextBeat(name), `${name}'s beat`).toBe("landed");
 }
 
 /** What `action` cost: Table requests, by kind, and API requests. */
 async function costOf(action: () => Promise<void>) {
-  seen = [];
+  const from = seen.length;
   const apiBefore = apiRequests;
   await action();
+  const requests = seen.slice(from);
   return {
-    table: seen.length,
-    reads: seen.filter((r) => r.method === "GET").map((r) => r.table),
-    writes: seen.filter((r) => r.method !== "GET").map((r) => r.table),
+    table: requests.length,
+    reads: requests.filter((r) => r.method === "GET").map((r) => r.table),
+    writes: requests.filter((r) => r.method !== "GET").map((r) => r.table),
     api: apiRequests - apiBefore,
   };
 }
 
+type ReportBody = Parameters<typeof agents.report>[1];
+
 /** One report of `name` through the API. */
-async function report(body: unknown, name = "vm-1"): Promise<void> {
-  const res = await api.request(`/api/v1/nodes/${name}/report`, {
-    method: "POST",
-    headers: {
-      authorization: `Bearer ${agents.get(name)!.credential}`,
-      "content-type": "application/json",
-    },
-    body: JSON.stringify(body),
-  });
-  expect(res.status).toBe(200);
+async function report(body: ReportBody, name = "vm-1"): Promise<void> {
+  await agents.report(name, body);
 }
 
 const volumes = Array.from({ length: 16 }, (_, i) => ({
   volume: `v-${i}`,
   epoch: i + 1,
-  state: "SERVING",
+  state: "SERVING" as const,
 }));
 
 describe("a beat", () => {
   it("is one Table transaction, on the Table endpoint, and no API request", async () => {
-    expect(new URL(agents.get("vm-1")!.url).origin).toBe(proxy.origin);
+    expect(new URL((await agents.desired("vm-1")).liveness.url).origin).toBe(proxy.origin);
     const cost = await costOf(() => beatAs("vm-1"));
     expect(cost).toEqual({ table: 1, reads: [], writes: ["liveness"], api: 0 });
   });
@@ -178,7 +124,7 @@ describe("a report", () => {
 
   it("costs one more per index partition the events touch, however many events", async () => {
     const plain = (await costOf(() => report({ volumes }))).table;
-    const more = async (body: object) => (await costOf(() => report(body))).table - plain;
+    const more = async (body: ReportBody) => (await costOf(() => report(body))).table - plain;
     const event = (i: number) => ({ type: "throttled", volume: "v-1", message: `pause ${i}` });
     // all, v|v-1, n|vm-1, t|throttled
     expect(await more({ volumes, events: [event(1)] })).toBe(4);
@@ -194,9 +140,9 @@ describe("a report", () => {
   });
 
   it("is 1 when refused, which writes nothing", async () => {
-    const credential = agents.get("vm-1")!.credential;
+    const credential = agents.credential("vm-1")!;
     const cost = await costOf(async () => {
-      const res = await api.request("/api/v1/nodes/vm-1/report", {
+      const res = await counted.app.request("/api/v1/nodes/vm-1/report", {
         method: "POST",
         headers: {
           authorization: `Bearer ${credential.slice(0, -1)}${credential.endsWith("A") ? "B" : "A"}`,
@@ -211,12 +157,12 @@ describe("a report", () => {
 });
 
 describe("a sweeper pass over a healthy cluster", () => {
-  const cp = () => controlPlane({ registry, now: clock, report: (err) => reported.push(err) });
+  const cp = () => controlPlane({ registry: fx.registry, now: clock, report: (err) => fx.reported.push(err) });
 
   /** A sweep interval after the last pass, every node beats. */
   async function beatAll(): Promise<void> {
     nowMs += DEFAULT_SWEEP_POLICY.sweepIntervalMs;
-    for (const name of agents.keys()) await beatAs(name);
+    for (const name of cluster) await beatAs(name);
   }
 
   /**
@@ -227,26 +173,10 @@ describe("a sweeper pass over a healthy cluster", () => {
   async function joinServing(name: string): Promise<void> {
     await join(name);
     const volume = `v-${name}`;
-    const created = await api.request("/api/v1/volumes", {
-      method: "POST",
-      headers: admin,
-      body: JSON.stringify({ name: volume, sizeBytes: 64 * 1024 }),
-    });
-    expect(created.status).toBe(201);
-    const attach = await api.request(`/api/v1/volumes/${volume}/attach`, {
-      method: "POST",
-      headers: admin,
-      body: JSON.stringify({ node: name }),
-    });
-    expect(attach.status).toBe(200);
-    const agent = agents.get(name)!;
-    const rung = await beat(agent.url, agent.etag, { at: clock().toISOString() });
-    expect(rung).toEqual({ kind: "rung" });
-    const res = await api.request(`/api/v1/nodes/${name}/desired`, {
-      headers: { authorization: `Bearer ${agent.credential}` },
-    });
-    const desired = (await res.json()) as DesiredState;
-    agent.etag = desired.liveness.etag;
+    await jsonOf(await fx.call("POST", "/api/v1/volumes", { name: volume, sizeBytes: 64 * 1024 }), 201);
+    await jsonOf(await fx.call("POST", `/api/v1/volumes/${volume}/attach`, { node: name }), 200);
+    expect(await agents.nextBeat(name)).toBe("rung");
+    const desired = await agents.desired(name);
     const [served] = desired.attachments;
     await report(
       {
@@ -266,13 +196,13 @@ describe("a sweeper pass over a healthy cluster", () => {
 
   beforeAll(async () => {
     // vm-1 reported volumes that do not exist: it leaves, and nodes serving volumes of their own join.
-    const removed = await api.request("/api/v1/nodes/vm-1", { method: "DELETE", headers: admin });
+    const removed = await fx.call("DELETE", "/api/v1/nodes/vm-1");
     expect(removed.status).toBe(204);
-    agents.delete("vm-1");
+    cluster.delete("vm-1");
     await joinServing("vm-h1");
     // The first pass only starts watching, and looks for event tables past their retention.
     await beatAll();
-    const first = await sweep(cp(), DEFAULT_SWEEP_POLICY);
+    const first = await sweep(cp(), DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     expect(first.path).toBe("first pass: silence counts from now");
   });
 
@@ -301,13 +231,13 @@ describe("a sweeper pass over a healthy cluster", () => {
       api: 0,
     };
     for (const size of [1, 4, 8]) {
-      while (agents.size < size) await joinServing(`vm-h${agents.size + 1}`);
+      while (cluster.size < size) await joinServing(`vm-h${cluster.size + 1}`);
       await beatAll();
       const cost = await costOf(async () => {
-        expect(await sweep(cp(), DEFAULT_SWEEP_POLICY)).toEqual(NOTHING_SWEPT);
+        expect(await sweep(cp(), DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK)).toEqual(NOTHING_SWEPT);
       });
       expect({ ...cost, reads: [...cost.reads].sort() }, `${size} nodes`).toEqual(expected);
     }
-    expect(reported).toEqual([]);
+    expect(fx.reported).toEqual([]);
   });
 });

@@ -111,9 +111,10 @@ describe("judging nobody without evidence that the path works", () => {
     const j = judgeLiveness([node("back", 200), node("dead", s(60))], down, T0, POLICY);
     expect(j.path.pathSince).toBe(T0);
     expect(j.nodes.map((n) => n.verdict)).toEqual(["READY", "READY"]);
-    // Eight seconds of a working path later, the node that did not come back is LOST.
+    // Eight seconds of a working path later (`back` beat 200 ms before that pass, `dead` still last
+    // beat 68 s before it), the node that did not come back is LOST.
     const later = judgeLiveness(
-      [node("back", 200 - s(8)), node("dead", s(68))].map((b) => ({ ...b, lastBeatMs: b.lastBeatMs! + s(8) })),
+      [node("back", 200), node("dead", s(68))].map((b) => ({ ...b, lastBeatMs: b.lastBeatMs! + s(8) })),
       j.path,
       T0 + s(8),
       POLICY,

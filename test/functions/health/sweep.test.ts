@@ -17,7 +17,7 @@ import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
-import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, NO_SECOND_LOOK, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 const POLICY = STEPPED_POLICY;
@@ -158,13 +158,18 @@ describe("node health", () => {
     const report = await sweep(
       controlPlane({ registry: fx.registry, now: () => new Date(nowMs), report: (e) => reported.push(e) }),
       POLICY,
+      NO_SECOND_LOOK,
     );
     expect(report.lost).toEqual([]);
     expect(report.path).toMatch(/no heartbeat from any node/);
     expect((await node("vm-p")).state).toBe("READY");
-    // Beats flow again: silence counts from this pass, so vm-p is not LOST at once.
-    await heartbeat("vm-p");
-    expect((await pass()).path).toBe("heartbeats flow again: silence counts from now");
+    // Beats flow again (the witness's): silence counts from this pass, so vm-p, silent for 50 s,
+    // past lostAfter, is not LOST at once.
+    const back = await pass();
+    expect(back.path).toBe("heartbeats flow again: silence counts from now");
+    expect(back.lost).not.toContain("vm-p");
+    expect(back.suspect).not.toContain("vm-p");
+    expect((await node("vm-p")).state).toBe("READY");
   });
 });
 

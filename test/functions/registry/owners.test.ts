@@ -15,7 +15,7 @@ import { noteOwner, ownedBy, reconcileOwners } from "../../../functions/registry
 import { readSweeperState } from "../../../functions/registry/sweeper-state.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { partitionOf, recordTableRequests } from "../../harness/table-requests.ts";
-import { agentNodes, aheadOfRealTime, STEPPED_POLICY } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, NO_SECOND_LOOK, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startProxiedControlPlane } from "../fixture.ts";
 import type { FaultProxy } from "../../harness/fault-proxy.ts";
 
@@ -30,7 +30,11 @@ const { join, desired, heartbeat } = agentNodes(
 );
 const reported: unknown[] = [];
 const pass = () =>
-  sweep(controlPlane({ registry: fx.registry, now: () => new Date(nowMs), report: (e) => reported.push(e) }), STEPPED_POLICY);
+  sweep(
+    controlPlane({ registry: fx.registry, now: () => new Date(nowMs), report: (e) => reported.push(e) }),
+    STEPPED_POLICY,
+    NO_SECOND_LOOK,
+  );
 
 beforeAll(async () => {
   ({ fx, proxy } = await startProxiedControlPlane({ now: () => new Date(nowMs) }));

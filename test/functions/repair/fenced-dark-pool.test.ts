@@ -13,6 +13,7 @@ import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import type { VolumeRecord } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
 let w: World;
@@ -141,7 +142,7 @@ describe("fencing with one replica's pool dark", () => {
     await w.pass();
     expect((await w.record("v-f")).status.replicas.map((r) => r.state)).toEqual(["ONLINE", "ONLINE"]);
     const settled = await w.fx.snapshot();
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect((await w.fx.snapshot()).tables).toEqual(settled.tables);
     expect(w.reported).toEqual([]);
   });

@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
 let w: World;
@@ -122,7 +123,7 @@ describe("permanent loss of a pool", () => {
     expect(retired).toHaveLength(1);
     expect(retired[0]!.data).toMatchObject({ replica: oldId, blobDeleted: false });
     const settled = await w.fx.snapshot();
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect((await w.fx.snapshot()).tables).toEqual(settled.tables);
   });
 

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NO_SOURCE } from "../../../functions/health/repair-plan.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
 let w: World;
@@ -68,8 +69,8 @@ describe("no ONLINE replica left to copy from", () => {
     expect((await table.get("pb"))!.value.health).toBe("BAD");
 
     const settled = await w.fx.snapshot();
-    await sweep(w.cp(), POLICY);
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect(await w.fx.snapshot()).toEqual(settled);
     const v = await w.record("v-x");
     expect(v.status.replicas.map((r) => [r.state, r.message])).toEqual([

@@ -11,6 +11,7 @@ import { moveReplica } from "../../../functions/health/repair.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { errorOf, jsonOf } from "../fixture.ts";
+import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, startWorld, type World } from "./world.ts";
 
 let w: World;
@@ -137,7 +138,7 @@ describe("a rebuild interrupted by a crash", () => {
         }
       },
     };
-    await sweep(w.cp(faults), POLICY);
+    await sweep(w.cp(faults), POLICY, NO_SECOND_LOOK);
     expect(crashed).toBe(true);
     w.reported.length = 0;
     await w.pass();
@@ -149,7 +150,7 @@ describe("a rebuild interrupted by a crash", () => {
       .getPageBlobClient(`${name}/${fresh.id}`);
     expect((await blob.getProperties()).leaseState).toBe("leased");
     const settled = await w.fx.snapshot();
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect((await w.fx.snapshot()).tables).toEqual(settled.tables);
     expect(w.reported).toEqual([]);
   });

@@ -10,6 +10,7 @@ import type { VolumeReport } from "../../../contract/node.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
 let w: World;
@@ -45,7 +46,7 @@ describe("temporary outage of one replica's pool", () => {
     // Several heartbeats and two sweepers racing on the same failure.
     await w.report("n-a", [reportOf("OFFLINE", { error: "pool pb: Put Page failed (no response)" })]);
     await w.report("n-a", [reportOf("OFFLINE", { error: "pool pb: Put Page failed (no response)" })]);
-    await Promise.all([sweep(w.cp(), POLICY), sweep(w.cp(), POLICY)]);
+    await Promise.all([sweep(w.cp(), POLICY, NO_SECOND_LOOK), sweep(w.cp(), POLICY, NO_SECOND_LOOK)]);
     await w.pass();
 
     const r = (await w.record("v-1")).status.replicas.find((x) => x.id === offlineId)!;
@@ -60,7 +61,7 @@ describe("temporary outage of one replica's pool", () => {
   it("orders a resync once the pool is GOOD again: leased under the volume's lease, generation bumped", async () => {
     const before = await generation("n-a");
     w.clock.ms += REPAIR.suspectWindowMs + 1_000;
-    await Promise.all([sweep(w.cp(), POLICY), sweep(w.cp(), POLICY)]);
+    await Promise.all([sweep(w.cp(), POLICY, NO_SECOND_LOOK), sweep(w.cp(), POLICY, NO_SECOND_LOOK)]);
     await w.pass();
     const v = await w.record("v-1");
     expect((await pools(w.fx.registry).get("pb"))!.value.health).toBe("GOOD");
@@ -92,7 +93,7 @@ describe("temporary outage of one replica's pool", () => {
     expect(r).toMatchObject({ state: "RESYNCING", progress: 42, message: "resync: 42% (425 of 1000 bytes)" });
     const unchanged = await w.fx.snapshot();
     await w.report("n-a", [reportOf("RESYNCING", { progress: 42.9 })]);
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect((await w.fx.snapshot()).tables["volumes"]).toEqual(unchanged.tables["volumes"]);
 
     await w.report("n-a", [reportOf("ONLINE")]);
@@ -104,7 +105,7 @@ describe("temporary outage of one replica's pool", () => {
 
     // Nothing left to do: a further pass writes nothing.
     const settled = await w.fx.snapshot();
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect(await w.fx.snapshot()).toEqual(settled);
     expect(w.reported).toEqual([]);
   });
@@ -117,7 +118,7 @@ describe("temporary outage of one replica's pool", () => {
     expect((await w.record("v-1")).status.replicas[1]!.state).toBe("RESYNCING");
     w.clock.ms += REPAIR.reportGraceMs + 1_000;
     await w.report("n-a", [reportOf("OFFLINE", { error: "Put Page failed again" })]);
-    await sweep(w.cp(), POLICY);
+    await sweep(w.cp(), POLICY, NO_SECOND_LOOK);
     expect((await w.record("v-1")).status.replicas[1]).toMatchObject({
       state: "OFFLINE",
       message: "resync failed: Put Page failed again",

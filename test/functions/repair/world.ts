@@ -16,7 +16,7 @@ import { type SweepPolicy, sweep } from "../../../functions/health/sweep.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { type FaultProxy, startFaultProxy } from "../../harness/fault-proxy.ts";
-import { aheadOfRealTime, agentNodes } from "../agents.ts";
+import { aheadOfRealTime, agentNodes, NO_SECOND_LOOK } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 export const REPAIR: RepairPolicy = {
@@ -114,7 +114,7 @@ export async function startWorld(): Promise<World> {
         await agents.heartbeat(node);
         await report(node, reports);
       }
-      await sweep(cp(faults), POLICY);
+      await sweep(cp(faults), POLICY, NO_SECOND_LOOK);
     },
     async join(node) {
       await agents.join(node);

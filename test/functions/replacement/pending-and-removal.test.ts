@@ -14,10 +14,11 @@ import type { Pool, PoolRelease } from "../../../contract/pool.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
 import { advanceRelease, advanceReleases } from "../../../functions/health/replacement.ts";
-import { sweep } from "../../../functions/health/sweep.ts";
+import { DEFAULT_SWEEP_POLICY, sweep } from "../../../functions/health/sweep.ts";
 import { releasing } from "../../../functions/lifecycle/release-pool.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
+import { NO_SECOND_LOOK } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 let fx: ControlPlaneFixture;
@@ -122,12 +123,12 @@ describe("a removal interrupted at REMOVING, with removal=ready", () => {
   it("is finished by the sweeper: the row deleted, the container left, and a pass after writes nothing", async () => {
     await fx.addPool("z1", "z1-disks");
     await interruptedRemoval("z1");
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     expect(await pools(fx.registry).get("z1")).toBeUndefined();
     expect(await fx.blobs.getContainerClient("z1-disks").exists()).toBe(true);
     expect(await eventsOf("pool-removed", "z1")).toHaveLength(1);
     const settled = await fx.snapshot();
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     expect(await fx.snapshot()).toEqual(settled);
     expect(reported).toEqual([]);
   });
@@ -146,16 +147,16 @@ describe("a removal interrupted at REMOVING, with removal=ready", () => {
       read.etag,
     );
 
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     expect(await getPool("z2")).toMatchObject({ usage: "RELEASED", annotations: { removal: "ready" } });
     expect(reported).toEqual([]);
     // While the replica stays, passes leave the pool alone: no removal tried, nothing written.
     const waiting = await fx.snapshot();
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     expect(await fx.snapshot()).toEqual(waiting);
 
     expect((await fx.call("DELETE", "/api/v1/volumes/racer")).status).toBe(204);
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     expect(await pools(fx.registry).get("z2")).toBeUndefined();
     expect(reported).toEqual([]);
   });

@@ -3,12 +3,13 @@
  * RELEASED -> REMOVING -> REMOVED, FAILED and back IN_USE, driven through
  * the API (`POST .../release`, `PATCH .../annotations`) and the sweeper's
  * passes. A real move needs its writer to copy: the writer's side is
- * played by heartbeats through the API, as an agent sends them.
+ * played by reports through the API, as its agent sends them
+ * (../agents.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Attachment } from "../../../contract/attachment.ts";
 import type { EventPage } from "../../../contract/event.ts";
-import type { JoinResponse, ReplicaReport } from "../../../contract/node.ts";
+import type { ReplicaReport } from "../../../contract/node.ts";
 import { MAX_RELEASE_ENTRIES, type Pool } from "../../../contract/pool.ts";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
@@ -18,9 +19,10 @@ import {
   advanceReleases,
   WAITING_MESSAGE,
 } from "../../../functions/health/replacement.ts";
-import { sweep } from "../../../functions/health/sweep.ts";
+import { DEFAULT_SWEEP_POLICY, sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
+import { agentNodes, NO_SECOND_LOOK } from "../agents.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
 let fx: ControlPlaneFixture;
@@ -33,9 +35,15 @@ const EPOCH = Date.UTC(2025, 0, 1);
 let nowMs = EPOCH;
 const now = () => new Date(nowMs++);
 const reported: unknown[] = [];
+let token: IssuedToken;
+const agents = agentNodes(
+  () => fx,
+  () => token.token,
+);
 
 beforeAll(async () => {
   fx = await startControlPlane({ now });
+  token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
   cp = controlPlane({
     registry: fx.registry,
     now,
@@ -416,13 +424,15 @@ describe("the release of a pool holding replicas", () => {
     const v = await createVolume("mover", ["m1", "m2"]);
     const old = v.status.replicas[0]!;
     expect(old.pool).toBe("m1");
-    const writer = await joinNode("vm-writer");
+    await agents.join("vm-writer");
     const attached = await jsonOf<Attachment>(
       await fx.call("POST", "/api/v1/volumes/mover/attach", { node: "vm-writer" }),
       200,
     );
-    const beat = (replicas: ReplicaReport[]) =>
-      writer.heartbeat([{ volume: "mover", epoch: attached.epoch, state: "SERVING", replicas }]);
+    const copied = (replicas: ReplicaReport[]) =>
+      agents.report("vm-writer", {
+        volumes: [{ volume: "mover", epoch: attached.epoch, state: "SERVING", replicas }],
+      });
 
     const started = await jsonOf<Pool>(await release("m1"), 200);
     expect(started.usage).toBe("RELEASING");
@@ -431,25 +441,25 @@ describe("the release of a pool holding replicas", () => {
     ]);
 
     // The repair makes the new replica's blob: REBUILDING on m2, for the writer to fill.
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     const rebuilding = (await getVolume("mover")).status.replicas.find((r) => r.replaces === old.id)!;
     expect(rebuilding).toMatchObject({ pool: "m2", state: "REBUILDING" });
 
-    await beat([
+    await copied([
       { id: old.id, state: "ONLINE" },
       { id: rebuilding.id, state: "REBUILDING", progress: 40.5 },
     ]);
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     const moving = await getPool("m1");
     expect(moving.release?.entries[0]).toMatchObject({ status: "MOVING", progress: 40 });
     expect(moving.release?.progress).toBe(40);
     expect(moving.release?.message).toBe("releasing: 0 of 1 replica(s) moved, 1 moving");
 
-    await beat([
+    await copied([
       { id: old.id, state: "ONLINE" },
       { id: rebuilding.id, state: "ONLINE" },
     ]);
-    await sweep(cp);
+    await sweep(cp, DEFAULT_SWEEP_POLICY, NO_SECOND_LOOK);
     const released = await getPool("m1");
     expect(released.usage).toBe("RELEASED");
     expect(released.release?.entries).toEqual([
@@ -541,24 +551,3 @@ describe("the release record", () => {
     expect((await getPool("wide")).release).toEqual(release);
   });
 });
-
-/** A node that joined through the API and heartbeats as its agent would. */
-async function joinNode(name: string) {
-  const token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
-  const res = await fx.app.request("/api/v1/nodes/join", {
-    method: "POST",
-    headers: { authorization: `Bearer ${token.token}`, "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
-  const { credential } = await jsonOf<JoinResponse>(res, 201);
-  return {
-    async heartbeat(volumes: unknown[]): Promise<void> {
-      const beat = await fx.app.request(`/api/v1/nodes/${name}/heartbeat`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${credential}`, "content-type": "application/json" },
-        body: JSON.stringify({ volumes }),
-      });
-      expect(beat.status).toBe(200);
-    },
-  };
-}
