@@ -9,11 +9,17 @@
  *   many volumes on one account do not retry in step, and lasts at least the
  *   service's Retry-After.
  * - `Transient` (other 5xx, resets, timeouts): only the failed request backs
- *   off (exponential with jitter, Retry-After honoured) and retries.
+ *   off (exponential with jitter, Retry-After honoured) and retries. A page
+ *   write whose attempt was left in doubt comes back with a Retry-After
+ *   covering the doubt (pageblob/in-doubt.ts): resending it sooner could let
+ *   the abandoned attempt land after the retry.
  * - A request that fails again once `deadlineMs` have passed since its first
  *   failure rejects with `RetryDeadlineError`, which fails the volume like a
  *   fatal error. (A pause under way at the deadline is waited out first, so
- *   the volume fails at most `maxPauseMs` late.)
+ *   the volume fails at most `maxPauseMs` late.) So does a transient failure
+ *   whose Retry-After ends past the deadline: the retry could not be sent in
+ *   time, and a replica then goes offline at once instead of holding the
+ *   client's write until it may.
  * - Everything else (fatal StorageErrors, BlockErrors) passes straight up.
  *
  * Concurrency: requests run concurrently. While a pause is on, requests that
@@ -196,6 +202,13 @@ export class ThrottleLayer extends Layer implements BlockDevice {
         since ??= clock.now();
         const elapsed = clock.now() - since;
         if (elapsed >= this.#opts.deadlineMs) throw this.#deadline(err, elapsed);
+        if (
+          err.code === "Transient" &&
+          err.retryAfterMs !== undefined &&
+          elapsed + err.retryAfterMs > this.#opts.deadlineMs
+        ) {
+          throw this.#deadline(err, elapsed);
+        }
         await this.#beforeRetry(err, ++tries, elapsed);
       }
       await this.#waitPause();

@@ -83,6 +83,30 @@ export function fromNetworkError(err: unknown, what: string): StorageError {
   return new StorageError(kind, `${what}: ${code ?? "network error"}: ${text}`, { cause: err });
 }
 
+/**
+ * Failures that happen before a request can have left this machine: no
+ * connection was made, so the service never saw it.
+ */
+const NEVER_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "UND_ERR_CONNECT_TIMEOUT"]);
+
+/**
+ * Whether a request that failed with `err` may still be carried out by the
+ * service: no verdict came back. A 2xx or 4xx is a verdict, and so are 503
+ * ServerBusy (refused before any work) and 500 OperationTimedOut (the
+ * service's own timeout passed, after which it commits nothing). A failure
+ * to connect is one too. Everything else, resets and our own timeouts above
+ * all, leaves the request in doubt (in-doubt.ts).
+ */
+export function leavesInDoubt(err: StorageError): boolean {
+  if (err.code === "Invalid") return false;
+  if (err.status === 0) {
+    const code = errorCode(err.cause);
+    return code === undefined || !NEVER_SENT.has(code);
+  }
+  if (err.status < 500) return false;
+  return err.azureCode !== "ServerBusy" && err.azureCode !== "OperationTimedOut";
+}
+
 function errorCode(err: unknown): string | undefined {
   let e: unknown = err;
   // undici wraps socket errors; the errno code sits on the cause.

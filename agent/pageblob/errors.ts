@@ -4,7 +4,9 @@
  * above it looks at a status code.
  *
  * - `Throttled`  503 ServerBusy, 500 OperationTimedOut: pause and retry.
- * - `Transient`  other 5xx, 408, resets, timeouts: retry with backoff.
+ * - `Transient`  other 5xx, 408, resets, timeouts: retry with backoff. When
+ *                a write's attempt was left in doubt, its Retry-After says
+ *                when it can no longer land (in-doubt.ts): not before.
  * - `LeaseLost`  412 lease missing / mismatched / broken, and the 409s of
  *                lease operations that mean someone else holds the lease: fenced, fatal.
  * - `BlobGone`   404 (BlobNotFound, ContainerNotFound, a HEAD without body): fatal.

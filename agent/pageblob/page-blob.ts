@@ -4,7 +4,9 @@
  * each rejecting only with StorageError.
  *
  * Concurrency: calls are independent and may run in parallel; the pool bounds
- * how many are on the wire at once.
+ * how many are on the wire at once. The one exception: a call that changes
+ * what an abandoned attempt may still change waits until that attempt can no
+ * longer land (transport.ts, in-doubt.ts).
  */
 import { randomUUID } from "node:crypto";
 import { StorageError } from "./errors.ts";
@@ -73,7 +75,10 @@ export class PageBlob {
       ...leaseHeader(opts),
     };
     if (!opts.overwrite) headers["if-none-match"] = "*";
-    await this.#t.send({ method: "PUT", headers, op: `Put Blob ${size}` }, drain);
+    await this.#t.send(
+      { method: "PUT", headers, op: `Put Blob ${size}`, touches: { kind: "blob" } },
+      drain,
+    );
   }
 
   /** Get Blob Properties. */
@@ -113,7 +118,16 @@ export class PageBlob {
       }
       headers[`x-ms-meta-${name.toLowerCase()}`] = value;
     }
-    await this.#t.send({ method: "PUT", query: "comp=metadata", headers, op: "Set Blob Metadata" }, drain);
+    await this.#t.send(
+      {
+        method: "PUT",
+        query: "comp=metadata",
+        headers,
+        op: "Set Blob Metadata",
+        touches: { kind: "metadata" },
+      },
+      drain,
+    );
   }
 
   /**
@@ -129,12 +143,20 @@ export class PageBlob {
         query: "comp=properties",
         headers: { "x-ms-blob-content-length": String(size), ...leaseHeader(opts) },
         op: `Resize ${size}`,
+        // A late shrink would discard pages written after it: it touches them all.
+        touches: { kind: "pages", start: 0, end: Number.POSITIVE_INFINITY },
       },
       drain,
     );
   }
 
-  /** Put Page (update): write `data` at `offset`; both 512-aligned, at most 4 MiB. */
+  /**
+   * Put Page (update): write `data` at `offset`; both 512-aligned, at most
+   * 4 MiB. An attempt left in doubt is not resent here: the call fails
+   * Transient with a Retry-After that covers the doubt, for the engine to
+   * retry (and until then any write to those pages waits here). So does
+   * Clear Pages.
+   */
   async putPages(offset: number, data: Uint8Array, opts: LeaseCondition = {}): Promise<void> {
     checkPages(offset, data.length, "Put Page");
     if (data.length === 0 || data.length > MAX_PUT_PAGE) {
@@ -151,6 +173,8 @@ export class PageBlob {
         },
         body: data,
         op: `Put Page ${offset}+${data.length}`,
+        touches: { kind: "pages", start: offset, end: offset + data.length },
+        retriedAbove: true,
       },
       drain,
     );
@@ -170,6 +194,8 @@ export class PageBlob {
           ...leaseHeader(opts),
         },
         op: `Clear Pages ${offset}+${length}`,
+        touches: { kind: "pages", start: offset, end: offset + length },
+        retriedAbove: true,
       },
       drain,
     );
@@ -323,6 +349,7 @@ export class PageBlob {
         query: "comp=lease",
         headers: { "x-ms-lease-action": action, ...headers },
         op: `Lease ${action}`,
+        touches: { kind: "lease" },
       },
       read,
     );

@@ -6,7 +6,9 @@
  * Only `Transient` errors are retried here (every page blob operation we send
  * is idempotent). `Throttled` surfaces at once: pausing the whole volume is
  * the engine's job, and retrying single requests underneath it would only
- * add load to an account that already asked us to back off.
+ * add load to an account that already asked us to back off. So does a page
+ * write whose attempt was left in doubt (transport.ts): the engine retries
+ * it once the abandoned attempt can no longer land.
  */
 import { isStorageError } from "./errors.ts";
 

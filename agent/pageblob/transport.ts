@@ -1,15 +1,25 @@
 /**
- * Sends one REST call for one blob: builds the request path with the SAS,
- * applies the per-request timeout, classifies failures into StorageError and
- * retries the Transient ones per `retry.ts`. Everything is idempotent at this
- * level (Put Page, Clear Pages, ranged Get, lease calls with a proposed id),
- * so resending a request whose answer was lost is always safe.
+ * Sends one REST call for one blob: builds the request path with the SAS and
+ * the server timeout, applies the client timeout, classifies failures into
+ * StorageError and retries the Transient ones per `retry.ts`.
+ *
+ * Every call is idempotent at this level (Put Page, Clear Pages, ranged Get,
+ * lease calls with a proposed id), so resending one whose answer was lost
+ * does no harm by itself. What can do harm is the first attempt landing
+ * after the resend, or after a newer write: so a call that changes the blob
+ * and whose attempt ended in doubt is never resent, and nothing that touches
+ * the same thing is sent, until that attempt can no longer land
+ * (in-doubt.ts). Page writes are retried by the engine above, which knows
+ * how long the volume or the replica may wait: they fail at once with a
+ * Retry-After that covers the doubt. Other changes (lease, metadata, create)
+ * have no engine above them: they wait the doubt out here, then retry.
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Dispatcher } from "undici";
-import { fromNetworkError, fromResponse } from "./classify.ts";
+import { fromNetworkError, fromResponse, leavesInDoubt } from "./classify.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { StorageError } from "./errors.ts";
+import { type InDoubtWrites, sharedInDoubt, type Touches } from "./in-doubt.ts";
 import type { BlobLocation } from "./location.ts";
 import { type PoolLease, type PoolOptions, type PoolRegistry, sharedPools } from "./pool.ts";
 import { calculateDelay, DEFAULT_RETRY, type RetryOptions, shouldRetry } from "./retry.ts";
@@ -19,8 +29,19 @@ import { parseErrorBody } from "./xml.ts";
 export interface TransportOptions extends PoolOptions {
   /** Registry to take the origin's pool from; the process-wide one by default. */
   pools?: PoolRegistry;
-  /** Time to wait for response headers, and then between body chunks, in ms. */
+  /**
+   * The client's own give-up time, in ms: how long to wait for response
+   * headers (from when the request starts going out; an upload that keeps
+   * moving does not count against it), then between body chunks. Must be
+   * longer than the server timeout.
+   */
   timeoutMs?: number;
+  /** Server timeout sent with every request (`timeout=`), whole seconds, at least 1. */
+  serverTimeoutSec?: number;
+  /** Added to the server timeout before an abandoned attempt counts as unable to land, in ms. */
+  inDoubtMarginMs?: number;
+  /** Where abandoned attempts are kept; the process-wide registry by default. */
+  inDoubt?: InDoubtWrites;
   retry?: RetryOptions;
   clock?: Clock;
   /** Source of jitter for retry delays. */
@@ -35,29 +56,94 @@ export interface BlobCall {
   body?: Uint8Array;
   /** Names the operation in error messages, e.g. "Put Page 0+4096". */
   op: string;
+  /** What the call changes; absent for calls that change nothing (reads). */
+  touches?: Touches;
+  /**
+   * Whoever called retries this one (the engine, for page writes): an
+   * attempt left in doubt fails at once, with a Retry-After covering the
+   * doubt, instead of being waited out and resent here.
+   */
+  retriedAbove?: boolean;
 }
 
 /** A 2xx response, handed to the reader that consumes its body. */
 export type OkResponse = Dispatcher.ResponseData;
 
-/** Default per-request timeout: long enough for a 4 MiB Put Page on a slow link. */
+/**
+ * Server timeout of every request, in seconds. The service allows at most
+ * 30 s for most operations and "10 minutes per megabyte" for writes, which
+ * without a `timeout=` lets it work on a 4 MiB Put Page for most of an hour
+ * ("Setting timeouts for Blob service operations"). 20 s is two orders of
+ * magnitude above a healthy Put Page or ranged Get of 4 MiB, lets a 4 MiB
+ * upload through at 1.7 Mbit/s, and leaves Get Page Ranges over a
+ * fragmented segment and a Clear Pages over a whole disk time to finish.
+ * It is also how long an abandoned write keeps its range blocked (plus the
+ * margin below), so shorter would stall less after a network failure but
+ * fail more slow-but-healthy calls with OperationTimedOut.
+ */
+export const DEFAULT_SERVER_TIMEOUT_SEC = 20;
+
+/**
+ * The client's give-up time, 10 s above the server timeout: while the
+ * network works, the service's 500 OperationTimedOut (a verdict) reaches us
+ * before we give up, and only a broken network leaves a request in doubt.
+ */
 export const DEFAULT_TIMEOUT_MS = 30_000;
+
+/**
+ * Added to an abandoned attempt's server timeout: packets of it already on
+ * the wire when we gave up may still arrive this late, and timers may fire
+ * a little early.
+ */
+export const DEFAULT_IN_DOUBT_MARGIN_MS = 2_000;
+
+/**
+ * How much slower the service's clock may run than ours, as a fraction.
+ * Quartz drifts by well under 0.1%; 1% leaves room for poor VM clocks.
+ */
+export const CLOCK_RATE_TOLERANCE = 0.01;
+
+/** Errors of attempts left in doubt (so send() knows not to resend them at once). */
+const abandoned = new WeakSet<StorageError>();
 
 export class BlobTransport {
   readonly location: BlobLocation;
   readonly #sas: SasSource;
   readonly #lease: PoolLease;
   readonly #timeoutMs: number;
+  readonly #serverTimeoutSec: number;
+  /** How long an abandoned attempt may still land, in ms. */
+  readonly #doubtMs: number;
+  readonly #inDoubt: InDoubtWrites;
+  /** Key of this blob in the registry. */
+  readonly #blobKey: string;
   readonly #retry: RetryOptions;
   readonly #clock: Clock;
   readonly #random: () => number;
   #closed = false;
 
   constructor(location: BlobLocation, sas: SasSource, opts: TransportOptions = {}) {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const serverSec = opts.serverTimeoutSec ?? DEFAULT_SERVER_TIMEOUT_SEC;
+    const marginMs = opts.inDoubtMarginMs ?? DEFAULT_IN_DOUBT_MARGIN_MS;
+    if (!Number.isSafeInteger(serverSec) || serverSec < 1) {
+      throw new RangeError(`server timeout must be a whole number of seconds, at least 1; got ${serverSec}`);
+    }
+    if (!(timeoutMs > serverSec * 1000)) {
+      throw new RangeError(
+        `client timeout ${timeoutMs} ms must be longer than the server timeout of ${serverSec} s`,
+      );
+    }
+    if (!(marginMs >= 0)) throw new RangeError(`in-doubt margin must be at least 0 ms; got ${marginMs}`);
     this.location = location;
     this.#sas = sas;
+    this.#timeoutMs = timeoutMs;
+    this.#serverTimeoutSec = serverSec;
+    this.#doubtMs = Math.ceil(serverSec * 1000 * (1 + CLOCK_RATE_TOLERANCE) + marginMs);
+    this.#inDoubt = opts.inDoubt ?? sharedInDoubt;
+    this.#blobKey = `${location.origin}${location.path}`;
+    // Last: nothing may throw once the pool is referenced.
     this.#lease = (opts.pools ?? sharedPools).acquire(location.origin, opts);
-    this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#retry = opts.retry ?? DEFAULT_RETRY;
     this.#clock = opts.clock ?? systemClock;
     this.#random = opts.random ?? Math.random;
@@ -69,16 +155,60 @@ export class BlobTransport {
    */
   async send<T>(call: BlobCall, read: (res: OkResponse) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
+      if (call.touches) await this.#settled(call.touches);
       // Checked here, not left to undici: a closed pool's error would look Transient and be retried.
       if (this.#closed) throw new StorageError("Invalid", `${call.op}: client is closed`);
       try {
         return await this.#once(call, read);
       } catch (err) {
         if (!shouldRetry(err, attempt, this.#retry)) throw err;
+        if (call.retriedAbove && abandoned.has(err as StorageError)) throw err;
+        // Either way, the next attempt first waits out this one's doubt (#settled).
         const retryAfter = err instanceof StorageError ? err.retryAfterMs : undefined;
         await this.#clock.sleep(calculateDelay(attempt, this.#retry, retryAfter, this.#random));
       }
     }
+  }
+
+  /**
+   * Wait until no abandoned attempt that overlaps `touches` can still land.
+   * Each wait covers every doubt known when it began; only a doubt that ends
+   * later makes another. (So a test clock whose sleeps return at once does
+   * not spin.) This orders a call after the doubts that exist when it starts;
+   * calls that overlap and run at the same time are ordered by nobody, and
+   * the engine never sends such (coalesce.ts).
+   */
+  async #settled(touches: Touches): Promise<void> {
+    let waited = Number.NEGATIVE_INFINITY;
+    for (;;) {
+      const until = this.#inDoubt.settledAt(this.#blobKey, touches);
+      if (until === undefined || until <= waited) return;
+      await this.#clock.sleep(Math.max(0, until - this.#inDoubt.now()));
+      waited = until;
+    }
+  }
+
+  /**
+   * `err` ended an attempt of `call`: when the call changes the blob and
+   * the attempt is left in doubt, record it, and say how long it may still
+   * land in the error's Retry-After.
+   */
+  #verdict(call: BlobCall, err: StorageError): StorageError {
+    if (!call.touches || !leavesInDoubt(err)) return err;
+    this.#inDoubt.abandon(this.#blobKey, call.touches, this.#doubtMs);
+    const doubt = new StorageError(
+      err.code,
+      `${err.message} (outcome unknown: it may still land within ${this.#doubtMs} ms, so nothing overlapping it is sent before then)`,
+      {
+        status: err.status,
+        azureCode: err.azureCode,
+        retryAfterMs: Math.max(this.#doubtMs, err.retryAfterMs ?? 0),
+        requestId: err.requestId,
+        cause: err,
+      },
+    );
+    abandoned.add(doubt);
+    return doubt;
   }
 
   /** Drop this blob's reference to the shared pool. */
@@ -89,14 +219,16 @@ export class BlobTransport {
 
   async #once<T>(call: BlobCall, read: (res: OkResponse) => Promise<T>): Promise<T> {
     const sas = this.#sas.query();
-    const query = [call.query, sas].filter((q) => q !== undefined && q !== "").join("&");
+    const query = [call.query, `timeout=${this.#serverTimeoutSec}`, sas]
+      .filter((q) => q !== undefined && q !== "")
+      .join("&");
     const headers: Record<string, string> = { "x-ms-version": API_VERSION, ...call.headers };
     // Azure wants an explicit Content-Length on every PUT, including empty ones.
     if (call.method === "PUT" && !call.body) headers["content-length"] = "0";
     let res: OkResponse;
     try {
       res = await this.#lease.pool.request({
-        path: query ? `${this.location.path}?${query}` : this.location.path,
+        path: `${this.location.path}?${query}`,
         method: call.method,
         headers,
         body: call.body ?? null,
@@ -104,9 +236,10 @@ export class BlobTransport {
         bodyTimeout: this.#timeoutMs,
       });
     } catch (err) {
-      throw fromNetworkError(err, call.op);
+      throw this.#verdict(call, fromNetworkError(err, call.op));
     }
-    if (res.statusCode >= 300) throw await errorOf(res, call.op);
+    if (res.statusCode >= 300) throw this.#verdict(call, await errorOf(res, call.op));
+    // From here on the service has given its verdict: a failure reading the body leaves nothing in doubt.
     try {
       return await read(res);
     } catch (err) {

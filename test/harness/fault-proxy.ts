@@ -6,6 +6,13 @@
  * can assert how many Put Page calls reached the service, and the seconds
  * requests were open.
  *
+ * It also keeps Azure's server timeout, which Azurite ignores: a request
+ * whose `timeout=N` (seconds) has passed since it arrived when the proxy
+ * comes to forward it (after a delay, a hang or a hold) is answered 500
+ * OperationTimedOut and never reaches Azurite, as the service commits
+ * nothing once its timeout has passed. Requests without `timeout` are
+ * counted (`untimed()`).
+ *
  *   const proxy = await startFaultProxy(azurite.blobEndpoint);
  *   proxy.inject({ fault: { type: "busy" }, only: ["putPage"] });
  *   await proxy.waitFor(() => proxy.faulted("putPage") >= 3);
@@ -48,8 +55,21 @@ export type Fault =
   | { type: "reset" }
   /** Forward after `ms` milliseconds. */
   | { type: "delay"; ms: number }
-  /** Hold the request until `clear()` (then forward it) or `close()` (then cut it). */
-  | { type: "hang" };
+  /**
+   * Leave the request unread until `clear()` (then forward it, or time it out
+   * if its `timeout` has passed, while its client is still there) or
+   * `close()` (then cut it).
+   */
+  | { type: "hang" }
+  /**
+   * Take the whole request, body included, as the service would, then sit
+   * on it: for `ms` if given, else until `release()` or `clear()`. Then it is
+   * forwarded, or answered OperationTimedOut if its `timeout` has passed,
+   * whether or not the client is still there; the client gets the answer if
+   * it is. With `cut`, the client's connection is destroyed as soon as the
+   * body is in: it sees a reset, yet the request goes on.
+   */
+  | { type: "hold"; ms?: number; cut?: boolean };
 
 export interface FaultRule {
   fault: Fault;
@@ -83,8 +103,18 @@ export interface FaultProxy {
   received(kind?: RequestKind): number;
   /** Requests forwarded to the target. */
   forwarded(kind?: RequestKind): number;
-  /** Requests answered by a fault. */
+  /** Requests answered by a fault (OperationTimedOut for an expired `timeout` included). */
   faulted(kind?: RequestKind): number;
+  /** Requests that carried no valid `timeout` query parameter. */
+  untimed(kind?: RequestKind): number;
+  /** Requests `hold` is sitting on now. */
+  holding(): number;
+  /**
+   * Let every held request go (forwarded, or OperationTimedOut if its
+   * `timeout` has passed); resolves once each has its answer from Azurite
+   * or its timeout error.
+   */
+  release(): Promise<void>;
   /**
    * Seconds requests were open, summed: each from its arrival to the end of
    * its answer (or of its connection), added when it ends.
@@ -102,7 +132,7 @@ export interface FaultProxy {
   close(): Promise<void>;
 }
 
-type Outcome = "received" | "forwarded" | "faulted";
+type Outcome = "received" | "forwarded" | "faulted" | "untimed";
 
 /** Start a proxy on 127.0.0.1 (port 0) in front of `targetEndpoint` (e.g. Azurite's blob endpoint). */
 export async function startFaultProxy(targetEndpoint: string): Promise<FaultProxy> {
@@ -112,6 +142,8 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   const counts = new Map<string, number>();
   let openMs = 0;
   const held = new Set<() => void>();
+  /** Requests `hold` sits on, each letting go when called. */
+  const holds = new Set<() => Promise<void>>();
   const timers = new Set<NodeJS.Timeout>();
   const events = new EventEmitter();
 
@@ -122,25 +154,76 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   const count = (outcome: Outcome, kind?: RequestKind) =>
     counts.get(kind ? `${outcome}:${kind}` : outcome) ?? 0;
 
-  const forward = (req: IncomingMessage, res: ServerResponse, kind: RequestKind) => {
+  /**
+   * Send `req` on to the target and its answer back to the client (if the
+   * client is still there). `body`: the request body, already read (else it
+   * is piped). Resolves once the target's answer is in, or it failed.
+   */
+  const forward = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    kind: RequestKind,
+    body?: Buffer,
+  ): Promise<void> => {
     bump("forwarded", kind);
-    const upstream = httpRequest(
-      {
-        host: target.hostname,
-        port: target.port,
-        method: req.method,
-        path: req.url,
-        headers: { ...req.headers, host: target.host },
-        agent,
-      },
-      (up) => {
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        up.pipe(res);
-      },
-    );
-    // The target failing mid-request looks, to the client, like the network failing.
-    upstream.on("error", () => req.socket.destroy());
-    req.pipe(upstream);
+    return new Promise<void>((resolve) => {
+      const upstream = httpRequest(
+        {
+          host: target.hostname,
+          port: target.port,
+          method: req.method,
+          path: req.url,
+          headers: { ...req.headers, host: target.host },
+          agent,
+        },
+        (up) => {
+          up.once("end", resolve);
+          up.once("error", () => resolve());
+          if (res.destroyed || req.socket.destroyed) {
+            up.resume();
+            return;
+          }
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+        },
+      );
+      // The target failing mid-request looks, to the client, like the network failing.
+      upstream.on("error", () => {
+        req.socket.destroy();
+        resolve();
+      });
+      if (body) upstream.end(body);
+      else req.pipe(upstream);
+    });
+  };
+
+  /**
+   * Forward `req`, unless its server timeout passed since it `arrived`: then
+   * answer 500 OperationTimedOut, as Azure does, and never forward it.
+   */
+  const forwardInTime = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    info: ProxiedRequest,
+    arrived: number,
+    body?: Buffer,
+  ): Promise<void> => {
+    const timeoutSec = serverTimeoutSec(info.url);
+    if (timeoutSec === undefined || performance.now() - arrived <= timeoutSec * 1000) {
+      return forward(req, res, info.kind, body);
+    }
+    bump("faulted", info.kind);
+    const answer = () => {
+      if (!res.destroyed && !req.socket.destroyed) {
+        answerError(res, 500, "OperationTimedOut", TIMED_OUT_MESSAGE);
+      }
+    };
+    if (body || req.readableEnded) answer();
+    else {
+      req.resume();
+      req.once("end", answer);
+    }
+    return Promise.resolve();
   };
 
   const server: Server = createServer((req, res) => {
@@ -160,22 +243,51 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
     );
     if (rule && --rule.left <= 0) rules.splice(rules.indexOf(rule), 1);
     bump("received", info.kind);
+    if (serverTimeoutSec(url) === undefined) bump("untimed", info.kind);
     events.emit("info", info);
     const fault = rule?.fault;
-    if (!fault) return forward(req, res, info.kind);
+    if (!fault) {
+      void forwardInTime(req, res, info, arrived);
+      return;
+    }
     switch (fault.type) {
       case "delay": {
         const timer = setTimeout(() => {
           timers.delete(timer);
-          forward(req, res, info.kind);
+          void forwardInTime(req, res, info, arrived);
         }, fault.ms);
         timers.add(timer);
         return;
       }
       case "hang": {
-        const release = () => forward(req, res, info.kind);
+        const release = () => void forwardInTime(req, res, info, arrived);
         held.add(release);
         req.socket.once("close", () => held.delete(release));
+        return;
+      }
+      case "hold": {
+        const chunks: Buffer[] = [];
+        req.on("data", (c: Buffer) => chunks.push(c));
+        req.once("end", () => {
+          const body = Buffer.concat(chunks);
+          let gone = false;
+          const release = () => {
+            if (gone) return Promise.resolve();
+            gone = true;
+            holds.delete(release);
+            return forwardInTime(req, res, info, arrived, body);
+          };
+          holds.add(release);
+          events.emit("request");
+          if (fault.cut) req.socket.destroy();
+          if (fault.ms !== undefined) {
+            const timer = setTimeout(() => {
+              timers.delete(timer);
+              void release();
+            }, fault.ms);
+            timers.add(timer);
+          }
+        });
         return;
       }
       case "reply":
@@ -203,11 +315,7 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
                 "The server is currently unable to receive requests. Please retry your request.",
               ]
             : fault.type === "timeout"
-              ? [
-                  500,
-                  "OperationTimedOut",
-                  "The operation could not be completed within the permitted time.",
-                ]
+              ? [500, "OperationTimedOut", TIMED_OUT_MESSAGE]
               : [fault.status, fault.code, `Injected ${fault.code}.`];
         const retryAfter = fault.type === "status" ? undefined : fault.retryAfterSec;
         // Read the whole request first, as the service does, so the connection stays usable.
@@ -242,10 +350,16 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
       const releases = [...held];
       held.clear();
       for (const release of releases) release();
+      for (const release of [...holds]) void release();
     },
     received: (kind) => count("received", kind),
     forwarded: (kind) => count("forwarded", kind),
     faulted: (kind) => count("faulted", kind),
+    untimed: (kind) => count("untimed", kind),
+    holding: () => holds.size,
+    async release() {
+      await Promise.all([...holds].map((release) => release()));
+    },
     openSeconds: () => openMs / 1000,
     resetCounts() {
       counts.clear();
@@ -274,6 +388,7 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
     async close() {
       rules.length = 0;
       held.clear();
+      holds.clear();
       for (const t of timers) clearTimeout(t);
       timers.clear();
       for (const s of sockets) s.destroy();
@@ -282,6 +397,14 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
       agent.destroy();
     },
   };
+}
+
+const TIMED_OUT_MESSAGE = "The operation could not be completed within the permitted time.";
+
+/** The request's server timeout in seconds, or undefined when it carries none (or not a number). */
+function serverTimeoutSec(url: URL): number | undefined {
+  const value = url.searchParams.get("timeout");
+  return value !== null && /^\d+$/.test(value) ? Number(value) : undefined;
 }
 
 /** Classify a Blob service request by method, `comp` and page-write mode. */

@@ -2,8 +2,18 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { OpenOptions } from "../../agent/pageblob/connect.ts";
 import type { PageBlob } from "../../agent/pageblob/page-blob.ts";
 import { DEFAULT_RETRY } from "../../agent/pageblob/retry.ts";
+import {
+  CLOCK_RATE_TOLERANCE,
+  DEFAULT_IN_DOUBT_MARGIN_MS,
+  DEFAULT_SERVER_TIMEOUT_SEC,
+} from "../../agent/pageblob/transport.ts";
 import type { FaultProxy } from "../harness/fault-proxy.ts";
 import { pattern, type ProxiedFixture, setupProxiedFixture } from "./fixture.ts";
+
+/** How long an abandoned write may still land, with the default timeouts. */
+const DOUBT_MS = Math.ceil(
+  DEFAULT_SERVER_TIMEOUT_SEC * 1000 * (1 + CLOCK_RATE_TOLERANCE) + DEFAULT_IN_DOUBT_MARGIN_MS,
+);
 
 let fx: ProxiedFixture;
 let proxy: FaultProxy;
@@ -66,27 +76,43 @@ describe("error classification through the fault proxy", () => {
     await expect(pb.read(0, 512)).rejects.toMatchObject({ code: "Transient" });
   });
 
-  it("connection resets are Transient, retried, and the write lands once the proxy passes again", async () => {
+  it("connection resets are Transient and retried; a reset page write is not resent here", async () => {
     const pb = await blobViaProxy();
-    proxy.inject({ fault: { type: "reset" }, only: ["putPage"], times: 2 });
     await pb.putPages(8192, pattern(8192, 2));
-    expect(proxy.faulted("putPage")).toBe(2);
-    expect(proxy.forwarded("putPage")).toBe(1);
+    proxy.resetCounts();
+    // A read that may have reached the service changes nothing: resent at once.
+    proxy.inject({ fault: { type: "reset" }, only: ["getBlob"], times: 2 });
     expect(Buffer.from(await pb.read(8192, 8192)).equals(pattern(8192, 2))).toBe(true);
+    expect([proxy.faulted("getBlob"), proxy.forwarded("getBlob")]).toEqual([2, 1]);
+
+    // A page write may have: it fails at once, with a Retry-After covering how long it may still land.
+    proxy.inject({ fault: { type: "reset" }, only: ["putPage"], times: 1 });
+    const err = await pb.putPages(8192, pattern(8192, 3)).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "Transient", status: 0, retryAfterMs: DOUBT_MS });
+    expect([proxy.received("putPage"), proxy.forwarded("putPage")]).toEqual([1, 0]);
+
+    // A lease call has no engine above it: it is resent here, once its doubt has passed.
+    proxy.inject({ fault: { type: "reset" }, only: ["lease"], times: 1 });
+    const id = await pb.acquireLease(-1);
+    expect([proxy.faulted("lease"), proxy.forwarded("lease")]).toEqual([1, 1]);
+    await pb.releaseLease(id);
   });
 
   it("persistent resets exhaust the retries and surface as Transient", async () => {
     const pb = await blobViaProxy();
-    proxy.inject({ fault: { type: "reset" }, only: ["putPage"] });
-    const err = await pb.putPages(0, pattern(4096, 3)).catch((e: unknown) => e);
+    proxy.inject({ fault: { type: "reset" } });
+    const err = await pb.read(0, 4096).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: "Transient", status: 0, retriable: true });
-    expect(proxy.received("putPage")).toBe(DEFAULT_RETRY.maxAttempts);
-    expect(proxy.forwarded("putPage")).toBe(0);
+    expect(proxy.received("getBlob")).toBe(DEFAULT_RETRY.maxAttempts);
+    await expect(pb.putPages(0, pattern(4096, 3))).rejects.toMatchObject({ code: "Transient" });
+    expect(proxy.received("putPage")).toBe(1);
+    expect(proxy.forwarded()).toBe(0);
   });
 
   it("a request that gets no answer times out as Transient; held requests go through when released", async () => {
     const pb = await blobViaProxy(65536, {
-      timeoutMs: 300,
+      timeoutMs: 1500,
+      serverTimeoutSec: 1,
       retry: { ...DEFAULT_RETRY, maxAttempts: 2 },
     });
     proxy.inject({ fault: { type: "hang" }, only: ["pageRanges"] });
