@@ -10,7 +10,7 @@ import { listenStatus } from "./status/listen.ts";
 import { createLogger } from "./log.ts";
 import { asSize, usage } from "./manage/args.ts";
 import { addManagementCommands } from "./manage/index.ts";
-import { parseDuration, UsageError } from "./serve/args.ts";
+import { LIMIT_FLAGS, limitsFromFlags, parseDuration, UsageError } from "./serve/args.ts";
 import { EXIT, serve } from "./serve/serve.ts";
 
 const asDuration = (text: string): number => usage(() => parseDuration(text));
@@ -22,7 +22,7 @@ program
   .version(AGENT_VERSION)
   .showHelpAfterError();
 
-program
+const serveCommand = program
   .command("serve")
   .description("export one page blob (or memory:SIZE) over NBD, with no control plane")
   .argument("<target>", "page blob URL (with a SAS, or with --connection-string) or memory:SIZE")
@@ -38,8 +38,11 @@ program
     ),
   )
   .option("--throttle-pause <duration>", "pause of new I/O after a throttle response", asDuration)
-  .option("--deadline <duration>", "how long a request retries before the volume fails", asDuration)
-  .action(async (target: string, o: Record<string, unknown>) => {
+  .option("--deadline <duration>", "how long a request retries before the volume fails", asDuration);
+for (const flag of LIMIT_FLAGS) {
+  serveCommand.option(flag.flags, flag.help, (text: string) => usage(() => flag.parse(text)));
+}
+serveCommand.action(async (target: string, o: Record<string, unknown>) => {
     const log = createLogger({ name: "pagedisk-serve" });
     try {
       const code = await serve(target, {
@@ -52,6 +55,7 @@ program
         ...(o.connectionString !== undefined ? { connectionString: o.connectionString as string } : {}),
         ...(o.throttlePause !== undefined ? { throttlePauseMs: o.throttlePause as number } : {}),
         ...(o.deadline !== undefined ? { deadlineMs: o.deadline as number } : {}),
+        limits: limitsFromFlags(o),
         print: (line) => process.stdout.write(`${line}\n`),
         log,
       });

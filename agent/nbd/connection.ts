@@ -6,6 +6,7 @@
  * bug) ends this connection only; nothing is thrown to the server.
  */
 import type { Socket } from "node:net";
+import type { InflightBudget } from "./budget.ts";
 import type { BufferPool } from "./buffer-pool.ts";
 import { ByteQueue } from "./byte-queue.ts";
 import type { NbdExport } from "./catalog.ts";
@@ -13,18 +14,22 @@ import type { Logger } from "./logger.ts";
 import { type HandshakeIo, type NegotiationContext, negotiate } from "./negotiation.ts";
 import { type ReceiveSink, type Receiver, SLAB_READ } from "./receiver.ts";
 import { Transmission, type TransmissionCounters } from "./transmission.ts";
-import { ConnectionClosed, ProtocolViolation } from "./violation.ts";
+import { ConnectionClosed, ConnectionRefused, ProtocolViolation } from "./violation.ts";
 
 /** What a connection needs from its server. */
 export interface ConnectionContext extends NegotiationContext {
   counters: TransmissionCounters;
+  /** The budget this connection's requests are charged to (shared with the server's others). */
+  budget: InflightBudget;
+  /** Most bytes one connection may hold of the budget (a lone larger request still runs). */
   maxInflightBytes: number;
   /** A client still negotiating after this long is dropped; 0 means never. */
   handshakeTimeoutMs: number;
   pool: BufferPool;
   /**
-   * Called when the handshake selected an export. Returning false means the
-   * export is going away: the connection then refuses every request.
+   * Called when the handshake selected an export, which `claim()` already
+   * counted this connection on. Returning false means the export is going
+   * away: the connection then refuses every request.
    */
   bind(conn: Connection, exp: NbdExport): boolean;
 }
@@ -98,11 +103,12 @@ export class Connection implements ReceiveSink {
       const transmission = new Transmission(this.socket, this.#queue, session, {
         logger: this.#log,
         counters: this.#ctx.counters,
-        maxInflightBytes: this.#ctx.maxInflightBytes,
+        share: this.#ctx.budget.share(this.#ctx.maxInflightBytes),
         pool: this.#ctx.pool,
         onFinished: () => {
           this.#phase = "closed";
         },
+        onViolation: (err) => this.#fail(err),
       });
       this.#transmission = transmission;
       this.#log.debug(
@@ -196,6 +202,8 @@ export class Connection implements ReceiveSink {
   #fail(err: unknown): void {
     if (err instanceof ConnectionClosed) {
       this.#log.debug({}, "nbd client left during the handshake");
+    } else if (err instanceof ConnectionRefused) {
+      this.#log.info({ reason: err.message }, "nbd connection refused");
     } else if (err instanceof ProtocolViolation) {
       this.#log.info({ reason: err.message }, "nbd protocol violation; dropping the connection");
     } else {
@@ -215,6 +223,7 @@ export class Connection implements ReceiveSink {
   #onClose(): void {
     this.#phase = "closed";
     this.#queue.clear();
+    this.#transmission?.closed();
     const w = this.#waiter;
     this.#waiter = undefined;
     w?.reject(new ConnectionClosed());

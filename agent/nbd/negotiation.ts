@@ -23,7 +23,7 @@ import {
   REP,
 } from "./protocol.ts";
 import { optionError, optionReply, writeUInt64 } from "./replies.ts";
-import { ProtocolViolation } from "./violation.ts";
+import { ConnectionRefused, ProtocolViolation } from "./violation.ts";
 
 /** Byte stream the handshake runs over. */
 export interface HandshakeIo {
@@ -53,6 +53,17 @@ export interface NegotiationContext {
   catalog: ExportCatalog;
   /** True once the server is shutting down: options then get NBD_REP_ERR_SHUTDOWN. */
   shuttingDown(): boolean;
+  /**
+   * Why this connection is not served at all (the server has as many
+   * connections as it allows), or undefined. Options then get
+   * NBD_REP_ERR_POLICY with this reason.
+   */
+  refusal(): string | undefined;
+  /**
+   * Count this connection on `exp`, which it is about to enter transmission
+   * with; the reason when the export has as many connections as it allows.
+   */
+  claim(exp: NbdExport): string | undefined;
 }
 
 /** Option payloads are names and short query lists; anything larger is refused. */
@@ -123,6 +134,15 @@ class Haggling {
       this.#reply(option, REP.ERR_SHUTDOWN, "server is shutting down");
       return undefined;
     }
+    // A connection over the server's limit: every option is refused (the
+    // spec has the server error options until the client gives up) and the
+    // handshake timeout ends those that never do.
+    const refused = option === OPT.ABORT ? undefined : this.#ctx.refusal();
+    if (refused !== undefined) {
+      if (option === OPT.EXPORT_NAME) throw new ConnectionRefused(refused);
+      this.#reply(option, REP.ERR_POLICY, refused);
+      return undefined;
+    }
 
     switch (option) {
       case OPT.EXPORT_NAME:
@@ -172,11 +192,13 @@ class Haggling {
     };
   }
 
-  /** NBD_OPT_EXPORT_NAME: cannot fail politely, so an unknown name ends the session. */
+  /** NBD_OPT_EXPORT_NAME: cannot fail politely, so an unknown name or a full export ends the session. */
   #exportName(data: Buffer): Negotiated {
     const name = data.toString("utf8");
     const exp = this.#ctx.catalog.resolve(name);
     if (!exp) throw new ProtocolViolation(`unknown export ${JSON.stringify(name)}`);
+    const full = this.#ctx.claim(exp);
+    if (full !== undefined) throw new ConnectionRefused(full);
     const session = this.#session(exp);
     const reply = Buffer.alloc(10 + (this.#noZeroes ? 0 : 124));
     writeUInt64(reply, exp.device.size, 0);
@@ -211,6 +233,13 @@ class Haggling {
     const exp = this.#ctx.catalog.resolve(request.name);
     if (!exp) {
       this.#reply(option, REP.ERR_UNKNOWN, `unknown export ${JSON.stringify(request.name)}`);
+      return undefined;
+    }
+    // GO takes a place on the export now, so that racing clients cannot all
+    // pass the check; INFO only looks, and takes none.
+    const full = option === OPT.GO ? this.#ctx.claim(exp) : undefined;
+    if (full !== undefined) {
+      this.#reply(option, REP.ERR_POLICY, full);
       return undefined;
     }
     const session = this.#session(exp);

@@ -13,16 +13,30 @@
  *
  * The server never closes devices; whoever created a device closes it,
  * after `removeExport()` or `close()` has let its requests finish.
+ *
+ * Bounds (each with a default, so a server made without options has them):
+ *
+ * - memory: the bytes every connection's requests make the server hold, up
+ *   to their replies being sent, are charged to one in-flight budget
+ *   (budget.ts); a connection that cannot be charged is not read from until
+ *   it can. Several servers may share one budget and one buffer pool, as
+ *   the agent's exports do;
+ * - connections: at most `maxConnections` at once, and at most
+ *   `maxConnectionsPerExport` in transmission on any one export. A client
+ *   over either limit is told so with NBD_REP_ERR_POLICY on NBD_OPT_GO (and
+ *   dropped on NBD_OPT_EXPORT_NAME, which cannot carry an error); clients
+ *   already connected are not affected.
  */
 import { createServer, type Server, type Socket } from "node:net";
 import { listenOnce, listenUnix } from "../net/listen.ts";
+import { type BudgetStats, InflightBudget } from "./budget.ts";
 import { BufferPool } from "./buffer-pool.ts";
 import { ExportCatalog, type ExportOptions, type NbdExport } from "./catalog.ts";
 import { Connection, type ConnectionContext } from "./connection.ts";
 import type { BlockDevice, BlockSizes } from "./device.ts";
 import { type Logger, silentLogger } from "./logger.ts";
 import { Receiver, receive } from "./receiver.ts";
-import type { TransmissionCounters } from "./transmission.ts";
+import { largestRequestCost, type TransmissionCounters } from "./transmission.ts";
 
 /** An export given at construction: a bare device, or a device with options. */
 export type ExportSpec = BlockDevice | ({ device: BlockDevice } & ExportOptions);
@@ -42,11 +56,26 @@ export interface NbdServerOptions {
   blockSizes?: BlockSizes;
   logger?: Logger;
   /**
-   * Per connection: bytes of write payloads and read data in flight plus
-   * bytes queued on the socket before the server stops reading from it.
-   * Default 96 MiB, three maximum-size requests.
+   * Per connection: bytes of write payloads, read data and unsent replies
+   * it may hold before the server stops reading from it (a single larger
+   * request still runs, alone). Default 96 MiB, three maximum-size requests.
    */
   maxInflightBytes?: number;
+  /**
+   * The same for all connections together: a number of bytes for a budget
+   * of this server's own, or a budget shared with other servers. It must be
+   * at least the largest request an export allows. Default 256 MiB.
+   */
+  inflightBudget?: number | InflightBudget;
+  /** Where large payloads are assembled; may be shared with other servers. Default: its own. */
+  pool?: BufferPool;
+  /** Most connections open at once, negotiating or not (default 256). */
+  maxConnections?: number;
+  /**
+   * Most connections in transmission on one export (default 128: twice the
+   * 64 connections the agent binds a volume's device with at most).
+   */
+  maxConnectionsPerExport?: number;
   /** Drop clients still negotiating after this long (default 10 s, as qemu-nbd); 0: never. */
   handshakeTimeoutMs?: number;
 }
@@ -67,7 +96,7 @@ export type BoundAddress = { unix: string } | { host: string; port: number };
 
 /** Counters for status and metrics; a snapshot. */
 export interface NbdServerStats extends TransmissionCounters {
-  /** Connections open now (handshake or transmission). */
+  /** Connections open now and served (handshake or transmission); ones being refused are not counted. */
   connections: number;
   /** Connections accepted since start. */
   accepted: number;
@@ -77,9 +106,24 @@ export interface NbdServerStats extends TransmissionCounters {
   byExport: Record<string, number>;
   /** Connections accepted whose payloads are read in place (see receiver.ts); the rest use 'data' events. */
   inPlaceConnections: number;
+  /** Connections turned away since start because a connection limit was reached. */
+  refused: number;
+  /** The in-flight budget (shared with other servers when it was given shared). */
+  budget: BudgetStats;
+  /** Bytes of idle buffers the pool keeps, the most it keeps, and the bytes it freed instead. */
+  pool: { pooledBytes: number; maxPooledBytes: number; freedBytes: number };
 }
 
-const DEFAULT_MAX_INFLIGHT = 96 * 1024 * 1024;
+const MiB = 1024 * 1024;
+export const DEFAULT_MAX_INFLIGHT = 96 * MiB;
+export const DEFAULT_INFLIGHT_BUDGET = 256 * MiB;
+export const DEFAULT_MAX_CONNECTIONS = 256;
+export const DEFAULT_MAX_CONNECTIONS_PER_EXPORT = 128;
+/**
+ * Connections over the limit that are being told so at once; more are
+ * closed without a word, so a connection flood costs no more than this.
+ */
+const MAX_REFUSING = 16;
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 const DEFAULT_GRACE_MS = 30_000;
 
@@ -89,11 +133,18 @@ export class NbdServer {
   readonly #log: Logger;
   readonly #description: string;
   readonly #maxInflightBytes: number;
+  readonly #budget: InflightBudget;
+  readonly #maxConnections: number;
+  readonly #maxPerExport: number;
   readonly #handshakeTimeoutMs: number;
   readonly #listeners: Server[] = [];
   readonly #connections = new Set<Connection>();
+  /** Connections over the total limit, being refused. */
+  readonly #refusing = new Set<Connection>();
   /** Connections in transmission, by the export they serve. */
   readonly #bound = new Map<NbdExport, Set<Connection>>();
+  /** Connections counted against each export's limit, from their NBD_OPT_GO on. */
+  readonly #claims = new Map<NbdExport, number>();
   readonly #counters: TransmissionCounters = {
     requests: 0,
     errors: 0,
@@ -102,17 +153,26 @@ export class NbdServer {
     bytesReceivedInPlace: 0,
     bytesDonated: 0,
   };
-  readonly #pool = new BufferPool();
+  readonly #pool: BufferPool;
   #accepted = 0;
   #inPlace = 0;
   #peak = 0;
+  #refused = 0;
   #closing: Promise<void> | undefined;
 
   constructor(opts: NbdServerOptions = {}) {
     this.#catalog = new ExportCatalog(opts.blockSizes, opts.defaultExport);
     this.#log = opts.logger ?? silentLogger;
     this.#description = opts.description ?? "";
-    this.#maxInflightBytes = opts.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT;
+    this.#maxInflightBytes = positive("maxInflightBytes", opts.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT);
+    const budget = opts.inflightBudget ?? DEFAULT_INFLIGHT_BUDGET;
+    this.#budget = typeof budget === "number" ? new InflightBudget(budget) : budget;
+    this.#pool = opts.pool ?? new BufferPool();
+    this.#maxConnections = positive("maxConnections", opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
+    this.#maxPerExport = positive(
+      "maxConnectionsPerExport",
+      opts.maxConnectionsPerExport ?? DEFAULT_MAX_CONNECTIONS_PER_EXPORT,
+    );
     this.#handshakeTimeoutMs = opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     for (const [name, spec] of Object.entries(opts.exports ?? {})) {
       if (isBlockDevice(spec)) {
@@ -127,10 +187,19 @@ export class NbdServer {
   /** Offer a device under `name` to new connections. */
   addExport(name: string, device: BlockDevice, opts: ExportOptions = {}): void {
     if (this.#closing) throw new Error("server is closed");
-    this.#catalog.add(name, device, {
+    const exp = this.#catalog.add(name, device, {
       ...opts,
       description: opts.description ?? this.#description,
     });
+    // A request the budget can never hold would wait forever.
+    const largest = largestRequestCost(exp.blockSizes);
+    if (largest > this.#budget.limit) {
+      this.#catalog.delete(name);
+      throw new RangeError(
+        `export ${JSON.stringify(name)}: the in-flight budget of ${this.#budget.limit} bytes ` +
+          `cannot hold its largest request (${largest} bytes with overhead)`,
+      );
+    }
   }
 
   /** Names of the exports currently offered. */
@@ -202,6 +271,13 @@ export class NbdServer {
       peakConnections: this.#peak,
       byExport,
       inPlaceConnections: this.#inPlace,
+      refused: this.#refused,
+      budget: this.#budget.stats,
+      pool: {
+        pooledBytes: this.#pool.pooledBytes,
+        maxPooledBytes: this.#pool.maxPooledBytes,
+        freedBytes: this.#pool.freedBytes,
+      },
     };
   }
 
@@ -209,7 +285,8 @@ export class NbdServer {
     const stopped = Promise.all(
       this.#listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))),
     );
-    await Promise.all([stopped, this.#drain([...this.#connections], graceMs)]);
+    const all = [...this.#connections, ...this.#refusing];
+    await Promise.all([stopped, this.#drain(all, graceMs)]);
     this.#log.info({}, "nbd server closed");
   }
 
@@ -238,17 +315,40 @@ export class NbdServer {
       accepted.destroy();
       return;
     }
+    const over = this.#connections.size >= this.#maxConnections;
+    if (over) {
+      this.#refused++;
+      if (this.#refusing.size >= MAX_REFUSING) {
+        // Debug only: a connection flood would otherwise flood the log too.
+        this.#log.debug(
+          { connections: this.#connections.size, limit: this.#maxConnections },
+          "nbd connection closed unanswered: too many connections",
+        );
+        accepted.destroy();
+        return;
+      }
+    }
     const receiver = new Receiver();
     const { socket, mode } = receive(accepted, receiver);
     if (mode === "in-place") this.#inPlace++;
     const id = ++this.#accepted;
     const log = childLogger(this.#log, { conn: id });
-    const conn = new Connection(socket, receiver, this.#context(), log);
-    this.#connections.add(conn);
+    const refusal = over
+      ? `too many connections to this server (limit ${this.#maxConnections}); try again later`
+      : undefined;
+    const ctx = this.#context(refusal);
+    const conn = new Connection(socket, receiver, ctx, log);
+    const members = over ? this.#refusing : this.#connections;
+    members.add(conn);
     this.#peak = Math.max(this.#peak, this.#connections.size);
-    log.debug({ remote: socket.remoteAddress ?? "unix" }, "nbd client connected");
+    if (over) {
+      log.info({ limit: this.#maxConnections }, "nbd connection refused: too many connections");
+    } else {
+      log.debug({ remote: socket.remoteAddress ?? "unix" }, "nbd client connected");
+    }
     void conn.closed.then(() => {
-      this.#connections.delete(conn);
+      members.delete(conn);
+      ctx.unclaim();
       const exp = conn.export;
       const set = exp && this.#bound.get(exp);
       if (set) {
@@ -260,15 +360,42 @@ export class NbdServer {
     void conn.start();
   }
 
-  /** What every connection shares with the server; built per connection, it is cheap. */
-  #context(): ConnectionContext {
+  /**
+   * What every connection shares with the server; built per connection, it
+   * is cheap. `refusal` is set for a connection over the total limit.
+   */
+  #context(refusal?: string): ConnectionContext & { unclaim(): void } {
+    let claimed: NbdExport | undefined;
     return {
       catalog: this.#catalog,
       shuttingDown: () => this.#closing !== undefined,
+      refusal: () => refusal,
       counters: this.#counters,
+      budget: this.#budget,
       maxInflightBytes: this.#maxInflightBytes,
       handshakeTimeoutMs: this.#handshakeTimeoutMs,
       pool: this.#pool,
+      claim: (exp) => {
+        const held = this.#claims.get(exp) ?? 0;
+        if (held >= this.#maxPerExport) {
+          this.#refused++;
+          this.#log.info(
+            { export: exp.name, limit: this.#maxPerExport },
+            "nbd connection refused: too many connections to the export",
+          );
+          return `too many connections to export ${JSON.stringify(exp.name)} (limit ${this.#maxPerExport}); try again later`;
+        }
+        this.#claims.set(exp, held + 1);
+        claimed = exp;
+        return undefined;
+      },
+      unclaim: () => {
+        if (claimed === undefined) return;
+        const held = this.#claims.get(claimed)! - 1;
+        if (held === 0) this.#claims.delete(claimed);
+        else this.#claims.set(claimed, held);
+        claimed = undefined;
+      },
       bind: (conn, exp) => {
         // The export may have been removed between the GO reply and now.
         if (this.#closing || conn.socket.destroyed || this.#catalog.resolve(exp.name) !== exp) {
@@ -284,6 +411,13 @@ export class NbdServer {
       },
     };
   }
+}
+
+function positive(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new RangeError(`${name} must be a positive whole number, got ${value}`);
+  }
+  return value;
 }
 
 /** A bare device rather than `{ device, ...options }` (a device may well have a `device` field). */

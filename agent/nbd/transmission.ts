@@ -13,15 +13,21 @@
  * device (donation.ts): a device that keeps written bytes may adopt one
  * instead of copying it.
  *
- * Memory: bytes held for in-flight requests (write payloads, read replies)
- * plus bytes queued on the socket are capped per connection; above the cap
- * the socket is paused, which pushes back on the client through TCP.
+ * Memory: every request is charged to the server's in-flight budget
+ * (budget.ts) from the moment its header is parsed until its reply has been
+ * handed to the kernel, so unsent replies count as much as payloads being
+ * written. A request that cannot be charged yet waits with its header
+ * parsed; nothing after it is parsed, and once a little more has arrived the
+ * socket is paused, which pushes back on the client through TCP. It is
+ * charged and run when budget is released.
  */
 import type { Socket } from "node:net";
+import type { BudgetShare } from "./budget.ts";
 import { BufferPool } from "./buffer-pool.ts";
 import type { ByteQueue } from "./byte-queue.ts";
 import {
   type BlockDevice,
+  type BlockSizes,
   BlockError,
   type Extent,
   NBD_ERRNO,
@@ -58,18 +64,36 @@ export interface TransmissionCounters {
 export interface TransmissionOptions {
   logger: Logger;
   counters: TransmissionCounters;
-  /** Cap on payload bytes in flight plus bytes queued on the socket. */
-  maxInflightBytes: number;
+  /** This connection's account with the server's in-flight budget. */
+  share: BudgetShare;
   /** Where large write payloads are assembled; shared by the server's connections. */
   pool: BufferPool;
   /** Called once the connection has been ended (DISC, drain, or after a failure). */
   onFinished?: () => void;
+  /**
+   * The stream stopped being NBD while the connection was resuming on its
+   * own (a request parsed after budget was released); drop the connection.
+   */
+  onViolation: (err: unknown) => void;
 }
 
-/** Bookkeeping cost of a request without payload, so floods of tiny requests are bounded too. */
-const REQUEST_OVERHEAD = 256;
+/**
+ * Bytes charged for every request besides its data: its bookkeeping and its
+ * reply header or error, so floods of tiny requests and unread replies to
+ * them are bounded too.
+ */
+export const REQUEST_OVERHEAD = 256;
 /** Most descriptors sent in one block status reply (the spec allows fewer than asked). */
 const MAX_DESCRIPTORS = 65536;
+/** Bytes of one block status descriptor on the wire. */
+const DESCRIPTOR_SIZE = 8;
+/** Bytes received beyond a request waiting for budget before the socket is paused. */
+const WAITING_READ_AHEAD = 64 * 1024;
+
+/** The most one request to an export with these block sizes can be charged. */
+export function largestRequestCost(blockSizes: Readonly<BlockSizes>): number {
+  return REQUEST_OVERHEAD + Math.max(blockSizes.maximum, DESCRIPTOR_SIZE * MAX_DESCRIPTORS);
+}
 const SHUTDOWN: Rejection = { errno: "ESHUTDOWN", message: "export is shutting down" };
 
 /** Request handling for one connection once the handshake is over. */
@@ -96,9 +120,17 @@ export class Transmission {
    * rather than copied out of a slab read.
    */
   #headerNext = false;
+  /** What the pending write was charged, from its header on. */
+  #pendingCost = 0;
+  /** A parsed request waiting for budget, and what it will be charged. */
+  #next: Request | undefined;
+  #nextCost = 0;
+  /** Requests running on the device. */
   #inflight = 0;
-  #inflightBytes = 0;
-  #paused = false;
+  /** Nothing more is parsed until `#next` can be charged. */
+  #waiting = false;
+  /** The socket is not read (waiting, with enough already received). */
+  #socketPaused = false;
   #pumping = false;
   #pumpAgain = false;
   /** No new request runs; each gets ESHUTDOWN. */
@@ -114,7 +146,6 @@ export class Transmission {
     this.#corked = false;
     this.#socket.uncork();
   };
-  readonly #onDrain = () => this.#maybeResume();
 
   constructor(socket: Socket, queue: ByteQueue, session: Session, opts: TransmissionOptions) {
     this.#socket = socket;
@@ -123,7 +154,6 @@ export class Transmission {
     this.#device = session.export.device;
     this.#structured = session.structuredReplies;
     this.#opts = opts;
-    socket.on("drain", this.#onDrain);
   }
 
   /**
@@ -132,6 +162,10 @@ export class Transmission {
    * connection.
    */
   pump(): void {
+    if (this.#waiting) {
+      this.#stopReadingIfFull();
+      return;
+    }
     if (this.#pumping) {
       // Re-entered from a request that completed synchronously: finish the outer loop first.
       this.#pumpAgain = true;
@@ -189,9 +223,26 @@ export class Transmission {
     this.#endWhenIdle();
   }
 
+  /**
+   * The socket has closed (the client left or was cut off): parse nothing
+   * more and stop waiting for budget. Requests still on the device settle,
+   * and give back what they were charged, as they finish.
+   */
+  closed(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#opts.share.cancel();
+    this.#next = undefined;
+    this.#dropPendingWrite();
+    // The socket is gone, so nothing can still be reading into the assembly buffer.
+    if (this.#assembly) this.#opts.pool.release(this.#assembly);
+    this.#assembly = undefined;
+    this.#target = undefined;
+  }
+
   #parse(): void {
     const queue = this.#queue;
-    while (!this.#paused && !this.#finished) {
+    while (!this.#waiting && !this.#finished) {
       if (this.#disconnecting) {
         queue.clear();
         return;
@@ -199,29 +250,117 @@ export class Transmission {
       if (queue.skipping > 0) return; // still discarding a refused write's payload
       let req = this.#pendingWrite;
       if (req === undefined) {
-        if (queue.length < REQUEST_HEADER_SIZE) return;
-        req = decodeRequest(queue.take(REQUEST_HEADER_SIZE));
-        this.#headerNext = false;
-        this.#opts.counters.requests++;
-        if (req.type === CMD.DISC) {
-          this.#disconnecting = true;
-          this.#endWhenIdle();
-          continue;
+        let next = this.#next;
+        if (next === undefined) {
+          if (queue.length < REQUEST_HEADER_SIZE) return;
+          next = decodeRequest(queue.take(REQUEST_HEADER_SIZE));
+          this.#headerNext = false;
+          this.#opts.counters.requests++;
+          if (next.type === CMD.DISC) {
+            this.#disconnecting = true;
+            this.#endWhenIdle();
+            continue;
+          }
         }
-        const rejection = this.#draining ? SHUTDOWN : validateRequest(req, this.#session);
+        // Validated (again) when it is charged: a drain may have begun while it waited.
+        const rejection = this.#draining ? SHUTDOWN : validateRequest(next, this.#session);
+        const cost = rejection ? REQUEST_OVERHEAD : this.#costOf(next);
+        if (!this.#opts.share.take(cost)) {
+          // Charged before a write's payload is read: its bytes stay with the client.
+          this.#next = next;
+          this.#nextCost = cost;
+          this.#waitForBudget();
+          return;
+        }
+        this.#next = undefined;
         if (rejection) {
           // A refused write's payload is still on the wire: drop it as it arrives.
-          if (req.type === CMD.WRITE) queue.skip(req.length);
-          this.#reject(req, rejection);
-          if (this.#overBudget()) this.#pause();
+          if (next.type === CMD.WRITE) queue.skip(next.length);
+          this.#reject(next, rejection, cost);
           continue;
         }
-        if (req.type === CMD.WRITE) this.#pendingWrite = req;
+        if (next.type !== CMD.WRITE) {
+          this.#start(next, cost);
+          continue;
+        }
+        req = this.#pendingWrite = next;
+        this.#pendingCost = cost;
       }
-      if (req.type === CMD.WRITE && !this.#assemblePayload(req)) return;
-      this.#start(req);
-      if (this.#overBudget()) this.#pause();
+      if (!this.#assemblePayload(req)) return;
+      this.#start(req, this.#pendingCost);
     }
+  }
+
+  /** What a valid request is charged: its data, or its largest possible reply. */
+  #costOf(req: Request): number {
+    switch (req.type) {
+      case CMD.READ:
+      case CMD.WRITE:
+        return REQUEST_OVERHEAD + req.length;
+      case CMD.BLOCK_STATUS:
+        return REQUEST_OVERHEAD + DESCRIPTOR_SIZE * this.#descriptorLimit(req);
+      default:
+        return REQUEST_OVERHEAD;
+    }
+  }
+
+  /** Most descriptors a block status reply to `req` may carry (what it was charged for). */
+  #descriptorLimit(req: Request): number {
+    if ((req.flags & CMD_FLAG.REQ_ONE) !== 0) return 1;
+    const blocks = Math.ceil(req.length / this.#session.export.blockSizes.minimum);
+    return Math.max(1, Math.min(MAX_DESCRIPTORS, blocks));
+  }
+
+  /** Parse nothing more until the waiting request can be charged. */
+  #waitForBudget(): void {
+    if (!this.#waiting) {
+      this.#waiting = true;
+      this.#opts.logger.debug(
+        { inflight: this.#inflight, held: this.#opts.share.held, wanted: this.#nextCost },
+        "nbd connection paused: waiting for in-flight budget",
+      );
+    }
+    this.#stopReadingIfFull();
+    this.#opts.share.wait(this.#onBudget);
+  }
+
+  /**
+   * While waiting, the socket is still read until a little is queued, so a
+   * client that hangs up is noticed (a paused socket never sees the end of
+   * its stream, and the connection would linger for as long as the budget
+   * stays taken); beyond that the socket is paused and TCP pushes back.
+   */
+  #stopReadingIfFull(): void {
+    if (this.#socketPaused || this.#queue.length < WAITING_READ_AHEAD) return;
+    this.#socketPaused = true;
+    this.#socket.pause();
+  }
+
+  /** Budget was released somewhere: go on if the waiting request now fits. */
+  readonly #onBudget = (): void => {
+    if (this.#finished || !this.#waiting) return;
+    if (!this.#opts.share.fits(this.#nextCost)) {
+      this.#opts.share.wait(this.#onBudget);
+      return;
+    }
+    this.#waiting = false;
+    if (this.#socketPaused) {
+      this.#socketPaused = false;
+      this.#socket.resume();
+    }
+    try {
+      this.pump();
+    } catch (err) {
+      this.#opts.onViolation(err);
+    }
+  };
+
+  /** The pending write will not run: give back what it was charged. */
+  #dropPendingWrite(): void {
+    if (this.#pendingWrite === undefined) return;
+    this.#pendingWrite = undefined;
+    this.#opts.share.give(this.#pendingCost);
+    this.#pendingCost = 0;
   }
 
   /**
@@ -252,22 +391,23 @@ export class Transmission {
     return true;
   }
 
-  #start(req: Request): void {
-    const cost =
-      REQUEST_OVERHEAD + (req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0);
+  #start(req: Request, cost: number): void {
     this.#inflight++;
-    this.#inflightBytes += cost;
     void this.#execute(req, cost);
   }
 
-  /** Run one validated request and reply; never rejects. */
+  /**
+   * Run one validated request and reply; never rejects. `cost` was charged
+   * for it; the reply gives back what is still owed once it has been sent.
+   */
   async #execute(req: Request, cost: number): Promise<void> {
     const device = this.#device;
     const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+    let owed = cost;
     try {
       switch (req.type) {
         case CMD.READ:
-          await this.#read(req);
+          await this.#read(req, owed);
           break;
         case CMD.WRITE: {
           const payload = req.payload!;
@@ -290,18 +430,21 @@ export class Transmission {
             } else if (pooled) {
               this.#opts.pool.release(pooled);
             }
+            // The payload is no longer ours to hold; only its reply is still owed.
+            this.#opts.share.give(req.length);
+            owed -= req.length;
           }
-          this.#replyOk(req);
+          this.#replyOk(req, owed);
           this.#opts.counters.bytesWritten += req.length;
           break;
         }
         case CMD.FLUSH:
           await device.flush();
-          this.#replyOk(req);
+          this.#replyOk(req, owed);
           break;
         case CMD.TRIM:
           await device.trim(req.offset, req.length, fua ? { fua } : undefined);
-          this.#replyOk(req);
+          this.#replyOk(req, owed);
           break;
         case CMD.WRITE_ZEROES:
           await device.writeZeroes(req.offset, req.length, {
@@ -309,29 +452,30 @@ export class Transmission {
             noHole: (req.flags & CMD_FLAG.NO_HOLE) !== 0,
             fastZero: (req.flags & CMD_FLAG.FAST_ZERO) !== 0,
           });
-          this.#replyOk(req);
+          this.#replyOk(req, owed);
           break;
         case CMD.CACHE:
           await device.cache(req.offset, req.length);
-          this.#replyOk(req);
+          this.#replyOk(req, owed);
           break;
         case CMD.BLOCK_STATUS: {
           const extents = await device.blockStatus(req.offset, req.length);
-          const descriptors = toDescriptors(extents, req);
+          const descriptors = toDescriptors(extents, req, this.#descriptorLimit(req));
           if (descriptors.length === 0) throw new Error("device returned no extents");
-          this.#send(blockStatusChunk(req, this.#session.metaContextId, descriptors));
+          const chunk = blockStatusChunk(req, this.#session.metaContextId, descriptors);
+          this.#send(chunk, this.#sent(owed));
           break;
         }
       }
     } catch (err) {
-      this.#replyFailure(req, err);
+      this.#replyFailure(req, err, owed);
     } finally {
-      this.#completed(cost);
+      this.#completed();
     }
   }
 
   /** READ: large reads are offered a pooled buffer, reclaimed once the socket has sent it. */
-  async #read(req: Request): Promise<void> {
+  async #read(req: Request, owed: number): Promise<void> {
     const pool = this.#opts.pool;
     const lent = req.length >= BufferPool.MIN_SIZE ? pool.acquire(req.length) : undefined;
     let data: Uint8Array;
@@ -346,39 +490,16 @@ export class Transmission {
     }
     if (lent && data.buffer !== lent.buffer) {
       pool.release(lent); // the device answered with its own buffer
-      this.#replyData(req, data);
+      this.#replyData(req, data, owed);
     } else {
-      this.#replyData(req, data, lent);
+      this.#replyData(req, data, owed, lent);
     }
     this.#opts.counters.bytesRead += req.length;
   }
 
-  #completed(cost: number): void {
+  #completed(): void {
     this.#inflight--;
-    this.#inflightBytes -= cost;
     if (this.#ending && this.#inflight === 0) this.#finish();
-    else this.#maybeResume();
-  }
-
-  #overBudget(): boolean {
-    return this.#inflightBytes + this.#socket.writableLength > this.#opts.maxInflightBytes;
-  }
-
-  #pause(): void {
-    if (this.#paused) return;
-    this.#paused = true;
-    this.#socket.pause();
-    this.#opts.logger.debug(
-      { inflight: this.#inflight, inflightBytes: this.#inflightBytes },
-      "nbd connection paused: in-flight bytes over the cap",
-    );
-  }
-
-  #maybeResume(): void {
-    if (!this.#paused || this.#finished || this.#overBudget()) return;
-    this.#paused = false;
-    this.#socket.resume();
-    this.pump();
   }
 
   #endWhenIdle(): void {
@@ -390,17 +511,18 @@ export class Transmission {
   #finish(): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#pendingWrite = undefined;
+    this.#opts.share.cancel();
+    this.#next = undefined;
+    this.#dropPendingWrite();
     // Not given back to the pool: the socket may still be reading into it.
     this.#assembly = undefined;
     this.#target = undefined;
     this.#queue.clear();
     const socket = this.#socket;
-    socket.off("drain", this.#onDrain);
     if (this.#corked) this.#uncork();
     // Keep reading (and discarding) until the end is flushed, so unread input
     // does not turn the close into a reset that could lose our last replies.
-    if (this.#paused) socket.resume();
+    if (this.#socketPaused) socket.resume();
     if (!socket.destroyed) socket.end(() => socket.destroy());
     this.#opts.onFinished?.();
   }
@@ -409,47 +531,60 @@ export class Transmission {
 
   /**
    * Queue bytes on the socket, batching everything written in this tick.
-   * `lent` is a pooled buffer under `buf`, reclaimed once the socket is done with it.
+   * `sent` runs once the socket is done with `buf` (at once if it is closed).
    */
-  #send(buf: Uint8Array, lent?: Buffer): void {
+  #send(buf: Uint8Array, sent?: () => void): void {
     const socket = this.#socket;
-    if (socket.destroyed || socket.writableEnded) return;
+    if (socket.destroyed || socket.writableEnded) {
+      sent?.();
+      return;
+    }
     if (!this.#corked) {
       this.#corked = true;
       socket.cork();
       process.nextTick(this.#uncork);
     }
-    if (lent) socket.write(buf, () => this.#opts.pool.release(lent));
+    // Node calls a write's callback once the kernel has the bytes, and also
+    // when the socket is destroyed first, so what a reply owes is always given back.
+    if (sent) socket.write(buf, () => sent());
     else socket.write(buf);
   }
 
-  #replyOk(req: Request): void {
-    // A simple reply is allowed for any payload-less success, structured or not.
-    this.#send(simpleReply(req, 0));
+  /** The callback that ends a reply: give back what it owed, and the pooled buffer it was sent from. */
+  #sent(owed: number, lent?: Buffer): () => void {
+    return () => {
+      if (lent) this.#opts.pool.release(lent);
+      this.#opts.share.give(owed);
+    };
   }
 
-  #replyData(req: Request, data: Uint8Array, lent?: Buffer): void {
+  #replyOk(req: Request, owed: number): void {
+    // A simple reply is allowed for any payload-less success, structured or not.
+    this.#send(simpleReply(req, 0), this.#sent(owed));
+  }
+
+  #replyData(req: Request, data: Uint8Array, owed: number, lent?: Buffer): void {
     // Header and data are written back to back in this same tick: one frame.
     if (this.#structured) this.#send(offsetDataHeader(req, req.offset, data.length, true));
     else this.#send(simpleReply(req, 0));
-    this.#send(data, lent);
+    this.#send(data, this.#sent(owed, lent));
   }
 
-  #replyError(req: Request, error: number, message: string): void {
+  #replyError(req: Request, error: number, message: string, owed: number): void {
     this.#opts.counters.errors++;
-    if (this.#structured) this.#send(errorChunk(req, error, message));
-    else this.#send(simpleReply(req, error));
+    const reply = this.#structured ? errorChunk(req, error, message) : simpleReply(req, error);
+    this.#send(reply, this.#sent(owed));
   }
 
-  #reject(req: Request, rejection: Rejection): void {
+  #reject(req: Request, rejection: Rejection, owed: number): void {
     this.#opts.logger.debug(
       { command: CMD_NAME[req.type] ?? req.type, offset: req.offset, length: req.length },
       `nbd request refused (${rejection.errno}): ${rejection.message}`,
     );
-    this.#replyError(req, NBD_ERRNO[rejection.errno], rejection.message);
+    this.#replyError(req, NBD_ERRNO[rejection.errno], rejection.message, owed);
   }
 
-  #replyFailure(req: Request, err: unknown): void {
+  #replyFailure(req: Request, err: unknown, owed: number): void {
     const error = toNbdError(err);
     const message = err instanceof Error ? err.message : String(err);
     const fields = {
@@ -462,7 +597,7 @@ export class Transmission {
     // anything else reaches the wire as EIO and deserves a look.
     if (err instanceof BlockError) this.#opts.logger.debug(fields, "nbd request failed");
     else this.#opts.logger.warn(fields, "nbd request failed with an unexpected error");
-    this.#replyError(req, error, message);
+    this.#replyError(req, error, message, owed);
   }
 }
 
@@ -479,6 +614,7 @@ function writeOptions(
 export function toDescriptors(
   extents: readonly Extent[],
   req: Pick<Request, "length" | "flags">,
+  limit = MAX_DESCRIPTORS,
 ): StatusDescriptor[] {
   const out: StatusDescriptor[] = [];
   const reqOne = (req.flags & CMD_FLAG.REQ_ONE) !== 0;
@@ -491,7 +627,7 @@ export function toDescriptors(
     if (length <= 0) break;
     out.push({ length, hole: e.hole, zero: e.zero });
     covered += length;
-    if (reqOne || out.length >= MAX_DESCRIPTORS) break;
+    if (reqOne || out.length >= limit) break;
   }
   return out;
 }

@@ -1,7 +1,16 @@
 /**
- * Parsing of `pagedisk serve` arguments: sizes, listen addresses, targets.
- * Each parser throws `UsageError` with a message meant for the user.
+ * Parsing of `pagedisk serve` arguments: sizes, listen addresses, targets,
+ * NBD limits. Each parser throws `UsageError` with a message meant for the user.
  */
+import { DEFAULT_BLOCK_SIZES } from "../nbd/catalog.ts";
+import {
+  DEFAULT_INFLIGHT_BUDGET,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_CONNECTIONS_PER_EXPORT,
+  DEFAULT_MAX_INFLIGHT,
+} from "../nbd/server.ts";
+import { largestRequestCost } from "../nbd/transmission.ts";
+import type { ServeLimits } from "./export.ts";
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -121,4 +130,94 @@ export function parseDuration(text: string): number {
   const ms = Number(m[1]) * DURATION_UNITS[m[2] ?? "s"]!;
   if (!Number.isFinite(ms)) throw new UsageError(`invalid duration "${text}"`);
   return Math.round(ms);
+}
+
+/** "256MiB", "1GiB", "1048576" -> bytes: a positive whole number, binary units. */
+export function parseBytes(text: string, flag: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
+  const bytes = m && unit !== undefined ? Number(m[1]) * unit : Number.NaN;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) {
+    throw new UsageError(`invalid ${flag} "${text}" (examples: 256MiB, 1GiB, 1048576)`);
+  }
+  return bytes;
+}
+
+/** A positive whole number, such as a connection count. */
+export function parseCount(text: string, flag: string): number {
+  const n = /^\s*\d+\s*$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new UsageError(`invalid ${flag} "${text}": expected a whole number of at least 1`);
+  }
+  return n;
+}
+
+const mib = (bytes: number) => `${bytes / 1024 ** 2}MiB`;
+
+/** The budget must hold the largest request an export allows, or that request would wait forever. */
+function parseBudget(text: string): number {
+  const bytes = parseBytes(text, "--max-inflight");
+  const largest = largestRequestCost(DEFAULT_BLOCK_SIZES);
+  if (bytes < largest) {
+    throw new UsageError(
+      `invalid --max-inflight "${text}": must be at least ${largest} bytes, ` +
+        `the largest NBD request (${mib(DEFAULT_BLOCK_SIZES.maximum)}) with its overhead`,
+    );
+  }
+  return bytes;
+}
+
+/** A `pagedisk serve` flag that bounds NBD memory or connections. */
+export interface LimitFlag {
+  /** Commander syntax, e.g. "--max-connections <n>". */
+  flags: string;
+  /** The name commander files its value under, e.g. "maxConnections". */
+  attribute: string;
+  /** Its line in `--help`. */
+  help: string;
+  /** Where the parsed value goes. */
+  key: keyof ServeLimits;
+  parse(text: string): number;
+}
+
+/** The `pagedisk serve` flags that bound NBD memory and connections, with their --help lines. */
+export const LIMIT_FLAGS: readonly LimitFlag[] = [
+  {
+    flags: "--max-inflight <size>",
+    attribute: "maxInflight",
+    help: `bytes of requests and unsent replies all NBD clients may hold at once; more wait (default ${mib(DEFAULT_INFLIGHT_BUDGET)})`,
+    key: "inflightBudget",
+    parse: parseBudget,
+  },
+  {
+    flags: "--max-inflight-per-connection <size>",
+    attribute: "maxInflightPerConnection",
+    help: `the same for one NBD connection (default ${mib(DEFAULT_MAX_INFLIGHT)})`,
+    key: "maxInflightPerConnection",
+    parse: (text) => parseBytes(text, "--max-inflight-per-connection"),
+  },
+  {
+    flags: "--max-connections <n>",
+    attribute: "maxConnections",
+    help: `NBD connections open at once; more are refused (default ${DEFAULT_MAX_CONNECTIONS})`,
+    key: "maxConnections",
+    parse: (text) => parseCount(text, "--max-connections"),
+  },
+  {
+    flags: "--max-connections-per-export <n>",
+    attribute: "maxConnectionsPerExport",
+    help: `NBD connections using the export at once; more are refused (default ${DEFAULT_MAX_CONNECTIONS_PER_EXPORT})`,
+    key: "maxConnectionsPerExport",
+    parse: (text) => parseCount(text, "--max-connections-per-export"),
+  },
+];
+
+/** The limits given as parsed flags (commander's camel-cased option values), by `LIMIT_FLAGS`. */
+export function limitsFromFlags(values: Record<string, unknown>): ServeLimits {
+  const limits: ServeLimits = {};
+  for (const flag of LIMIT_FLAGS) {
+    const value = values[flag.attribute];
+    if (typeof value === "number") limits[flag.key] = value;
+  }
+  return limits;
 }

@@ -11,14 +11,26 @@
  *
  * Neither touches a lease: whoever took it (serve's `--lease auto`, the
  * control plane for the agent) gives it back.
+ *
+ * Every export of the process charges one in-flight budget and assembles
+ * payloads in one buffer pool, unless told otherwise: the agent runs a
+ * server per volume, and the memory bound must hold for the process, not
+ * for each volume.
  */
 import { chmod } from "node:fs/promises";
 import type { VolumeFailedEvent } from "../engine/failure.ts";
 import type { ThrottleEvent } from "../engine/throttle.ts";
 import { openVolume, type Volume, type VolumeOptions } from "../engine/volume.ts";
 import type { Logger } from "../log.ts";
+import { InflightBudget } from "../nbd/budget.ts";
+import { BufferPool } from "../nbd/buffer-pool.ts";
 import type { BlockDevice } from "../nbd/device.ts";
-import { type BoundAddress, type ListenAddress, NbdServer } from "../nbd/server.ts";
+import {
+  type BoundAddress,
+  DEFAULT_INFLIGHT_BUDGET,
+  type ListenAddress,
+  NbdServer,
+} from "../nbd/server.ts";
 
 /** The socket could not be bound (in use, no such directory...). */
 export class ExportListenError extends Error {
@@ -26,6 +38,21 @@ export class ExportListenError extends Error {
     super(message, { cause });
     this.name = "ExportListenError";
   }
+}
+
+/** Memory and connection bounds of an export's server; each has a default (nbd/server.ts). */
+export interface ServeLimits {
+  /**
+   * Bytes of requests and unsent replies all clients may hold at once. When
+   * given, the export gets a budget of its own instead of the process's.
+   */
+  inflightBudget?: number;
+  /** The same for one connection. */
+  maxInflightPerConnection?: number;
+  /** Connections open at once; more are refused. */
+  maxConnections?: number;
+  /** Connections in transmission on the export at once; more are refused. */
+  maxConnectionsPerExport?: number;
 }
 
 /** Where and how an opened volume is served. */
@@ -36,6 +63,18 @@ export interface ServeOptions {
   description: string;
   listen: ListenAddress;
   log: Logger;
+  limits?: ServeLimits;
+}
+
+/** The budget and pool every export of this process shares, made on first use. */
+let processMemory: { budget: InflightBudget; pool: BufferPool } | undefined;
+
+function sharedMemory(): { budget: InflightBudget; pool: BufferPool } {
+  processMemory ??= {
+    budget: new InflightBudget(DEFAULT_INFLIGHT_BUDGET),
+    pool: new BufferPool(),
+  };
+  return processMemory;
 }
 
 export interface VolumeExportOptions extends ServeOptions {
@@ -119,10 +158,21 @@ export async function exportVolume(
  * still open, the caller's to close.
  */
 export async function serveVolume(volume: Volume, opts: ServeOptions): Promise<VolumeExport> {
+  const limits = opts.limits ?? {};
+  const shared = sharedMemory();
   const server = new NbdServer({
     logger: opts.log,
     exports: { [opts.name]: { device: volume, description: opts.description } },
     defaultExport: opts.name,
+    inflightBudget: limits.inflightBudget ?? shared.budget,
+    pool: shared.pool,
+    ...(limits.maxInflightPerConnection !== undefined
+      ? { maxInflightBytes: limits.maxInflightPerConnection }
+      : {}),
+    ...(limits.maxConnections !== undefined ? { maxConnections: limits.maxConnections } : {}),
+    ...(limits.maxConnectionsPerExport !== undefined
+      ? { maxConnectionsPerExport: limits.maxConnectionsPerExport }
+      : {}),
   });
   let address: BoundAddress;
   try {

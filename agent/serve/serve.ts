@@ -21,7 +21,7 @@ import {
   UsageError,
 } from "./args.ts";
 import { stopSignal } from "./signals.ts";
-import { ExportListenError, exportVolume, type VolumeExport } from "./export.ts";
+import { ExportListenError, exportVolume, type ServeLimits, type VolumeExport } from "./export.ts";
 
 /** Exit codes of `pagedisk serve`. */
 export const EXIT = { ok: 0, startup: 1, volumeFailed: 2 } as const;
@@ -38,6 +38,8 @@ export interface ServeOptions {
   connectionString?: string;
   throttlePauseMs?: number;
   deadlineMs?: number;
+  /** NBD memory and connection bounds; the defaults when absent. */
+  limits?: ServeLimits;
   /** Where the human line goes (stdout). */
   print: (line: string) => void;
   log: Logger;
@@ -73,6 +75,7 @@ export async function serve(targetText: string, opts: ServeOptions): Promise<num
       description: opened.describe,
       listen,
       log,
+      ...(opts.limits ? { limits: opts.limits } : {}),
       onFailed: (event) => {
         log.error({ ...event, volume: opened.name }, "volume failed");
         failed?.(EXIT.volumeFailed);
