@@ -42,14 +42,32 @@ export const ERROR_STATUS = {
   NodeNotEligible: 409,
   /** An attach naming no node found none READY, uncordoned and within the volume's requiredNodes. */
   NoEligibleNode: 409,
-  /** A blob named for deletion is claimed by a volume, recent, or leased; `details.blobs` says which and why. */
+  /** A blob named for deletion is claimed by a volume, recent, or leased, or a replica container still holds blobs; `details.blobs` says which and why. */
   NotAnOrphan: 409,
   /** The record changed under a concurrent request more often than retried; try again. */
   Conflict: 409,
   /** The request body exceeds the limit. */
   PayloadTooLarge: 413,
+  /** The request's headers exceed the server's limit; the connection is closed. */
+  HeadersTooLarge: 431,
+  /** The request is not valid HTTP (the server's parser refused it); the connection is closed. */
+  MalformedRequest: 400,
+  /** The request did not arrive in full in time; the connection is closed. */
+  RequestTimeout: 408,
+  /**
+   * This caller (a node, an admin key, a join token) sent more changes than
+   * its rate allows; nothing was changed. Retry after `Retry-After` seconds.
+   */
+  TooManyRequests: 429,
   /** A pool being registered could not be reached or refused the credentials. */
   PoolUnreachable: 422,
+  /**
+   * A node's report carries an event the node may not report (a type agents
+   * do not report, a volume it did not write at that epoch, a pool that
+   * volume does not use); nothing of the report was recorded.
+   * `details.refused` lists each such event's `index` and `reason`.
+   */
+  EventRefused: 422,
   /** Internal failure; the message says nothing more on purpose. */
   Internal: 500,
   /** A pool's storage failed during the operation; retrying is safe. */

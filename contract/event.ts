@@ -3,6 +3,7 @@
  */
 import { z } from "zod";
 import { NodeName, PoolName, Timestamp, VolumeName } from "./names.ts";
+import { REPLICAS_DIVERGED } from "./signals.ts";
 
 /** Event types are kebab-case words, e.g. `volume-created`, `storage-failure`. */
 export const EventType = z
@@ -11,7 +12,13 @@ export const EventType = z
   .max(64);
 export type EventType = z.infer<typeof EventType>;
 
-/** The types the control plane itself records (agents report more, e.g. `storage-failure`). */
+/**
+ * The types an agent reports (agent/control/served-volume.ts and
+ * served-replicas.ts queue them); a report carrying any other is refused.
+ */
+export const AGENT_EVENTS = ["volume-failed", "storage-failure", REPLICAS_DIVERGED] as const;
+
+/** The types the control plane itself records; agents report only `AGENT_EVENTS`. */
 export const CONTROL_PLANE_EVENTS = [
   "pool-registered",
   "pool-removed",
@@ -47,6 +54,17 @@ export const CONTROL_PLANE_EVENTS = [
 ] as const;
 export type ControlPlaneEventType = (typeof CONTROL_PLANE_EVENTS)[number];
 
+/**
+ * Who recorded an event: the control plane, of what it did itself, or a
+ * node, in its report (that node's word, nothing more). Set by the
+ * registry from the way the event came in, never from what was sent.
+ * Events recorded before sources were kept have none, and are evidence of
+ * nothing either.
+ */
+export const EVENT_SOURCES = ["control-plane", "node"] as const;
+export const EventSource = z.enum(EVENT_SOURCES);
+export type EventSource = z.infer<typeof EventSource>;
+
 export const Event = z.object({
   /** Unique, and ordered newest first. */
   id: z.string(),
@@ -57,6 +75,7 @@ export const Event = z.object({
   pool: PoolName.optional(),
   message: z.string(),
   data: z.record(z.string(), z.unknown()).optional(),
+  source: EventSource.optional(),
 });
 export type Event = z.infer<typeof Event>;
 

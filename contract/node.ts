@@ -124,13 +124,32 @@ export const VolumeReport = z.strictObject({
 });
 export type VolumeReport = z.infer<typeof VolumeReport>;
 
-/** An event as the agent reports it; the node is the one reporting, the time is the control plane's. */
+/**
+ * An event's data as JSON, at most: an agent's is a few fields (the epoch,
+ * a replica, an error code), and a larger one would outgrow the event
+ * row's property.
+ */
+const MAX_EVENT_DATA_JSON_CHARS = 1024;
+
+/**
+ * An event as the agent reports it; the node is the one reporting, the time
+ * is the control plane's. Well-formed is not enough to be recorded: the
+ * type must be one agents report (`AGENT_EVENTS`), about a volume the node
+ * wrote at the epoch in `data.epoch`, and a pool that volume's replicas use
+ * (functions/health/reported-events.ts); a report with any other event is
+ * refused whole (`EventRefused`), so that an agent can drop just those.
+ */
 export const ReportedEvent = z.strictObject({
   type: EventType,
   volume: VolumeName.optional(),
   pool: PoolName.optional(),
   message: z.string().min(1).max(1024),
-  data: z.record(z.string(), z.unknown()).optional(),
+  data: z
+    .record(z.string(), z.unknown())
+    .refine((data) => JSON.stringify(data).length <= MAX_EVENT_DATA_JSON_CHARS, {
+      error: `data takes at most ${MAX_EVENT_DATA_JSON_CHARS} characters as JSON`,
+    })
+    .optional(),
 });
 export type ReportedEvent = z.infer<typeof ReportedEvent>;
 

@@ -1,7 +1,9 @@
 /**
  * Events waiting for a report to carry them (volume-failed, ...). An
- * event leaves the queue only once a report that carried it succeeded, so
- * an outage of the control plane delays events but does not lose them;
+ * event leaves the queue only once a report that carried it succeeded, or
+ * the control plane refused it (it is not this node's to report, e.g. its
+ * volume was deleted meanwhile), so an outage of the control plane delays
+ * events but does not lose them;
  * the queue is bounded, and when full the oldest events are dropped (and
  * counted) so that a long outage cannot eat the VM's memory.
  */
@@ -38,6 +40,15 @@ export class EventQueue {
     // Events dropped for capacity meanwhile may have taken some of `sent` already.
     const gone = new Set(sent);
     this.#events = this.#events.filter((e) => !gone.has(e));
+  }
+
+  /**
+   * The control plane refused `events` (from peek()): it will never record
+   * them, however often they are sent, so they leave the queue rather than
+   * hold back every report after them.
+   */
+  refused(events: ReportedEvent[]): void {
+    this.delivered(events);
   }
 
   get size(): number {

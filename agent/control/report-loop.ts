@@ -12,10 +12,15 @@
  * and keeps everything unsent for the next try; volumes keep serving and
  * heartbeats keep landing. A 401/403 means the node was removed or its
  * credential revoked: the loop ends and says so through `onRejected`.
+ * `EventRefused` means some events are not this node's to report (an
+ * event about a volume deleted or an attachment forgotten meanwhile): the
+ * control plane recorded nothing of the report, and never will while they
+ * are in it, so those events are dropped, with a warning, and the rest is
+ * sent again at once.
  */
-import type { ReportAnswer, VolumeReport } from "../../contract/node.ts";
+import type { ReportAnswer, ReportedEvent, VolumeReport } from "../../contract/node.ts";
 import type { Logger } from "../log.ts";
-import type { ApiClientError } from "./api-client.ts";
+import { ApiClientError } from "./api-client.ts";
 import { nextDelay } from "./backoff.ts";
 import type { EventQueue } from "./event-queue.ts";
 import type { Facts } from "./facts.ts";
@@ -146,6 +151,16 @@ export class ReportLoop {
             o.onRejected(err);
             return;
           }
+          const refused = refusedEvents(err, events);
+          if (refused.length > 0) {
+            o.events.refused(refused);
+            o.log.warn(
+              { events: refused.map((e) => `${e.type}:${e.volume ?? ""}`), reason: (err as Error).message },
+              "the control plane refused events; dropped them",
+            );
+            // Each refusal drops at least one event, so this ends.
+            continue;
+          }
           failures++;
           if (failures === 1) o.log.warn({ err: (err as Error).message }, "report failed; volumes keep serving");
           retryAt =
@@ -156,6 +171,22 @@ export class ReportLoop {
       await this.#pause.wait(LOOK_EVERY_MS);
     }
   }
+}
+
+/**
+ * The events of `sent` that `err` says the control plane refused: those it
+ * lists, or all of them when its list is unusable (the report must get
+ * through). None unless `err` is an `EventRefused`.
+ */
+function refusedEvents(err: unknown, sent: ReportedEvent[]): ReportedEvent[] {
+  if (!(err instanceof ApiClientError) || err.code !== "EventRefused") return [];
+  const listed = (err.details as { refused?: unknown } | undefined)?.refused;
+  const indices = Array.isArray(listed)
+    ? listed
+        .map((r) => (r as { index?: unknown } | null)?.index)
+        .filter((i): i is number => Number.isInteger(i) && (i as number) >= 0 && (i as number) < sent.length)
+    : [];
+  return indices.length > 0 ? indices.map((i) => sent[i]!) : sent;
 }
 
 /** A report without what changes all the time (counters, latencies, copy progress). */

@@ -8,10 +8,11 @@
  * which is told the replica is `stale` (desired-state.ts), so that it keeps
  * no dirty log for it and brings it back by a full copy.
  *
- * Only the node that wrote the volume at that epoch is heard: the volume's
- * record keeps its last writers (`status.writers`), however long ago they
- * were attached; the events that also say so expire with the event
- * retention, and a node's own events are no evidence of anything. A volume
+ * Only the node that wrote the volume at that epoch is heard, as the
+ * registry recorded it (reported-events.ts `wroteAt`): the volume's record
+ * keeps its last writers (`status.writers`), however long ago they were
+ * attached. Events are not asked: a node's own are its word, not evidence,
+ * and the control plane's expire with the event retention. A volume
  * whose writer is changing (attaching, detaching, fencing) is left alone:
  * the report stays in the event log for an operator, and fencing treats
  * the replicas as a lost writer's anyway.
@@ -21,9 +22,9 @@ import { withWriterLost } from "../arbiter/fence.ts";
 import { noteOffline } from "../arbiter/attach.ts";
 import { bumpDesiredGeneration } from "../arbiter/desired-generation.ts";
 import type { ControlPlane } from "../control-plane.ts";
-import { eventsNewestFirst } from "../registry/events.ts";
 import { retryOnConflict } from "../registry/retry.ts";
-import { type VolumeRecord, volumes } from "../registry/volumes.ts";
+import { volumes } from "../registry/volumes.ts";
+import { wroteAt } from "./reported-events.ts";
 
 /** What became of the report. */
 export type DivergedOutcome = "applied" | "not-the-writer" | "changing" | "nothing-to-do";
@@ -41,7 +42,7 @@ export async function replicasDiverged(
     const read = await table.get(volume);
     if (!read) return "nothing-to-do";
     const v = read.value;
-    if (!(await wroteAt(cp, v, node, epoch))) return "not-the-writer";
+    if (!wroteAt(v, node, epoch)) return "not-the-writer";
     const state = v.status.state;
     if (state !== "DETACHED" && state !== "ATTACHED") return "changing";
     const replicas = withWriterLost(v.status.replicas, cp.now());
@@ -53,21 +54,3 @@ export async function replicasDiverged(
     return "applied";
   });
 }
-
-/**
- * Whether `node` was made the writer of `volume` at `epoch` (an attach or a
- * failover): the volume's record keeps its last writers; a record written
- * before it did is looked up in the volume's attach events.
- */
-async function wroteAt(cp: ControlPlane, v: VolumeRecord, node: string, epoch: number): Promise<boolean> {
-  const writers = v.status.writers;
-  if (writers !== undefined) return writers.some((w) => w.node === node && w.epoch === epoch);
-  const horizon = { now: cp.now(), retentionDays: cp.eventRetentionDays };
-  const events = eventsNewestFirst(cp.registry, { volume: v.name, node }, horizon, { pageSize: 100 });
-  for await (const e of events) {
-    if (WRITER_EVENTS.has(e.type) && e.data?.epoch === epoch) return true;
-  }
-  return false;
-}
-
-const WRITER_EVENTS = new Set(["volume-attached", "volume-failed-over"]);

@@ -5,9 +5,13 @@
  * table (registry/liveness.ts), and the sweeper judges health from those.
  *
  * 1. the node's row was already read to check its credential (one read);
- * 2. one conditional write replaces it with the report;
- * 3. reported events, if any, are recorded after it;
- *    a `replicas-diverged` one is also acted on (diverged.ts).
+ * 2. its events, if any, are checked against the registry
+ *    (reported-events.ts: one read per volume they name); a report with one
+ *    the node may not report is refused, and nothing of it is written;
+ * 3. one conditional write replaces the node's row with the report;
+ * 4. reported events, if any, are recorded after it, as the node's word
+ *    (registry/events.ts `recordReportedEvents`); a `replicas-diverged` one
+ *    is also acted on (diverged.ts).
  *
  * A conflict (the sweeper marking the node, or the arbiter bumping its
  * desired-state generation, at the same moment) re-reads and writes again.
@@ -19,11 +23,12 @@ import type { NodeReport } from "../../contract/node.ts";
 import { REPLICAS_DIVERGED } from "../../contract/signals.ts";
 import { reportsRecorded } from "../arbiter/report-watch.ts";
 import type { ControlPlane } from "../control-plane.ts";
-import { recordEvents } from "../registry/events.ts";
+import { recordReportedEvents } from "../registry/events.ts";
 import { type NodeRecord, nodes } from "../registry/nodes.ts";
 import { retryOnConflict } from "../registry/retry.ts";
 import type { Read } from "../registry/rows.ts";
 import { replicasDiverged } from "./diverged.ts";
+import { checkReportedEvents } from "./reported-events.ts";
 
 export async function recordReport(
   cp: ControlPlane,
@@ -33,6 +38,8 @@ export async function recordReport(
   const table = nodes(cp.registry);
   const at = cp.now();
   const name = read.value.name;
+  // Before anything is written: a refused report must leave no trace, its row included.
+  await checkReportedEvents(cp, name, report.events);
   let current: Read<NodeRecord> | undefined = read;
   const after = await retryOnConflict(async () => {
     // The first attempt uses the row the credential check read; retries read afresh.
@@ -57,11 +64,7 @@ export async function recordReport(
   // A detach waiting in this process for this node to drain looks at the row now.
   reportsRecorded(cp.registry).notify(name);
   // Written after the row: if this fails the agent sends the events again with its next report.
-  await recordEvents(
-    cp.registry,
-    at,
-    report.events.map((event) => ({ ...event, node: name })),
-  );
+  await recordReportedEvents(cp.registry, at, name, report.events);
   for (const event of report.events) {
     if (event.type !== REPLICAS_DIVERGED) continue;
     // Recorded above whatever comes of it; a failure here must not fail the report.

@@ -2,11 +2,17 @@
  * Failures reported against pools recently: the agents' `storage-failure`
  * events naming a pool, and the control plane's own `replica-offline`
  * events (a writer took a replica of that pool out; not those of a lost
- * writer's replicas, which say nothing of the pool). The sweeper asks on
- * every pass, so it reads only the window's rows: the newest of each
- * type's index partition, in the day tables the window touches
- * (registry/event-layout.ts), one range query per type and day rather than
- * an `or` of types, which Table Storage would answer by scanning.
+ * writer's replicas, which say nothing of the pool). A node reports only
+ * about pools its own volumes use (reported-events.ts), and a
+ * `replica-offline` counts only when the control plane recorded it: one
+ * without that source (from a node, or recorded before sources were kept)
+ * is nobody's evidence.
+ *
+ * The sweeper asks on every pass, so it reads only the window's rows: the
+ * newest of each type's index partition, in the day tables the window
+ * touches (registry/event-layout.ts), one range query per type and day
+ * rather than an `or` of types, which Table Storage would answer by
+ * scanning.
  */
 import { odata } from "@azure/data-tables";
 import {
@@ -47,8 +53,11 @@ export async function failuresReportedSince(
   const latest = new Map<string, ReportedFailure>();
   for (const e of found.flat()) {
     if (typeof e.pool !== "string" || typeof e.at !== "string") continue;
-    // Put offline because its writer was lost (arbiter/fence.ts, or the agent's own unclean stop): its pool did nothing wrong.
-    if (e.type === "replica-offline" && isStale(e.data)) continue;
+    if (e.type === "replica-offline") {
+      if (e.source !== "control-plane") continue;
+      // Put offline because its writer was lost (arbiter/fence.ts, or the agent's own unclean stop): its pool did nothing wrong.
+      if (isStale(e.data)) continue;
+    }
     const known = latest.get(e.pool);
     if (known && known.at >= e.at) continue;
     latest.set(e.pool, {
@@ -71,7 +80,7 @@ async function failuresOn(
   const recent = rowKeyBefore(since.getTime());
   const filter = odata`PartitionKey eq ${byType(type)} and RowKey lt ${recent}`;
   const rows = dayTable(registry, day).listEntities<Record<string, unknown>>({
-    queryOptions: { filter, select: ["pool", "at", "type", "node", "message", "data"] },
+    queryOptions: { filter, select: ["pool", "at", "type", "node", "message", "data", "source"] },
   });
   const found: Array<Record<string, unknown>> = [];
   try {

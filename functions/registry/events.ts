@@ -3,6 +3,12 @@
  * number of days (registry/event-layout.ts says where an event is stored
  * and why; registry/event-retention.ts drops the days past keeping).
  *
+ * Every event says who recorded it (`source`): the control plane, of what
+ * it did itself (`recordEvent`, `recordEvents`), or a node, in its report
+ * (`recordReportedEvents`). The source is written here, from which of them
+ * was called, never taken from the event handed in: a node's word can
+ * never pass for the control plane's record.
+ *
  * A listing reads the index partition of its most selective criterion
  * (volume, then node, then type, else `all`) and applies the others within
  * it: a combined filter reads that partition's events, not only those it
@@ -14,7 +20,8 @@
  * partition; a failure between them leaves it in some listings only.
  */
 import { odata } from "@azure/data-tables";
-import { Event, type EventPage } from "../../contract/event.ts";
+import { Event, type EventPage, type EventSource } from "../../contract/event.ts";
+import type { ReportedEvent } from "../../contract/node.ts";
 import {
   ALL,
   byNode,
@@ -40,8 +47,8 @@ export const DEFAULT_EVENT_RETENTION_DAYS = 30;
 /** The most operations a Table batch may hold. */
 const MAX_BATCH = 100;
 
-/** What a caller records; the registry adds id and time. */
-export type NewEvent = Omit<Event, "id" | "at">;
+/** What a caller records; the registry adds id, time and source. */
+export type NewEvent = Omit<Event, "id" | "at" | "source">;
 
 /** Where a page ended: its last event's RowKey, which is also its id. */
 export interface EventPosition {
@@ -60,24 +67,52 @@ export interface EventHorizon {
   retentionDays: number;
 }
 
-/** Append one event at `at`; returns it as listed. */
+/** Append one event of the control plane's at `at`; returns it as listed. */
 export async function recordEvent(registry: Registry, at: Date, event: NewEvent): Promise<Event> {
   const [listed] = await recordEvents(registry, at, [event]);
   return listed!;
 }
 
-/**
- * Append several events at `at` (one agent report) with one request per
- * index partition they touch, not one per row: they share the day's
- * table, and a batch holds up to 100 rows of one partition.
- */
-export async function recordEvents(
+/** Append several events of the control plane's at `at` (see `append`). */
+export function recordEvents(
   registry: Registry,
   at: Date,
   events: readonly NewEvent[],
 ): Promise<Event[]> {
+  return append(registry, at, events, "control-plane");
+}
+
+/**
+ * Append the events of `node`'s report at `at`, as that node's word: each
+ * names the node, and says it came from one.
+ */
+export function recordReportedEvents(
+  registry: Registry,
+  at: Date,
+  node: string,
+  events: readonly ReportedEvent[],
+): Promise<Event[]> {
+  return append(
+    registry,
+    at,
+    events.map((event) => ({ ...event, node })),
+    "node",
+  );
+}
+
+/**
+ * Append several events at `at` with one request per index partition they
+ * touch, not one per row: they share the day's table, and a batch holds up
+ * to 100 rows of one partition.
+ */
+async function append(
+  registry: Registry,
+  at: Date,
+  events: readonly NewEvent[],
+  source: EventSource,
+): Promise<Event[]> {
   const ms = at.getTime();
-  const written = events.map((event) => rowOf(at, event));
+  const written = events.map((event) => rowOf(at, event, source));
   const partitions = new Map<string, Row[]>();
   for (const { row, listed } of written) {
     for (const partitionKey of partitionsOf(listed)) {
@@ -101,10 +136,10 @@ export async function recordEvents(
 /** An event's row, in every partition but for its PartitionKey. */
 type EventRow = Record<string, unknown> & { rowKey: string };
 
-function rowOf(at: Date, event: NewEvent): { row: EventRow; listed: Event } {
+function rowOf(at: Date, event: NewEvent, source: EventSource): { row: EventRow; listed: Event } {
   const rowKey = rowKeyAt(at.getTime());
   // Parsed first: a name that is not a valid name must not become a partition key.
-  const listed = Event.parse({ ...event, id: rowKey, at: at.toISOString() });
+  const listed = Event.parse({ ...event, id: rowKey, at: at.toISOString(), source });
   const { data, ...fields } = event;
   // Absent subjects stay absent (not empty strings), so `node eq 'x'` never matches them.
   const present = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
@@ -113,6 +148,8 @@ function rowOf(at: Date, event: NewEvent): { row: EventRow; listed: Event } {
     ...present,
     ...(data === undefined ? {} : { data: packJson("data", data) }),
     at: at.toISOString(),
+    // Last, over anything of that name the event carried.
+    source,
   };
   return { row, listed };
 }
@@ -220,5 +257,6 @@ function decode(row: Record<string, unknown>): Event {
     pool: row.pool,
     message: row.message,
     data: row.data === undefined ? undefined : unpackJson(row.data),
+    source: row.source,
   });
 }

@@ -1,8 +1,10 @@
 /**
  * The agent's own endpoints: join (with a join token), then reports and
- * desired state (with the node's credential, for that node only). None of
- * them waits: heartbeats go to the liveness table, and a change of desired
- * state reaches the agent by a ring of its row, not by a held request.
+ * desired state (with the node's credential, for that node only). A report
+ * records only events the node is entitled to (health/reported-events.ts),
+ * or nothing at all. None of them waits: heartbeats go to the liveness
+ * table, and a change of desired state reaches the agent by a ring of its
+ * row, not by a held request.
  */
 
 import type { Context } from "hono";
@@ -67,6 +69,8 @@ export function nodeAgentOperations(cp: ControlPlane): Operation[] {
       params: ByName,
       body: NodeReport,
       success: { status: 200, description: "the node's desired generation", schema: ReportAnswer },
+      // An event the node may not report refuses the whole report (health/reported-events.ts).
+      errors: ["EventRefused"],
       handle: async ({ body, c }) => ({
         desiredGeneration: generationOf(await recordReport(cp, self(c), body)),
       }),
@@ -81,6 +85,7 @@ export function nodeAgentOperations(cp: ControlPlane): Operation[] {
       params: ByName,
       body: NodeReport,
       success: { status: 200, description: "the node as recorded", schema: Node },
+      errors: ["EventRefused"],
       handle: async ({ body, c }) => {
         const node = await recordReport(cp, self(c), body);
         // Such an agent beats nowhere else: its liveness row (made by the upsert if need be) is

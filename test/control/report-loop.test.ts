@@ -8,10 +8,16 @@
  *
  * Cases: a report at start, then one per change, and none while nothing
  * changes but the 10-minute refresh; a copy's progress alone at most every
- * 15 s; each event delivered once; backoff while the API is away, with
- * everything kept and sent once when it is back; the loop ends through
- * `onRejected` on a 401; the latencies a report carries cover the time
- * since the previous report, not the last look.
+ * 15 s; each event delivered once; events the control plane refuses
+ * (their volume deleted meanwhile) dropped and the rest sent at once;
+ * backoff while the API is away, with everything kept and sent once when
+ * it is back; the loop ends through `onRejected` on a 401; the latencies a
+ * report carries cover the time since the previous report, not the last
+ * look.
+ *
+ * The control plane records an agent's events only about a volume the
+ * node writes (functions/health/reported-events.ts), so those the tests
+ * queue are about volumes attached to their node, as an agent's are.
  */
 import { describe, expect, it } from "vitest";
 import type { ApiClientError } from "../../agent/control/api-client.ts";
@@ -23,8 +29,10 @@ import { AGENT_VERSION } from "../../agent/control/version.ts";
 import { MemoryBackend } from "../../agent/engine/memory.ts";
 import { StatsWindow } from "../../agent/engine/stats-window.ts";
 import { openVolume } from "../../agent/engine/volume.ts";
+import type { Attachment } from "../../contract/attachment.ts";
 import type { EventPage } from "../../contract/event.ts";
 import type { Node, ReportAnswer, ReportedEvent, VolumeReport, VolumeStats } from "../../contract/node.ts";
+import type { Volume } from "../../contract/volume.ts";
 import { type LogRecord, recordingLog } from "./recording-log.ts";
 import { type ServedControlPlane, servedForFile } from "./served-control-plane.ts";
 
@@ -168,8 +176,36 @@ function stats(writeOps: number): VolumeStats {
   };
 }
 
-function storageFailure(i: number): ReportedEvent {
-  return { type: "storage-failure", volume: "data", message: `write failed (${i})` };
+/** A volume attached to a node: what that node's agent writes, and may report events about. */
+interface Written {
+  volume: string;
+  epoch: number;
+  pool: string;
+  replica: string;
+}
+
+let poolRegistered = false;
+
+/** Volume `name` (one replica, on pool p1) created and attached to `node`, as the arbiter does. */
+async function written(name: string, node: string): Promise<Written> {
+  if (!poolRegistered) {
+    const auth = { kind: "connectionString", connectionString: api.azurite.connectionString };
+    await api.admin("POST", "/pools", { name: "p1", auth });
+    poolRegistered = true;
+  }
+  const v = await api.admin<Volume>("POST", "/volumes", { name, sizeBytes: MiB });
+  const { epoch } = await api.admin<Attachment>("POST", `/volumes/${name}/attach`, { node });
+  return { volume: name, epoch, pool: "p1", replica: v.status.replicas[0]!.id };
+}
+
+function storageFailure(i: number, w: Written): ReportedEvent {
+  return {
+    type: "storage-failure",
+    volume: w.volume,
+    pool: w.pool,
+    message: `write failed (${i})`,
+    data: { epoch: w.epoch, replica: w.replica },
+  };
 }
 
 async function eventsOf(node: string): Promise<string[]> {
@@ -300,7 +336,8 @@ describe("ReportLoop: events", () => {
   it("delivers each event once: it leaves the queue with the report that carried it", async () => {
     const node = "vm-events";
     const r = await startReports(node);
-    const messages = Array.from({ length: 25 }, (_, i) => storageFailure(i));
+    const w = await written("data-events", node);
+    const messages = Array.from({ length: 25 }, (_, i) => storageFailure(i, w));
     for (const e of messages) r.events.push(e);
     await look(r);
     // One report carries at most 20 (MAX_REPORTED_EVENTS); the rest go with the next.
@@ -310,16 +347,52 @@ describe("ReportLoop: events", () => {
     expect(reportsOf(node)).toHaveLength(3);
     expect(await eventsOf(node)).toEqual(messages.map((e) => e.message).sort());
   });
+
+  it("drops the events the control plane refuses, and sends the rest and the volumes at once", async () => {
+    const node = "vm-refused";
+    const r = await startReports(node);
+    const kept = await written("data-kept", node);
+    const gone = await written("data-gone", node);
+    r.events.push(storageFailure(1, kept));
+    r.events.push({ type: "volume-failed", volume: gone.volume, message: "failed", data: { epoch: gone.epoch } });
+    r.events.push(storageFailure(2, kept));
+    // Meanwhile the operator detaches and deletes the volume: no record says this node wrote it.
+    await api.admin("POST", `/volumes/${gone.volume}/detach`, {});
+    await api.admin("DELETE", `/volumes/${gone.volume}`);
+    const serving = volume({ volume: kept.volume, epoch: kept.epoch });
+    r.volumes = [serving];
+    await look(r);
+    // Refused once, naming the one event; then the rest at once, without waiting out a backoff.
+    expect(reportsOf(node).map((x) => [x.status, bodyOf(x).events?.length])).toEqual([
+      [200, 0],
+      [422, 3],
+      [200, 2],
+    ]);
+    expect((reportsOf(node)[1]!.answer as { error: { details: unknown } }).error.details).toEqual({
+      refused: [{ index: 1, reason: `node ${node} did not write volume ${gone.volume} at epoch ${gone.epoch}` }],
+    });
+    expect(r.events.size).toBe(0);
+    expect(await eventsOf(node)).toEqual([storageFailure(1, kept).message, storageFailure(2, kept).message]);
+    expect((await api.admin<Node>("GET", `/nodes/${node}`)).volumes).toEqual([serving]);
+    expect(r.logs.filter((x) => x.msg === "the control plane refused events; dropped them")).toEqual([
+      expect.objectContaining({ events: [`volume-failed:${gone.volume}`] }),
+    ]);
+    expect(r.logs.filter((x) => x.msg === "report failed; volumes keep serving")).toEqual([]);
+    // Nothing left to send: the next look sends nothing.
+    await look(r);
+    expect(reportsOf(node)).toHaveLength(3);
+  });
 });
 
 describe("ReportLoop: the API away", () => {
   it("backs off while the API is away, keeps the change and the events, and sends them once when it is back", async () => {
     const node = "vm-away";
     const r = await startReports(node);
+    const w = await written("data-away", node);
     api.cut();
     const serving = volume();
     r.volumes = [serving];
-    r.events.push(storageFailure(1));
+    r.events.push(storageFailure(1, w));
     const attempts = () => reportsOf(node).filter((x) => x.status === "cut");
     await look(r);
     expect(attempts()).toHaveLength(1);
@@ -346,11 +419,11 @@ describe("ReportLoop: the API away", () => {
     r.clock += 1;
     await look(r);
     expect(answered(node)).toHaveLength(2);
-    expect(bodyOf(answered(node)[1]!)).toMatchObject({ volumes: [serving], events: [storageFailure(1)] });
+    expect(bodyOf(answered(node)[1]!)).toMatchObject({ volumes: [serving], events: [storageFailure(1, w)] });
     expect(r.logs.find((x) => x.msg === "control plane reached again")).toMatchObject({ after: 4 });
     expect(r.events.size).toBe(0);
     expect(r.delivered).toEqual([[], [serving]]);
-    expect(await eventsOf(node)).toEqual([storageFailure(1).message]);
+    expect(await eventsOf(node)).toEqual([storageFailure(1, w).message]);
     await look(r);
     expect(reportsOf(node)).toHaveLength(6);
   });

@@ -7,10 +7,11 @@
  * - A beat is one Table transaction and no API request.
  * - A report with volume reports and no events is two: the read that
  *   checks the node's credential and the write of its row (its answer is
- *   the node's desired generation, read from that row). Events add one batch
- *   per index partition of the event log they touch (the report's volumes,
- *   types and node, and `all`), not one per event; a refused report is the
- *   credential's read alone.
+ *   the node's desired generation, read from that row). Events add one read
+ *   per volume they name (the record that says whether the node wrote it)
+ *   and one batch per index partition of the event log they touch (the
+ *   report's volumes, types and node, and `all`), not one per event; a
+ *   refused report is the credential's read alone.
  * - A sweeper pass over a healthy cluster reads the same number of times
  *   whatever the number of nodes (one page of each list), and writes one
  *   row: its own state.
@@ -122,21 +123,48 @@ describe("a report", () => {
     expect((await costOf(() => report({ volumes: [] }))).table).toBe(2);
   });
 
-  it("costs one more per index partition the events touch, however many events", async () => {
+  it("costs one more per volume the events name and per index partition they touch, however many events", async () => {
+    // Events are heard only from the writer of their volume: vm-1 writes v-1 and v-2 meanwhile.
+    const written = new Map<string, { epoch: number; replica: string }>();
+    for (const volume of ["v-1", "v-2"]) {
+      await jsonOf(await fx.call("POST", "/api/v1/volumes", { name: volume, sizeBytes: 64 * 1024 }), 201);
+      const { epoch } = await jsonOf<{ epoch: number }>(
+        await fx.call("POST", `/api/v1/volumes/${volume}/attach`, { node: "vm-1" }),
+        200,
+      );
+      const shown = await jsonOf<{ status: { replicas: Array<{ id: string }> } }>(
+        await fx.call("GET", `/api/v1/volumes/${volume}`),
+        200,
+      );
+      written.set(volume, { epoch, replica: shown.status.replicas[0]!.id });
+    }
+    const failed = (i: number, volume = "v-1") => ({
+      type: "volume-failed",
+      volume,
+      message: `failed ${i}`,
+      data: { epoch: written.get(volume)!.epoch },
+    });
     const plain = (await costOf(() => report({ volumes }))).table;
     const more = async (body: ReportBody) => (await costOf(() => report(body))).table - plain;
-    const event = (i: number) => ({ type: "throttled", volume: "v-1", message: `pause ${i}` });
-    // all, v|v-1, n|vm-1, t|throttled
-    expect(await more({ volumes, events: [event(1)] })).toBe(4);
-    const twenty = Array.from({ length: 20 }, (_, i) => event(i));
-    expect(await more({ volumes, events: twenty })).toBe(4);
-    // Two volumes and two types: all, v|v-1, v|v-2, n|vm-1, t|throttled, t|storage-failure
-    const mixed = twenty.map((e, i) => ({
-      ...e,
-      volume: `v-${1 + (i % 2)}`,
-      ...(i < 10 ? {} : { type: "storage-failure" }),
-    }));
-    expect(await more({ volumes, events: mixed })).toBe(6);
+    // The record of v-1; then all, v|v-1, n|vm-1, t|volume-failed
+    const one = await costOf(() => report({ volumes, events: [failed(1)] }));
+    expect(one.reads.sort()).toEqual(["nodes", "volumes"]);
+    expect(one.table - plain).toBe(5);
+    const twenty = Array.from({ length: 20 }, (_, i) => failed(i));
+    expect(await more({ volumes, events: twenty })).toBe(5);
+    // Two volumes and two types: their two records; all, v|v-1, v|v-2, n|vm-1, t|volume-failed, t|storage-failure
+    const mixed = twenty.map((e, i) => {
+      const volume = `v-${1 + (i % 2)}`;
+      const { epoch, replica } = written.get(volume)!;
+      return i < 10
+        ? { ...e, volume, data: { epoch } }
+        : { ...e, type: "storage-failure", volume, pool: "p1", data: { epoch, replica } };
+    });
+    expect(await more({ volumes, events: mixed })).toBe(8);
+    for (const volume of written.keys()) {
+      await jsonOf(await fx.call("POST", `/api/v1/volumes/${volume}/detach`, {}), 200);
+      expect((await fx.call("DELETE", `/api/v1/volumes/${volume}`)).status).toBe(204);
+    }
   });
 
   it("is 1 when refused, which writes nothing", async () => {
