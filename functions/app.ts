@@ -10,6 +10,7 @@ import { type Authenticator, guard, type VerifyAdminKey } from "./http/auth.ts";
 import { errorResponder, notFound } from "./http/errors.ts";
 import { openApiDocument } from "./http/openapi.ts";
 import { mount, type Operation } from "./http/operation.ts";
+import { CallerLimits, type RateLimits } from "./http/rate-limit.ts";
 import { verifyAdminKey } from "./registry/admin-keys.ts";
 import { attachmentOperations } from "./routes/attachments.ts";
 import { eventOperations } from "./routes/events.ts";
@@ -46,6 +47,13 @@ export interface AppOptions extends ControlPlaneOptions {
   verifyAdminKey?: VerifyAdminKey;
   /** What `/api/agent/*` serves; defaults to the repository's bundle and install script. */
   agentFiles?: AgentFiles;
+  /**
+   * Rate limits on calls that change something (http/rate-limit.ts); none
+   * unless given. The hosts give the settings' (runtime.ts).
+   */
+  rateLimits?: RateLimits;
+  /** The rate limits' clock, monotonic milliseconds; defaults to `performance.now`. */
+  rateLimitClock?: () => number;
 }
 
 export function createApp(options: AppOptions): Hono {
@@ -64,6 +72,14 @@ export function createApp(options: AppOptions): Hono {
     registry: cp.registry,
     now: cp.now,
     verifyAdminKey: options.verifyAdminKey ?? ((key) => verifyAdminKey(cp.registry, key)),
+    ...(options.rateLimits
+      ? {
+          limits: new CallerLimits(
+            options.rateLimits,
+            options.rateLimitClock ?? (() => performance.now()),
+          ),
+        }
+      : {}),
   };
 
   const app = new Hono();

@@ -10,16 +10,24 @@
  *   await cp.close();
  *
  * Run directly (`node functions/local.ts`) it takes its settings from the
- * environment, as in Azure (see settings.ts).
+ * environment, as in Azure (see settings.ts), with two local defaults:
+ * pools with account keys are allowed (Azurite knows no managed identity),
+ * and their connection strings are sealed with a key of its own, made on
+ * first start in `<stateDir>/secrets.key` (0600), unless
+ * PAGEDISK_POOL_ACCOUNT_KEYS or PAGEDISK_SECRETS_KEY say otherwise.
  */
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
+import type { Server } from "node:http";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { serve } from "@hono/node-server";
 import { API_PREFIX } from "./app.ts";
 import { DEFAULT_SWEEP_POLICY, sweep } from "./health/sweep.ts";
+import { answerClientErrors, closeOnUnreadBody } from "./http/node-edge.ts";
 import { issueAdminKey, verifyAdminKey } from "./registry/admin-keys.ts";
+import { sealPoolRows } from "./registry/pools.ts";
+import { localSealingSettings, useSealingKeys } from "./registry/sealing-keys.ts";
 import { openRuntime, type Runtime } from "./runtime.ts";
 import { type Settings, settingsFrom } from "./settings.ts";
 
@@ -72,18 +80,25 @@ export async function startLocalControlPlane(opts: LocalOptions = {}): Promise<L
     ...(opts.connectionString
       ? { PAGEDISK_REGISTRY_CONNECTION_STRING: opts.connectionString }
       : {}),
+    ...(await localSealingSettings(env, opts.stateDir ?? DEFAULT_STATE_DIR)),
   });
+  // Installed before the registry is read; rows not yet sealed under the key are sealed at once.
+  useSealingKeys(settings.sealingKeys);
   const runtime = await openRuntime(settings, {
     ...(opts.now ? { now: opts.now } : {}),
     report: (err) =>
       log(`pagedisk control plane: ${err instanceof Error ? err.stack : String(err)}`),
+    poolAccountKeys: settings.poolAccountKeys,
   });
+  for (const { error } of (await sealPoolRows(runtime.cp.registry)).failed) runtime.cp.report(error);
 
+  // Connections and refusals as the API promises them (http/node-edge.ts).
   const server = serve({
-    fetch: runtime.app.fetch,
+    fetch: closeOnUnreadBody(runtime.app.fetch),
     hostname: opts.host ?? LOCAL_HOST,
     port: opts.port ?? LOCAL_PORT,
-  });
+  }) as Server;
+  answerClientErrors(server);
   await new Promise<void>((ready, fail) => {
     server.once("listening", ready);
     server.once("error", fail);

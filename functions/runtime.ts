@@ -57,6 +57,7 @@ export async function openRuntime(
     ...cp,
     agentFiles: settings.agentFiles,
     orphanGraceMs: settings.orphanGraceMs,
+    rateLimits: settings.rateLimits,
     verifyAdminKey: async (presented) =>
       (adminKey !== undefined && matchesAdminKeySetting(adminKey, presented)) ||
       verifyAdminKey(registry, presented),

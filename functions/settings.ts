@@ -5,11 +5,13 @@
  */
 import { accountUrlProblem } from "../contract/pool.ts";
 import { resolve } from "node:path";
-import { DEFAULT_DETACH_DRAIN_MS, MAX_DETACH_DRAIN_MS } from "./control-plane.ts";
+import { DEFAULT_DETACH_DRAIN_MS, MAX_DETACH_DRAIN_MS, type PoolAccountKeys } from "./control-plane.ts";
 import { DEFAULT_REPAIR_POLICY, type RepairPolicy } from "./health/repair-policy.ts";
 import { DEFAULT_SWEEP_POLICY, type SweepPolicy } from "./health/sweep.ts";
+import { DEFAULT_RATE_LIMITS, type RateLimit, type RateLimits } from "./http/rate-limit.ts";
 import { DEFAULT_ORPHAN_GRACE_MS } from "./lifecycle/reconcile-blobs.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS } from "./registry/events.ts";
+import { type SealingKeys, SECRETS_KEY_SETTING, sealingKeysFrom } from "./registry/sealing-keys.ts";
 import { type AgentFiles, DEFAULT_AGENT_FILES } from "./routes/agent-download.ts";
 import {
   MAX_REPLICA_SAS_LIFETIME_MS,
@@ -40,6 +42,12 @@ export interface Settings {
   detachDrainMs: number;
   /** Days of events listed and kept (registry/event-retention.ts). */
   eventRetentionDays: number;
+  /** Per-instance rate limits on calls that change something (http/rate-limit.ts). */
+  rateLimits: RateLimits;
+  /** Whether pools may be registered with an account key or SAS (lifecycle/register-pool.ts). */
+  poolAccountKeys: PoolAccountKeys;
+  /** The keys that seal pool connection strings in the registry (registry/sealing-keys.ts). */
+  sealingKeys: SealingKeys | undefined;
 }
 
 /**
@@ -67,7 +75,7 @@ export interface Settings {
  *   `PAGEDISK_REPORT_GRACE_SECONDS` (default 5): a writer's report of a
  *   failed copy counts from this long after the copy was ordered
  * - `PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`: how long the SAS handed to a
- *   volume's writer is valid (default and most 3600, least 60)
+ *   volume's writer is valid (default and most 900, least 60)
  * - `PAGEDISK_ORPHAN_GRACE_SECONDS` (default 600): a blob no volume claims
  *   that is younger than this may be a creation in flight; it is reported
  *   as `recent` and not deleted
@@ -77,6 +85,19 @@ export interface Settings {
  * - `PAGEDISK_EVENT_RETENTION_DAYS` (default 30, at least 1): events older
  *   than this many days are no longer listed, and their day's table may be
  *   deleted
+ * - rate limits on calls that change something, per instance (http/rate-limit.ts):
+ *   `PAGEDISK_RATE_LIMIT_NODE_PER_SECOND` and `PAGEDISK_RATE_LIMIT_NODE_BURST`
+ *   (default 2 and 120) for each node; `PAGEDISK_RATE_LIMIT_KEY_PER_SECOND` and
+ *   `PAGEDISK_RATE_LIMIT_KEY_BURST` (default 20 and 300) for each admin key
+ *   and join token
+ * - `PAGEDISK_POOL_ACCOUNT_KEYS` (`refuse` or `allow`, default refuse):
+ *   whether a pool may be registered with a connection string, which carries
+ *   an account key or SAS; refused, pools use the managed identity. `allow`
+ *   needs `PAGEDISK_SECRETS_KEY`
+ * - `PAGEDISK_SECRETS_KEY`: 32 random bytes in base64 (or a Key Vault
+ *   reference that App Service resolves to them) sealing pool connection
+ *   strings in the registry; `PAGEDISK_SECRETS_KEY_PREVIOUS`: earlier keys,
+ *   comma-separated, that open what they sealed until a start re-seals it
  * - `PAGEDISK_AGENT_BUNDLE`, `PAGEDISK_INSTALL_SCRIPT`: files served at
  *   `/api/agent/pagedisk.mjs` and `/api/agent/install.sh` (default the
  *   repository's `dist/pagedisk.mjs` and `infra/install-agent.sh`)
@@ -116,6 +137,8 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     );
   }
   const replicaSasLifetimeMs = replicaSasLifetimeFrom(env);
+  const sealingKeys = sealingKeysFrom(env);
+  const poolAccountKeys = poolAccountKeysFrom(env, sealingKeys);
   return {
     registry,
     livenessConnectionString,
@@ -137,7 +160,48 @@ export function settingsFrom(env: Record<string, string | undefined>): Settings 
     orphanGraceMs: seconds(env, "PAGEDISK_ORPHAN_GRACE_SECONDS", DEFAULT_ORPHAN_GRACE_MS),
     detachDrainMs: detachDrainFrom(env),
     eventRetentionDays: days(env, "PAGEDISK_EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION_DAYS),
+    rateLimits: {
+      ...DEFAULT_RATE_LIMITS,
+      node: rateLimitFrom(env, "NODE", DEFAULT_RATE_LIMITS.node),
+      key: rateLimitFrom(env, "KEY", DEFAULT_RATE_LIMITS.key),
+    },
+    poolAccountKeys,
+    sealingKeys,
   };
+}
+
+/** `PAGEDISK_POOL_ACCOUNT_KEYS`: `refuse` unless set; `allow` only with a key to seal them. */
+function poolAccountKeysFrom(
+  env: Record<string, string | undefined>,
+  sealingKeys: SealingKeys | undefined,
+): PoolAccountKeys {
+  const name = "PAGEDISK_POOL_ACCOUNT_KEYS";
+  const value = env[name] || "refuse";
+  if (value !== "refuse" && value !== "allow")
+    throw new Error(`${name} must be refuse or allow, got ${value}`);
+  if (value === "allow" && !sealingKeys) {
+    throw new Error(
+      `${name}=allow needs ${SECRETS_KEY_SETTING}: pool connection strings are stored sealed with it, never in the clear (32 random bytes in base64: openssl rand -base64 32)`,
+    );
+  }
+  return value;
+}
+
+/** `PAGEDISK_RATE_LIMIT_<kind>_PER_SECOND` (above 0) and `_BURST` (a whole number, at least 1). */
+function rateLimitFrom(
+  env: Record<string, string | undefined>,
+  kind: "NODE" | "KEY",
+  fallback: RateLimit,
+): RateLimit {
+  const rateName = `PAGEDISK_RATE_LIMIT_${kind}_PER_SECOND`;
+  const burstName = `PAGEDISK_RATE_LIMIT_${kind}_BURST`;
+  const rate = env[rateName] ? Number(env[rateName]) : fallback.perSecond;
+  if (!Number.isFinite(rate) || rate <= 0)
+    throw new Error(`${rateName} must be a number of calls a second above 0, got ${env[rateName]}`);
+  const burst = env[burstName] ? Number(env[burstName]) : fallback.burst;
+  if (!Number.isInteger(burst) || burst < 1)
+    throw new Error(`${burstName} must be a whole number of calls, at least 1, got ${env[burstName]}`);
+  return { perSecond: rate, burst };
 }
 
 /** The `PAGEDISK_POOL_*` thresholds and the report grace; see `settingsFrom`. */
@@ -155,8 +219,8 @@ export function repairPolicyFrom(env: Record<string, string | undefined>): Repai
 /**
  * `PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, bounded: at least a minute, so
  * an agent that misses a fetch or two still holds a valid token; at most
- * an hour, the longest a SAS may be left in a writer's hands (and within a
- * user delegation key's life).
+ * 15 minutes, the longest a SAS may be left in a writer's hands (on a
+ * managed-identity pool, how long a fenced node keeps its access).
  */
 export function replicaSasLifetimeFrom(env: Record<string, string | undefined>): number {
   const name = "PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS";

@@ -6,8 +6,11 @@
  *   const api = new ApiClient(await resolveApiConfig());
  *   const { items } = await api.listVolumes();
  *
- * Every failure is an `ApiClientError` with the API's stable `code`.
+ * Every failure is an `ApiClientError` with the API's stable `code`. A 429
+ * (too many changes; nothing was done) is sent again after the
+ * `Retry-After` the API asks for, while that fits in the request's time.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import type { z } from "zod";
 import type { Attachment } from "../../contract/attachment.ts";
 import type { ApiErrorCode } from "../../contract/errors.ts";
@@ -35,17 +38,21 @@ export class ApiClientError extends Error {
   readonly status: number;
   readonly code: ApiErrorCode | ClientOnlyCode;
   readonly details: unknown;
+  /** How long the answer's `Retry-After` asked to wait, in milliseconds, if it did. */
+  readonly retryAfterMs: number | undefined;
   constructor(
     status: number,
     code: ApiErrorCode | ClientOnlyCode,
     message: string,
     details?: unknown,
+    retryAfterMs?: number,
   ) {
     super(message);
     this.name = "ApiClientError";
     this.status = status;
     this.code = code;
     this.details = details;
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -174,11 +181,32 @@ export interface ApiRequest {
 /**
  * Send one request. Resolves with the body of a 2xx answer as the API sent
  * it (undefined for 204 No Content); rejects with an `ApiClientError` for
- * anything else, or with the signal's reason when the caller aborted.
+ * anything else, or with the signal's reason when the caller aborted. A
+ * 429 is sent again after its `Retry-After` if that wait ends within
+ * `timeoutMs` of the first try; else it is the error, `retryAfterMs` set.
  */
 export async function requestApi<T>(req: ApiRequest): Promise<T> {
-  const { method, url, body, signal } = req;
+  const giveUpAt = performance.now() + req.timeoutMs;
   const timeout = AbortSignal.timeout(req.timeoutMs);
+  for (;;) {
+    try {
+      return await requestOnce<T>(req, timeout);
+    } catch (err) {
+      // A 429 changed nothing, so sending it again is safe whatever the method.
+      const wait = err instanceof ApiClientError && err.status === 429 ? err.retryAfterMs : undefined;
+      if (wait === undefined || performance.now() + wait >= giveUpAt) throw err;
+      try {
+        await sleep(wait, undefined, { signal: req.signal });
+      } catch {
+        // Only the caller's signal ends the wait early: its abort goes on as is.
+        throw req.signal?.reason ?? err;
+      }
+    }
+  }
+}
+
+async function requestOnce<T>(req: ApiRequest, timeout: AbortSignal): Promise<T> {
+  const { method, url, body, signal } = req;
   let res: Response;
   let text: string;
   try {
@@ -220,13 +248,27 @@ function errorOf(res: Response, text: string, what: string): ApiClientError {
     ?.error;
   if (error && typeof error.code === "string" && typeof error.message === "string") {
     // A code from a newer server than this client is passed on as is.
-    return new ApiClientError(res.status, error.code as ApiErrorCode, error.message, error.details);
+    return new ApiClientError(
+      res.status,
+      error.code as ApiErrorCode,
+      error.message,
+      error.details,
+      retryAfterMs(res.headers.get("retry-after")),
+    );
   }
   return new ApiClientError(
     res.status,
     "BadResponse",
     `${what}: HTTP ${res.status} ${res.statusText} without an API error body (is the URL the API's /api/v1?)`,
   );
+}
+
+/** `Retry-After` in milliseconds: seconds, or an HTTP date; undefined when absent or unreadable. */
+function retryAfterMs(header: string | null): number | undefined {
+  if (header === null) return undefined;
+  if (/^\d+$/.test(header.trim())) return Number(header.trim()) * 1000;
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
 }
 
 /** fetch says "fetch failed"; the cause (ECONNREFUSED, a timeout) is what helps. */

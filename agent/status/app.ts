@@ -7,7 +7,9 @@
  *
  * Read-only and unauthenticated, so it listens on a 0600 unix socket or on
  * loopback only (listen.ts). Other methods on these paths answer 405, other
- * paths 404, both as `{ "error": { "code", "message" } }`.
+ * paths 404, both as `{ "error": { "code", "message" } }`; requests node
+ * refuses before they reach the app (headers too large, malformed HTTP)
+ * are answered in that shape by the listener (node-edge.ts).
  */
 import { type Context, Hono } from "hono";
 import { latencyPercentiles } from "../engine/latency.ts";

@@ -13,6 +13,7 @@ import { createAdaptorServer } from "@hono/node-server";
 import type { Hono } from "hono";
 import { listenOnce, listenUnix } from "../net/listen.ts";
 import { type ListenAddress, parseListen, UsageError } from "../serve/args.ts";
+import { answerClientErrors } from "./node-edge.ts";
 
 /** A listening status API. */
 export interface StatusListener {
@@ -38,6 +39,8 @@ export async function listenStatus(app: Hono, listen: string): Promise<StatusLis
   // Our own Request/Response objects stay the platform's: the agent's other
   // HTTP code (undici) must not see globals replaced under it.
   const server = createAdaptorServer({ fetch: app.fetch, overrideGlobalObjects: false }) as Server;
+  // Refusals in the API's error shape (node-edge.ts).
+  answerClientErrors(server);
   try {
     if ("unix" in address) {
       await listenUnix(server, address.unix);

@@ -10,6 +10,9 @@
  *   node's endpoint: 403.
  *
  * Authentication runs before any input is read, and only reads.
+ *
+ * Calls that change something are rate limited per credential
+ * (rate-limit.ts): over the rate, 429 with `Retry-After`, and nothing done.
  */
 import type { Context, MiddlewareHandler } from "hono";
 import { isJoinTokenFormat, verifyJoinToken } from "../registry/join-tokens.ts";
@@ -20,6 +23,7 @@ import { matchesHash } from "../registry/secrets.ts";
 import type { Registry } from "../registry/tables.ts";
 import { ApiError } from "./api-error.ts";
 import type { Access } from "./operation.ts";
+import { type CallerLimits, isLimited } from "./rate-limit.ts";
 
 /** Resolves true when the presented key is a valid admin key. */
 export type VerifyAdminKey = (presented: string) => Promise<boolean>;
@@ -39,6 +43,8 @@ export interface Authenticator {
   registry: Registry;
   now: () => Date;
   verifyAdminKey: VerifyAdminKey;
+  /** Rate limits on calls that change something; none when absent. */
+  limits?: CallerLimits;
 }
 
 /** The caller a credential proves, or undefined when it proves nothing. */
@@ -68,12 +74,20 @@ export async function identify(
 export function guard(access: Exclude<Access, "public">, auth: Authenticator): MiddlewareHandler {
   return async function guardAccess(c, next) {
     const presented = BEARER.exec(c.req.header("authorization") ?? "")?.[1];
+    const limits = isLimited(c.req.method) ? auth.limits : undefined;
+    // Over its rate already: refused before the credential is checked, so a flood reads nothing.
+    // Only a verified call spends a bucket (below), so this refuses no one but the spender.
+    if (limits && presented !== undefined) refuseOverRate(limits.waitFor(presented));
     const caller = presented === undefined ? undefined : await identify(auth, presented);
     if (!caller) {
       throw new ApiError(
         "Unauthorized",
         `${WANTED[access]} is required (Authorization: Bearer <credential>)`,
       );
+    }
+    // Spent before the checks below, so that a node flooding others' endpoints is limited too.
+    if (limits && presented !== undefined) {
+      refuseOverRate(limits.take(caller.kind === "node" ? "node" : "key", presented));
     }
     if (caller.kind !== access) {
       throw new ApiError(
@@ -87,6 +101,17 @@ export function guard(access: Exclude<Access, "public">, auth: Authenticator): M
     c.set(CALLER, caller);
     await next();
   };
+}
+
+/** `TooManyRequests` when `waitMs` is more than 0; `details.retryAfterSeconds` becomes `Retry-After`. */
+function refuseOverRate(waitMs: number): void {
+  if (waitMs <= 0) return;
+  const retryAfterSeconds = Math.max(1, Math.ceil(waitMs / 1000));
+  throw new ApiError(
+    "TooManyRequests",
+    `too many changes from this credential; retry after ${retryAfterSeconds} s`,
+    { retryAfterSeconds },
+  );
 }
 
 const WANTED: Record<Caller["kind"], string> = {

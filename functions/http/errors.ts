@@ -59,6 +59,10 @@ export function errorResponder(report: ReportError) {
       apiError = new ApiError("Internal", "internal error");
     }
     if (apiError.code === "Unauthorized") c.header("WWW-Authenticate", 'Bearer realm="pagedisk"');
+    if (apiError.code === "TooManyRequests") {
+      const { retryAfterSeconds } = apiError.details as { retryAfterSeconds: number };
+      c.header("Retry-After", String(retryAfterSeconds));
+    }
     return c.json(apiError.toBody(), apiError.status as ContentfulStatusCode);
   };
 }

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { type ApiErrorCode, ERROR_STATUS, ErrorBody } from "../../contract/errors.ts";
 import type { Operation, ParameterSchema } from "./operation.ts";
+import { isLimited } from "./rate-limit.ts";
 
 type Json = Record<string, unknown>;
 
@@ -87,6 +88,13 @@ function parametersOf(schema: ParameterSchema | undefined, where: "path" | "quer
   }));
 }
 
+const RETRY_AFTER = {
+  "Retry-After": {
+    description: "seconds to wait before the call may be made again",
+    schema: { type: "integer", minimum: 1 },
+  },
+};
+
 /** Group the operation's error codes (its own and the common ones) by status. */
 function errorResponses(op: Operation): Record<string, Json> {
   const codes = new Set<ApiErrorCode>(op.errors ?? []);
@@ -98,6 +106,7 @@ function errorResponses(op: Operation): Record<string, Json> {
   if (op.access !== "public") {
     codes.add("Unauthorized");
     codes.add("Forbidden");
+    if (isLimited(op.method)) codes.add("TooManyRequests");
   }
   codes.add("Internal");
   const byStatus = new Map<number, ApiErrorCode[]>();
@@ -109,6 +118,7 @@ function errorResponses(op: Operation): Record<string, Json> {
       status,
       {
         description: `error code ${list.join(" or ")}`,
+        ...(status === ERROR_STATUS.TooManyRequests ? { headers: RETRY_AFTER } : {}),
         content: { "application/json": { schema: body } },
       },
     ]),
