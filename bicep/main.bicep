@@ -15,6 +15,14 @@
 // heartbeats only (docs/liveness.md). For volumes, agents get user
 // delegation SAS tokens.
 //
+// Pools registered with a connection string (an account key or SAS) are
+// refused unless poolKeys is allow. Allowed, their connection strings are
+// kept in the registry sealed with secretsKey, which a reader of the
+// registry does not have. This template never generates that key: one made
+// anew on a redeployment would leave every sealed pool unreadable, so it is
+// a parameter given on every deployment (or a Key Vault reference, which
+// App Service resolves into the setting).
+//
 // The ARM template beside this file (azuredeploy.json, behind the Deploy to
 // Azure button) is generated from it:
 //   az bicep build --file bicep/main.bicep --outfile bicep/azuredeploy.json
@@ -31,6 +39,21 @@ param location string = resourceGroup().location
 @secure()
 @minLength(32)
 param adminKey string = newGuid()
+
+@description('Whether pools may be registered with a connection string, which carries an account key or SAS (PAGEDISK_POOL_ACCOUNT_KEYS). refuse: managed-identity pools only. allow: needs secretsKey; only such pools let the control plane revoke a fenced writer\'s SAS before it expires.')
+@allowed([
+  'refuse'
+  'allow'
+])
+param poolKeys string = 'refuse'
+
+@description('The key sealing pool connection strings in the registry (PAGEDISK_SECRETS_KEY): 32 random bytes in base64 (openssl rand -base64 32), or a Key Vault reference to a secret holding them (@Microsoft.KeyVault(SecretUri=...), readable by the Function App\'s identity). Needed when poolKeys is allow. Never generated: pass the same value on every redeployment, or sealed pools cannot be opened.')
+@secure()
+param secretsKey string = ''
+
+@description('Earlier sealing keys, comma-separated (PAGEDISK_SECRETS_KEY_PREVIOUS): they open what they sealed until the control plane\'s next start seals it again with secretsKey. Empty unless rotating.')
+@secure()
+param previousSecretsKeys string = ''
 
 @description('Also create a storage account as a first pool, reached with the managed identity (register it afterwards with pagedisk pool add).')
 param createPool bool = true
@@ -213,6 +236,20 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'PAGEDISK_ADMIN_KEY'
           value: adminKey
+        }
+        {
+          name: 'PAGEDISK_POOL_ACCOUNT_KEYS'
+          value: poolKeys
+        }
+        {
+          // A parameter, never generated here: a key that changed on a
+          // redeployment would leave every sealed pool unreadable.
+          name: 'PAGEDISK_SECRETS_KEY'
+          value: secretsKey
+        }
+        {
+          name: 'PAGEDISK_SECRETS_KEY_PREVIOUS'
+          value: previousSecretsKeys
         }
         {
           // The liveness account's key, read at deployment. Bicep has no

@@ -18,6 +18,13 @@ export const DEFAULT_DETACH_DRAIN_MS = 15_000;
  */
 export const MAX_DETACH_DRAIN_MS = 45_000;
 
+/**
+ * Whether pools may be registered with a connection string, which carries
+ * an account key or a SAS (lifecycle/register-pool.ts): `refuse` leaves
+ * managed-identity pools only.
+ */
+export type PoolAccountKeys = "refuse" | "allow";
+
 export interface ControlPlane {
   readonly registry: Registry;
   /** The clock; tests pass a fixed or stepping one. */
@@ -31,6 +38,8 @@ export interface ControlPlane {
   readonly heartbeatIntervalMs: number;
   /** Days of events listed and kept (settings' `eventRetentionDays`). */
   readonly eventRetentionDays: number;
+  /** Whether key-bearing pools may be registered (settings' `poolAccountKeys`). */
+  readonly poolAccountKeys: PoolAccountKeys;
   /** Tests only: crash injection between the steps of attach, detach and fencing. */
   readonly faults?: Faults;
 }
@@ -53,7 +62,7 @@ export interface ControlPlaneOptions {
   now?: () => Date;
   /** Where unexpected errors go; defaults to stderr. */
   report?: ReportError;
-  /** Lifetime of agents' SAS; defaults to the longest, an hour. */
+  /** Lifetime of agents' SAS; defaults to the longest, 15 minutes. */
   replicaSasLifetimeMs?: number;
   /** Longest a detach waits for the owner's drain; defaults to DEFAULT_DETACH_DRAIN_MS. */
   detachDrainMs?: number;
@@ -61,6 +70,12 @@ export interface ControlPlaneOptions {
   heartbeatIntervalMs?: number;
   /** Days of events listed and kept; defaults to DEFAULT_EVENT_RETENTION_DAYS. */
   eventRetentionDays?: number;
+  /**
+   * Whether key-bearing pools may be registered; defaults to `allow`. The
+   * hosts decide for themselves: `refuse` under the Functions host unless
+   * set (index.ts), `allow` on the local stack (local.ts).
+   */
+  poolAccountKeys?: PoolAccountKeys;
   /** Crash injection, for tests only. */
   faults?: Faults;
 }
@@ -75,6 +90,7 @@ export function controlPlane(options: ControlPlaneOptions): ControlPlane {
     detachDrainMs: options.detachDrainMs ?? DEFAULT_DETACH_DRAIN_MS,
     heartbeatIntervalMs: options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
     eventRetentionDays: options.eventRetentionDays ?? DEFAULT_EVENT_RETENTION_DAYS,
+    poolAccountKeys: options.poolAccountKeys ?? "allow",
     ...(options.faults ? { faults: options.faults } : {}),
   };
 }

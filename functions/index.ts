@@ -5,7 +5,12 @@
  *
  * The runtime is built on the first invocation, not at import, so that a
  * missing setting fails that invocation with its name instead of the whole
- * worker; a failed build is retried by the next invocation.
+ * worker; a failed build is retried by the next invocation. Building it
+ * installs the keys that seal pool connection strings before anything reads
+ * the registry, then seals the rows not yet sealed under the current key
+ * (written before sealing existed, or under a previous key); a row it cannot
+ * seal is reported and left as it is. Pools with account keys are refused
+ * here unless PAGEDISK_POOL_ACCOUNT_KEYS=allow (settings.ts).
  */
 import {
   app,
@@ -16,6 +21,8 @@ import {
 } from "@azure/functions";
 import { SWEEP_SCHEDULE, sweep } from "./health/sweep.ts";
 import { forwardTo } from "./http/functions-adapter.ts";
+import { sealPoolRows } from "./registry/pools.ts";
+import { useSealingKeys } from "./registry/sealing-keys.ts";
 import { openRuntime, type Runtime } from "./runtime.ts";
 import { settingsFrom } from "./settings.ts";
 
@@ -25,11 +32,20 @@ export { SWEEP_SCHEDULE };
 let runtime: Promise<Runtime> | undefined;
 
 function ready(): Promise<Runtime> {
-  runtime ??= openRuntime(settingsFrom(process.env)).catch((err: unknown) => {
+  runtime ??= start().catch((err: unknown) => {
     runtime = undefined;
     throw err;
   });
   return runtime;
+}
+
+async function start(): Promise<Runtime> {
+  const settings = settingsFrom(process.env);
+  useSealingKeys(settings.sealingKeys);
+  const opened = await openRuntime(settings, { poolAccountKeys: settings.poolAccountKeys });
+  const { failed } = await sealPoolRows(opened.cp.registry);
+  for (const { error } of failed) opened.cp.report(error);
+  return opened;
 }
 
 const forward = forwardTo(async (request) => (await ready()).app.fetch(request));

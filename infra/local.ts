@@ -8,6 +8,12 @@
  * agent (SIGTERM, waiting for it to drain and exit), the control plane and
  * Azurite, then exits 0.
  *
+ * Everything under the state directory is its owner's only (directories
+ * 0700, files 0600): Azurite's tables hold the pools' sealed connection
+ * strings and the credentials' hashes, and beside them lie the key that
+ * unseals those connection strings, the admin key and the agent's
+ * credentials.
+ *
  * Environment (the defaults are what users get):
  *   PAGEDISK_LOCAL_DIR      state directory (default .pagedisk/ at the repository root)
  *   PAGEDISK_AZURITE_PORT   Azurite's blob port (default 10000; tables on the port + 2)
@@ -16,7 +22,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, existsSync } from "node:fs";
-import { mkdir, rename } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, rename } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { ApiClient, ApiClientError } from "../agent/control/api-client.ts";
@@ -176,6 +182,21 @@ async function startAgent(
   return { demoServing };
 }
 
+/**
+ * `path` readable by its owner only (0700 a directory, 0600 a file), and with
+ * `deep` everything below it; a missing path is left missing. Not used on
+ * the agent's directory: the agent keeps its own modes there, and a FUSE
+ * mount it left behind may not answer.
+ */
+async function ownerOnly(path: string, deep: boolean): Promise<void> {
+  if (!existsSync(path)) return;
+  const stats = await lstat(path);
+  if (stats.isFile()) return chmod(path, 0o600);
+  if (!stats.isDirectory()) return;
+  await chmod(path, 0o700);
+  if (deep) for (const name of await readdir(path)) await ownerOnly(join(path, name), true);
+}
+
 /** The demo volume exists and is attached to this node (kept as it is when it already is). */
 async function ensureDemo(api: ApiClient): Promise<void> {
   let volume: Volume;
@@ -191,7 +212,14 @@ async function ensureDemo(api: ApiClient): Promise<void> {
   console.log(`attached volume ${DEMO} to node ${NODE}`);
 }
 
-await mkdir(STATE, { recursive: true });
+// What this process, Azurite and the agent create is the owner's only (they inherit the umask);
+// what an older version left laxer is made so too.
+process.umask(0o077);
+await mkdir(STATE, { recursive: true, mode: 0o700 });
+await ownerOnly(STATE, false);
+for (const name of await readdir(STATE)) {
+  if (join(STATE, name) !== AGENT_DIR) await ownerOnly(join(STATE, name), true);
+}
 const kernel = await kernelMode();
 const azurite = await startAzurite({
   table: true,

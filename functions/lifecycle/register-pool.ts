@@ -1,22 +1,41 @@
 /**
- * `POST /pools`: check the connection string (or account URL) names an
- * account, refuse a name or a container already registered, prove the pool
- * answers to its credentials (its container is created if missing), then
- * insert the record.
+ * `POST /pools`: refuse a connection string that carries an account key or
+ * SAS unless the operator allows them (`PAGEDISK_POOL_ACCOUNT_KEYS`), check
+ * the connection string (or account URL) names an account, refuse a name or
+ * a container already registered, prove the pool answers to its credentials
+ * (its container is created if missing), then insert the record (its
+ * connection string sealed: registry/pools.ts).
  */
 import type { PoolAuthCreate, PoolCreate } from "../../contract/pool.ts";
 import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { invalidInput } from "../http/input.ts";
-import { type PoolRecord, pools } from "../registry/pools.ts";
+import { checkSealable, type PoolRecord, pools } from "../registry/pools.ts";
 import { isRegistryError } from "../registry/registry-error.ts";
-import { type AccountEndpoint, accountOf, accountOfUrl } from "../storage/connection-string.ts";
+import {
+  type AccountEndpoint,
+  accountOf,
+  accountOfUrl,
+  carriesAccountSecret,
+} from "../storage/connection-string.ts";
 import { type PoolCredentials, probePool } from "../storage/pool-container.ts";
 import { StorageFailure } from "../storage/storage-failure.ts";
 import { note } from "./note.ts";
 
 export async function registerPool(cp: ControlPlane, request: PoolCreate): Promise<PoolRecord> {
-  const { endpoint, credentials } = accountOfAuth(request.auth);
+  const { auth } = request;
+  if (
+    cp.poolAccountKeys === "refuse" &&
+    auth.kind === "connectionString" &&
+    carriesAccountSecret(auth.connectionString)
+  ) {
+    throw new ApiError(
+      "Forbidden",
+      `pool ${request.name}: this control plane takes no account keys or SAS for pools (PAGEDISK_POOL_ACCOUNT_KEYS=refuse): register it with the managed identity (auth kind managedIdentity and the account's blob endpoint; the control plane's identity needs Storage Blob Data Contributor on the account), or have the operator set PAGEDISK_POOL_ACCOUNT_KEYS=allow`,
+      { setting: "PAGEDISK_POOL_ACCOUNT_KEYS", value: "refuse" },
+    );
+  }
+  const { endpoint, credentials } = accountOfAuth(auth);
   const table = pools(cp.registry);
   const registered = (await table.list()).map((p) => p.value);
   if (registered.some((p) => p.name === request.name)) throw exists(request.name);
@@ -34,6 +53,9 @@ export async function registerPool(cp: ControlPlane, request: PoolCreate): Promi
     );
   }
 
+  if (credentials.authKind === "connectionString") {
+    checkSealable(request.name, credentials.connectionString);
+  }
   const location = { name: request.name, container: request.container, ...credentials };
   try {
     await probePool(location);

@@ -2,7 +2,8 @@
  * Secrets the control plane hands out (admin keys, join tokens, node
  * credentials): 256 random bits, shown once, stored as SHA-256. A plain hash
  * is enough because they are random, not passwords; comparisons are
- * constant-time all the same.
+ * constant-time all the same. Secrets it is given and must use again (pool
+ * connection strings) cannot be hashed: they are sealed (sealed.ts).
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 

@@ -69,6 +69,20 @@ export function allowsPlainHttp(connectionString: string): boolean {
   );
 }
 
+/**
+ * Whether a connection string carries an account secret: an account key, a
+ * SAS, or `UseDevelopmentStorage=true` (Azurite's well-known key). Every
+ * connection string the SDK can use does; only a managed-identity pool
+ * holds none.
+ */
+export function carriesAccountSecret(connectionString: string): boolean {
+  const fields = connectionFields(connectionString);
+  return (
+    [...SECRET_FIELDS].some((name) => fields.has(name)) ||
+    fields.get("usedevelopmentstorage")?.toLowerCase() === "true"
+  );
+}
+
 /** The same connection string with every secret value replaced by `***`. */
 export function maskConnectionString(connectionString: string): string {
   return connectionString

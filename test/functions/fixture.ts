@@ -9,6 +9,12 @@ import type { Hono } from "hono";
 import { createApp } from "../../functions/app.ts";
 import { type ControlPlane, controlPlane } from "../../functions/control-plane.ts";
 import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
+import {
+  newSealingKeyText,
+  sealingKeys,
+  sealingKeysFrom,
+  useSealingKeys,
+} from "../../functions/registry/sealing-keys.ts";
 import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
@@ -60,6 +66,9 @@ export async function startControlPlane(
   options: FixtureOptions = {},
 ): Promise<ControlPlaneFixture> {
   const azurite = await startAzurite({ table: true, inMemory: true });
+  // Pool connection strings are stored sealed (registry/pools.ts): the process holds a key, as a
+  // host's does; one for the whole file, so that every fixture in it reads the others' rows.
+  if (!sealingKeys()) useSealingKeys(sealingKeysFrom({ PAGEDISK_SECRETS_KEY: newSealingKeyText() }));
   const registry = await openRegistry(azurite.connectionString);
   let tick = 0;
   const reported: unknown[] = [];

@@ -20,6 +20,7 @@ import { DEFAULT_BODY_LIMIT_BYTES } from "../../functions/app.ts";
 import { issueAdminKey } from "../../functions/registry/admin-keys.ts";
 import { createLivenessRow, livenessRowUrl, newLivenessKey } from "../../functions/registry/liveness.ts";
 import { nodes } from "../../functions/registry/nodes.ts";
+import { newSealingKeyText } from "../../functions/registry/sealing-keys.ts";
 import { readSweeperState, writeSweeperState } from "../../functions/registry/sweeper-state.ts";
 import { openRegistry, type Registry } from "../../functions/registry/tables.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
@@ -38,6 +39,9 @@ beforeAll(async () => {
   // index.ts reads its settings on first invocation; set them before it runs.
   process.env.PAGEDISK_REGISTRY_CONNECTION_STRING = azurite.connectionString;
   process.env.PAGEDISK_TABLE_PREFIX = "fn";
+  // Pools are registered here with Azurite's key, which the host refuses unless allowed.
+  process.env.PAGEDISK_POOL_ACCOUNT_KEYS = "allow";
+  process.env.PAGEDISK_SECRETS_KEY = newSealingKeyText();
   // Intervals far longer than a test can stall, so that a beat just before a pass is fresh in it.
   process.env.PAGEDISK_HEARTBEAT_INTERVAL_SECONDS = "20";
   process.env.PAGEDISK_SUSPECT_AFTER_SECONDS = "60";

@@ -79,9 +79,13 @@ const HOST = "127.0.0.1";
  * Runs Azurite's main inside a node that exits when its stdin closes, i.e.
  * when the test process is gone: a worker killed on timeout (where no exit
  * handler runs) leaves neither an Azurite nor its temp data behind. argv
- * stays [node, main.js, ...flags] for Azurite's own parser.
+ * stays [node, main.js, ...flags] for Azurite's own parser. What it writes
+ * is the owner's only (umask 077): its files hold the registry, credential
+ * hashes included. Set here, in the child, because a worker thread may not
+ * set its process's umask.
  */
 const WATCHDOG = `
+process.umask(0o077);
 process.stdin.on("end", () => {
   const at = process.argv.indexOf("--location");
   if (at > 0 && !process.env.PAGEDISK_AZURITE_KEEP) require("node:fs").rmSync(process.argv[at + 1], { recursive: true, force: true });

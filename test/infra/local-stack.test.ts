@@ -5,20 +5,25 @@
  * data written through the export survives a restart, and the second start
  * is the same node (no second join).
  *
+ * Everything it keeps is its owner's only, even in a state directory an
+ * older version left open (0755), and no file holds the pool's account key
+ * in the clear.
+ *
  * The agent runs with PAGEDISK_LOCAL_KERNEL=none here: a kernel binding
  * (nbdfuse + loop) is kept across agent restarts by design, and this test
  * must leave nothing behind. test/control/agent.test.ts covers binding.
  */
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { chmod, lstat, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ApiClient } from "../../agent/control/api-client.ts";
+import { DEV_ACCOUNT_KEY } from "../../agent/pageblob/location.ts";
 import { freePort } from "../harness/azurite.ts";
 import { CMD, FLAG, RawClient } from "../nbd/raw-client.ts";
 import { ensureBundleBuilt, REPOSITORY } from "./installer.ts";
@@ -53,6 +58,8 @@ async function azuritePort(): Promise<number> {
 beforeAll(async () => {
   await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-local-"));
+  // As an older version left `.pagedisk/`: open to everyone.
+  await chmod(dir, 0o755);
   env = {
     ...process.env,
     PAGEDISK_LOCAL_DIR: dir,
@@ -186,4 +193,43 @@ it("a second start is the same node (no second join) and serves the data written
     expect(await stack.stop()).toBe(0);
   }
   expect(joins(await readFile(join(dir, "agent.log"), "utf8"))).toBe(1);
+});
+
+/** Every path under `root` (itself included) with its permission bits. */
+async function modes(root: string): Promise<Map<string, number>> {
+  const found = new Map<string, number>();
+  const walk = async (path: string) => {
+    const stats = await lstat(path);
+    found.set(path, stats.mode & 0o777);
+    if (stats.isDirectory()) for (const name of await readdir(path)) await walk(join(path, name));
+  };
+  await walk(root);
+  return found;
+}
+
+it("keeps its state its owner's only, and no file holds the pool's account key", async () => {
+  const stack = await startStack();
+  let running: Map<string, number>;
+  try {
+    running = await modes(dir);
+  } finally {
+    expect(await stack.stop()).toBe(0);
+  }
+  const stopped = await modes(dir);
+  const open = [...running, ...stopped]
+    .filter(([, mode]) => (mode & 0o077) !== 0)
+    .map(([path, mode]) => `${relative(dir, path) || "."} ${mode.toString(8)}`);
+  expect([...new Set(open)]).toEqual([]);
+  expect(stopped.get(dir)).toBe(0o700);
+  // What holds secrets is there: the registry (Azurite's table file), the sealing key, the admin key.
+  for (const file of ["azurite/__azurite_db_table__.json", "secrets.key", "local.json", "agent/node.json"]) {
+    expect(stopped.get(join(dir, file)), file).toBe(0o600);
+  }
+  expect(stopped.get(join(dir, "azurite"))).toBe(0o700);
+  const registry = await readFile(join(dir, "azurite/__azurite_db_table__.json"), "utf8");
+  expect(registry).toContain("sealedConnectionString");
+  for (const [path] of stopped) {
+    if (!(await lstat(path)).isFile()) continue;
+    expect(await readFile(path, "utf8"), path).not.toContain(DEV_ACCOUNT_KEY);
+  }
 });
