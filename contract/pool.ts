@@ -156,10 +156,22 @@ export const PoolAuthCreate = z.discriminatedUnion("kind", [
 ]);
 export type PoolAuthCreate = z.infer<typeof PoolAuthCreate>;
 
+/**
+ * A pool's own container. Its replicas live in containers named
+ * `<container>-<replica id>` (12 hex digits), so the name leaves room for
+ * that suffix (at most 50 characters) and does not itself look like a
+ * replica container of another pool in the same account.
+ */
+export const PoolContainerName = ContainerName.refine((name) => name.length <= 50, {
+  error: "a pool's container name may have at most 50 characters: its replicas' containers add 13",
+}).refine((name) => !/-[0-9a-f]{12}$/.test(name), {
+  error: "a pool's container name may not end with '-' and 12 hex digits: that is how its replicas' containers are named",
+});
+
 /** `POST /api/v1/pools` */
 export const PoolCreate = z.strictObject({
   name: PoolName,
-  container: ContainerName.default("pagedisk"),
+  container: PoolContainerName.default("pagedisk"),
   auth: PoolAuthCreate,
 });
 export type PoolCreate = z.infer<typeof PoolCreate>;

@@ -41,11 +41,6 @@ import { beat, type BeatBody, type BeatOutcome, newerEtag } from "./liveness-bea
 import { isCredentialRejected, type NodeClient } from "./node-client.ts";
 import { Pause } from "./pause.ts";
 
-/**
- * Fetch new SAS tokens this long before the current ones expire, when they
- * last more than twice as long; else when half their time is left.
- */
-const SAS_RENEW_BEFORE_MS = 15 * 60_000;
 /** Fetch the desired state at least this often, whatever the beats say. */
 export const FETCH_EVERY_MS = 30 * 60_000;
 /** The old name of FETCH_EVERY_MS: bench/serverless.ts still imports it. */
@@ -276,15 +271,14 @@ export class LivenessLoop {
 
 /**
  * Milliseconds from `now` until the SAS tokens of `attachments` should be
- * renewed: SAS_RENEW_BEFORE_MS before the first expires, or when half its
- * time is left if it has less than twice that (the lifetime may be as short
- * as a minute); at once when one has expired already.
+ * renewed: when half the first one's time is left (a SAS lives at most 15
+ * minutes, so a fetch every 7.5 minutes or less; a missed fetch still
+ * leaves a quarter), at once when one has expired already.
  */
 export function renewIn(attachments: ReadonlyArray<{ sasExpiresAt: string }>, now: number): number {
   let at = Number.POSITIVE_INFINITY;
   for (const a of attachments) at = Math.min(at, Date.parse(a.sasExpiresAt));
-  const left = at - now;
-  return left > 2 * SAS_RENEW_BEFORE_MS ? left - SAS_RENEW_BEFORE_MS : left / 2;
+  return Math.max(0, (at - now) / 2);
 }
 
 function sameTarget(a: LivenessTarget | undefined, b: LivenessTarget): boolean {

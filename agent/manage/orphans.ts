@@ -3,6 +3,11 @@
  * whose blob is missing. `pagedisk orphans delete --pool P <blob>... --yes`
  * (or `--all --yes`) deletes orphans, each checked again by the control
  * plane; nothing else ever deletes them. Without `--yes` nothing is sent.
+ *
+ * Blobs are named by their path in the pool's account,
+ * `<container>/<blob name>` (a pool's replicas are each in a container of
+ * their own), and an empty replica container by `<container>/`: the names
+ * are passed through as the control plane gives them, never parsed here.
  */
 import type { Command } from "commander";
 import type { OrphanDeleteResult, Reconciliation } from "../../contract/reconciliation.ts";
@@ -34,8 +39,8 @@ export function orphansCommand(): Command {
     orphans
       .command("delete")
       .description("delete orphans of one pool, each checked again; claimed or recent blobs never")
-      .argument("[blobs...]", "blob names, as `orphans list` shows them")
-      .requiredOption("--pool <pool>", "the pool whose container holds them")
+      .argument("[blobs...]", "blob paths, <container>/<blob name>, as `orphans list` shows them")
+      .requiredOption("--pool <pool>", "the pool whose containers hold them")
       .option("--all", "every orphan of the pool that is not recent (instead of names)")
       .option("--break-leases", "break the lease of a leased orphan to delete it")
       .option("--yes", "really delete (required)"),
@@ -98,11 +103,15 @@ function showReconciliation(r: Reconciliation): void {
 function showDeleted(done: OrphanDeleteResult): void {
   printTable(
     ["blob", "outcome", "message"],
-    done.results.map((r) => [
-      r.name,
-      r.leaseBroken ? `${r.outcome} (lease broken)` : r.outcome,
-      r.message ?? "",
-    ]),
+    done.results.map((r) => [r.name, outcomeOf(r), r.message ?? ""]),
     `no orphans to delete in pool ${done.pool}`,
   );
+}
+
+function outcomeOf(r: OrphanDeleteResult["results"][number]): string {
+  const notes = [
+    ...(r.leaseBroken ? ["lease broken"] : []),
+    ...(r.containerDeleted ? ["container deleted"] : []),
+  ];
+  return notes.length > 0 ? `${r.outcome} (${notes.join(", ")})` : r.outcome;
 }

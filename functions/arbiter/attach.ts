@@ -212,6 +212,7 @@ async function claimVolume(
       false,
     ),
     leaseId: randomUUID(),
+    leaseIssuedAt: cp.now().toISOString(),
     updatedAt: cp.now().toISOString(),
   };
   // Before the claim, never after: the owner index may hold more than the truth, never less.

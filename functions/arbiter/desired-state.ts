@@ -15,6 +15,7 @@ import type { PoolHealth } from "../../contract/pool.ts";
 import type { Replica, ReplicaState } from "../../contract/volume.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { volumesOwnedBy } from "../registry/owners.ts";
+import type { VolumeRecord } from "../registry/volumes.ts";
 import { replicaSasExpiry, signedReplicaUrl } from "../storage/replica-sas.ts";
 
 /**
@@ -34,31 +35,42 @@ export async function desiredState(
   const owned = mine.filter((r) => r.value.status.state === "ATTACHED");
   const poolByName = new Map(allPools.map((p) => [p.value.name, p.value]));
   const now = cp.now();
-  // One expiry for the whole answer: the agent renews by its earliest one anyway.
-  const expiresAt = replicaSasExpiry(now, cp.replicaSasLifetimeMs);
   const attachments = await Promise.all(
-    owned.map(async ({ value: v }): Promise<DesiredAttachment> => ({
-      volume: v.name,
-      sizeBytes: v.spec.sizeBytes,
-      epoch: v.status.epoch,
-      leaseId: v.leaseId!,
-      replicas: await Promise.all(
-        inPreferenceOrder(v.status.replicas, poolByName).map(async (r) => {
-          const pool = poolByName.get(r.pool);
-          // A pool that cannot sign now (its account refused a delegation key) leaves that
-          // replica without a URL for this round; the node's other replicas still get theirs.
-          const url =
-            pool &&
-            (await signedReplicaUrl(pool, v.name, r.id, r.uri, now, expiresAt).catch((err) => {
-              cp.report(err);
-              return undefined;
-            }));
-          const stale = r.state === "OFFLINE" && r.stale === true;
-          return { id: r.id, pool: r.pool, state: r.state, url: url ?? null, ...(stale ? { stale } : {}) };
-        }),
-      ),
-      sasExpiresAt: expiresAt.toISOString(),
-    })),
+    owned.map(async ({ value: v }): Promise<DesiredAttachment> => {
+      const replicas = inPreferenceOrder(v.status.replicas, poolByName);
+      // One expiry per attachment: the agent renews by its earliest one anyway. Short while a
+      // replica's policy may not be in effect yet (see `policyMayBePending`).
+      const pending = replicas.some((r) => policyMayBePending(v, r, now));
+      const expiresAt = replicaSasExpiry(
+        now,
+        pending ? Math.min(UNBOUND_SAS_LIFETIME_MS, cp.replicaSasLifetimeMs) : cp.replicaSasLifetimeMs,
+      );
+      return {
+        volume: v.name,
+        sizeBytes: v.spec.sizeBytes,
+        epoch: v.status.epoch,
+        leaseId: v.leaseId!,
+        replicas: await Promise.all(
+          replicas.map(async (r) => {
+            const pool = poolByName.get(r.pool);
+            const access = { writer: v.leaseId!, bound: !policyMayBePending(v, r, now) };
+            // A pool that cannot sign now (its account refused a delegation key) leaves that
+            // replica without a URL for this round; the node's other replicas still get theirs.
+            const url =
+              pool &&
+              (await signedReplicaUrl(pool, v.name, r.id, r.uri, now, expiresAt, access).catch(
+                (err) => {
+                  cp.report(err);
+                  return undefined;
+                },
+              ));
+            const stale = r.state === "OFFLINE" && r.stale === true;
+            return { id: r.id, pool: r.pool, state: r.state, url: url ?? null, ...(stale ? { stale } : {}) };
+          }),
+        ),
+        sasExpiresAt: expiresAt.toISOString(),
+      };
+    }),
   );
   return {
     node: node.name,
@@ -68,6 +80,30 @@ export async function desiredState(
     attachments,
     liveness,
   };
+}
+
+/**
+ * Azure applies a new stored access policy within 30 s and refuses a SAS
+ * bound to it until then; this leaves a margin for clocks.
+ */
+export const POLICY_PROPAGATION_MS = 35_000;
+/**
+ * How long a SAS not bound to a policy lives, given while the policy may
+ * not be in effect yet. The agent renews it when half is left, by which
+ * time the policy is: the bound SAS replaces it. A writer fenced in those
+ * first minutes keeps its access until it expires (the README's security
+ * section).
+ */
+export const UNBOUND_SAS_LIFETIME_MS = 2 * 60_000;
+
+/**
+ * Whether the policy of `r`'s container may be too new for Azure to honour
+ * a SAS bound to it: set with the lease (`leaseIssuedAt`) or, for a replica
+ * whose lease was taken later (a repair), when it last changed state.
+ */
+function policyMayBePending(v: VolumeRecord, r: Replica, now: Date): boolean {
+  const set = Math.max(Date.parse(v.leaseIssuedAt ?? "") || 0, Date.parse(r.since ?? "") || 0);
+  return now.getTime() - set < POLICY_PROPAGATION_MS;
 }
 
 const STATE_RANK: Partial<Record<ReplicaState, number>> = {

@@ -1,20 +1,27 @@
 /**
- * Reconciliation: compare the pools' containers with the volume records.
+ * Reconciliation: compare the pools' blobs with the volume records.
  *
+ * - Blobs are named by their path in the pool's account,
+ *   `<container>/<blob name>`: a pool's blobs are spread over its own
+ *   container and one container per replica (pool-blobs.ts).
  * - An orphan is a blob no record claims. A record claims the blob of each
- *   of its replicas (`<volume>/<replica id>` on the replica's pool) in any
- *   state, from the moment the record exists.
- * - A missing blob is a replica whose blob is not in its pool's container.
+ *   of its replicas (`<volume>/<replica id>` in the replica's container on
+ *   the replica's pool) in any state, from the moment the record exists.
+ * - A replica container with no blob is reported as an orphan too, named
+ *   `<container>/`, unless a record claims its replica (then the replica's
+ *   blob is missing, and that is what is reported).
+ * - A missing blob is a replica whose blob is not in its container.
  *
  * Races with creation. Volume creation (and a rebuild) writes the record
- * before the blob, so the containers are listed first and the records read
- * second: every blob listed was made after its record was written, and so
- * is claimed by the records read. The other way round, a record read may
- * name a blob made after its pool was listed; such a replica is checked
- * once more, blob by blob, before it is called missing. Replicas being
- * made (CREATING) or retired (RETIRING), and volumes being deleted, are not
- * looked for at all. What remains uncertain is marked `recent`: a blob
- * modified, or a replica changed, within the grace period.
+ * before the container and blob, so the containers are listed first and
+ * the records read second: every blob listed was made after its record
+ * was written, and so is claimed by the records read. The other way round,
+ * a record read may name a blob made after its pool was listed; such a
+ * replica is checked once more, blob by blob, before it is called missing.
+ * Replicas being made (CREATING) or retired (RETIRING), and volumes being
+ * deleted, are not looked for at all. What remains uncertain is marked
+ * `recent`: a blob (or empty container) modified, or a replica changed,
+ * within the grace period.
  *
  * A pool that cannot be listed is reported as such; nothing in it is
  * called orphaned or missing. Listing never changes anything but the event
@@ -31,16 +38,27 @@ import type { ControlPlane } from "../control-plane.ts";
 import { ApiError } from "../http/api-error.ts";
 import { type PoolRecord, pools } from "../registry/pools.ts";
 import { type VolumeRecord, volumes } from "../registry/volumes.ts";
-import { listPoolBlobs, type PoolBlob, poolBlobExists } from "../storage/pool-blobs.ts";
+import type { PoolLocation } from "../storage/pool-container.ts";
+import {
+  blobPath,
+  isEmptyContainer,
+  listPoolBlobs,
+  type PoolBlob,
+  poolBlobExists,
+} from "../storage/pool-blobs.ts";
 import { replicaBlobName } from "../storage/replica-blobs.ts";
+import { replicaContainerName } from "../storage/replica-container.ts";
 import { StorageFailure } from "../storage/storage-failure.ts";
 import { note } from "./note.ts";
 
 /** A blob younger than this with no record may be a creation in flight. */
 export const DEFAULT_ORPHAN_GRACE_MS = 10 * 60_000;
 
-/** A replica blob's name when its metadata is missing: `<volume>/<12 hex digits>`. */
-const REPLICA_BLOB_NAME = /^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\/([0-9a-f]{12})$/;
+/**
+ * A replica blob's path when its metadata is missing:
+ * `<container>/<volume>/<12 hex digits>`, in whichever container.
+ */
+const REPLICA_BLOB_PATH = /^[^/]+\/([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\/([0-9a-f]{12})$/;
 
 /** Replicas that are not looked for: their blob is being made or removed. */
 const NOT_LOOKED_FOR = new Set(["CREATING", "RETIRING"]);
@@ -68,7 +86,7 @@ export async function reconcileBlobs(
   const records = (await volumes(cp.registry).list()).map((r) => r.value);
   const now = cp.now();
 
-  const claims = claimedBlobs(records);
+  const claims = claimedBlobs(records, registered);
   const byVolume = new Map(records.map((v) => [v.name, v]));
   const orphans: Orphan[] = [];
   for (const listing of listings) {
@@ -97,18 +115,37 @@ export function poolNamed(registered: readonly PoolRecord[], name: string): Pool
   return pool;
 }
 
-/** Every blob some record claims, as `claimKey(pool, blob)`. */
-export function claimedBlobs(records: readonly VolumeRecord[]): Set<string> {
+/**
+ * Every blob some record claims, and the container it lives in (`<container>/`),
+ * as `claimKey(pool, path)`. A replica on a pool not registered claims
+ * nothing: nothing of such a pool is listed.
+ */
+export function claimedBlobs(
+  records: readonly VolumeRecord[],
+  registered: readonly PoolLocation[],
+): Set<string> {
+  const containerOf = new Map(registered.map((p) => [p.name, p.container]));
   const claims = new Set<string>();
   for (const v of records) {
-    for (const r of v.status.replicas) claims.add(claimKey(r.pool, replicaBlobName(v.name, r.id)));
+    for (const r of v.status.replicas) {
+      const poolContainer = containerOf.get(r.pool);
+      if (poolContainer === undefined) continue;
+      claims.add(claimKey(r.pool, replicaPath(poolContainer, v.name, r.id)));
+      claims.add(claimKey(r.pool, blobPath(replicaContainerName(poolContainer, r.id), "")));
+    }
   }
   return claims;
 }
 
-export function claimKey(pool: string, blob: string): string {
+/** The path replica `replicaId` of `volume` has on a pool whose container is `poolContainer`. */
+function replicaPath(poolContainer: string, volume: string, replicaId: string): string {
+  const container = replicaContainerName(poolContainer, replicaId);
+  return blobPath(container, replicaBlobName(volume, replicaId));
+}
+
+export function claimKey(pool: string, path: string): string {
   // A newline is in no pool name, so the key cannot be ambiguous.
-  return `${pool}\n${blob}`;
+  return `${pool}\n${path}`;
 }
 
 /** An unclaimed blob as reported: whose it says it is, and why no record has it. */
@@ -138,11 +175,14 @@ export function orphanOf(
   };
 }
 
-/** The volume and replica a blob says it belongs to: its metadata, else its name. */
+/**
+ * The volume and replica a blob says it belongs to: its metadata, else its
+ * name. An empty replica container says it by its metadata alone.
+ */
 function ownerOf(blob: PoolBlob): { volume: string; replica: string | null } | undefined {
   const volume = blob.metadata[VOLUME_KEY];
   if (volume) return { volume, replica: blob.metadata[REPLICA_KEY] ?? null };
-  const m = REPLICA_BLOB_NAME.exec(blob.name);
+  const m = REPLICA_BLOB_PATH.exec(blob.name);
   return m ? { volume: m[1]!, replica: m[2]! } : undefined;
 }
 
@@ -156,8 +196,10 @@ async function listPool(pool: PoolRecord): Promise<PoolListing> {
 }
 
 function scanOf(listing: PoolListing): PoolScan {
-  if ("blobs" in listing)
-    return { pool: listing.pool.name, reachable: true, blobs: listing.blobs.length };
+  if ("blobs" in listing) {
+    const blobs = listing.blobs.filter((b) => !isEmptyContainer(b)).length;
+    return { pool: listing.pool.name, reachable: true, blobs };
+  }
   const { failure } = listing;
   return {
     pool: listing.pool.name,
@@ -184,34 +226,33 @@ async function missingBlobs(
       "blobs" in l ? new Set(l.blobs.map((b) => b.name)) : undefined,
     ]),
   );
-  const poolOf = new Map(listings.map((l) => [l.pool.name, l.pool]));
-  const known = new Set(registered.map((p) => p.name));
+  const poolOf = new Map(registered.map((p) => [p.name, p]));
   const found: Array<Promise<MissingBlob | undefined>> = [];
   for (const v of records) {
     if (v.status.state === "DELETING") continue;
     for (const r of v.status.replicas) {
       if (NOT_LOOKED_FOR.has(r.state)) continue;
       if (options.pool !== undefined && r.pool !== options.pool) continue;
-      const name = replicaBlobName(v.name, r.id);
+      const pool = poolOf.get(r.pool);
       const since = Date.parse(r.since ?? v.createdAt);
-      const entry: MissingBlob = {
+      const about = {
         volume: v.name,
         replica: r.id,
         pool: r.pool,
-        name,
         replicaState: r.state,
         volumeState: v.status.state,
-        reason: "blob-not-found",
         recent: now.getTime() - since < options.graceMs,
       };
-      if (!known.has(r.pool)) {
-        found.push(Promise.resolve({ ...entry, reason: "pool-not-registered" }));
+      if (!pool) {
+        // Its container is not known, so neither is its path.
+        found.push(Promise.resolve({ ...about, name: null, reason: "pool-not-registered" }));
         continue;
       }
+      const name = replicaPath(pool.container, v.name, r.id);
       const names = listed.get(r.pool);
       // A pool that could not be listed says nothing about its blobs; its scan says why.
       if (!names || names.has(name)) continue;
-      found.push(confirmMissing(poolOf.get(r.pool)!, entry));
+      found.push(confirmMissing(pool, { ...about, name, reason: "blob-not-found" }));
     }
   }
   return (await Promise.all(found)).filter((m) => m !== undefined);
@@ -220,7 +261,7 @@ async function missingBlobs(
 /** Look once more: the blob may have been made after its pool was listed. */
 async function confirmMissing(
   pool: PoolRecord,
-  entry: MissingBlob,
+  entry: MissingBlob & { name: string },
 ): Promise<MissingBlob | undefined> {
   try {
     return (await poolBlobExists(pool, entry.name)) ? undefined : entry;

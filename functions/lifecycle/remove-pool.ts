@@ -1,7 +1,7 @@
 /**
  * `DELETE /pools/{name}`: forget a pool that holds no replica, IN_USE or
  * RELEASED (the replacement pass calls it too, for a RELEASED pool
- * annotated `removal=ready`). Its container and any blobs in it are left
+ * annotated `removal=ready`). Its containers and any blobs in them are left
  * alone (orphans are only ever deleted on explicit request).
  *
  * A refused removal writes nothing. Otherwise the pool is marked REMOVING

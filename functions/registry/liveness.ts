@@ -205,14 +205,17 @@ export async function beatByApi(t: LivenessTable, key: string, nowMs: number): P
   );
 }
 
-/** Once rolled, the `agents` policy reaches this far ahead... */
-const AGENT_POLICY_LIFETIME_MS = 60 * 60_000;
-/** ...and is rolled again when less than this is left. */
-const AGENT_POLICY_ROLL_BELOW_MS = 50 * 60_000;
+/**
+ * Once rolled, the `agents` policy reaches this far ahead: no credential an
+ * agent holds outlives the control plane by more than 15 minutes...
+ */
+const AGENT_POLICY_LIFETIME_MS = 15 * 60_000;
+/** ...and is rolled again when less than this is left (a Set Table ACL every 5 minutes). */
+const AGENT_POLICY_ROLL_BELOW_MS = 10 * 60_000;
 
 /**
  * Make sure the `agents` policy (update only) reaches well past `nowMs`,
- * rolling its expiry forward when less than 50 minutes are left. `known`
+ * rolling its expiry forward when less than 10 minutes are left. `known`
  * is its expiry as last set (the sweeper remembers it), saving a read;
  * without it the policy is read first. Returns the expiry (ISO).
  *

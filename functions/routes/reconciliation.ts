@@ -29,7 +29,7 @@ export function reconciliationOperations(
       path: "/reconciliation",
       operationId: "reconcile",
       summary:
-        "List blobs no volume claims (orphans) and replicas whose blob is missing, in every pool or one; deletes nothing",
+        "List blobs no volume claims (orphans) and replicas whose blob is missing, in every pool or one, every blob named by its path <container>/<blob name>; deletes nothing",
       access: "admin",
       query: ReconciliationQuery,
       success: {
@@ -45,7 +45,7 @@ export function reconciliationOperations(
       path: "/reconciliation/delete-orphans",
       operationId: "deleteOrphans",
       summary:
-        "Delete orphans of one pool, named or all, each checked again first; claimed or recent blobs never",
+        "Delete orphans of one pool, named by path (<container>/<blob name>, or <container>/ for an empty replica container) or all, each checked again first; claimed or recent blobs never",
       access: "admin",
       body: OrphanDeleteRequest,
       success: {

@@ -12,7 +12,7 @@ import { DefaultAzureCredential, type TokenCredential } from "@azure/identity";
 import { UserDelegationKeys } from "./user-delegation-keys.ts";
 
 /** The longest SAS a delegation key signs (replica-sas.ts) plus a margin for slow callers. */
-export const DELEGATION_KEY_RENEW_BEFORE_MS = 60 * 60 * 1000 + 15 * 60 * 1000;
+export const DELEGATION_KEY_RENEW_BEFORE_MS = 15 * 60 * 1000 + 15 * 60 * 1000;
 
 export interface PoolIdentity {
   readonly credential: TokenCredential;

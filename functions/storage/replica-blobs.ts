@@ -1,12 +1,14 @@
 /**
  * Replica page blobs: creation and removal, both safe to repeat after a
- * crash. Blobs are named `<volume>/<replica id>` and tagged with metadata
- * so that an orphan can be traced back to the volume that made it.
+ * crash. Each blob is alone in a container of its own (replica-container.ts
+ * says why), is named `<volume>/<replica id>` there, and is tagged with
+ * metadata so that an orphan can be traced back to the volume that made it.
  */
 import type { PageBlobClient } from "@azure/storage-blob";
 import { REPLICA_KEY, VOLUME_KEY } from "../../contract/replica-metadata.ts";
 import { restCode, restStatus } from "../rest-error.ts";
-import { type PoolLocation, poolContainer } from "./pool-container.ts";
+import type { PoolLocation } from "./pool-container.ts";
+import { deleteReplicaContainer, ensureReplicaContainer, replicaContainer } from "./replica-container.ts";
 import { onPool } from "./storage-failure.ts";
 
 export function replicaBlobName(volume: string, replicaId: string): string {
@@ -15,7 +17,7 @@ export function replicaBlobName(volume: string, replicaId: string): string {
 
 /** A client for the replica's page blob, with the pool's credentials. */
 export function replicaBlob(pool: PoolLocation, volume: string, replicaId: string): PageBlobClient {
-  return poolContainer(pool).getPageBlobClient(replicaBlobName(volume, replicaId));
+  return replicaContainer(pool, replicaId).getPageBlobClient(replicaBlobName(volume, replicaId));
 }
 
 /** URL of a replica's blob, without credentials. */
@@ -37,6 +39,7 @@ export async function createReplicaBlob(
   replicaId: string,
   sizeBytes: number,
 ): Promise<void> {
+  await ensureReplicaContainer(pool, volume, replicaId);
   const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "create page blob", async () => {
     try {
@@ -55,7 +58,8 @@ export async function createReplicaBlob(
 
 /**
  * Delete the replica's blob and its snapshots, breaking any lease first (a
- * forced delete fences the writer this way). Gone already is success.
+ * forced delete fences the writer this way), then its container. Gone
+ * already is success.
  */
 export async function deleteReplicaBlob(
   pool: PoolLocation,
@@ -81,4 +85,5 @@ export async function deleteReplicaBlob(
       await deleteBlob();
     }
   });
+  await deleteReplicaContainer(pool, replicaId);
 }

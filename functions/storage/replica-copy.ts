@@ -187,7 +187,7 @@ async function copySourceUrl(
 ): Promise<string> {
   const uri = replicaUri(source.pool, volume, source.id);
   const expiresAt = replicaSasExpiry(now, lifetimeMs);
-  const signed = await signedReplicaUrl(source.pool, volume, source.id, uri, now, expiresAt, "r");
+  const signed = await signedReplicaUrl(source.pool, volume, source.id, uri, now, expiresAt, "read");
   // Unsigned: the pool's connection string is a SAS, which the client's URL carries.
   return signed ?? replicaBlob(source.pool, volume, source.id).url;
 }

@@ -1,12 +1,16 @@
 /**
  * Leases on replica blobs: how the control plane fences writers. Every
  * agent write carries the lease id, so whoever holds a blob's lease is its
- * only possible writer. Both calls are safe to repeat.
+ * only possible writer. That stops an honest writer; a hostile one could
+ * break the lease with the write permission its SAS grants, so every change
+ * of lease also changes who may use a SAS at all (replica-container.ts):
+ * the new lease's writer only, or nobody. All calls are safe to repeat.
  */
 import type { BlobLeaseClient } from "@azure/storage-blob";
 import { restStatus } from "../rest-error.ts";
 import type { PoolLocation } from "./pool-container.ts";
 import { replicaBlob } from "./replica-blobs.ts";
+import { admitWriter, revokeWriters } from "./replica-container.ts";
 import { onPool } from "./storage-failure.ts";
 
 /** A foreign lease is broken and the acquire retried at most this often before giving up. */
@@ -14,10 +18,15 @@ const TAKE_ATTEMPTS = 3;
 
 /**
  * Hold the replica's blob under `leaseId`, forever (until released or
- * broken). Any other lease is broken with period 0 first, which fences its
- * holder at once, unless `breakOthers` is false: then another lease is a
- * failure (409 LeaseAlreadyPresent). Holding it already under `leaseId` is
- * success.
+ * broken), and let only a SAS bound to `leaseId` reach it.
+ *
+ * With `breakOthers` (the default), every earlier writer's SAS is made
+ * useless first, before its lease is touched; then any other lease is
+ * broken with period 0, which fences its holder at once. Without it,
+ * another lease is a failure (409 LeaseAlreadyPresent) and changes nothing:
+ * the SAS policy is replaced only once the lease is ours, so that a writer
+ * who holds the blob keeps its access. Holding it already under `leaseId`
+ * is success.
  */
 export async function takeReplicaLease(
   pool: PoolLocation,
@@ -26,6 +35,7 @@ export async function takeReplicaLease(
   leaseId: string,
   breakOthers = true,
 ): Promise<void> {
+  if (breakOthers) await admitWriter(pool, replicaId, leaseId);
   const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "take lease", async () => {
     for (let attempt = 1; ; attempt++) {
@@ -41,6 +51,7 @@ export async function takeReplicaLease(
       }
     }
   });
+  if (!breakOthers) await admitWriter(pool, replicaId, leaseId);
 }
 
 /**
@@ -54,6 +65,7 @@ export async function dropReplicaLease(
   replicaId: string,
   leaseId: string | null,
 ): Promise<void> {
+  await revokeWriters(pool, replicaId);
   const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "drop lease", async () => {
     if (leaseId === null) return breakLease(blob.getBlobLeaseClient());

@@ -1,13 +1,21 @@
 /**
  * What a writer gets to reach a replica: the blob's URL with a SAS for that
- * one blob, read and write but not delete (read only for a copy's source),
- * valid for at most an hour
- * (`PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, settings.ts).
- * Signed here, with the pool's account key (a service SAS) or, for a
- * managed-identity pool, with a user delegation key the account gave the
- * control plane's identity (a user delegation SAS); neither key ever
- * leaves the control plane. Agents refresh the SAS through their desired
- * state.
+ * one blob, valid for at most 15 minutes
+ * (`PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS`, settings.ts). Agents refresh it
+ * through their desired state.
+ *
+ * - A pool with an account key signs a service SAS bound to the stored
+ *   access policy named after the writer's lease id (`si`), which grants
+ *   read and write; the SAS itself says only when it starts and ends. The
+ *   control plane removes that policy whenever the lease changes hands
+ *   (replica-container.ts), and the SAS stops working then, not at expiry.
+ * - A managed-identity pool has no account key: it signs a user delegation
+ *   SAS (read and write) with a key the account gave the control plane's
+ *   identity. Azure offers no way to revoke one alone, so its holder keeps
+ *   its power until it expires.
+ *
+ * Neither key ever leaves the control plane. A copy's source gets a plain
+ * read-only SAS; that one goes to the storage service, never to an agent.
  */
 import {
   type BlobSASSignatureValues,
@@ -20,15 +28,18 @@ import {
 import { type PoolLocation, poolService } from "./pool-container.ts";
 import { poolIdentity } from "./pool-identity.ts";
 import { replicaBlobName } from "./replica-blobs.ts";
+import { canRevoke, replicaContainerName } from "./replica-container.ts";
 import { onPool } from "./storage-failure.ts";
 
-/** The longest a SAS may live, and how long it lives unless told otherwise. */
-export const MAX_REPLICA_SAS_LIFETIME_MS = 60 * 60 * 1000;
 /**
- * The shortest: agents fetch a new SAS 15 minutes before the current one
- * ends, so anything under that is renewed on every full fetch of the
- * desired state (a few seconds apart), but a minute still rides out a
- * control plane that misses a few of them.
+ * The longest a SAS may live, and how long it lives unless told otherwise:
+ * on a managed-identity pool, how long a fenced node may still reach the
+ * blob. Agents fetch a new one when half of it is left.
+ */
+export const MAX_REPLICA_SAS_LIFETIME_MS = 15 * 60 * 1000;
+/**
+ * The shortest: a minute still rides out a control plane that misses a few
+ * fetches of the desired state.
  */
 export const MIN_REPLICA_SAS_LIFETIME_MS = 60 * 1000;
 /**
@@ -46,6 +57,14 @@ export function replicaSasExpiry(now: Date, lifetime: number): Date {
 }
 
 /**
+ * Who a SAS is for: the writer holding lease `writer`, or a copy that only
+ * reads. A writer's SAS is bound to its lease's policy unless `bound` is
+ * false (the policy may not be in effect yet): then it carries read and
+ * write itself and cannot be revoked, so it must be short.
+ */
+export type ReplicaAccess = { writer: string; bound?: boolean } | "read";
+
+/**
  * The replica blob's URL (`uri`, without query) with a SAS valid until
  * `expiresAt`, or undefined when the pool's credentials cannot sign (a
  * SAS connection string: handing that SAS on would give away the account).
@@ -59,13 +78,18 @@ export async function signedReplicaUrl(
   uri: string,
   now: Date,
   expiresAt: Date,
-  permissions: "rw" | "r" = "rw",
+  access: ReplicaAccess,
 ): Promise<string | undefined> {
   const url = new URL(uri);
+  // A writer's SAS names the policy of its lease, which holds the permissions, where the pool can
+  // keep one; a policy and a SAS may not both say the same thing.
+  const bound = access !== "read" && access.bound !== false && canRevoke(pool);
   const values: BlobSASSignatureValues = {
-    containerName: pool.container,
+    containerName: replicaContainerName(pool.container, replicaId),
     blobName: replicaBlobName(volume, replicaId),
-    permissions: BlobSASPermissions.parse(permissions),
+    ...(bound
+      ? { identifier: access.writer }
+      : { permissions: BlobSASPermissions.parse(access === "read" ? "r" : "rw") }),
     startsOn: new Date(now.getTime() - CLOCK_SKEW_MS),
     expiresOn: expiresAt,
     // Plain HTTP only where the pool itself is plain HTTP (Azurite).

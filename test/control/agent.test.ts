@@ -27,6 +27,7 @@ import { bumpDesiredGeneration } from "../../functions/arbiter/desired-generatio
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { readLivenessRow } from "../../functions/registry/liveness.ts";
 import { nodes } from "../../functions/registry/nodes.ts";
+import { replicaContainerName } from "../../functions/storage/replica-container.ts";
 import { type Azurite, freePort, startAzurite } from "../harness/azurite.ts";
 import { writeDevice } from "../host/host-fixture.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
@@ -107,7 +108,9 @@ async function createVolume(name: string, replicas = 1): Promise<Volume> {
 
 function blobOf(v: Volume, replica = 0) {
   const r = v.status.replicas[replica]!;
-  return blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`);
+  return blobs
+    .getContainerClient(replicaContainerName(`${r.pool}-disks`, r.id))
+    .getPageBlobClient(`${v.name}/${r.id}`);
 }
 
 function socketOf(volume: string): string {
@@ -259,7 +262,7 @@ describe("pagedisk agent run", () => {
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-a", from);
     expect(await write("vol-a", 0, Buffer.alloc(4096, 1))).toBe(0);
 
-    // What the control plane's failover does: break the lease, take a new one.
+    // What the control plane's failover does to the lease (it also revokes the SAS; the lease alone stops an honest agent).
     const lease = blobOf(v1).getBlobLeaseClient(attached.leaseId);
     await lease.breakLease(0);
     await blobOf(v1).getBlobLeaseClient().acquireLease(-1);

@@ -4,14 +4,19 @@
  * run`, a child process) puts each fresh token into the running volume, so
  * I/O goes on after the first token has expired.
  *
- * Real parts only: Azurite (which refuses an expired SAS as Azure does), the
- * control plane in process (telling agents to beat every second), the built
- * agent, NBD writes over its socket. A recording pass-through proxy between
+ * Real parts only: Azurite, the control plane in process (telling agents to
+ * beat every second), the built agent, NBD writes over its socket. The
+ * agent's SAS is bound to a stored access policy that grants permissions
+ * only (replica-container.ts), so its own `st` and `se` are what bound it in
+ * time; Azure enforces them, but Azurite takes a bound SAS's times from the
+ * policy alone and would accept it for ever. So the pool is reached through
+ * a fault proxy that refuses a bound SAS outside its own times, as Azure
+ * does (403 AuthenticationFailed), and passes everything else to Azurite. A recording pass-through proxy between
  * agent and control plane shows which desired states (and so which tokens)
- * the agent received and when it asked again. A token with 30 minutes or
- * less ahead is renewed when half its time is left (liveness-loop.ts
- * `renewIn`), so here, each token being valid 10 s, the agent fetches about
- * every 5 s, each time before the token it holds has expired.
+ * the agent received and when it asked again. A token is renewed when half
+ * its time is left (liveness-loop.ts `renewIn`), so here, each token being
+ * valid 10 s, the agent fetches about every 5 s, each time before the token
+ * it holds has expired.
  *
  * Time: the shortest lifetime is 60 s. Instead of waiting a minute, the
  * control plane's clock runs 50 s behind, so each token it signs expires
@@ -35,7 +40,9 @@ import type { DesiredState } from "../../contract/node.ts";
 import type { Volume } from "../../contract/volume.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
 import { replicaSasLifetimeFrom, settingsFrom } from "../../functions/settings.ts";
+import { replicaContainerName } from "../../functions/storage/replica-container.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
+import { type FaultProxy, type ProxiedRequest, startFaultProxy } from "../harness/fault-proxy.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
 import { bumpDesiredGeneration } from "../../functions/arbiter/desired-generation.ts";
 import { ERR } from "../nbd/raw-client.ts";
@@ -51,19 +58,20 @@ const REAL_VALIDITY_MS = 10_000;
 describe("PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS", () => {
   const registry = { PAGEDISK_REGISTRY_CONNECTION_STRING: "UseDevelopmentStorage=true" };
 
-  it("defaults to an hour and takes whole seconds from 60 to 3600", () => {
-    expect(settingsFrom(registry).replicaSasLifetimeMs).toBe(3_600_000);
-    expect(replicaSasLifetimeFrom({ PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "" })).toBe(3_600_000);
+  it("defaults to 15 minutes and takes whole seconds from 60 to 900", () => {
+    expect(settingsFrom(registry).replicaSasLifetimeMs).toBe(900_000);
+    expect(replicaSasLifetimeFrom({ PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "" })).toBe(900_000);
     expect(replicaSasLifetimeFrom({ PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "60" })).toBe(60_000);
     expect(
-      settingsFrom({ ...registry, PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "3600" }).replicaSasLifetimeMs,
-    ).toBe(3_600_000);
+      settingsFrom({ ...registry, PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: "900" }).replicaSasLifetimeMs,
+    ).toBe(900_000);
   });
 
   it("refuses anything else at start, naming the setting and its bounds", () => {
-    for (const bad of ["59", "3601", "0", "-60", "90.5", "1h", "4000"]) {
+    // 3600 was the longest once: a SAS left in a fenced node's hands that long is refused now.
+    for (const bad of ["59", "901", "3600", "0", "-60", "90.5", "1h", "4000"]) {
       expect(() => settingsFrom({ ...registry, PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: bad })).toThrow(
-        /PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS must be (between 60 and 3600 seconds|a whole number of seconds)/,
+        /PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS must be (between 60 and 900 seconds|a whole number of seconds)/,
       );
     }
   });
@@ -156,6 +164,8 @@ async function startRecordingProxy(target: string): Promise<RecordingProxy> {
 }
 
 let azurite: Azurite;
+/** In front of Azurite's blobs: the pool as Azure would answer a SAS bound to a policy. */
+let storage: FaultProxy;
 let cp: LocalControlPlane;
 let proxy: RecordingProxy;
 let api: ApiClient;
@@ -169,6 +179,11 @@ beforeAll(async () => {
   await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-sas-"));
   azurite = await startAzurite({ table: true, inMemory: true });
+  storage = await startFaultProxy(azurite.blobEndpoint);
+  storage.inject({
+    fault: { type: "status", status: 403, code: "AuthenticationFailed" },
+    match: outsideItsTimes,
+  });
   const env = {
     PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: String(LIFETIME_SECONDS),
     PAGEDISK_HEARTBEAT_INTERVAL_SECONDS: "1",
@@ -186,7 +201,13 @@ beforeAll(async () => {
   await api.createPool({
     name: "p1",
     container: "p1-disks",
-    auth: { kind: "connectionString", connectionString: azurite.connectionString },
+    auth: {
+      kind: "connectionString",
+      connectionString: azurite.connectionString.replace(
+        /BlobEndpoint=[^;]+/,
+        `BlobEndpoint=${storage.blobEndpoint}`,
+      ),
+    },
   });
   volume = await api.createVolume({ name: VOLUME, sizeBytes: MiB, replicas: 1 });
   const { token } = await api.createToken();
@@ -209,14 +230,26 @@ afterAll(async () => {
   await agent?.stop("SIGKILL");
   await proxy?.close();
   await cp?.close();
+  await storage?.close();
   await azurite?.dispose();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+/** A request carrying a SAS bound to a stored access policy, sent before its `st` or after its `se`. */
+function outsideItsTimes(req: ProxiedRequest): boolean {
+  const query = req.url.searchParams;
+  if (!query.has("si")) return false;
+  const now = Date.now();
+  const startsAt = query.has("st") ? Date.parse(query.get("st")!) : -Infinity;
+  const expiresAt = query.has("se") ? Date.parse(query.get("se")!) : Infinity;
+  return now < startsAt || now > expiresAt;
+}
+
+/** The replica's blob, read straight from Azurite with the account key. */
 function blob() {
   const r = volume.status.replicas[0]!;
   return BlobServiceClient.fromConnectionString(azurite.connectionString)
-    .getContainerClient("p1-disks")
+    .getContainerClient(replicaContainerName("p1-disks", r.id))
     .getPageBlobClient(`${VOLUME}/${r.id}`);
 }
 
@@ -259,6 +292,11 @@ describe("SAS refresh", () => {
     await a.waitForLog((r) => r.msg === "volume serving" && r.volume === VOLUME, from);
     const first = proxy.answers.find(carriesVolume)!;
     const sas1 = sasOf(first);
+    // Signed within the first 35 s of the volume's lease, while Azure may not apply the lease's
+    // policy yet: not bound to it, read and write of its own (desired-state.ts).
+    expect(new URL(sas1.url).searchParams.get("si")).toBeNull();
+    expect(new URL(sas1.url).searchParams.get("sp")).toBe("rw");
+    expect(new URL(sas1.url).origin).toBe(storage.origin);
     // Signed as valid from 5 minutes before the control plane's now (clock skew) for 60 s after it.
     expect(sas1.expiresAt - (sas1.startsAt + 5 * 60_000)).toBeGreaterThan(LIFETIME_SECONDS * 1000 - 1000);
     expect(sas1.expiresAt - (sas1.startsAt + 5 * 60_000)).toBeLessThanOrEqual(LIFETIME_SECONDS * 1000);
@@ -280,7 +318,7 @@ describe("SAS refresh", () => {
     });
     expect(sasOf(later).expiresAt).toBeGreaterThan(Date.now());
 
-    // The first token is refused now, by the storage itself...
+    // The first token is refused now, as Azure refuses an expired SAS...
     expect(await statusWith(sas1.url)).toBe(403);
     // ...and the agent still writes: with a token it was given later.
     const after = Buffer.alloc(4096, 0x22);

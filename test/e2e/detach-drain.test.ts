@@ -51,7 +51,7 @@ afterAll(async () => {
 
 function blobOf(v: Volume, replicaId: string) {
   const r = v.status.replicas.find((x) => x.id === replicaId)!;
-  return cluster.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`);
+  return cluster.blobOf(v, r);
 }
 
 describe("detach of a volume with writes in flight", () => {

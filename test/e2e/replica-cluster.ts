@@ -11,10 +11,12 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { get as httpGet } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BlobServiceClient } from "@azure/storage-blob";
+import { BlobServiceClient, type PageBlobClient } from "@azure/storage-blob";
 import { ApiClient } from "../../agent/control/api-client.ts";
 import type { ReplicaReport } from "../../contract/node.ts";
+import type { Volume } from "../../contract/volume.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../functions/local.ts";
+import { replicaContainerName } from "../../functions/storage/replica-container.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
 import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
@@ -26,6 +28,12 @@ export interface ReplicaCluster {
   api: ApiClient;
   /** Straight to Azurite, for reading blobs behind the agent's back. */
   blobs: BlobServiceClient;
+  /**
+   * A replica's page blob, straight from Azurite: alone in a container of
+   * its own, named after its pool's (`<pool>-disks`, for pools a test adds
+   * too).
+   */
+  blobOf(volume: Pick<Volume, "name">, replica: { pool: string; id: string }): PageBlobClient;
   proxies: FaultProxy[];
   joinToken: string;
   /** The agent's state directory. */
@@ -76,12 +84,17 @@ export async function startReplicaCluster(
   await api.createPool({ name: "pa", container: "pa-disks", auth: { kind: "connectionString", connectionString: azurite.connectionString } });
   await api.createPool({ name: "pb", container: "pb-disks", auth: { kind: "connectionString", connectionString: via(proxies[0]!) } });
   const stateDir = join(dir, node);
+  const blobs = BlobServiceClient.fromConnectionString(azurite.connectionString);
   return {
     dir,
     azurite,
     cp,
     api,
-    blobs: BlobServiceClient.fromConnectionString(azurite.connectionString),
+    blobs,
+    blobOf: (volume, replica) =>
+      blobs
+        .getContainerClient(replicaContainerName(`${replica.pool}-disks`, replica.id))
+        .getPageBlobClient(`${volume.name}/${replica.id}`),
     proxies,
     joinToken: (await api.createToken()).token,
     stateDir,

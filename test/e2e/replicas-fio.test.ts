@@ -25,7 +25,6 @@ import { constants } from "node:fs";
 import { open, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import type { BlobServiceClient } from "@azure/storage-blob";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VolumeReport } from "../../contract/node.ts";
 import type { Volume } from "../../contract/volume.ts";
@@ -52,7 +51,6 @@ const VOLUME = "vol-fio";
 
 let cluster: ReplicaCluster;
 let api: ApiClient;
-let blobs: BlobServiceClient;
 let dir: string;
 let proxyB: FaultProxy;
 let agent: AgentProcess | undefined;
@@ -61,7 +59,7 @@ let fifo: string | undefined;
 
 beforeAll(async () => {
   cluster = await startReplicaCluster("pagedisk-replicas-fio-", NODE, 1);
-  ({ api, blobs, dir } = cluster);
+  ({ api, dir } = cluster);
   proxyB = cluster.proxies[0]!;
   agent = await startAgent(cluster.agentArgs(), { PAGEDISK_JOIN_TOKEN: cluster.joinToken });
   await agent.waitForReport(() => true);
@@ -134,7 +132,7 @@ async function reported(): Promise<VolumeReport | undefined> {
 
 function blobBytes(v: Volume, replicaId: string): Promise<Buffer> {
   const r = v.status.replicas.find((x) => x.id === replicaId)!;
-  return blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`).downloadToBuffer(0, SIZE);
+  return cluster.blobOf(v, r).downloadToBuffer(0, SIZE);
 }
 
 describe("a two-replica volume under fio verify while a pool is cut", () => {

@@ -44,6 +44,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VolumeReport } from "../../contract/node.ts";
 import type { Volume } from "../../contract/volume.ts";
 import type { ApiClient } from "../../agent/control/api-client.ts";
+import { replicaContainerName } from "../../functions/storage/replica-container.ts";
 import { exportUri } from "../../agent/host/fuse-loop-driver.ts";
 import { type AgentProcess, startAgent } from "../control/agent-process.ts";
 import type { FaultProxy } from "../harness/fault-proxy.ts";
@@ -92,7 +93,7 @@ function uri(): string {
 
 function blobOf(v: Volume, replicaId: string) {
   const r = v.status.replicas.find((x) => x.id === replicaId)!;
-  return blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`);
+  return cluster.blobOf(v, r);
 }
 
 async function blobBytes(v: Volume, replicaId: string): Promise<Buffer> {
@@ -498,7 +499,9 @@ describe("a two-replica volume through pool outages", () => {
       "pc's replica-retired event",
     );
     expect(retired.items.find((e) => e.data?.replica === idC)).toMatchObject({ pool: "pc", data: { blobDeleted: true } });
-    expect(await blobs.getContainerClient("pc-disks").getPageBlobClient(`${VOLUME}/${idC}`).exists()).toBe(false);
+    // The retired replica's blob is gone, and its container with it.
+    expect(await cluster.blobOf(volume, { pool: "pc", id: idC }).exists()).toBe(false);
+    expect(await blobs.getContainerClient(replicaContainerName("pc-disks", idC)).exists()).toBe(false);
     await cluster.untilPass(reported, (v) => v?.state === "SERVING" && v.replicas.length === 2, "a SERVING report with two replicas");
     expect((await blobBytes(volume, idA)).equals(expected)).toBe(true);
     expect((await blobBytes(volume, idD)).equals(expected)).toBe(true);

@@ -11,6 +11,7 @@ import type { Volume } from "../../../contract/volume.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 import { nodeRecord } from "../node-record.ts";
 
@@ -49,7 +50,9 @@ async function createVolume(name: string, body: Record<string, unknown> = {}): P
 
 function blobs(v: Volume): PageBlobClient[] {
   return v.status.replicas.map((r) =>
-    cp.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`),
+    cp.blobs
+      .getContainerClient(replicaContainerName(`${r.pool}-disks`, r.id))
+      .getPageBlobClient(`${v.name}/${r.id}`),
   );
 }
 

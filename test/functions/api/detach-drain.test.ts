@@ -20,6 +20,7 @@ import type { Volume } from "../../../contract/volume.ts";
 import { reportsRecorded } from "../../../functions/arbiter/report-watch.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import type { FaultProxy } from "../../harness/fault-proxy.ts";
 import { agentNodes } from "../agents.ts";
 import {
@@ -79,7 +80,9 @@ async function attachedVolume(f: ControlPlaneFixture, name: string, node: string
 
 function blobs(f: ControlPlaneFixture, v: Volume): PageBlobClient[] {
   return v.status.replicas.map((r) =>
-    f.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`),
+    f.blobs
+      .getContainerClient(replicaContainerName(`${r.pool}-disks`, r.id))
+      .getPageBlobClient(`${v.name}/${r.id}`),
   );
 }
 

@@ -13,6 +13,7 @@ import { beat } from "../../../agent/control/liveness-beat.ts";
 import type { Attachment } from "../../../contract/attachment.ts";
 import type { DesiredState, JoinResponse, Node } from "../../../contract/node.ts";
 import type { IssuedToken, JoinTokenList } from "../../../contract/token.ts";
+import { POLICY_PROPAGATION_MS } from "../../../functions/arbiter/desired-state.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { listRows } from "../../../functions/registry/rows.ts";
 import { nodes } from "../../../functions/registry/nodes.ts";
@@ -177,15 +178,11 @@ describe("reports and heartbeats", () => {
     expect(await listed()).toMatchObject({ lastHeartbeatAt: null, lastReportAt: null });
   });
 
-  it("records a report: agent version, volume reports, the node's events and the report's time, not a heartbeat", async () => {
+  it("records a report: agent version, volume reports and the report's time, not a heartbeat", async () => {
     nowMs += 5_000;
     const res = await as(credential, "POST", "/api/v1/nodes/vm-hb/report", {
       agentVersion: "0.2.0",
       volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", replicas: [{ id: "0123456789ab", state: "OFFLINE", error: "pool p1 unreachable" }] }],
-      events: [
-        { type: "storage-failure", volume: "v-x", pool: "p1", message: "replica offline" },
-        { type: "throttled", volume: "v-x", message: "paused 3 s", data: { ms: 3000 } },
-      ],
     });
     // The answer is the node's generation only, so that a report reads nothing more.
     expect(await jsonOf(res, 200)).toEqual({ desiredGeneration: 0 });
@@ -197,15 +194,39 @@ describe("reports and heartbeats", () => {
       lastHeartbeatAt: null,
       volumes: [{ volume: "v-x", epoch: 4, state: "DEGRADED", replicas: [{ id: "0123456789ab", state: "OFFLINE", error: "pool p1 unreachable" }] }],
     });
-    const events = await eventsOf("vm-hb", 10);
-    expect(events.items.map((e) => e.type).sort()).toEqual([
-      "node-joined",
-      "storage-failure",
-      "throttled",
-    ]);
+  });
+
+  it("records the events of a report about a volume the node writes, as the node's word, at the report's time", async () => {
+    // Events are heard only from a volume's writer (event-forgery.test.ts has the refusals).
+    const { credential: writer } = await joined((await newToken()).token, "vm-ev");
+    await jsonOf(await cp.call("POST", "/api/v1/volumes", { name: "v-ev", sizeBytes: 1024 * 1024 }), 201);
+    const attached = await jsonOf<Attachment>(
+      await cp.call("POST", "/api/v1/volumes/v-ev/attach", { node: "vm-ev" }),
+      200,
+    );
+    const replica = (await jsonOf<{ status: { replicas: Array<{ id: string }> } }>(
+      await cp.call("GET", "/api/v1/volumes/v-ev"),
+      200,
+    )).status.replicas[0]!.id;
+    nowMs += 5_000;
+    const res = await as(writer, "POST", "/api/v1/nodes/vm-ev/report", {
+      events: [
+        {
+          type: "storage-failure",
+          volume: "v-ev",
+          pool: "p1",
+          message: "replica offline",
+          data: { epoch: attached.epoch, replica },
+        },
+      ],
+    });
+    expect(res.status).toBe(200);
+    const events = await eventsOf("vm-ev", 10);
+    expect(events.items.map((e) => e.type).sort()).toEqual(["node-joined", "storage-failure", "volume-attached"]);
     const failure = events.items.find((e) => e.type === "storage-failure")!;
-    expect(failure).toMatchObject({ node: "vm-hb", volume: "v-x", pool: "p1" });
+    expect(failure).toMatchObject({ node: "vm-ev", volume: "v-ev", pool: "p1", source: "node" });
     expect(failure.at).toBe(new Date(nowMs).toISOString());
+    expect(events.items.find((e) => e.type === "volume-attached")).toMatchObject({ source: "control-plane" });
   });
 
   it("shows the agent's beat to its liveness row as its last heartbeat, and keeps the last report's time", async () => {
@@ -303,13 +324,16 @@ describe("desired state", () => {
       await cp.call("POST", "/api/v1/volumes/vd/attach", { node: "vm-d" }),
       200,
     );
+    // Past the time Azure may take to apply the new policy: the SAS is bound to it from then on
+    // (before, a short unbound one: test/functions/security/hostile-node.test.ts).
+    nowMs += POLICY_PROPAGATION_MS;
     desired = await jsonOf<DesiredState>(
       await as(credential, "GET", "/api/v1/nodes/vm-d/desired"),
       200,
     );
   });
 
-  it("lists the node's attachments with the lease id and a SAS expiring within the hour", () => {
+  it("lists the node's attachments with the lease id and a SAS bound to its policy, expiring within 15 minutes", () => {
     expect(desired.node).toBe("vm-d");
     expect(desired.attachments).toHaveLength(1);
     const [a] = desired.attachments;
@@ -321,11 +345,13 @@ describe("desired state", () => {
     });
     expect(a!.replicas).toHaveLength(1);
     const url = new URL(a!.replicas[0]!.url!);
-    expect(url.searchParams.get("sp")).toBe("rw");
+    // The permissions are the policy's, named after the lease: replacing it revokes this SAS.
+    expect(url.searchParams.get("si")).toBe(attachment.leaseId);
+    expect(url.searchParams.has("sp")).toBe(false);
     expect(url.searchParams.get("sr")).toBe("b");
     const expiry = Date.parse(url.searchParams.get("se")!);
     expect(expiry).toBeGreaterThan(nowMs);
-    expect(expiry).toBeLessThanOrEqual(nowMs + 3600_000);
+    expect(expiry).toBeLessThanOrEqual(nowMs + 15 * 60_000);
     expect(Date.parse(a!.sasExpiresAt)).toBe(expiry);
   });
 

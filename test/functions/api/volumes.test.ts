@@ -1,11 +1,14 @@
 /**
  * Volumes through the API over Azurite: page blobs made and removed for
- * real, replicas on distinct pools, patches under concurrency, deletion of
- * attached volumes only when forced, and roll-back of a failed creation.
+ * real, each alone in a container of its own, replicas on distinct pools,
+ * patches under concurrency, deletion of attached volumes only when forced,
+ * and roll-back of a failed creation.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Volume, VolumeList } from "../../../contract/volume.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
+import { startFaultProxy } from "../../harness/fault-proxy.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
 const MiB = 1024 * 1024;
@@ -30,10 +33,15 @@ async function blobsIn(container: string): Promise<string[]> {
   return out;
 }
 
+/** The container of a replica on one of this file's pools (container `<pool>-disks`). */
+function containerOf(replica: { pool: string; id: string }): string {
+  return replicaContainerName(`${replica.pool}-disks`, replica.id);
+}
+
 function blobOf(volume: Volume, index = 0) {
   const replica = volume.status.replicas[index]!;
   return cp.blobs
-    .getContainerClient(`${replica.pool}-disks`)
+    .getContainerClient(containerOf(replica))
     .getPageBlobClient(`${volume.name}/${replica.id}`);
 }
 
@@ -57,8 +65,10 @@ describe("volumes", () => {
     expect(new Set(used).size).toBe(2);
     for (const r of v.status.replicas) {
       expect(r.state).toBe("ONLINE");
-      expect(await blobsIn(`${r.pool}-disks`)).toContain(`db/${r.id} ${64 * MiB}`);
-      expect(r.uri).toBe(`${cp.azurite.blobEndpoint}/${r.pool}-disks/db/${r.id}`);
+      expect(await blobsIn(containerOf(r))).toEqual([`db/${r.id} ${64 * MiB}`]);
+      expect(r.uri).toBe(`${cp.azurite.blobEndpoint}/${containerOf(r)}/db/${r.id}`);
+      // The pool's own container holds no replica.
+      expect(await blobsIn(`${r.pool}-disks`)).toEqual([]);
     }
     const props = await blobOf(v).getProperties();
     expect([props.blobType, props.metadata]).toEqual([
@@ -160,7 +170,9 @@ describe("volumes", () => {
     expect(await cp.snapshot()).toEqual(before);
 
     expect((await cp.call("DELETE", "/api/v1/volumes/busy?force=true")).status).toBe(204);
-    for (const i of [0, 1]) expect(await blobOf(v, i).exists()).toBe(false);
+    for (const r of v.status.replicas) {
+      expect(await cp.blobs.getContainerClient(containerOf(r)).exists()).toBe(false);
+    }
     expect(await table.get("busy")).toBeUndefined();
     expect((await errorOf(await cp.call("GET", "/api/v1/volumes/busy"), 404)).code).toBe(
       "VolumeNotFound",
@@ -169,11 +181,13 @@ describe("volumes", () => {
 
   it("finishes a deletion left half-way, and deletes a CREATING volume only when forced", async () => {
     const table = volumes(cp.registry);
+    const made: Volume[] = [];
     for (const [name, state] of [
       ["half-deleted", "DELETING"],
       ["half-created", "CREATING"],
     ] as const) {
       const v = await jsonOf<Volume>(await create({ name, sizeBytes: 512 }), 201);
+      made.push(v);
       const read = (await table.get(name))!;
       await table.replace({ ...read.value, status: { ...read.value.status, state } }, read.etag);
       expect(await blobOf(v).exists()).toBe(true);
@@ -194,24 +208,39 @@ describe("volumes", () => {
     ).toBe("VolumeBusy");
     expect((await cp.call("DELETE", "/api/v1/volumes/half-created?force=true")).status).toBe(204);
     expect(await table.get("half-created")).toBeUndefined();
-    for (const pool of ["pa", "pb", "pc"]) {
-      expect((await blobsIn(`${pool}-disks`)).filter((b) => b.startsWith("half-"))).toEqual([]);
+    for (const r of made.flatMap((v) => v.status.replicas)) {
+      expect(await cp.blobs.getContainerClient(containerOf(r)).exists()).toBe(false);
     }
   });
 
   it("rolls a failed creation back: no record, no blob left on the pools that worked", async () => {
-    // The container of pc disappears behind the control plane's back.
-    await cp.blobs.getContainerClient("pc-disks").delete();
-    const before = await cp.snapshot();
-    const err = await errorOf(
-      await create({ name: "doomed", sizeBytes: MiB, replicas: 2, pools: ["pa", "pc"] }),
-      502,
-    );
-    expect(err.code).toBe("StorageFailed");
-    expect(err.details).toMatchObject({ pool: "pc", operation: "create page blob", status: 404 });
-    expect(await volumes(cp.registry).get("doomed")).toBeUndefined();
-    // The blob made on pa is gone again, no record or event remains.
-    expect(await cp.snapshot()).toEqual(before);
-    expect(cp.reported).toEqual([]);
+    // Pool pd's account refuses to make the page blob, after its container was made.
+    const proxy = await startFaultProxy(cp.azurite.blobEndpoint);
+    try {
+      const viaProxy = cp.connectionString.replace(/BlobEndpoint=[^;]+/, `BlobEndpoint=${proxy.blobEndpoint}`);
+      await jsonOf(
+        await cp.call("POST", "/api/v1/pools", {
+          name: "pd",
+          container: "pd-disks",
+          auth: { kind: "connectionString", connectionString: viaProxy },
+        }),
+        201,
+      );
+      proxy.inject({ fault: { type: "status", status: 403, code: "AuthorizationFailure" }, only: ["putBlob"] });
+      const before = await cp.snapshot();
+      const err = await errorOf(
+        await create({ name: "doomed", sizeBytes: MiB, replicas: 2, pools: ["pa", "pd"] }),
+        502,
+      );
+      expect(err.code).toBe("StorageFailed");
+      expect(err.details).toMatchObject({ pool: "pd", operation: "create page blob", status: 403 });
+      expect(proxy.faulted("putBlob")).toBe(1);
+      expect(await volumes(cp.registry).get("doomed")).toBeUndefined();
+      // The blob made on pa and the containers made on both are gone again, no record or event remains.
+      expect(await cp.snapshot()).toEqual(before);
+      expect(cp.reported).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
   });
 });

@@ -34,6 +34,7 @@ import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
@@ -156,7 +157,9 @@ async function eventsOf(name: string, type: string): Promise<Event[]> {
 
 function replicaBlobs(v: VolumeRecord): PageBlobClient[] {
   return v.status.replicas.map((r) =>
-    fx.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`),
+    fx.blobs
+      .getContainerClient(replicaContainerName(`${r.pool}-disks`, r.id))
+      .getPageBlobClient(`${v.name}/${r.id}`),
   );
 }
 

@@ -17,6 +17,7 @@ import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/registry/events.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { agentNodes, aheadOfRealTime, NO_SECOND_LOOK, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
@@ -78,7 +79,9 @@ async function createAttached(
 
 function replicaBlob(v: Volume): PageBlobClient {
   const r = v.status.replicas[0]!;
-  return fx.blobs.getContainerClient("pagedisk").getPageBlobClient(`${v.name}/${r.id}`);
+  return fx.blobs
+    .getContainerClient(replicaContainerName("pagedisk", r.id))
+    .getPageBlobClient(`${v.name}/${r.id}`);
 }
 
 async function writeStatus(blob: PageBlobClient, leaseId?: string): Promise<number> {

@@ -29,6 +29,7 @@ import { restCode, restStatus } from "../../../functions/rest-error.ts";
 import { openRuntime, type Runtime } from "../../../functions/runtime.ts";
 import { settingsFrom } from "../../../functions/settings.ts";
 import { startReplicaCopy } from "../../../functions/storage/replica-copy.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { type Azurite, startAzurite } from "../../harness/azurite.ts";
 import { errorOf, jsonOf } from "../fixture.ts";
 import { makeTestCertificate, type TestCertificate, trustInThisProcess } from "./https.ts";
@@ -42,7 +43,14 @@ let identity: TestIdentity;
 let runtime: Runtime;
 const reported: unknown[] = [];
 /** The account as its owner sees it (shared key), to check what the control plane did. */
+let owner: BlobServiceClient;
+/** Pool mi's own container, as its owner sees it. */
 let outside: ContainerClient;
+
+/** A replica's container, as the account's owner sees it: pool `<name>`'s container is `<name>-disks`. */
+function replicaContainerOf(r: Pick<Replica, "pool" | "id">): ContainerClient {
+  return owner.getContainerClient(replicaContainerName(`${r.pool}-disks`, r.id));
+}
 
 beforeAll(async () => {
   cert = await makeTestCertificate();
@@ -64,9 +72,8 @@ beforeAll(async () => {
     credential: identity,
     report: (err) => reported.push(err),
   });
-  outside = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(
-    "mi-disks",
-  );
+  owner = BlobServiceClient.fromConnectionString(azurite.connectionString);
+  outside = owner.getContainerClient("mi-disks");
 });
 afterAll(async () => {
   await azurite?.dispose();
@@ -161,7 +168,7 @@ describe("managed identity", () => {
       201,
     );
     const [replica] = volume.status.replicas;
-    const blob = outside.getPageBlobClient(`data/${replica!.id}`);
+    const blob = replicaContainerOf(replica!).getPageBlobClient(`data/${replica!.id}`);
     expect((await blob.getProperties()).contentLength).toBe(1 << 20);
 
     const token = await jsonOf<IssuedToken>(await call("POST", "/api/v1/tokens", {}), 201);
@@ -176,16 +183,21 @@ describe("managed identity", () => {
       200,
     );
     const url = new URL(desired.attachments[0]!.replicas[0]!.url!);
-    expect(`${url.origin}${url.pathname}`).toBe(`${azurite.blobEndpoint}/mi-disks/data/${replica!.id}`);
+    expect(`${url.origin}${url.pathname}`).toBe(
+      `${azurite.blobEndpoint}/${replicaContainerName("mi-disks", replica!.id)}/data/${replica!.id}`,
+    );
     // A user delegation SAS: signed with a key given to this identity, not with an account key.
+    // It cannot be bound to a stored access policy, so it carries its permissions itself.
     expect(url.searchParams.get("skoid")).toBe(identity.objectId);
+    expect(url.searchParams.has("si")).toBe(false);
     expect(url.searchParams.get("sp")).toBe("rw");
     expect(url.searchParams.get("sr")).toBe("b");
     expect(url.searchParams.get("spr")).toBe("https");
     expect(Date.parse(url.searchParams.get("se")!)).toBe(
       Date.parse(desired.attachments[0]!.sasExpiresAt),
     );
-    expect(Date.parse(url.searchParams.get("se")!) - Date.now()).toBeLessThanOrEqual(3600_000);
+    // Nothing revokes it: its lifetime is all that bounds a fenced holder's access.
+    expect(Date.parse(url.searchParams.get("se")!) - Date.now()).toBeLessThanOrEqual(15 * 60_000);
     expect(reported).toEqual([]);
   });
 
@@ -218,12 +230,15 @@ describe("managed identity", () => {
     );
     expect(restStatus(refused)).toBe(403);
     expect(restCode(refused)).toBe("AuthorizationPermissionMismatch");
-    expect(await outside.getPageBlobClient(new URL(sasUrl).pathname.split("/mi-disks/")[1]!).exists()).toBe(true);
+    const replica = volume.status.replicas[0]!;
+    const container = replicaContainerOf(replica);
+    expect(await container.getPageBlobClient(`data/${replica.id}`).exists()).toBe(true);
 
     // Another blob in the same container, with this SAS on its URL.
-    await outside.getPageBlobClient("other/blob").create(4096);
+    await container.getPageBlobClient("other/blob").create(4096);
     const other = new URL(sasUrl);
-    other.pathname = other.pathname.replace(/\/mi-disks\/.*$/, "/mi-disks/other/blob");
+    other.pathname = other.pathname.replace(`/data/${replica.id}`, "/other/blob");
+    expect(other.pathname).toBe(`/${azurite.accountName}/${container.containerName}/other/blob`);
     const foreign = openPageBlob(other.toString());
     try {
       const write = await foreign.putPages(0, randomBytes(512)).then(
@@ -249,8 +264,7 @@ describe("managed identity", () => {
       201,
     );
     const [source, target] = v.status.replicas as [Replica, Replica];
-    const owner = BlobServiceClient.fromConnectionString(azurite.connectionString);
-    const blobOf = (r: Replica) => owner.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`copied/${r.id}`);
+    const blobOf = (r: Replica) => replicaContainerOf(r).getPageBlobClient(`copied/${r.id}`);
     const data = randomBytes(8192);
     await blobOf(source).uploadPages(data, 0, data.length);
     const leaseId = "00000000-0000-4000-8000-0000000c0de1";

@@ -20,11 +20,13 @@ import type { DesiredState } from "../../../contract/node.ts";
 import type { Pool } from "../../../contract/pool.ts";
 import { REPLICAS_DIVERGED, WRITER_LOST } from "../../../contract/signals.ts";
 import type { Replica } from "../../../contract/volume.ts";
+import { replicasDiverged } from "../../../functions/health/diverged.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { COPY_STOPPED } from "../../../functions/health/repair-detached.ts";
 import { startReplicaCopy } from "../../../functions/storage/replica-copy.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { StorageFailure } from "../../../functions/storage/storage-failure.ts";
 import { pattern } from "../../conformance/block-device-suite.ts";
 import { jsonOf } from "../fixture.ts";
@@ -44,7 +46,9 @@ afterAll(() => w?.dispose());
 class SimulatedCrash extends Error {}
 
 const blobOf = (volume: string, r: Replica) =>
-  w.fx.blobs.getContainerClient(`${r.pool}-disks`).getPageBlobClient(`${volume}/${r.id}`);
+  w.fx.blobs
+    .getContainerClient(replicaContainerName(`${r.pool}-disks`, r.id))
+    .getPageBlobClient(`${volume}/${r.id}`);
 const bytesOf = (volume: string, r: Replica) => blobOf(volume, r).downloadToBuffer(0, SIZE);
 const detach = async (name: string) =>
   jsonOf(await w.fx.call("POST", `/api/v1/volumes/${name}/detach`, {}), 200);
@@ -320,10 +324,12 @@ describe("a writer reporting that its last writes reached some replicas only", (
     await w.join("n-z");
     const table = volumes(w.fx.registry);
     const before = await table.get("v-x");
-    await w.report("n-z", [], [diverged("v-x", epoch)]);
-    await w.report("n-a", [], [diverged("v-x", epoch + 5)]);
+    // A report carrying either is refused before anything is recorded (event-forgery.test.ts);
+    // the judge behind that door hears neither.
+    expect(await replicasDiverged(w.cp(), "n-z", diverged("v-x", epoch))).toBe("not-the-writer");
+    expect(await replicasDiverged(w.cp(), "n-a", diverged("v-x", epoch + 5))).toBe("not-the-writer");
     expect((await table.get("v-x"))!.etag).toBe(before!.etag);
-    expect(await w.events("v-x", REPLICAS_DIVERGED)).toHaveLength(2);
+    expect(await w.events("v-x", REPLICAS_DIVERGED)).toHaveLength(0);
     expect(w.reported).toEqual([]);
   });
 
@@ -449,7 +455,7 @@ describe("a server-side copy that runs in the background, as between accounts in
     );
     await table.replace({ ...read.value, status: { ...read.value.status, replicas } }, read.etag);
 
-    const onTarget = (req: { url: URL }) => req.url.pathname.endsWith(`/pb-disks/v-p/${target.id}`);
+    const onTarget = (req: { url: URL }) => req.url.pathname.endsWith(`/${replicaContainerName("pb-disks", target.id)}/v-p/${target.id}`);
     const isCopy = (req: { url: URL; headers: Record<string, unknown> }) => onTarget(req) && req.headers["x-ms-copy-source"] !== undefined;
     /** pb answers a Copy Blob onto the target with `copyId` pending, and its properties with `status`. */
     const service = (copyId: string, status: string, extra: Record<string, string> = {}) => {
@@ -493,7 +499,7 @@ describe("a server-side copy that runs in the background, as between accounts in
       await w.pass();
       v = await w.record("v-p");
       expect(copySources).toHaveLength(1);
-      expect(new URL(copySources[0]!).pathname).toMatch(new RegExp(`/pa-disks/v-p/${source.id}$`));
+      expect(new URL(copySources[0]!).pathname).toMatch(new RegExp(`/${replicaContainerName("pa-disks", source.id)}/v-p/${source.id}$`));
       expect(v.copyLeaseId).toBeDefined();
       expect(v.status.replicas[at]).toMatchObject({ state: "RESYNCING", copyId: "copy-1", progress: 25 });
       expect(v.status.replicas[at]!.message).toBe(`resync: 25% (${SIZE / 4} of ${SIZE} bytes), server-side copy`);

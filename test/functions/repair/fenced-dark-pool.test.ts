@@ -13,6 +13,7 @@ import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import type { VolumeRecord } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
@@ -29,7 +30,9 @@ class SimulatedCrash extends Error {}
 /** The replica's blob, reached directly (not through the proxy). */
 function blobOf(v: VolumeRecord, pool: string): PageBlobClient {
   const r = v.status.replicas.find((x) => x.pool === pool)!;
-  return w.fx.blobs.getContainerClient(`${pool}-disks`).getPageBlobClient(`${v.name}/${r.id}`);
+  return w.fx.blobs
+    .getContainerClient(replicaContainerName(`${pool}-disks`, r.id))
+    .getPageBlobClient(`${v.name}/${r.id}`);
 }
 
 /** HTTP status of one 512-byte Put Page under `leaseId`, as a writer holding it sends it. */
@@ -67,7 +70,8 @@ describe("fencing with one replica's pool dark", () => {
     expect(v.status.replicas.find((r) => r.pool === "pa")!.state).toBe("ONLINE");
     expect(v.status.replicas.find((r) => r.pool === "pb")).toMatchObject({
       state: "OFFLINE",
-      message: expect.stringMatching(/^unreachable when fenced: pool pb: drop lease failed \(no response/),
+      // Fencing first takes the old writer's SAS away (replica-container.ts), then its lease.
+      message: expect.stringMatching(/^unreachable when fenced: pool pb: clear container policy failed \(no response/),
     });
     expect(await w.events("v-f", "volume-failed-over")).toHaveLength(1);
     expect(await w.events("v-f", "replica-offline")).toHaveLength(1);

@@ -9,6 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
@@ -76,7 +77,7 @@ describe("permanent loss of a pool", () => {
     newId = fresh.id;
     expect(fresh).toMatchObject({ pool: "pc", state: "REBUILDING", replaces: oldId });
     expect(v.status.replicas[1]!.message).toBe(`being replaced by ${newId} on pc`);
-    const blob = w.fx.blobs.getContainerClient("pc-disks").getPageBlobClient(`v-1/${newId}`);
+    const blob = w.fx.blobs.getContainerClient(replicaContainerName("pc-disks", newId)).getPageBlobClient(`v-1/${newId}`);
     expect(await blob.getProperties()).toMatchObject({ leaseState: "leased", contentLength: 1024 * 1024 });
     await blob.uploadPages(Buffer.alloc(512), 0, 512, { conditions: { leaseId: v.leaseId! } });
     expect(await w.events("v-1", "replica-rebuild-started")).toHaveLength(1);
@@ -142,10 +143,12 @@ describe("permanent loss of a pool", () => {
     expect(onPool("pa").state).toBe("ONLINE");
     expect(onPool("pb")).toMatchObject({
       state: "OFFLINE",
-      message: expect.stringMatching(/^unreachable when attached: pool pb: take lease failed/),
+      // An attach first admits the new writer's SAS (replica-container.ts), then takes the lease.
+      message: expect.stringMatching(/^unreachable when attached: pool pb: set container policy failed/),
     });
     expect(await w.events("v-2", "replica-offline")).toHaveLength(1);
-    const pa = w.fx.blobs.getContainerClient("pa-disks").getPageBlobClient(`v-2/${onPool("pa").id}`);
+    const paId = onPool("pa").id;
+    const pa = w.fx.blobs.getContainerClient(replicaContainerName("pa-disks", paId)).getPageBlobClient(`v-2/${paId}`);
     expect((await pa.getProperties()).leaseState).toBe("leased");
     w.proxy.clear();
   });

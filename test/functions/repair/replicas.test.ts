@@ -10,6 +10,7 @@ import type { Faults } from "../../../functions/control-plane.ts";
 import { moveReplica } from "../../../functions/health/repair.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { errorOf, jsonOf } from "../fixture.ts";
 import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, startWorld, type World } from "./world.ts";
@@ -146,7 +147,7 @@ describe("a rebuild interrupted by a crash", () => {
     expect(v.status.replicas.map((r) => r.state)).toEqual(["ONLINE", "REBUILDING"]);
     const fresh = v.status.replicas[1]!;
     const blob = w.fx.blobs
-      .getContainerClient(`${fresh.pool}-disks`)
+      .getContainerClient(replicaContainerName(`${fresh.pool}-disks`, fresh.id))
       .getPageBlobClient(`${name}/${fresh.id}`);
     expect((await blob.getProperties()).leaseState).toBe("leased");
     const settled = await w.fx.snapshot();

@@ -10,6 +10,7 @@ import type { VolumeReport } from "../../../contract/node.ts";
 import { sweep } from "../../../functions/health/sweep.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
+import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { NO_SECOND_LOOK } from "../agents.ts";
 import { POLICY, REPAIR, startWorld, type World } from "./world.ts";
 
@@ -71,7 +72,9 @@ describe("temporary outage of one replica's pool", () => {
     });
     expect(await w.events("v-1", "replica-resync-started")).toHaveLength(1);
     expect(await generation("n-a")).toBeGreaterThan(before);
-    const blob = w.fx.blobs.getContainerClient("pb-disks").getPageBlobClient(`v-1/${offlineId}`);
+    const blob = w.fx.blobs
+      .getContainerClient(replicaContainerName("pb-disks", offlineId))
+      .getPageBlobClient(`v-1/${offlineId}`);
     const props = await blob.getProperties();
     expect(props.leaseState).toBe("leased");
     // Our lease id is the volume's: a write under it goes through.
