@@ -18,6 +18,9 @@
  * (g) Serverless (bench/serverless.ts): Functions requests and seconds and
  *     Table transactions per idle node-minute, the sweeper's pass at 3 to
  *     10,000 nodes, and the monthly bill they make, printed after the table.
+ * (h) NBD flood (bench/nbd-flood.ts): `pagedisk serve`'s RSS while 20 and
+ *     40 clients queue 32 MiB reads and never read the replies, after they
+ *     leave, and a well-behaved client's operations meanwhile.
  *
  * Sections (a) and (c) run each workload ROUNDS times, ours and the peer
  * alternately, and report the median of each: the peer alone moves by a
@@ -26,7 +29,8 @@
  * Env: PAGEDISK_BENCH_SECONDS (default 5) per timed job;
  * PAGEDISK_BENCH_ROUNDS (default 3) for (a) and (c);
  * PAGEDISK_BENCH_ONLY=agent,control-plane runs only the sections named
- * (memory, azurite, control-plane, agent, replicas, serverless; default all).
+ * (memory, azurite, control-plane, agent, replicas, serverless, nbd-flood;
+ * default all).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -42,6 +46,7 @@ import { type ServeProcess, startServe } from "../test/harness/serve.ts";
 import { agentSection } from "./agent.ts";
 import { replicasSection } from "./replicas.ts";
 import { controlPlaneSection } from "./control-plane.ts";
+import { nbdFloodSection } from "./nbd-flood.ts";
 import { serverlessSection } from "./serverless.ts";
 import { closedLoop } from "./closed-loop.ts";
 import { type FioJob, type FioResult, runFio } from "./fio.ts";
@@ -50,7 +55,7 @@ import { percentile, type TextRow } from "./rows.ts";
 const SECONDS = Number(process.env.PAGEDISK_BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.PAGEDISK_BENCH_ROUNDS ?? 3);
 const MiB = 1024 * 1024;
-const SECTIONS = ["memory", "azurite", "control-plane", "agent", "replicas", "serverless"];
+const SECTIONS = ["memory", "azurite", "control-plane", "agent", "replicas", "serverless", "nbd-flood"];
 const only = (process.env.PAGEDISK_BENCH_ONLY ?? "").split(",").map((s) => s.trim()).filter(Boolean);
 for (const name of only) {
   if (!SECTIONS.includes(name)) {
@@ -229,6 +234,7 @@ if (runs("azurite")) await azuriteSection();
 if (runs("control-plane")) rows.push(...(await controlPlaneSection()));
 if (runs("agent")) rows.push(...(await agentSection()));
 if (runs("replicas")) rows.push(...(await replicasSection({ seconds: SECONDS, rounds: ROUNDS })));
+if (runs("nbd-flood")) rows.push(...(await nbdFloodSection()));
 const serverless = runs("serverless") ? await serverlessSection() : undefined;
 if (serverless) rows.push(...serverless.rows);
 printTable();
