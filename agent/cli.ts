@@ -5,6 +5,7 @@ import { Command, Option } from "commander";
 import { agentCommand } from "./control/command.ts";
 import { AGENT_VERSION } from "./control/version.ts";
 import { openBinder } from "./host/open-binder.ts";
+import { checkRelaySpec, runRelay } from "./host/relay.ts";
 import { statusApp } from "./status/app.ts";
 import { listenStatus } from "./status/listen.ts";
 import { createLogger } from "./log.ts";
@@ -78,5 +79,19 @@ program.addCommand(
   }),
 );
 addManagementCommands(program);
+// Started by the fuse-loop binder, never by hand (agent/host/relay.ts).
+program
+  .command("fuse-relay", { hidden: true })
+  .argument("<spec>", "the relay's spec as JSON")
+  .action(async (spec: string) => {
+    let checked;
+    try {
+      checked = checkRelaySpec(JSON.parse(spec));
+    } catch (err) {
+      process.stderr.write(`pagedisk fuse-relay: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    process.exit(await runRelay(checked, createLogger({ name: "pagedisk-fuse-relay" })));
+  });
 
 await program.parseAsync(process.argv);

@@ -573,17 +573,20 @@ Restart=always
 RestartSec=5s
 # The agent finishes requests in flight and flushes before it exits (30 s at most).
 TimeoutStopSec=45s
-# SIGTERM goes to the agent alone, so it can flush and unbind in its own
-# order; whatever is left once it has exited (nbdfuse helpers) gets SIGKILL.
-# Keeping helpers alive across a restart (KillMode=process) would buy
-# nothing: nbdfuse cannot be pointed at the new agent's socket, so the agent
-# tears a fuse-loop binding down and binds it anew after any restart (see
-# agent/host/fuse-loop-driver.ts); and a surviving nbdfuse would pin this
-# unit's old private mount namespace (ProtectSystem, PrivateTmp), where its
-# FUSE mount lives and where the new agent cannot unmount it. The bindings
-# the agent does re-adopt, kernel nbd devices, belong to the kernel, not to
-# a process, so no KillMode touches them.
-KillMode=mixed
+# SIGTERM goes to the agent alone, so it can flush in its own order, and
+# nothing else in the unit is killed when it has exited: the fuse-loop
+# helpers (`pagedisk fuse-relay` and nbdfuse, one pair per volume) must
+# outlive the agent, since they hold the loop device's FUSE file and the
+# requests in flight while no agent serves them; the next agent re-adopts
+# them (see agent/host/fuse-loop-driver.ts). KillMode=mixed or
+# control-group would SIGKILL them at every restart, and a mounted
+# filesystem would get I/O errors. They keep this start's private mount
+# namespace (ProtectSystem, PrivateTmp), where their FUSE mount lives: the
+# next agent finds that mount through nbdfuse's /proc/PID/mountinfo, and
+# unbinding stops nbdfuse, which unmounts it there. The agent itself stops
+# them when a volume is detached. Kernel nbd devices belong to the kernel,
+# not to a process, so no KillMode touches them.
+KillMode=process
 # The agent backs mounted file systems: the OOM killer should pick others first.
 OOMScoreAdjust=-900
 

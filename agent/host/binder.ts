@@ -5,11 +5,14 @@
  *
  * Re-adoption: a volume bound in this run is returned as is when asked for
  * again with the same export and identifier. A volume recorded by an earlier
- * run is torn down and bound again, because the earlier run's NBD server
- * (and with it every connection the device had) died with that run; the
- * driver may reuse the device path (nbd does, fuse-loop cannot). Records of
- * the other kind (the host gained or lost the nbd driver between runs) are
- * torn down by that kind's driver.
+ * run for the same export and identifier (the same attachment) is offered
+ * to the driver to adopt: fuse-loop does, through its relay, which held
+ * the device's requests while no agent served them (fuse-loop-driver.ts).
+ * Otherwise it is torn down and bound again, because the earlier run's NBD
+ * server (and with it every connection the device had) died with that run;
+ * the driver may reuse the device path (nbd does). Records of the other
+ * kind (the host gained or lost the nbd driver between runs) are torn down
+ * by that kind's driver.
  */
 import { lstat } from "node:fs/promises";
 import type { Logger } from "../log.ts";
@@ -104,6 +107,15 @@ export class Binder implements KernelBinder {
     const live = this.#live.get(req.volume);
     if (live && sameTarget(live, req) && (await this.#driver.present(live))) return live;
     const old = live ?? (await this.#records.read(req.volume));
+    if (!live && old?.kind === this.kind && sameTarget(old, req) && this.#driver.adopt) {
+      const adopted = await this.#driver.adopt(req, old);
+      if (adopted) {
+        await this.#records.write(adopted);
+        this.#live.set(req.volume, adopted);
+        this.#log.info({ volume: req.volume, device: adopted.device }, "re-adopted a binding of an earlier run");
+        return adopted;
+      }
+    }
     if (old) {
       this.#log.info({ volume: req.volume, device: old.device, kind: old.kind }, "replacing an earlier binding");
       await this.#drivers[old.kind].detach(old);

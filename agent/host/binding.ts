@@ -44,6 +44,20 @@ export interface FuseMount {
   pid: number;
   /** ...and its start time (clock ticks since boot), so a reused pid is never taken for it. */
   startTime: number;
+  /**
+   * The relay nbdfuse is connected to (relay.ts), which outlives the agent.
+   * Absent in records of agents that bound nbdfuse to the export directly:
+   * those bindings cannot be re-adopted and are bound anew.
+   */
+  relay?: RelayProcess;
+}
+
+/** The `pagedisk fuse-relay` process of a fuse-loop binding. */
+export interface RelayProcess {
+  pid: number;
+  startTime: number;
+  /** The socket it serves nbdfuse on. */
+  socket: string;
 }
 
 /** A block device bound to a volume's export; recorded in the state dir. */

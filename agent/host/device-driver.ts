@@ -20,6 +20,15 @@ export interface DeviceDriver {
     previous: Binding | null,
     record: (partial: Binding) => Promise<void>,
   ): Promise<Binding>;
+  /**
+   * Take over `old`, a binding an earlier run of the agent left for the
+   * same attachment (the binder has checked that `req` asks for the very
+   * same export, identifier and geometry), so that its device and whatever
+   * holds it open carry on. Null when this kind cannot (the binder then
+   * tears `old` down and binds anew). Optional: a kind without it always
+   * binds anew.
+   */
+  adopt?(req: CheckedRequest, old: Binding): Promise<Binding | null>;
   /** Tear a binding down, whatever part of it is left; idempotent. */
   detach(binding: Binding): Promise<void>;
   /** Whether the binding's device still exists and is still this binding's. */

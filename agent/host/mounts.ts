@@ -5,9 +5,13 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 
-/** Mount points in /proc/self/mountinfo, octal escapes (\040 for a space) decoded. */
-export async function mountPoints(): Promise<string[]> {
-  const text = await readFile("/proc/self/mountinfo", "utf8");
+/**
+ * Mount points in /proc/self/mountinfo (or a process's, as that process
+ * sees them: its mount namespace may not be ours), octal escapes (\040 for
+ * a space) decoded.
+ */
+export async function mountPoints(pid: number | "self" = "self"): Promise<string[]> {
+  const text = await readFile(`/proc/${pid}/mountinfo`, "utf8");
   return text
     .split("\n")
     .filter(Boolean)
@@ -20,6 +24,11 @@ export function unescapeMountPath(field: string): string {
 
 export async function isMountPoint(dir: string): Promise<boolean> {
   return (await mountPoints()).includes(dir);
+}
+
+/** Whether `dir` is a mount point in the mount namespace of process `pid` (false when it is gone). */
+export async function isMountPointOf(pid: number, dir: string): Promise<boolean> {
+  return (await mountPoints(pid).catch(() => [] as string[])).includes(dir);
 }
 
 /** Loop devices (`/dev/loopN`) whose backing file is `file`. */

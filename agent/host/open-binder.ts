@@ -16,7 +16,7 @@ import type { Logger } from "../log.ts";
 import { type BindRequest, checkBindRequest, type KernelBinder, MAX_CONNECTIONS } from "./binding.ts";
 import { Binder } from "./binder.ts";
 import { BindError } from "./errors.ts";
-import { FuseLoopDriver } from "./fuse-loop-driver.ts";
+import { FuseLoopDriver, type FuseLoopOptions } from "./fuse-loop-driver.ts";
 import { NbdDriver } from "./nbd-driver.ts";
 import { findTool, runTool } from "./tools.ts";
 
@@ -33,6 +33,8 @@ export interface OpenBinderOptions {
   mode?: BinderMode;
   /** Connections per device at most; the default is one per CPU up to this (8). */
   maxConnections?: number;
+  /** fuse-loop: how to start `pagedisk fuse-relay` (default: this program) and how long it holds requests. */
+  fuse?: FuseLoopOptions;
   log: Logger;
 }
 
@@ -105,7 +107,7 @@ export async function openBinder(opts: OpenBinderOptions): Promise<KernelBinder>
   const kind = chooseKind(mode, await probeHost(mode !== "fuse"));
   await mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
   const log = opts.log.child({ component: "binder", kind });
-  const drivers = { nbd: new NbdDriver(log), "fuse-loop": new FuseLoopDriver(opts.stateDir, log) };
+  const drivers = { nbd: new NbdDriver(log), "fuse-loop": new FuseLoopDriver(opts.stateDir, log, opts.fuse) };
   log.info({ stateDir: opts.stateDir, defaultConnections }, "kernel binder open");
   return new Binder(kind, drivers, { stateDir: opts.stateDir, defaultConnections, log });
 }

@@ -36,6 +36,8 @@ export interface StopOptions {
   exited?: Promise<unknown>;
   /** How long it may take to exit on its own before SIGTERM, then before SIGKILL. */
   graceMs?: number;
+  /** Send SIGTERM at once: for a process that never exits on its own. */
+  terminate?: boolean;
 }
 
 /**
@@ -45,7 +47,8 @@ export interface StopOptions {
  */
 export async function stopProcess(pid: number, startTime: number, opts: StopOptions = {}): Promise<void> {
   const graceMs = opts.graceMs ?? 5_000;
-  for (const signal of [null, "SIGTERM", "SIGKILL"] as const) {
+  const signals = opts.terminate ? (["SIGTERM", "SIGKILL"] as const) : ([null, "SIGTERM", "SIGKILL"] as const);
+  for (const signal of signals) {
     if (!(await isSameProcess(pid, startTime))) return;
     if (signal) {
       try {

@@ -138,7 +138,7 @@ describe("fuse-loop binder", () => {
     expect(await b.recorded()).toEqual([]);
   });
 
-  it("replaces the binding a killed agent left, and I/O works through the new device", async () => {
+  it("replaces the binding an earlier run left for another attachment, and I/O works through the new device", async () => {
     const first = (await (await binder()).bind(request())) as Binding;
     const before = randomBytes(256 * 1024);
     await writeDevice(first.device, 2 * MiB, before);
@@ -161,6 +161,7 @@ describe("fuse-loop binder", () => {
     expect(c.loops).toEqual([second.device]);
     expect(c.nbdfuse).toEqual([second.fuse!.pid]);
     expect(c.mounts).toEqual([second.fuse!.mountDir]);
+    expect(c.relays).toEqual([second.fuse!.relay!.pid]);
 
     // What was written before the restart reads back through the new device,
     // and new writes reach the new server.
@@ -174,7 +175,7 @@ describe("fuse-loop binder", () => {
     expect(await restarted.recorded()).toEqual([]);
   });
 
-  it("leaves the binding in place when the agent's whole process group is killed with SIGKILL", async () => {
+  it("keeps the binding when the agent's whole process group is killed with SIGKILL, and the next run adopts it", async () => {
     const agent = spawn(
       process.execPath,
       [join(import.meta.dirname, "bind-and-hold.ts"), stateDir, JSON.stringify(request())],
@@ -191,19 +192,33 @@ describe("fuse-loop binder", () => {
     process.kill(-agent.pid!, "SIGKILL");
     await exited;
 
-    // nbdfuse runs in its own process group: the device is still there and serving.
-    expect(await census(root)).toEqual({ loops: [left.device], mounts: [left.fuse!.mountDir], nbdfuse: [left.fuse!.pid] });
+    // nbdfuse and the relay run in sessions of their own: the device is still there and serving.
+    const relay = left.fuse!.relay!;
+    expect(await census(root)).toEqual({
+      loops: [left.device],
+      mounts: [left.fuse!.mountDir],
+      nbdfuse: [left.fuse!.pid],
+      relays: [relay.pid],
+    });
     const data = randomBytes(128 * 1024);
     await writeDevice(left.device, 7 * MiB, data);
     expect(Buffer.from(await backend.read(7 * MiB, data.length)).equals(data)).toBe(true);
 
+    // The same attachment asked for again: the whole binding is kept, device path included.
     const restarted = await binder();
     expect(await restarted.recorded()).toEqual([left]);
     const again = (await restarted.bind(request())) as Binding;
-    expect(again.fuse!.pid).not.toBe(left.fuse!.pid);
-    expect(await processStartTime(left.fuse!.pid)).toBeNull();
+    expect(again).toEqual(left);
+    expect(await census(root)).toEqual({
+      loops: [left.device],
+      mounts: [left.fuse!.mountDir],
+      nbdfuse: [left.fuse!.pid],
+      relays: [relay.pid],
+    });
     expect((await readDevice(again.device, 7 * MiB, data.length)).equals(data)).toBe(true);
+    // Unbinding takes every part down, the relay last.
     await restarted.unbind("vol1");
+    expect(await processStartTime(relay.pid)).toBeNull();
   });
 
   it("drops a record whose device is gone, clearing what is left of it", async () => {

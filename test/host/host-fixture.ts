@@ -2,7 +2,7 @@
  * What the binder tests need around a binder: our NbdServer serving one
  * MemoryBackend on a unix socket (restartable on the same path, as an agent
  * restart does), I/O through a block device as an application does it, and a census of what a binding leaves on the host (loop
- * devices, mounts, nbdfuse processes) under a test's own directory, so that
+ * devices, mounts, nbdfuse and fuse relay processes) under a test's own directory, so that
  * other suites binding loop devices at the same time do not disturb it.
  */
 import { open, readdir, readFile } from "node:fs/promises";
@@ -26,6 +26,7 @@ export interface Census {
   loops: string[];
   mounts: string[];
   nbdfuse: number[];
+  relays: number[];
 }
 
 export async function census(root: string): Promise<Census> {
@@ -40,13 +41,15 @@ export async function census(root: string): Promise<Census> {
     .map((line) => line.split(" ")[4] ?? "")
     .filter((point) => point.startsWith(root));
   const nbdfuse: number[] = [];
+  const relays: number[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     // A zombie has an empty command line: it is gone in every sense that matters.
     const argv = (await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "")).split("\0");
     if (argv[0]?.endsWith("nbdfuse") && argv.some((a) => a.startsWith(root))) nbdfuse.push(Number(entry));
+    if (argv.includes("fuse-relay") && argv.some((a) => a.includes(`"${root}/`))) relays.push(Number(entry));
   }
-  return { loops: loops.sort(), mounts: mounts.sort(), nbdfuse: nbdfuse.sort() };
+  return { loops: loops.sort(), mounts: mounts.sort(), nbdfuse: nbdfuse.sort(), relays: relays.sort() };
 }
 
 /** Write through a block device the way an application would: write, fsync, close. */
@@ -73,6 +76,6 @@ export async function readDevice(device: string, offset: number, length: number)
   }
 }
 
-export const NOTHING: Census = { loops: [], mounts: [], nbdfuse: [] };
+export const NOTHING: Census = { loops: [], mounts: [], nbdfuse: [], relays: [] };
 
 export { MemoryBackend };

@@ -284,7 +284,7 @@ describe("install, re-run, uninstall, purge", () => {
       EnvironmentFile: ["/etc/pagedisk/agent.env"],
       Restart: ["always"],
       RestartSec: [expect.stringMatching(/^\d+s$/)],
-      KillMode: ["mixed"],
+      KillMode: ["process"],
       NoNewPrivileges: ["yes"],
       ProtectSystem: ["strict"],
       ReadWritePaths: ["/var/lib/pagedisk"],
