@@ -99,6 +99,9 @@ export async function completeAttach(
   const { copyLeaseId: _over, ...claimed } = claim.value;
   const attached: VolumeRecord = {
     ...claimed,
+    // The leases, and with them the SAS policies, are in place now (desired-state.ts times its
+    // SAS from here).
+    policiesSetAt: now.toISOString(),
     status: withFailoverPending(
       {
         ...claim.value.status,
@@ -212,7 +215,6 @@ async function claimVolume(
       false,
     ),
     leaseId: randomUUID(),
-    leaseIssuedAt: cp.now().toISOString(),
     updatedAt: cp.now().toISOString(),
   };
   // Before the claim, never after: the owner index may hold more than the truth, never less.

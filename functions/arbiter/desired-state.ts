@@ -98,11 +98,11 @@ export const UNBOUND_SAS_LIFETIME_MS = 2 * 60_000;
 
 /**
  * Whether the policy of `r`'s container may be too new for Azure to honour
- * a SAS bound to it: set with the lease (`leaseIssuedAt`) or, for a replica
+ * a SAS bound to it: set with the leases (`policiesSetAt`) or, for a replica
  * whose lease was taken later (a repair), when it last changed state.
  */
 function policyMayBePending(v: VolumeRecord, r: Replica, now: Date): boolean {
-  const set = Math.max(Date.parse(v.leaseIssuedAt ?? "") || 0, Date.parse(r.since ?? "") || 0);
+  const set = Math.max(Date.parse(v.policiesSetAt ?? "") || 0, Date.parse(r.since ?? "") || 0);
   return now.getTime() - set < POLICY_PROPAGATION_MS;
 }
 

@@ -230,7 +230,6 @@ async function failOver(
       true,
     ),
     leaseId: randomUUID(),
-    leaseIssuedAt: cp.now().toISOString(),
     updatedAt: cp.now().toISOString(),
   };
   // Before the claim, never after: the owner index may hold more than the truth, never less.

@@ -17,12 +17,13 @@ export const VolumeRecord = z.object({
   /** Lease held on every replica for `status.ownerNode`; only the owner ever sees it. */
   leaseId: z.string().nullable(),
   /**
-   * When `leaseId` was chosen: the stored access policies named after it
-   * were set moments later (storage/replica-container.ts), and Azure may
-   * refuse a SAS bound to a policy for its first 30 s. Absent on records
-   * from before it was kept, and while no lease is held.
+   * When the stored access policies named after `leaseId` had been set on
+   * every replica reached (storage/replica-container.ts): stamped as the
+   * volume becomes ATTACHED, after its leases are taken. Azure may refuse a
+   * SAS bound to a policy for its first 30 s. Absent on records from before
+   * it was kept, and while no lease is held.
    */
-  leaseIssuedAt: Timestamp.optional(),
+  policiesSetAt: Timestamp.optional(),
   /**
    * Lease the control plane holds on the replicas it copies while the
    * volume is DETACHED (health/repair-detached.ts); absent otherwise. An
@@ -53,7 +54,7 @@ export const volumeCodec: Codec<VolumeRecord> = {
     ...(v.status.writers === undefined ? {} : { writers: packJson("writers", v.status.writers) }),
     ...(v.leaseId === null ? {} : { leaseId: v.leaseId }),
     // Meaningless once the lease is dropped: not kept then.
-    ...(v.leaseId === null || v.leaseIssuedAt === undefined ? {} : { leaseIssuedAt: v.leaseIssuedAt }),
+    ...(v.leaseId === null || v.policiesSetAt === undefined ? {} : { policiesSetAt: v.policiesSetAt }),
     ...(v.copyLeaseId === undefined ? {} : { copyLeaseId: v.copyLeaseId }),
     createdAt: v.createdAt,
     updatedAt: v.updatedAt,
@@ -78,7 +79,7 @@ export const volumeCodec: Codec<VolumeRecord> = {
         ...(p.writers === undefined ? {} : { writers: unpackJson(p.writers) }),
       },
       leaseId: p.leaseId ?? null,
-      ...(p.leaseIssuedAt === undefined ? {} : { leaseIssuedAt: p.leaseIssuedAt }),
+      ...(p.policiesSetAt === undefined ? {} : { policiesSetAt: p.policiesSetAt }),
       ...(p.copyLeaseId === undefined ? {} : { copyLeaseId: p.copyLeaseId }),
       createdAt: p.createdAt,
       updatedAt: p.updatedAt,

@@ -6,12 +6,14 @@
  *
  * Real parts only: Azurite, the control plane in process (telling agents to
  * beat every second), the built agent, NBD writes over its socket. The
- * agent's SAS is bound to a stored access policy that grants permissions
- * only (replica-container.ts), so its own `st` and `se` are what bound it in
- * time; Azure enforces them, but Azurite takes a bound SAS's times from the
- * policy alone and would accept it for ever. So the pool is reached through
- * a fault proxy that refuses a bound SAS outside its own times, as Azure
- * does (403 AuthenticationFailed), and passes everything else to Azurite. A recording pass-through proxy between
+ * pool is reached through the fault proxy's emulation of Azure's stored
+ * access policies (`azurePolicies`), because an agent's SAS is bound to a
+ * policy that grants permissions only (replica-container.ts), so its own
+ * `st` and `se` are what bound it in time: Azure enforces them, but Azurite
+ * takes a bound SAS's times from the policy alone and would accept it for
+ * ever. (Every token this test sees is signed within the first 35 s of the
+ * lease, on the control plane's clock, so none is bound yet and Azurite
+ * checks its times itself: desired-state.ts.) A recording pass-through proxy between
  * agent and control plane shows which desired states (and so which tokens)
  * the agent received and when it asked again. A token is renewed when half
  * its time is left (liveness-loop.ts `renewIn`), so here, each token being
@@ -42,7 +44,7 @@ import { type LocalControlPlane, startLocalControlPlane } from "../../functions/
 import { replicaSasLifetimeFrom, settingsFrom } from "../../functions/settings.ts";
 import { replicaContainerName } from "../../functions/storage/replica-container.ts";
 import { type Azurite, startAzurite } from "../harness/azurite.ts";
-import { type FaultProxy, type ProxiedRequest, startFaultProxy } from "../harness/fault-proxy.ts";
+import { type FaultProxy, startFaultProxy } from "../harness/fault-proxy.ts";
 import { ensureBundleBuilt } from "../infra/installer.ts";
 import { bumpDesiredGeneration } from "../../functions/arbiter/desired-generation.ts";
 import { ERR } from "../nbd/raw-client.ts";
@@ -179,10 +181,8 @@ beforeAll(async () => {
   await ensureBundleBuilt();
   dir = await mkdtemp(join(tmpdir(), "pagedisk-sas-"));
   azurite = await startAzurite({ table: true, inMemory: true });
-  storage = await startFaultProxy(azurite.blobEndpoint);
-  storage.inject({
-    fault: { type: "status", status: 403, code: "AuthenticationFailed" },
-    match: outsideItsTimes,
+  storage = await startFaultProxy(azurite.blobEndpoint, {
+    azurePolicies: { propagationMs: 30_000, accountKey: azurite.accountKey },
   });
   const env = {
     PAGEDISK_REPLICA_SAS_LIFETIME_SECONDS: String(LIFETIME_SECONDS),
@@ -234,16 +234,6 @@ afterAll(async () => {
   await azurite?.dispose();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
-
-/** A request carrying a SAS bound to a stored access policy, sent before its `st` or after its `se`. */
-function outsideItsTimes(req: ProxiedRequest): boolean {
-  const query = req.url.searchParams;
-  if (!query.has("si")) return false;
-  const now = Date.now();
-  const startsAt = query.has("st") ? Date.parse(query.get("st")!) : -Infinity;
-  const expiresAt = query.has("se") ? Date.parse(query.get("se")!) : Infinity;
-  return now < startsAt || now > expiresAt;
-}
 
 /** The replica's blob, read straight from Azurite with the account key. */
 function blob() {

@@ -37,8 +37,12 @@ export interface ControlPlaneFixture {
   ): Promise<Response>;
   /** A pool connection string for this Azurite. */
   connectionString: string;
-  /** Register pool `name` over this Azurite (the API's default container unless named), as an admin does. */
-  addPool(name: string, container?: string): Promise<void>;
+  /**
+   * Register pool `name` over this Azurite (the API's default container
+   * unless named), as an admin does; reached through `blobEndpoint` (a
+   * fault proxy in front of Azurite's) when given.
+   */
+  addPool(name: string, container?: string, blobEndpoint?: string): Promise<void>;
   /** Everything in the account: every table's rows and every container's blobs, with ETags. */
   snapshot(): Promise<StorageSnapshot>;
   blobs: BlobServiceClient;
@@ -95,8 +99,11 @@ export async function startControlPlane(
     reported,
     connectionString: azurite.connectionString,
     blobs,
-    async addPool(name, container) {
-      const auth = { kind: "connectionString", connectionString: azurite.connectionString };
+    async addPool(name, container, blobEndpoint) {
+      const connectionString = blobEndpoint
+        ? azurite.connectionString.replace(/BlobEndpoint=[^;]+/, `BlobEndpoint=${blobEndpoint}`)
+        : azurite.connectionString;
+      const auth = { kind: "connectionString", connectionString };
       await jsonOf(await call("POST", "/api/v1/pools", { name, container, auth }), 201);
     },
     call,

@@ -13,6 +13,9 @@
  * nothing once its timeout has passed. Requests without `timeout` are
  * counted (`untimed()`).
  *
+ * With `azurePolicies`, it also keeps Azure's timing of stored access
+ * policies, where Azurite differs: see `AzurePolicies`.
+ *
  *   const proxy = await startFaultProxy(azurite.blobEndpoint);
  *   proxy.inject({ fault: { type: "busy" }, only: ["putPage"] });
  *   await proxy.waitFor(() => proxy.faulted("putPage") >= 3);
@@ -28,6 +31,15 @@ import {
   type Server,
   type ServerResponse,
 } from "node:http";
+import {
+  BlobSASPermissions,
+  type BlobSASSignatureValues,
+  ContainerSASPermissions,
+  generateBlobSASQueryParameters,
+  type SASProtocol,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
+import { DEV_ACCOUNT_KEY } from "../../agent/pageblob/location.ts";
 
 /** What a request does, as far as counting and matching are concerned. */
 export type RequestKind =
@@ -103,7 +115,10 @@ export interface FaultProxy {
   received(kind?: RequestKind): number;
   /** Requests forwarded to the target. */
   forwarded(kind?: RequestKind): number;
-  /** Requests answered by a fault (OperationTimedOut for an expired `timeout` included). */
+  /**
+   * Requests answered by a fault (OperationTimedOut for an expired `timeout`
+   * included, and a SAS refused under `azurePolicies`).
+   */
   faulted(kind?: RequestKind): number;
   /** Requests that carried no valid `timeout` query parameter. */
   untimed(kind?: RequestKind): number;
@@ -130,13 +145,75 @@ export interface FaultProxy {
    */
   waitFor(condition: () => boolean, maxRequests?: number): Promise<void>;
   close(): Promise<void>;
+  /**
+   * With `azurePolicies`: whether a SAS bound to policy `id` of `container`
+   * is honoured now, as far as the Set Container ACL requests the proxy saw
+   * go. False for a policy it never saw.
+   */
+  policyInEffect(container: string, id: string): boolean;
+  /**
+   * With `azurePolicies`: resolves once the last change the proxy saw to
+   * policy `id` of `container` has propagated (an added one is honoured, a
+   * removed one is not); at once for a policy it never saw.
+   */
+  policySettled(container: string, id: string): Promise<void>;
+}
+
+export interface FaultProxyOptions {
+  azurePolicies?: AzurePolicies;
+}
+
+/**
+ * Azure's timing of stored access policies, which Azurite lacks. Azure
+ * takes up to 30 s to apply a change of a container's policies, both ways:
+ * a SAS bound to a new policy fails with 403 during that time, and one
+ * bound to a removed policy goes on working. Azurite applies every change
+ * at once. Also, Azure enforces a bound SAS's own `st` and `se`, where
+ * Azurite takes the times of a bound SAS from its policy only.
+ *
+ * The emulation takes the worst case each way: a change takes the whole
+ * `propagationMs`, no sooner. So the proxy watches the Set Container ACL
+ * requests Azurite accepts and keeps, per container, when each policy was
+ * added and removed (a policy set again unchanged keeps its time; one
+ * changed counts as added anew).
+ * A request whose SAS names a policy (`si`):
+ * - outside the SAS's own `st`/`se`: 403 AuthenticationFailed;
+ * - bound to a policy added less than `propagationMs` ago: 403
+ *   AuthenticationFailed, never forwarded;
+ * - bound to a policy removed less than `propagationMs` ago (that was in
+ *   effect when removed): forwarded, re-signed with the account key as a
+ *   SAS of its own with the removed policy's permissions and the same times,
+ *   since Azurite no longer knows the policy. The proxy first checks the
+ *   original signature with the same key, so only a SAS the account's key
+ *   signed gets through;
+ * - anything else: forwarded untouched, and Azurite decides (it refuses a
+ *   policy it does not hold).
+ * Time is the real time (`Date.now()`).
+ *
+ * Why re-sign rather than keep the removed policy in Azurite a while: the
+ * proxy would have to rewrite the client's Set Container ACL (its Shared
+ * Key signature covers the length of the body), answer for Azurite, keep
+ * up to five policies where Azure counts only the client's, and remove
+ * them later behind the client's back; Get Container ACL would show them.
+ * Re-signing touches only the one request and leaves Azurite's policies as
+ * the client set them.
+ */
+export interface AzurePolicies {
+  /** How long a change of policies takes to apply: Azure says up to 30 s. */
+  propagationMs: number;
+  /** The account key, to check and re-sign SAS tokens; Azurite's well-known key if absent. */
+  accountKey?: string;
 }
 
 type Outcome = "received" | "forwarded" | "faulted" | "untimed";
 
 /** Start a proxy on 127.0.0.1 (port 0) in front of `targetEndpoint` (e.g. Azurite's blob endpoint). */
-export async function startFaultProxy(targetEndpoint: string): Promise<FaultProxy> {
+export async function startFaultProxy(
+  targetEndpoint: string,
+  options: FaultProxyOptions = {},
+): Promise<FaultProxy> {
   const target = new URL(targetEndpoint);
+  const policies = options.azurePolicies && new PolicyLedger(target, options.azurePolicies);
   const agent = new Agent({ keepAlive: true, maxSockets: 256 });
   const rules: Array<FaultRule & { left: number }> = [];
   const counts = new Map<string, number>();
@@ -157,13 +234,17 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   /**
    * Send `req` on to the target and its answer back to the client (if the
    * client is still there). `body`: the request body, already read (else it
-   * is piped). Resolves once the target's answer is in, or it failed.
+   * is piped). `path`: sent instead of the request's own. `answered` learns
+   * the target's status before the client does. Resolves once the target's
+   * answer is in, or it failed.
    */
   const forward = (
     req: IncomingMessage,
     res: ServerResponse,
     kind: RequestKind,
     body?: Buffer,
+    path = req.url,
+    answered?: (status: number) => void,
   ): Promise<void> => {
     bump("forwarded", kind);
     return new Promise<void>((resolve) => {
@@ -172,11 +253,12 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
           host: target.hostname,
           port: target.port,
           method: req.method,
-          path: req.url,
+          path,
           headers: { ...req.headers, host: target.host },
           agent,
         },
         (up) => {
+          answered?.(up.statusCode ?? 502);
           up.once("end", resolve);
           up.once("error", () => resolve());
           if (res.destroyed || req.socket.destroyed) {
@@ -198,8 +280,9 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   };
 
   /**
-   * Forward `req`, unless its server timeout passed since it `arrived`: then
-   * answer 500 OperationTimedOut, as Azure does, and never forward it.
+   * Forward `req` (as Azure would treat it, under `azurePolicies`), unless
+   * its server timeout passed since it `arrived`: then answer 500
+   * OperationTimedOut, as Azure does, and never forward it.
    */
   const forwardInTime = (
     req: IncomingMessage,
@@ -210,13 +293,24 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
   ): Promise<void> => {
     const timeoutSec = serverTimeoutSec(info.url);
     if (timeoutSec === undefined || performance.now() - arrived <= timeoutSec * 1000) {
-      return forward(req, res, info.kind, body);
+      return policies ? forwardAsAzure(policies, req, res, info, body) : forward(req, res, info.kind, body);
     }
+    return refuse(req, res, info, body, 500, "OperationTimedOut", TIMED_OUT_MESSAGE);
+  };
+
+  /** Answer `req` with an error once its body is in, as the service does; never forward it. */
+  const refuse = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    info: ProxiedRequest,
+    body: Buffer | undefined,
+    status: number,
+    code: string,
+    message: string,
+  ): Promise<void> => {
     bump("faulted", info.kind);
     const answer = () => {
-      if (!res.destroyed && !req.socket.destroyed) {
-        answerError(res, 500, "OperationTimedOut", TIMED_OUT_MESSAGE);
-      }
+      if (!res.destroyed && !req.socket.destroyed) answerError(res, status, code, message);
     };
     if (body || req.readableEnded) answer();
     else {
@@ -224,6 +318,40 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
       req.once("end", answer);
     }
     return Promise.resolve();
+  };
+
+  /**
+   * Forward `req` as Azure would treat it under `AzurePolicies`: a SAS
+   * bound to a policy judged by the policy's history, a Set Container ACL
+   * (or a container's deletion) recorded once the target accepts it.
+   */
+  const forwardAsAzure = async (
+    ledger: PolicyLedger,
+    req: IncomingMessage,
+    res: ServerResponse,
+    info: ProxiedRequest,
+    body?: Buffer,
+  ): Promise<void> => {
+    const verdict = ledger.judge(info.url, Date.now());
+    if (verdict.refuse) {
+      const message = `${AUTH_FAILED_MESSAGE}\n${verdict.refuse}`;
+      return refuse(req, res, info, body, 403, "AuthenticationFailed", message);
+    }
+    const container = ledger.containerOf(info.url);
+    const restype = info.url.searchParams.get("restype");
+    const comp = info.url.searchParams.get("comp");
+    if (container !== undefined && restype === "container" && comp === "acl" && info.method === "PUT") {
+      const acl = body ?? (await readBody(req));
+      return forward(req, res, info.kind, acl, verdict.path, (status) => {
+        if (status === 200) ledger.set(container, parseSignedIdentifiers(acl.toString("utf8")), Date.now());
+      });
+    }
+    if (container !== undefined && restype === "container" && comp === null && info.method === "DELETE") {
+      return forward(req, res, info.kind, body, verdict.path, (status) => {
+        if (status === 202) ledger.forget(container);
+      });
+    }
+    return forward(req, res, info.kind, body, verdict.path);
   };
 
   const server: Server = createServer((req, res) => {
@@ -385,6 +513,22 @@ export async function startFaultProxy(targetEndpoint: string): Promise<FaultProx
         events.on("request", check);
       });
     },
+    policyInEffect(container, id) {
+      return policies?.inEffect(container, id, Date.now()) ?? false;
+    },
+    async policySettled(container, id) {
+      if (!policies) throw new Error("policySettled needs the azurePolicies option");
+      // Wait until the change has had its time; a later change in between restarts the wait.
+      for (let at = policies.settlesAt(container, id); at > Date.now(); at = policies.settlesAt(container, id)) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            timers.delete(timer);
+            resolve();
+          }, at - Date.now());
+          timers.add(timer);
+        });
+      }
+    },
     async close() {
       rules.length = 0;
       held.clear();
@@ -450,4 +594,234 @@ function answerError(
   if (retryAfterSec !== undefined) headers["retry-after"] = retryAfterSec;
   res.writeHead(status, headers);
   res.end(body);
+}
+
+const AUTH_FAILED_MESSAGE =
+  "Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly including the signature.";
+
+/** The whole body of `req`. */
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.once("end", () => resolve(Buffer.concat(chunks)));
+    req.once("error", reject);
+  });
+}
+
+/** What a stored access policy grants: the fields of a SignedIdentifier's AccessPolicy. */
+interface StoredPolicy {
+  permissions?: string;
+  start?: string;
+  expiry?: string;
+}
+
+/** A policy as the proxy saw it set: when it was added, and removed if it was. */
+interface PolicyHistory extends StoredPolicy {
+  addedAt: number;
+  removedAt?: number;
+}
+
+/** The policies of a Set Container ACL body (SignedIdentifiers XML), by id. */
+function parseSignedIdentifiers(xml: string): Map<string, StoredPolicy> {
+  const unescape = (text: string) =>
+    text
+      .replace(/&lt;/g, "<")
+      .replace(/&gt;/g, ">")
+      .replace(/&quot;/g, '"')
+      .replace(/&apos;/g, "'")
+      .replace(/&amp;/g, "&");
+  const policies = new Map<string, StoredPolicy>();
+  for (const [, entry] of xml.matchAll(/<SignedIdentifier>([\s\S]*?)<\/SignedIdentifier>/g)) {
+    const field = (name: string) => {
+      const found = new RegExp(`<${name}>([^<]*)</${name}>`).exec(entry!)?.[1];
+      return found === undefined || found === "" ? undefined : unescape(found);
+    };
+    const id = field("Id");
+    if (id === undefined) continue;
+    const policy: StoredPolicy = {};
+    const permissions = field("Permission");
+    const start = field("Start");
+    const expiry = field("Expiry");
+    if (permissions !== undefined) policy.permissions = permissions;
+    if (start !== undefined) policy.start = start;
+    if (expiry !== undefined) policy.expiry = expiry;
+    policies.set(id, policy);
+  }
+  return policies;
+}
+
+/** Every query parameter a SAS may carry: what a re-signed request drops before adding its own. */
+const SAS_PARAMETERS = [
+  "sv", "ss", "srt", "spr", "st", "se", "sip", "si", "ses", "skoid", "sktid", "skt", "ske",
+  "sks", "skv", "skdutid", "sr", "sp", "rscc", "rscd", "rsce", "rscl", "rsct", "saoid", "scid",
+  "sduoid", "srh", "srq", "sdd", "sig",
+];
+
+/** What becomes of a request under `AzurePolicies`: refused (why), or forwarded (to `path` if re-signed). */
+type Verdict = { refuse: string; path?: undefined } | { refuse?: undefined; path?: string };
+
+/**
+ * Per container, the history of its stored access policies as Azure would
+ * apply them (`AzurePolicies`), and what that makes of a SAS bound to one.
+ */
+class PolicyLedger {
+  readonly #byContainer = new Map<string, Map<string, PolicyHistory>>();
+  readonly #propagationMs: number;
+  /** The target's path before the container (`/devstoreaccount1` on Azurite), without trailing slash. */
+  readonly #prefix: string;
+  readonly #key: StorageSharedKeyCredential;
+
+  constructor(target: URL, options: AzurePolicies) {
+    this.#propagationMs = options.propagationMs;
+    this.#prefix = target.pathname.replace(/\/+$/, "");
+    // Azurite is addressed by path (`/<account>/<container>`); Azure by host (`<account>.blob…`).
+    const account = this.#prefix.split("/").find(Boolean) ?? target.hostname.split(".")[0]!;
+    this.#key = new StorageSharedKeyCredential(account, options.accountKey ?? DEV_ACCOUNT_KEY);
+  }
+
+  /** The container a request is for, or undefined for a request on the account. */
+  containerOf(url: URL): string | undefined {
+    return this.#resource(url)?.container;
+  }
+
+  /** Record that the container's policies became exactly `policies` at `at`. */
+  set(container: string, policies: Map<string, StoredPolicy>, at: number): void {
+    const histories = this.#byContainer.get(container) ?? new Map<string, PolicyHistory>();
+    this.#byContainer.set(container, histories);
+    for (const [id, history] of histories) {
+      if (!policies.has(id) && history.removedAt === undefined) history.removedAt = at;
+    }
+    for (const [id, policy] of policies) {
+      const before = histories.get(id);
+      const unchanged =
+        before !== undefined &&
+        before.removedAt === undefined &&
+        before.permissions === policy.permissions &&
+        before.start === policy.start &&
+        before.expiry === policy.expiry;
+      if (!unchanged) histories.set(id, { ...policy, addedAt: at });
+    }
+  }
+
+  /** The container is gone, and its policies with it. */
+  forget(container: string): void {
+    this.#byContainer.delete(container);
+  }
+
+  /** Whether Azure would honour a SAS bound to policy `id` of `container` at `now`. */
+  inEffect(container: string, id: string, now: number): boolean {
+    const history = this.#byContainer.get(container)?.get(id);
+    return history !== undefined && this.#honoured(history, now);
+  }
+
+  /** When the last change to policy `id` of `container` has propagated (0 for one never seen). */
+  settlesAt(container: string, id: string): number {
+    const history = this.#byContainer.get(container)?.get(id);
+    if (!history) return 0;
+    return (history.removedAt ?? history.addedAt) + this.#propagationMs;
+  }
+
+  /** What Azure would make of `url` at `now`, as far as a SAS bound to a policy goes. */
+  judge(url: URL, now: number): Verdict {
+    const query = url.searchParams;
+    const id = query.get("si");
+    // A user delegation SAS cannot name a policy: Azurite refuses that itself.
+    if (id === null || query.has("skoid")) return {};
+    const startsAt = query.has("st") ? Date.parse(query.get("st")!) : -Infinity;
+    const expiresAt = query.has("se") ? Date.parse(query.get("se")!) : Infinity;
+    if (now < startsAt || now > expiresAt) return { refuse: "Signed time window does not include the current time." };
+    const resource = this.#resource(url);
+    const history = resource && this.#byContainer.get(resource.container)?.get(id);
+    // Never seen set through here: Azurite's word is all there is.
+    if (!resource || !history) return {};
+    const removed = history.removedAt !== undefined;
+    if (!this.#honoured(history, now)) {
+      // A policy removed long enough ago is refused by Azurite already, as by Azure.
+      return removed && now - history.removedAt! >= this.#propagationMs
+        ? {}
+        : { refuse: `Stored access policy ${id} is not in effect yet.` };
+    }
+    if (!removed) return {};
+    // Azure still honours the removed policy; Azurite no longer knows it. Let the request through
+    // as a SAS of its own with the policy's permissions, once the SAS it carries proves genuine.
+    const values = this.#signedValues(url, resource);
+    let signed: string | undefined;
+    try {
+      signed = generateBlobSASQueryParameters(values, this.#key).signature;
+    } catch {
+      signed = undefined;
+    }
+    if (signed === undefined || signed !== query.get("sig")) {
+      return { refuse: "Signature did not match." };
+    }
+    const grant = query.get("sp") ?? history.permissions;
+    const startsOn = values.startsOn ?? (history.start ? new Date(history.start) : undefined);
+    const expiresOn = values.expiresOn ?? (history.expiry ? new Date(history.expiry) : undefined);
+    if (grant === undefined || expiresOn === undefined) return { refuse: "The policy grants nothing." };
+    if (now < (startsOn?.getTime() ?? -Infinity) || now > expiresOn.getTime()) {
+      return { refuse: "Signed time window does not include the current time." };
+    }
+    const own = generateBlobSASQueryParameters(
+      {
+        ...values,
+        identifier: undefined,
+        permissions: permissionsOf(grant, resource.blob),
+        ...(startsOn ? { startsOn } : {}),
+        expiresOn,
+      },
+      this.#key,
+    );
+    const resigned = new URL(url);
+    for (const name of SAS_PARAMETERS) resigned.searchParams.delete(name);
+    const rest = resigned.searchParams.toString();
+    return { path: `${resigned.pathname}?${rest ? `${rest}&` : ""}${own.toString()}` };
+  }
+
+  #honoured(history: PolicyHistory, now: number): boolean {
+    const p = this.#propagationMs;
+    if (history.removedAt === undefined) return now - history.addedAt >= p;
+    // Removed: still honoured for a while, if it was in effect by then.
+    return history.removedAt - history.addedAt >= p && now - history.removedAt < p;
+  }
+
+  /** The container and blob (decoded; "" for the container itself) a request is for. */
+  #resource(url: URL): { container: string; blob: string } | undefined {
+    if (!url.pathname.startsWith(`${this.#prefix}/`)) return undefined;
+    const [container, ...blob] = url.pathname.slice(this.#prefix.length + 1).split("/");
+    if (!container) return undefined;
+    return { container: decodeURIComponent(container), blob: decodeURIComponent(blob.join("/")) };
+  }
+
+  /** The signature values of the service SAS on `url`, as its signer gave them. */
+  #signedValues(url: URL, resource: { container: string; blob: string }): BlobSASSignatureValues {
+    const q = url.searchParams;
+    const value = (name: string) => q.get(name) ?? undefined;
+    const values: BlobSASSignatureValues = { containerName: resource.container };
+    const set = <K extends keyof BlobSASSignatureValues>(key: K, v: BlobSASSignatureValues[K] | undefined) => {
+      if (v !== undefined) values[key] = v;
+    };
+    if (q.get("sr") !== "c") set("blobName", resource.blob);
+    if (q.get("sr") === "bs") set("snapshotTime", value("snapshot"));
+    set("version", value("sv"));
+    set("protocol", value("spr") as SASProtocol | undefined);
+    set("startsOn", q.has("st") ? new Date(q.get("st")!) : undefined);
+    set("expiresOn", q.has("se") ? new Date(q.get("se")!) : undefined);
+    const ip = value("sip")?.split("-");
+    set("ipRange", ip ? { start: ip[0]!, ...(ip[1] ? { end: ip[1] } : {}) } : undefined);
+    set("identifier", value("si"));
+    set("permissions", q.has("sp") ? permissionsOf(q.get("sp")!, resource.blob) : undefined);
+    set("encryptionScope", value("ses"));
+    set("cacheControl", value("rscc"));
+    set("contentDisposition", value("rscd"));
+    set("contentEncoding", value("rsce"));
+    set("contentLanguage", value("rscl"));
+    set("contentType", value("rsct"));
+    return values;
+  }
+}
+
+/** `sp` as the SDK takes it: blob permissions for a blob, container permissions for a container. */
+function permissionsOf(sp: string, blob: string): BlobSASPermissions | ContainerSASPermissions {
+  return blob ? BlobSASPermissions.parse(sp) : ContainerSASPermissions.parse(sp);
 }

@@ -7,7 +7,8 @@
  * and an attach elsewhere; a re-attach to the same node; the sweeper's
  * fencing of a LOST node) or the node has been removed. Azurite applies a
  * stored access policy's change at once; Azure within 30 s (the README's
- * security section).
+ * security section), which policy-propagation.test.ts checks under an
+ * emulation of Azure's timing.
  *
  * Each case first proves the same calls with the same URL worked while the
  * node was the writer, so a refusal is the revocation and not a malformed
@@ -24,8 +25,8 @@ import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
 import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
 import { agentNodes, aheadOfRealTime, STEPPED_POLICY } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
+import { call, hostileCalls, page, REFUSED } from "./hostile-calls.ts";
 
-const VERSION = "2021-08-06";
 const SIZE = 64 * 1024;
 let fx: ControlPlaneFixture;
 let nowMs = aheadOfRealTime();
@@ -46,65 +47,6 @@ beforeAll(async () => {
   for (const name of ["rogue", "honest", "witness"]) await join(name);
 });
 afterAll(() => fx?.dispose());
-
-/** One raw REST call on the blob at `url` (its SAS included) with `query` and `headers`. */
-async function call(
-  url: string,
-  method: string,
-  query: string,
-  headers: Record<string, string> = {},
-  body?: Uint8Array,
-): Promise<number> {
-  const res = await fetch(`${url}${query ? `&${query}` : ""}`, {
-    method,
-    headers: { "x-ms-version": VERSION, ...(body ? {} : { "content-length": "0" }), ...headers },
-    ...(body ? { body } : {}),
-  });
-  await res.arrayBuffer();
-  return res.status;
-}
-
-const page = (fill: number) => new Uint8Array(512).fill(fill);
-
-/**
- * What a hostile holder of `url` tries, in an order where each step would
- * do harm if it worked, with the status each call got.
- */
-async function hostileCalls(url: string): Promise<Record<string, number>> {
-  return {
-    breakLease: await call(url, "PUT", "comp=lease", {
-      "x-ms-lease-action": "break",
-      "x-ms-lease-break-period": "0",
-    }),
-    acquireLease: await call(url, "PUT", "comp=lease", {
-      "x-ms-lease-action": "acquire",
-      "x-ms-lease-duration": "-1",
-    }),
-    writeWithoutLease: await call(
-      url,
-      "PUT",
-      "comp=page",
-      { "x-ms-page-write": "update", "x-ms-range": "bytes=0-511", "content-length": "512" },
-      page(0xee),
-    ),
-    resize: await call(url, "PUT", "comp=properties", { "x-ms-blob-content-length": "512" }),
-    snapshot: await call(url, "PUT", "comp=snapshot"),
-    setMetadata: await call(url, "PUT", "comp=metadata", { "x-ms-meta-pagediskoffline": "x" }),
-    read: await call(url, "GET", "", { "x-ms-range": "bytes=0-511" }),
-    delete: await call(url, "DELETE", "", { "x-ms-delete-snapshots": "include" }),
-  };
-}
-
-const REFUSED = {
-  breakLease: 403,
-  acquireLease: 403,
-  writeWithoutLease: 403,
-  resize: 403,
-  snapshot: 403,
-  setMetadata: 403,
-  read: 403,
-  delete: 403,
-};
 
 /**
  * The volume's only replica URL as `node`'s desired state gives it, fetched
