@@ -41,7 +41,8 @@ import { StorageError } from "../pageblob/errors.ts";
 import { type BlobLocation, parseBlobUrl } from "../pageblob/location.ts";
 import { type BlobMetadata, type BlobProperties, PageBlob } from "../pageblob/page-blob.ts";
 import { ReplaceableSas } from "../pageblob/sas.ts";
-import { BlobTransport } from "../pageblob/transport.ts";
+import { doubtKey, inheritedDoubtMs, sharedInDoubt } from "../pageblob/in-doubt.ts";
+import { BlobTransport, DEFAULT_DOUBT_MS } from "../pageblob/transport.ts";
 import { serveVolume, type VolumeExport } from "../serve/export.ts";
 import type { ReplicaStatus } from "../status/source.ts";
 import { OfflineMarks } from "./offline-marks.ts";
@@ -197,6 +198,15 @@ export class ServedReplicas {
         await marks.offline(id, [online[0]!]);
       }
       if (unsynced.length > 0) log.warn({ kept: online[0], unsynced }, "the last writer here stopped uncleanly");
+      // It wrote under the lease this run holds, so a Put Page it had sent may still land: no page
+      // write goes out until it no longer can (pageblob/in-doubt.ts). Reads and metadata go on.
+      const inherited = unclean ? inheritedDoubtMs(DEFAULT_DOUBT_MS) : 0;
+      if (inherited > 0) {
+        for (const m of members.values()) {
+          sharedInDoubt.abandon(doubtKey(m.location), { kind: "pages", start: 0, end: size }, inherited);
+        }
+        log.warn({ waitMs: Math.round(inherited) }, "page writes wait for what the last writer here may still have in flight");
+      }
 
       const listedOffline = want.replicas.filter((r) => r.state !== "ONLINE").map((r) => r.id);
       const offline = new Set([...listedOffline, ...marked, ...probed.failed.map((f) => f.id), ...unsynced]);

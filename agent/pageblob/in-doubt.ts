@@ -26,11 +26,14 @@
  * lossy link can deliver the request itself seconds later, while the
  * service's clock starts only when it arrives.)
  *
- * One registry serves the whole process, keyed by blob, so a second client
- * of the same blob (a resync's fresh stack, a volume opened again) waits
- * too. A restarted process starts empty; there the lease does the work,
- * since every attach takes a new lease id and the service refuses a write
- * carrying the old one.
+ * One registry serves the whole process, keyed by blob (`doubtKey`), so a
+ * second client of the same blob (a resync's fresh stack, a volume opened
+ * again) waits too. A restarted process starts empty. Where the earlier
+ * process held another lease, the service refuses its leftovers anyway. But
+ * an agent restarted at the same epoch writes under the same lease as the
+ * one that died, so when that one died writing, its attempts are taken to
+ * be in doubt from the moment this process began (`inheritedDoubtMs`): it
+ * died before that.
  *
  * Time is monotonic (`performance.now()`): a wall clock stepped forward
  * would end a doubt early.
@@ -113,6 +116,20 @@ export class InDoubtWrites {
     else if (live.length !== doubts.length) this.#byBlob.set(blob, live);
     return live;
   }
+}
+
+/** The registry's key of a blob. */
+export function doubtKey(location: { origin: string; path: string }): string {
+  return `${location.origin}${location.path}`;
+}
+
+/**
+ * How long, from now, attempts left by an earlier process may still land:
+ * `doubtMs` counted from when this process began (`sinceStartMs` ago), since
+ * the earlier one gave them up when it died, before that.
+ */
+export function inheritedDoubtMs(doubtMs: number, sinceStartMs: number = performance.now()): number {
+  return Math.max(0, doubtMs - sinceStartMs);
 }
 
 /** The registry the agent uses: one per process, like the connection pools. */

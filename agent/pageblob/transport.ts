@@ -19,7 +19,7 @@ import type { Dispatcher } from "undici";
 import { fromNetworkError, fromResponse, leavesInDoubt } from "./classify.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { StorageError } from "./errors.ts";
-import { type InDoubtWrites, sharedInDoubt, type Touches } from "./in-doubt.ts";
+import { doubtKey, type InDoubtWrites, sharedInDoubt, type Touches } from "./in-doubt.ts";
 import type { BlobLocation } from "./location.ts";
 import { type PoolLease, type PoolOptions, type PoolRegistry, sharedPools } from "./pool.ts";
 import { calculateDelay, DEFAULT_RETRY, type RetryOptions, shouldRetry } from "./retry.ts";
@@ -103,6 +103,11 @@ export const DEFAULT_IN_DOUBT_MARGIN_MS = 2_000;
  */
 export const CLOCK_RATE_TOLERANCE = 0.01;
 
+/** How long an abandoned attempt may still land, at the defaults: 22.2 s. */
+export const DEFAULT_DOUBT_MS = Math.ceil(
+  DEFAULT_SERVER_TIMEOUT_SEC * 1000 * (1 + CLOCK_RATE_TOLERANCE) + DEFAULT_IN_DOUBT_MARGIN_MS,
+);
+
 /** Errors of attempts left in doubt (so send() knows not to resend them at once). */
 const abandoned = new WeakSet<StorageError>();
 
@@ -141,7 +146,7 @@ export class BlobTransport {
     this.#serverTimeoutSec = serverSec;
     this.#doubtMs = Math.ceil(serverSec * 1000 * (1 + CLOCK_RATE_TOLERANCE) + marginMs);
     this.#inDoubt = opts.inDoubt ?? sharedInDoubt;
-    this.#blobKey = `${location.origin}${location.path}`;
+    this.#blobKey = doubtKey(location);
     // Last: nothing may throw once the pool is referenced.
     this.#lease = (opts.pools ?? sharedPools).acquire(location.origin, opts);
     this.#retry = opts.retry ?? DEFAULT_RETRY;

@@ -35,6 +35,7 @@ import { pagedisk } from "../manage/cli.ts";
 import { ERR } from "../nbd/raw-client.ts";
 import { type AgentProcess, nbdWrite, startAgent } from "./agent-process.ts";
 import { AGENT_VERSION } from "../../agent/control/version.ts";
+import { DEFAULT_DOUBT_MS } from "../../agent/pageblob/transport.ts";
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -140,6 +141,8 @@ function statusGet(path: string): Promise<unknown> {
     req.on("error", fail);
   });
 }
+
+const WAITS_FOR_LEFTOVERS = "page writes wait for what the last writer here may still have in flight";
 
 describe("pagedisk agent join", () => {
   it("saves a 0600 credential in a 0700 dir; a second join is a no-op", async () => {
@@ -338,11 +341,19 @@ describe("pagedisk agent run", () => {
     agent = await startAgent(agentArgs());
     await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b");
     expect(await write("vol-b", 0, Buffer.alloc(512, 7))).toBe(0);
+    // Stopped cleanly, it left nothing of vol-b in flight: nothing to wait for.
+    expect(agent.logs.some((r) => r.msg === WAITS_FOR_LEFTOVERS && r.volume === "vol-b")).toBe(false);
 
     expect(await agent.stop("SIGKILL")).toBe("SIGKILL");
     agent = await startAgent(agentArgs());
     await agent.waitForLog((r) => r.msg === "volume serving" && r.volume === "vol-b");
+    // Killed, it may have left a Put Page in flight under the same lease: the new run's page
+    // writes wait until that can no longer land (at most 22.2 s from when this process began).
+    const waits = agent.logs.find((r) => r.msg === WAITS_FOR_LEFTOVERS && r.volume === "vol-b");
+    expect(waits?.waitMs).toBeGreaterThan(0);
+    expect(waits?.waitMs).toBeLessThanOrEqual(DEFAULT_DOUBT_MS);
     expect(await write("vol-b", 512, Buffer.alloc(512, 8))).toBe(0);
+    expect((await blobOf(vb).downloadToBuffer(512, 512)).equals(Buffer.alloc(512, 8))).toBe(true);
   });
 
   it("serves a volume with two replicas: each write lands in both blobs, both reported ONLINE", async () => {

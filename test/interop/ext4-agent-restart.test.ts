@@ -4,16 +4,20 @@
  * agent run --kernel fuse`) with the control plane and Azurite, a volume
  * attached to it and bound to /dev/loopN, ext4 made and mounted there, and
  * an application creating and fsyncing files (fsync-writer.ts) the whole
- * time. The agent is stopped, by SIGTERM and SIGKILL in turn, and started
- * again, RESTARTS times. Then:
+ * time. The agent is stopped and started again RESTARTS times: by SIGKILL
+ * in KILLS of the first rounds (every other one), else by SIGTERM. Then:
  *
  * - the writer never saw an error, and went on writing after every restart;
  * - the volume stayed on the same /dev/loopN, re-adopted by every new agent;
  * - after unmounting, `e2fsck -fn` finds the filesystem clean, and every
  *   file the writer had fsynced reads back with its bytes.
  *
- * RESTARTS is PAGEDISK_FUSE_RESTARTS (default 20); every wait is on what the
- * writer or the agent says, never on a timer.
+ * RESTARTS is PAGEDISK_FUSE_RESTARTS (default 20), KILLS is
+ * PAGEDISK_FUSE_KILLS (default 2; at most half the rounds, rounded up). A
+ * killed agent may have left a Put Page in flight, so the next one's page
+ * writes wait up to 22.2 s (pageblob/in-doubt.ts): each kill costs that, so
+ * `npm test` kills twice and a soak may kill ten times. Every wait is on
+ * what the writer or the agent says, never on a timer.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -36,6 +40,7 @@ const MiB = 1024 * 1024;
 const NODE = "vm-restarts";
 const VOLUME = "vol-restarts";
 const RESTARTS = Number(process.env.PAGEDISK_FUSE_RESTARTS ?? 20);
+const KILLS = Math.min(Number(process.env.PAGEDISK_FUSE_KILLS ?? 2), Math.ceil(RESTARTS / 2));
 /** Files the writer must fsync between two restarts: it is making progress, through the relay. */
 const FILES_BETWEEN = 5;
 
@@ -149,7 +154,7 @@ afterAll(async () => {
 });
 
 describe("ext4 on a fuse-loop device across agent restarts", () => {
-  it(`loses nothing and sees no error through ${RESTARTS} restarts (SIGTERM and SIGKILL in turn)`, async () => {
+  it(`loses nothing and sees no error through ${RESTARTS} restarts (${KILLS} by SIGKILL, the rest by SIGTERM)`, async () => {
     agent = await startAgent(agentArgs(), { PAGEDISK_JOIN_TOKEN: joinToken });
     await api.createVolume({ name: VOLUME, sizeBytes: 128 * MiB, replicas: 1 });
     await api.attachVolume(VOLUME, NODE);
@@ -167,7 +172,7 @@ describe("ext4 on a fuse-loop device across agent restarts", () => {
       const devices: string[] = [];
       let adopted = 0;
       for (let round = 0; round < RESTARTS; round++) {
-        const signal = round % 2 === 0 ? "SIGKILL" : "SIGTERM";
+        const signal = round % 2 === 0 && round / 2 < KILLS ? "SIGKILL" : "SIGTERM";
         signals.push(signal);
         // Killed or stopped while the writer is in the middle of its work.
         const stopped = await agent.stop(signal);
@@ -178,7 +183,7 @@ describe("ext4 on a fuse-loop device across agent restarts", () => {
         if (agent.logs.some((r) => r.msg === "re-adopted a binding of an earlier run" && r.volume === VOLUME)) adopted++;
         await writer.until(writer.files.size + FILES_BETWEEN);
       }
-      expect(signals.filter((s) => s === "SIGKILL").length).toBe(Math.ceil(RESTARTS / 2));
+      expect(signals.filter((s) => s === "SIGKILL").length).toBe(KILLS);
       expect(devices).toEqual(Array(RESTARTS).fill(device));
       expect(adopted).toBe(RESTARTS);
     } finally {
