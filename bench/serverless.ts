@@ -46,6 +46,7 @@ import { openRegistry } from "../functions/registry/tables.ts";
 import { type AgentProcess, startAgent } from "../test/control/agent-process.ts";
 import { startAzurite } from "../test/harness/azurite.ts";
 import { startFaultProxy } from "../test/harness/fault-proxy.ts";
+import { UNBOUND_SAS_LIFETIME_MS } from "../functions/arbiter/desired-state.ts";
 import { MAX_REPLICA_SAS_LIFETIME_MS } from "../functions/storage/replica-sas.ts";
 import { startFleet } from "../test/scale/fleet.ts";
 import { costTable, formatCostTable, formatUsd, type MeasuredCounts } from "./cost-model.ts";
@@ -177,6 +178,16 @@ async function idleAgents(rows: TextRow[]): Promise<IdleCosts> {
       await agent.waitForReport((v) => v.includes(`vol-${i}:1:SERVING`), from);
     }
 
+    // Right after an attach the writer holds a short SAS not bound to its policy (Azure may not
+    // apply a new policy for 30 s: functions/arbiter/desired-state.ts) and fetches a bound one
+    // when half of it is left, about a minute later: once per attach, not per idle minute. The
+    // idle window starts after every agent has made that fetch.
+    console.error(`serverless: waiting for the ${IDLE_NODES} agents' first SAS renewal`);
+    const settled = api.received() + IDLE_NODES;
+    const giveUpAt = performance.now() + 3 * UNBOUND_SAS_LIFETIME_MS;
+    while (api.received() < settled && performance.now() < giveUpAt) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
     console.error(`serverless: ${IDLE_NODES} idle agents for ${IDLE_SECONDS} s`);
     api.resetCounts();
     registryTx.resetCounts();
