@@ -1,5 +1,6 @@
 /**
- * Pools: a storage account and container that hold replicas (page blobs).
+ * Pools: a storage account (and a container name, which its replicas'
+ * containers are named after) that hold replicas (page blobs).
  */
 import { z } from "zod";
 import { ContainerName, PoolName, Timestamp, VolumeName } from "./names.ts";

@@ -63,7 +63,7 @@ const REPLICA_BLOB_PATH = /^[^/]+\/([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\/([0-9
 /** Replicas that are not looked for: their blob is being made or removed. */
 const NOT_LOOKED_FOR = new Set(["CREATING", "RETIRING"]);
 
-/** One pool's container as listed, or the failure that kept it from being listed. */
+/** One pool's containers (its own and its replicas') as listed, or the failure that kept them from being listed. */
 export type PoolListing =
   | { pool: PoolRecord; blobs: PoolBlob[] }
   | { pool: PoolRecord; failure: StorageFailure };

@@ -1,8 +1,10 @@
 /**
- * The blob service and container of a pool, as seen by the control plane:
- * with the account key or SAS of the pool's connection string, or with the
- * control plane's managed identity (pool-identity.ts). Agents never get
- * these credentials: they get a SAS scoped to one volume's blobs.
+ * The blob service and own container of a pool, as seen by the control
+ * plane: with the account key or SAS of the pool's connection string, or
+ * with the control plane's managed identity (pool-identity.ts). The pool's
+ * container is probed for health; its replicas live in containers of their
+ * own (replica-container.ts). Agents never get these credentials: they get
+ * a SAS scoped to one replica blob.
  */
 import { BlobServiceClient, type ContainerClient } from "@azure/storage-blob";
 import { poolIdentity } from "./pool-identity.ts";
