@@ -18,15 +18,16 @@ const TAKE_ATTEMPTS = 3;
 
 /**
  * Hold the replica's blob under `leaseId`, forever (until released or
- * broken), and let only a SAS bound to `leaseId` reach it.
+ * broken).
  *
- * With `breakOthers` (the default), every earlier writer's SAS is made
- * useless first, before its lease is touched; then any other lease is
- * broken with period 0, which fences its holder at once. Without it,
- * another lease is a failure (409 LeaseAlreadyPresent) and changes nothing:
- * the SAS policy is replaced only once the lease is ours, so that a writer
- * who holds the blob keeps its access. Holding it already under `leaseId`
- * is success.
+ * With `breakOthers` (the default: a writer's lease), only a SAS bound to
+ * `leaseId` may reach the blob from now on, and every earlier writer's is
+ * made useless first, before its lease is touched; then any other lease is
+ * broken with period 0, which fences its holder at once. Without it (the
+ * control plane's own lease on a detached volume's replicas, for a
+ * server-side copy: no SAS is ever signed for that one), another lease is
+ * a failure (409 LeaseAlreadyPresent) and changes nothing, and no writer is
+ * admitted. Holding it already under `leaseId` is success.
  */
 export async function takeReplicaLease(
   pool: PoolLocation,
@@ -51,7 +52,6 @@ export async function takeReplicaLease(
       }
     }
   });
-  if (!breakOthers) await admitWriter(pool, replicaId, leaseId);
 }
 
 /**

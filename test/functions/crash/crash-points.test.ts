@@ -186,6 +186,8 @@ async function expectSettled(name: string, owner: string | null): Promise<void> 
       expect(["available", "broken"]).toContain((await blob.getProperties()).leaseState);
       // No lease anywhere: nobody is fenced out, a lease-less write goes through.
       expect(await writeStatus(blob)).toBe(201);
+      // And no writer's SAS works: its container admits nobody.
+      expect(await policiesOf(blob)).toEqual([]);
     }
   } else {
     expect(v.status).toMatchObject({ state: "ATTACHED", ownerNode: owner });
@@ -195,8 +197,16 @@ async function expectSettled(name: string, owner: string | null): Promise<void> 
       expect(props).toMatchObject({ leaseState: "leased", leaseDuration: "infinite" });
       expect(await writeStatus(blob, v.leaseId!)).toBe(201);
       expect(await writeStatus(blob)).toBe(412);
+      // Only the writer holding that lease may use a SAS: its container admits that lease alone.
+      expect(await policiesOf(blob)).toEqual([v.leaseId]);
     }
   }
+}
+
+/** The stored access policies of the container holding `blob`, by name. */
+async function policiesOf(blob: { containerName: string }): Promise<string[]> {
+  const acl = await fx.blobs.getContainerClient(blob.containerName).getAccessPolicy();
+  return acl.signedIdentifiers.map((p) => p.id);
 }
 
 /**
