@@ -325,9 +325,14 @@ describe("pagedisk agent run", () => {
     from = a.logs.length;
     cp = await startCp();
     api = new ApiClient({ apiUrl: cp.apiUrl, apiKey: cp.adminKey });
-    // The fetch it owed happens; the generation it brings is applied, which is reported.
+    // The fetch it owed happens; the generation it brings is applied, which is reported. (A
+    // report already due when the API came back may go first, with the generation before.)
     await a.waitForReport((v) => v.includes("vol-b:1:SERVING"), from);
-    expect((await nodes(cp.runtime.cp.registry).get(NODE))!.value.appliedGeneration).toBe(generation);
+    const registry = cp.runtime.cp.registry;
+    await vi.waitFor(
+      async () => expect((await nodes(registry).get(NODE))!.value.appliedGeneration).toBe(generation),
+      { interval: 100, timeout: 10_000 },
+    );
   });
 
   it("after SIGTERM exits 0, and a restarted agent (also after kill -9) serves again with no admin action", async () => {
