@@ -103,10 +103,13 @@ export const DEFAULT_IN_DOUBT_MARGIN_MS = 2_000;
  */
 export const CLOCK_RATE_TOLERANCE = 0.01;
 
+/** How long an attempt abandoned under server timeout `serverSec` may still land, in ms. */
+function doubtWindowMs(serverSec: number, marginMs: number): number {
+  return Math.ceil(serverSec * 1000 * (1 + CLOCK_RATE_TOLERANCE) + marginMs);
+}
+
 /** How long an abandoned attempt may still land, at the defaults: 22.2 s. */
-export const DEFAULT_DOUBT_MS = Math.ceil(
-  DEFAULT_SERVER_TIMEOUT_SEC * 1000 * (1 + CLOCK_RATE_TOLERANCE) + DEFAULT_IN_DOUBT_MARGIN_MS,
-);
+export const DEFAULT_DOUBT_MS = doubtWindowMs(DEFAULT_SERVER_TIMEOUT_SEC, DEFAULT_IN_DOUBT_MARGIN_MS);
 
 /** Errors of attempts left in doubt (so send() knows not to resend them at once). */
 const abandoned = new WeakSet<StorageError>();
@@ -144,7 +147,7 @@ export class BlobTransport {
     this.#sas = sas;
     this.#timeoutMs = timeoutMs;
     this.#serverTimeoutSec = serverSec;
-    this.#doubtMs = Math.ceil(serverSec * 1000 * (1 + CLOCK_RATE_TOLERANCE) + marginMs);
+    this.#doubtMs = doubtWindowMs(serverSec, marginMs);
     this.#inDoubt = opts.inDoubt ?? sharedInDoubt;
     this.#blobKey = doubtKey(location);
     // Last: nothing may throw once the pool is referenced.
