@@ -11,6 +11,7 @@
  * caller decides whether to send it again elsewhere.
  */
 import { connect, type Socket } from "node:net";
+import { ByteQueue } from "../nbd/byte-queue.ts";
 import type { BlockSizes } from "../nbd/device.ts";
 import {
   CMD,
@@ -230,18 +231,16 @@ async function handshake(socket: Socket, reader: ByteReader, exportName: string)
   return { size, flags, blockSizes };
 }
 
-/** Exactly-n-bytes reads over a socket's 'data' events; copies each byte once. */
+/** Exactly-n-bytes reads over a socket's 'data' events, off the server's ByteQueue (a view when one chunk holds them). */
 class ByteReader {
   failed: ((err: Error) => void) | undefined;
-  readonly #chunks: Buffer[] = [];
-  #have = 0;
+  readonly #queue = new ByteQueue();
   #want: { n: number; resolve(b: Buffer): void; reject(e: Error): void } | undefined;
   #ended: Error | undefined;
 
   constructor(socket: Socket) {
     socket.on("data", (chunk: Buffer) => {
-      this.#chunks.push(chunk);
-      this.#have += chunk.length;
+      this.#queue.push(chunk);
       this.#serve();
     });
     const end = (err: Error) => {
@@ -267,33 +266,8 @@ class ByteReader {
 
   #serve(): void {
     const want = this.#want;
-    if (!want || this.#have < want.n) return;
+    if (!want || this.#queue.length < want.n) return;
     this.#want = undefined;
-    want.resolve(this.#take(want.n));
-  }
-
-  #take(n: number): Buffer {
-    const first = this.#chunks[0];
-    if (first && first.length >= n) {
-      // The common case: one chunk holds it all. A view, no copy: the socket
-      // hands every chunk over for good and never writes it again.
-      const out = first.subarray(0, n);
-      if (first.length === n) this.#chunks.shift();
-      else this.#chunks[0] = first.subarray(n);
-      this.#have -= n;
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let at = 0;
-    while (at < n) {
-      const chunk = this.#chunks[0]!;
-      const part = Math.min(chunk.length, n - at);
-      chunk.copy(out, at, 0, part);
-      at += part;
-      if (part === chunk.length) this.#chunks.shift();
-      else this.#chunks[0] = chunk.subarray(part);
-    }
-    this.#have -= n;
-    return out;
+    want.resolve(this.#queue.take(want.n));
   }
 }

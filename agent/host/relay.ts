@@ -43,6 +43,7 @@
 import { lstat } from "node:fs/promises";
 import type { Logger } from "../log.ts";
 import { type BlockDevice, BlockError, type BlockSizes, type Errno, type Extent, NBD_ERRNO, type WriteOptions, type ZeroOptions } from "../nbd/device.ts";
+import { DEFAULT_BLOCK_SIZES } from "../nbd/catalog.ts";
 import { NbdServer } from "../nbd/server.ts";
 import { CMD, CMD_FLAG, TX } from "../nbd/protocol.ts";
 import { LinkClosed, type LinkReply, NbdLink } from "./nbd-link.ts";
@@ -286,7 +287,7 @@ export class RelayDevice implements BlockDevice {
     this.#upstream = upstream;
     this.size = link.export.size;
     this.readOnly = readOnly || (link.export.flags & TX.READ_ONLY) !== 0;
-    this.blockSizes = link.export.blockSizes ?? { minimum: 512, preferred: 4096, maximum: 32 * 1024 * 1024 };
+    this.blockSizes = link.export.blockSizes ?? DEFAULT_BLOCK_SIZES;
     this.canMultiConn = (link.export.flags & TX.CAN_MULTI_CONN) !== 0;
     this.#fastZero = (link.export.flags & TX.SEND_FAST_ZERO) !== 0;
   }

@@ -546,8 +546,7 @@ export class Transmission {
     }
     // Node calls a write's callback once the kernel has the bytes, and also
     // when the socket is destroyed first, so what a reply owes is always given back.
-    if (sent) socket.write(buf, () => sent());
-    else socket.write(buf);
+    socket.write(buf, sent);
   }
 
   /** The callback that ends a reply: give back what it owed, and the pooled buffer it was sent from. */
