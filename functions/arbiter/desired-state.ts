@@ -40,10 +40,10 @@ export async function desiredState(
       const replicas = inPreferenceOrder(v.status.replicas, poolByName);
       // One expiry per attachment: the agent renews by its earliest one anyway. Short while a
       // replica's policy may not be in effect yet (see `policyMayBePending`).
-      const pending = replicas.some((r) => policyMayBePending(v, r, now));
+      const pending = replicas.map((r) => policyMayBePending(v, r, now));
       const expiresAt = replicaSasExpiry(
         now,
-        pending ? Math.min(UNBOUND_SAS_LIFETIME_MS, cp.replicaSasLifetimeMs) : cp.replicaSasLifetimeMs,
+        pending.includes(true) ? Math.min(UNBOUND_SAS_LIFETIME_MS, cp.replicaSasLifetimeMs) : cp.replicaSasLifetimeMs,
       );
       return {
         volume: v.name,
@@ -51,9 +51,9 @@ export async function desiredState(
         epoch: v.status.epoch,
         leaseId: v.leaseId!,
         replicas: await Promise.all(
-          replicas.map(async (r) => {
+          replicas.map(async (r, i) => {
             const pool = poolByName.get(r.pool);
-            const access = { writer: v.leaseId!, bound: !policyMayBePending(v, r, now) };
+            const access = { writer: v.leaseId!, bound: !pending[i] };
             // A pool that cannot sign now (its account refused a delegation key) leaves that
             // replica without a URL for this round; the node's other replicas still get theirs.
             const url =
