@@ -91,7 +91,8 @@ export async function takeLeases(
 ): Promise<UnreachableReplica[]> {
   const replicas = inUse(volume);
   const outcomes = await onReplicas(cp, volume, replicas, "take-lease", (pool, id) =>
-    takeReplicaLease(pool, volume.name, id, leaseId),
+    // Always a lease id drawn for this attach (attach.ts, fence.ts): no SAS names it yet.
+    takeReplicaLease(pool, volume.name, id, leaseId, "new-writer"),
   );
   return tolerated(replicas, outcomes);
 }

@@ -149,7 +149,7 @@ async function startCopies(
     try {
       const target = ref(ctx, r);
       // Ours already if this pass ordered it; not if its writer was copying when it was detached.
-      await takeReplicaLease(target.pool, v.name, r.id, leaseId, false);
+      await takeReplicaLease(target.pool, v.name, r.id, leaseId, "copy");
       cp.faults?.beforeStep(`start-copy ${r.id}`);
       const started = await startReplicaCopy(v.name, ref(ctx, source), target, leaseId, v.spec.sizeBytes);
       const from = `server-side copy from ${source.id} on ${source.pool}`;

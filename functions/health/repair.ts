@@ -93,7 +93,7 @@ export async function applyPlan(
   for (const r of candidates) {
     try {
       cp.faults?.beforeStep(`repair-lease ${r.id}`);
-      await takeReplicaLease(ctx.pools.get(r.pool)!, v.name, r.id, leaseId!, breakOthers);
+      await takeReplicaLease(ctx.pools.get(r.pool)!, v.name, r.id, leaseId!, breakOthers ? "writer" : "copy");
       leased.add(r.id);
     } catch (err) {
       if (!(err instanceof StorageFailure)) throw err;
@@ -144,7 +144,7 @@ export async function buildCreating(
       cp.faults?.beforeStep(`create-replica-blob ${r.id}`);
       await createReplicaBlob(pool, v.name, r.id, v.spec.sizeBytes);
       cp.faults?.beforeStep(`repair-lease ${r.id}`);
-      await takeReplicaLease(pool, v.name, r.id, leaseId);
+      await takeReplicaLease(pool, v.name, r.id, leaseId, "writer");
       const why = r.replaces ? `rebuild ordered, to replace ${r.replaces}` : "rebuild ordered";
       outcomes.set(r.id, movedReplica(r, "REBUILDING", now, why));
     } catch (err) {

@@ -89,22 +89,26 @@ export async function ensureReplicaContainer(
  * policies become exactly one, named `leaseId`, granting read and write.
  * A pool that cannot revoke has nothing to do.
  *
- * The policies are read first and left alone when they are that already
- * (a retry, a repair taking the lease of a replica again): Azure may take
- * up to 30 s to apply a policy it is given, and whether it counts an
- * identical one as new is not documented, so the writer's SAS is never put
- * at risk for nothing. One more transaction per replica per attach.
+ * Unless `newLease` (an id just drawn, which no SAS can name yet), the
+ * policies are read first and left alone when they are that already (a
+ * retry, a repair taking the lease of a replica again): Azure may take up
+ * to 30 s to apply a policy it is given, and whether it counts an identical
+ * one as new is not documented, so a writer's SAS in use is never put at
+ * risk for nothing.
  */
 export async function admitWriter(
   pool: PoolLocation,
   replicaId: string,
   leaseId: string,
+  newLease: boolean,
 ): Promise<void> {
   if (!canRevoke(pool)) return;
   const container = replicaContainer(pool, replicaId);
-  const held = await onPool(pool.name, "get container policy", () => container.getAccessPolicy());
-  const ids = held.signedIdentifiers;
-  if (ids.length === 1 && ids[0]!.id === leaseId && ids[0]!.accessPolicy?.permissions === "rw") return;
+  if (!newLease) {
+    const held = await onPool(pool.name, "get container policy", () => container.getAccessPolicy());
+    const ids = held.signedIdentifiers;
+    if (ids.length === 1 && ids[0]!.id === leaseId && ids[0]!.accessPolicy?.permissions === "rw") return;
+  }
   await onPool(pool.name, "set container policy", () =>
     container.setAccessPolicy(undefined, [{ id: leaseId, accessPolicy: { permissions: "rw" } }]),
   );

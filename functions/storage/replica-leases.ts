@@ -17,26 +17,35 @@ import { onPool } from "./storage-failure.ts";
 const TAKE_ATTEMPTS = 3;
 
 /**
+ * Whose lease `takeReplicaLease` takes:
+ * - `new-writer`: a writer's, under a lease id just drawn (attach, failover);
+ * - `writer`: the current writer's, whose SAS may already be in use (a
+ *   repair bringing a replica back under the volume's lease);
+ * - `copy`: the control plane's own, on a detached volume's replicas, for a
+ *   server-side copy; no SAS is ever signed for it.
+ */
+export type LeaseTaker = "new-writer" | "writer" | "copy";
+
+/**
  * Hold the replica's blob under `leaseId`, forever (until released or
  * broken).
  *
- * With `breakOthers` (the default: a writer's lease), only a SAS bound to
- * `leaseId` may reach the blob from now on, and every earlier writer's is
- * made useless first, before its lease is touched; then any other lease is
- * broken with period 0, which fences its holder at once. Without it (the
- * control plane's own lease on a detached volume's replicas, for a
- * server-side copy: no SAS is ever signed for that one), another lease is
- * a failure (409 LeaseAlreadyPresent) and changes nothing, and no writer is
- * admitted. Holding it already under `leaseId` is success.
+ * For a writer, only a SAS bound to `leaseId` may reach the blob from now
+ * on, and every earlier writer's is made useless first, before its lease is
+ * touched; then any other lease is broken with period 0, which fences its
+ * holder at once. For a copy, another lease is a failure (409
+ * LeaseAlreadyPresent) and changes nothing, and no writer is admitted.
+ * Holding it already under `leaseId` is success.
  */
 export async function takeReplicaLease(
   pool: PoolLocation,
   volume: string,
   replicaId: string,
   leaseId: string,
-  breakOthers = true,
+  taker: LeaseTaker,
 ): Promise<void> {
-  if (breakOthers) await admitWriter(pool, replicaId, leaseId);
+  const breakOthers = taker !== "copy";
+  if (breakOthers) await admitWriter(pool, replicaId, leaseId, taker === "new-writer");
   const blob = replicaBlob(pool, volume, replicaId);
   await onPool(pool.name, "take lease", async () => {
     for (let attempt = 1; ; attempt++) {
@@ -55,9 +64,10 @@ export async function takeReplicaLease(
 }
 
 /**
- * Leave the replica's blob with no lease: release ours (`leaseId`), or break
- * whatever other lease is there, since after this no one may write. A blob
- * with no lease, or no blob, is success.
+ * Leave the replica's blob with no lease and no writer: every SAS revoked
+ * first, then our lease (`leaseId`) released or whatever other lease is
+ * there broken, since after this no one may write. A blob with no lease, or
+ * no blob, is success.
  */
 export async function dropReplicaLease(
   pool: PoolLocation,

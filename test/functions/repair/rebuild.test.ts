@@ -144,7 +144,7 @@ describe("permanent loss of a pool", () => {
     expect(onPool("pb")).toMatchObject({
       state: "OFFLINE",
       // An attach first admits the new writer's SAS (replica-container.ts), then takes the lease.
-      message: expect.stringMatching(/^unreachable when attached: pool pb: get container policy failed/),
+      message: expect.stringMatching(/^unreachable when attached: pool pb: set container policy failed/),
     });
     expect(await w.events("v-2", "replica-offline")).toHaveLength(1);
     const paId = onPool("pa").id;
