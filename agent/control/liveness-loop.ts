@@ -265,6 +265,11 @@ export class LivenessLoop {
         o.log.error({ err }, "reconcile failed");
       }
       o.applied?.(desired.generation);
+      // Said once a pass is done, with the tokens it handed on: what waits on a renewal can tell.
+      o.log.debug(
+        { generation: desired.generation, sasExpiresAt: desired.attachments.map((a) => a.sasExpiresAt) },
+        "desired state applied",
+      );
     });
   }
 }

@@ -259,14 +259,12 @@ function sasOf(answer: Answer): { url: string; expiresAt: number; startsAt: numb
 
 const carriesVolume = (a: Answer) => a.state.attachments.some((x) => x.volume === VOLUME);
 
-/**
- * Resolves once the agent has asked again after receiving `answer`, i.e. has
- * applied it: fetches come at least a beat apart, and a pass that only
- * swaps the tokens of a volume already served is over long before the next
- * beat.
- */
-function applied(answer: Answer): Promise<void> {
-  return proxy.until(() => proxy.asked.some((t) => t > answer.receivedAt));
+/** Resolves once the agent says it has applied `answer`: the pass that handed on its tokens is over. */
+async function applied(answer: Answer): Promise<void> {
+  const expiry = answer.state.attachments.find((x) => x.volume === VOLUME)!.sasExpiresAt;
+  await agent!.waitForLog(
+    (r) => r.msg === "desired state applied" && Array.isArray(r.sasExpiresAt) && r.sasExpiresAt.includes(expiry),
+  );
 }
 
 /** Properties of the replica blob read with exactly the SAS in `url`: the HTTP status. */
