@@ -11,7 +11,8 @@ import { expect } from "vitest";
 import type { z } from "zod";
 import { type BeatOutcome, beat as sendBeat } from "../../agent/control/liveness-beat.ts";
 import type { DesiredState, JoinResponse, NodeReport } from "../../contract/node.ts";
-import type { SweepOptions, SweepPolicy, SweepReport } from "../../functions/health/sweep.ts";
+import type { ControlPlane } from "../../functions/control-plane.ts";
+import { type SweepOptions, type SweepPolicy, type SweepReport, sweep } from "../../functions/health/sweep.ts";
 import { type ControlPlaneFixture, jsonOf } from "./fixture.ts";
 
 /**
@@ -56,6 +57,25 @@ export const NO_SECOND_LOOK: SweepOptions = {
     throw new Error("unexpected second look");
   },
 };
+
+/**
+ * One sweep pass by `cp` on a fake clock: a second look at a suspect moves
+ * the clock by what it waits (`advance`), then `meanwhile` runs (the
+ * witnesses beating on, as live agents would while the pass waited).
+ */
+export function sweepOnFakeClock(
+  cp: ControlPlane,
+  advance: (ms: number) => void,
+  meanwhile: () => Promise<void>,
+  policy: SweepPolicy = STEPPED_POLICY,
+): Promise<SweepReport> {
+  return sweep(cp, policy, {
+    wait: async (ms) => {
+      advance(ms);
+      await meanwhile();
+    },
+  });
+}
 
 /**
  * `fixture()` and `joinToken()` are read at call time, because test files

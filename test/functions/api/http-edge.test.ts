@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorBody } from "../../../contract/errors.ts";
 import { type LocalControlPlane, startLocalControlPlane } from "../../../functions/local.ts";
 import { type Azurite, startAzurite } from "../../harness/azurite.ts";
-import { chunked, exchange, head, type RawExchange, type RawResponse } from "./raw-http.ts";
+import { chunked, exchange, expectHonestConnection, head, type RawResponse } from "./raw-http.ts";
 
 let azurite: Azurite;
 let stateDir: string;
@@ -44,17 +44,6 @@ function errorIn(res: RawResponse | undefined, status: number): ErrorBody["error
   expect(res?.status).toBe(status);
   expect(res?.headers["content-type"]).toMatch(/^application\/json/);
   return ErrorBody.parse(JSON.parse(res!.body)).error;
-}
-
-/** A first answer that says close must be followed by a close; else the second request is served. */
-function expectHonestConnection(got: RawExchange): void {
-  const [first, second] = got.responses;
-  if (first?.headers.connection?.toLowerCase() === "close") {
-    expect(got.closedByServer).toBe(true);
-    expect(second).toBeUndefined();
-  } else {
-    expect(second?.status).toBe(200);
-  }
 }
 
 const listPools = () => head("GET /api/v1/pools HTTP/1.1", auth);

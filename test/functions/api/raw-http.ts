@@ -5,6 +5,7 @@
  * any app sees the request.
  */
 import { connect } from "node:net";
+import { expect } from "vitest";
 
 export interface RawResponse {
   status: number;
@@ -97,4 +98,18 @@ export function chunked(body: Buffer): Buffer {
     body,
     Buffer.from("\r\n0\r\n\r\n"),
   ]);
+}
+
+/**
+ * A first answer that says `Connection: close` must be followed by the
+ * server closing; otherwise the second request must be served.
+ */
+export function expectHonestConnection(got: RawExchange): void {
+  const [first, second] = got.responses;
+  if (first?.headers.connection?.toLowerCase() === "close") {
+    expect(got.closedByServer).toBe(true);
+    expect(second).toBeUndefined();
+  } else {
+    expect(second?.status).toBe(200);
+  }
 }

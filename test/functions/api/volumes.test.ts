@@ -217,15 +217,7 @@ describe("volumes", () => {
     // Pool pd's account refuses to make the page blob, after its container was made.
     const proxy = await startFaultProxy(cp.azurite.blobEndpoint);
     try {
-      const viaProxy = cp.connectionString.replace(/BlobEndpoint=[^;]+/, `BlobEndpoint=${proxy.blobEndpoint}`);
-      await jsonOf(
-        await cp.call("POST", "/api/v1/pools", {
-          name: "pd",
-          container: "pd-disks",
-          auth: { kind: "connectionString", connectionString: viaProxy },
-        }),
-        201,
-      );
+      await cp.addPool("pd", "pd-disks", proxy.blobEndpoint);
       proxy.inject({ fault: { type: "status", status: 403, code: "AuthorizationFailure" }, only: ["putBlob"] });
       const before = await cp.snapshot();
       const err = await errorOf(

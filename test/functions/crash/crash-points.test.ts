@@ -28,14 +28,14 @@ import { attachVolume } from "../../../functions/arbiter/attach.ts";
 import { WRITER_LOST } from "../../../contract/signals.ts";
 import { detachVolume } from "../../../functions/arbiter/detach.ts";
 import { type ControlPlane, controlPlane } from "../../../functions/control-plane.ts";
-import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import type { SweepReport } from "../../../functions/health/sweep.ts";
 import { readLivenessRow } from "../../../functions/registry/liveness.ts";
 import { generationOf, nodes } from "../../../functions/registry/nodes.ts";
 import { pools } from "../../../functions/registry/pools.ts";
 import { type VolumeRecord, volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
-import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY, sweepOnFakeClock } from "../agents.ts";
 import { type ControlPlaneFixture, errorOf, jsonOf, startControlPlane } from "../fixture.ts";
 
 /** Passes here are at most a few minutes apart (3 x sweepIntervalMs): none restarts the count. */
@@ -98,12 +98,12 @@ function crashBefore(step: string): Crash {
  * beat the witnesses before a pass that moves the clock.
  */
 const sweepBy = (cp: ControlPlane): Promise<SweepReport> =>
-  sweep(cp, POLICY, {
-    wait: async (ms) => {
-      nowMs += ms;
-      await heartbeat(...ALIVE);
-    },
-  });
+  sweepOnFakeClock(
+    cp,
+    (ms) => (nowMs += ms),
+    () => heartbeat(...ALIVE),
+    POLICY,
+  );
 
 const healthyReported: unknown[] = [];
 const pass = (): Promise<SweepReport> =>

@@ -18,7 +18,14 @@ import { DEFAULT_EVENT_RETENTION_DAYS, listEvents } from "../../../functions/reg
 import { volumes } from "../../../functions/registry/volumes.ts";
 import { restStatus } from "../../../functions/rest-error.ts";
 import { replicaContainerName } from "../../../functions/storage/replica-container.ts";
-import { agentNodes, aheadOfRealTime, NO_SECOND_LOOK, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
+import {
+  agentNodes,
+  aheadOfRealTime,
+  NO_SECOND_LOOK,
+  NOTHING_SWEPT,
+  STEPPED_POLICY,
+  sweepOnFakeClock,
+} from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 const POLICY = STEPPED_POLICY;
@@ -39,20 +46,18 @@ const horizon = () => ({ now: new Date(nowMs), retentionDays: DEFAULT_EVENT_RETE
 /** The witness beats, then one pass; its second look moves the fake clock. */
 async function pass(): Promise<SweepReport> {
   await heartbeat("witness");
-  return sweep(
+  return sweepOnFakeClock(
     controlPlane({
       registry: fx.registry,
       now: () => new Date(nowMs),
       report: (e) => reported.push(e),
     }),
-    POLICY,
-    {
-      wait: async (ms) => {
-        nowMs += ms;
-        await heartbeat("witness");
-        await duringWait();
-      },
+    (ms) => (nowMs += ms),
+    async () => {
+      await heartbeat("witness");
+      await duringWait();
     },
+    POLICY,
   );
 }
 

@@ -9,9 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { IssuedToken } from "../../../contract/token.ts";
 import type { Volume } from "../../../contract/volume.ts";
 import { controlPlane } from "../../../functions/control-plane.ts";
-import { type SweepReport, sweep } from "../../../functions/health/sweep.ts";
+import type { SweepReport } from "../../../functions/health/sweep.ts";
 import { listEvents } from "../../../functions/registry/events.ts";
-import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY } from "../agents.ts";
+import { agentNodes, aheadOfRealTime, NOTHING_SWEPT, STEPPED_POLICY, sweepOnFakeClock } from "../agents.ts";
 import { type ControlPlaneFixture, jsonOf, startControlPlane } from "../fixture.ts";
 
 const POLICY = STEPPED_POLICY;
@@ -32,12 +32,12 @@ function sweeper(): Promise<SweepReport> {
     now: () => new Date(nowMs),
     report: (e) => reported.push(e),
   });
-  return sweep(cp, POLICY, {
-    wait: async (ms) => {
-      nowMs += ms;
-      await heartbeat("witness", "target");
-    },
-  });
+  return sweepOnFakeClock(
+    cp,
+    (ms) => (nowMs += ms),
+    () => heartbeat("witness", "target"),
+    POLICY,
+  );
 }
 
 beforeAll(async () => {

@@ -67,19 +67,8 @@ export async function startWorld(): Promise<World> {
   const clock = { ms: aheadOfRealTime() };
   const fx = await startControlPlane({ now: () => new Date(clock.ms) });
   const proxy = await startFaultProxy(fx.azurite.blobEndpoint);
-  const viaProxy = fx.connectionString.replace(
-    /BlobEndpoint=[^;]+/,
-    `BlobEndpoint=${proxy.blobEndpoint}`,
-  );
   await fx.addPool("pa", "pa-disks");
-  await jsonOf(
-    await fx.call("POST", "/api/v1/pools", {
-      name: "pb",
-      container: "pb-disks",
-      auth: { kind: "connectionString", connectionString: viaProxy },
-    }),
-    201,
-  );
+  await fx.addPool("pb", "pb-disks", proxy.blobEndpoint);
   await fx.addPool("pc", "pc-disks");
   const token = await jsonOf<IssuedToken>(await fx.call("POST", "/api/v1/tokens", {}), 201);
   const agents = agentNodes(
